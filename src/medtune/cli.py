@@ -1,0 +1,65 @@
+"""The `medtune` command line. Each command parses its arguments and imports its module lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="Fine-tune Qwen3 into a medical-consultation assistant with QLoRA, and compare runs honestly.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+data_app = typer.Typer(help="Inspect training data as the model will see it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config (may name a `base:` config).", exists=True, dir_okay=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set train.lr=1e-4 (repeatable).")]
+OverlayOpt = Annotated[Optional[list[Path]], typer.Option("--overlay", help="YAML merged over the config, e.g. configs/tiny.yaml (repeatable).", exists=True, dir_okay=False)]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def load_cli_config(config: Path, overlays: list[Path] | None, overrides: list[str] | None):
+    from medtune.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides or [], overlays=overlays or [])
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overlay: OverlayOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing run of the same name first.")] = False,
+    skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Skip invalid rows (counted and listed in data_stats.json).")] = False,
+) -> None:
+    """Fine-tune one run from a config; writes runs/<run_name>/."""
+    from medtune.data.formats import DataError
+    from medtune.train.recipe import RunExistsError, run
+
+    cfg = load_cli_config(config, overlay, set_)
+    try:
+        run_dir = run(cfg, resume=resume, overwrite=overwrite, skip_bad_rows=skip_bad_rows or None)
+    except (DataError, RunExistsError) as err:
+        _fail(str(err))
+    typer.echo(f"run complete: {run_dir}")
+
+
+@data_app.command("stats")
+def data_stats(config: ConfigArg, set_: SetOpt = None, overlay: OverlayOpt = None) -> None:
+    """Read and encode the data as training would, and print row counts and token lengths."""
+    import json
+
+    from medtune.data.prepare import prepare_data
+    from medtune.model.load import load_tokenizer
+
+    cfg = load_cli_config(config, overlay, set_)
+    stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
+    typer.echo(json.dumps(stats, ensure_ascii=False, indent=2))

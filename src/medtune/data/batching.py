@@ -1,0 +1,121 @@
+"""Turn encoded samples into optimizer steps and micro-batches.
+
+Order is a pure function of (seed, epoch): sample position p of the run is index `perm(seed, epoch)[p % n]`
+of epoch `p // n`. A checkpoint therefore only needs the number of samples consumed to resume exactly.
+Augmentation is applied here, per (epoch, index), so every epoch draws afresh and a resumed run masks
+exactly what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from medtune.data.formats import Sample
+from medtune.data.render import IGNORE_INDEX, SPAN_ANSWER, SPAN_THINK, Encoded
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(f"medtune-order-{seed}-{epoch}").shuffle(order)
+    return order
+
+
+def step_positions(samples_consumed: int, count: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """(epoch, sample index) for the next `count` samples of the run."""
+    positions, orders = [], {}
+    for p in range(samples_consumed, samples_consumed + count):
+        epoch = p // n
+        if epoch not in orders:
+            orders[epoch] = epoch_order(n, seed, epoch)
+        positions.append((epoch, orders[epoch][p % n]))
+    return positions
+
+
+@dataclass
+class TrainingSet:
+    """Training samples with their plain encodings; `encode_at` applies augmentation when there is one."""
+
+    samples: list[Sample]
+    encoded: list[Encoded]
+    encode: Callable[[Sample], Encoded]
+    augment: Callable[[Sample, int, int], tuple[Sample, list]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def encode_at(self, epoch: int, index: int) -> tuple[Encoded, list]:
+        if self.augment is None:
+            return self.encoded[index], []
+        sample, masked_terms = self.augment(self.samples[index], epoch, index)
+        return (self.encode(sample) if masked_terms else self.encoded[index]), masked_terms
+
+
+def _pack_rows(items: list[Encoded], capacity: int) -> list[list[Encoded]]:
+    """First-fit decreasing: few rows, each at most `capacity` tokens (one sample may fill a row alone)."""
+    rows: list[list[Encoded]] = []
+    room: list[int] = []
+    for item in sorted(items, key=len, reverse=True):
+        for r, free in enumerate(room):
+            if len(item) <= free:
+                rows[r].append(item)
+                room[r] -= len(item)
+                break
+        else:
+            rows.append([item])
+            room.append(capacity - len(item))
+    return rows
+
+
+def _loss_selection(labels: torch.Tensor, span_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
+    """Flat positions whose *next* token is trained, with those targets and their spans (host-side)."""
+    targets, spans = labels[:, 1:], span_ids[:, 1:]
+    keep = targets != IGNORE_INDEX
+    row_len = labels.shape[1]
+    rows, cols = keep.nonzero(as_tuple=True)
+    kept_spans = spans[keep]
+    return {
+        "loss_index": rows * row_len + cols,
+        "loss_targets": targets[keep],
+        "loss_spans": kept_spans,
+        "n_tokens": int(keep.sum()),
+        "n_think": int((kept_spans == SPAN_THINK).sum()),
+        "n_answer": int((kept_spans == SPAN_ANSWER).sum()),
+    }
+
+
+def packed_batch(row: list[Encoded]) -> dict[str, torch.Tensor | int]:
+    """One row of several samples; position_ids restart at each sample so attention stays inside it."""
+    input_ids = torch.tensor([[t for e in row for t in e.input_ids]])
+    labels = torch.tensor([[t for e in row for t in e.labels]])
+    span_ids = torch.tensor([[s for e in row for s in e.span_ids]])
+    position_ids = torch.tensor([[p for e in row for p in range(len(e))]])
+    return {"input_ids": input_ids, "position_ids": position_ids, "n_input": input_ids.numel(), **_loss_selection(labels, span_ids)}
+
+
+def padded_batch(group: list[Encoded], pad_id: int) -> dict[str, torch.Tensor | int]:
+    """Right-padded rows with an attention mask, as the reference experiment's collator made them."""
+    width = max(len(e) for e in group)
+    pad = [width - len(e) for e in group]
+    input_ids = torch.tensor([e.input_ids + [pad_id] * p for e, p in zip(group, pad)])
+    labels = torch.tensor([e.labels + [IGNORE_INDEX] * p for e, p in zip(group, pad)])
+    span_ids = torch.tensor([e.span_ids + [0] * p for e, p in zip(group, pad)])
+    attention_mask = torch.tensor([[1] * len(e) + [0] * p for e, p in zip(group, pad)])
+    n_input = sum(len(e) for e in group)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "n_input": n_input, **_loss_selection(labels, span_ids)}
+
+
+def micro_batches(
+    items: list[Encoded], batch_size: int, max_length: int, packing: bool, pad_id: int
+) -> list[dict[str, torch.Tensor | int]]:
+    """Split one optimizer step's samples into micro-batches of at most batch_size x max_length tokens."""
+    if packing:
+        return [packed_batch(row) for row in _pack_rows(items, batch_size * max_length)]
+    return [padded_batch(items[i : i + batch_size], pad_id) for i in range(0, len(items), batch_size)]
+
+
+def to_device(batch: dict[str, torch.Tensor | int], device: torch.device) -> dict[str, torch.Tensor | int]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,372 @@
+"""Reading training rows from JSONL / JSON / Parquet in the formats users bring.
+
+Every row becomes a `Sample` (system, question, think, answer). A bad row stops the read with a
+`DataError` naming file, row and field, or, with `skip_bad_rows`, is listed in `ReadResult.skipped`
+so that `data_stats.json` shows exactly what was left out. Rows are numbered from 1: the line of a
+JSONL file, the element of a JSON array, the row of a Parquet file.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterator
+from itertools import islice
+from dataclasses import asdict, dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+FIELDS = ("system", "question", "think", "answer")
+FORMATS = ("auto", "qta", "alpaca", "messages")
+FILE_TYPES = (".jsonl", ".json", ".parquet")
+SHIPPED_PREFIX = "medtune:"
+ROW = "(row)"
+"""The field named when the whole row is at fault (invalid JSON, not an object, no known format)."""
+
+_THINK_BLOCK = re.compile(r"<think>(.*?)</think>(.*)", re.DOTALL)
+_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+_OPENAI_ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Sample:
+    """One consultation: the fields rendered into the chat template, and where the row came from.
+
+    `masked` holds character spans per field that the augmentation replaced; spans inside a trained
+    field (think, answer) are left out of the loss unless the augmentation says otherwise.
+    """
+
+    question: str
+    think: str
+    answer: str
+    system: str = ""
+    source: str = ""
+    masked: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+class DataError(ValueError):
+    """A data file or one of its rows cannot be used; the message names file, row and field."""
+
+    def __init__(self, file: str, reason: str, *, line: int | None = None, field_name: str | None = None):
+        self.file, self.reason, self.line, self.field = file, reason, line, field_name
+        where = file if line is None else f"{file}:{line}"
+        what = f"field '{field_name}': " if field_name is not None else ""
+        super().__init__(f"{where}: {what}{reason}")
+
+
+@dataclass
+class BadRow:
+    source: str
+    field: str
+    reason: str
+
+
+@dataclass
+class ReadResult:
+    file: str
+    samples: list[Sample]
+    skipped: list[BadRow]
+    multi_turn_truncated: int = 0
+    """Conversation rows with more than one user/assistant exchange; only the first one was kept."""
+    formats: dict[str, int] = field(default_factory=dict)
+    """How many samples each format produced (a file may mix formats when the format is `auto`)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary written into data_stats.json."""
+        return {
+            "file": self.file,
+            "rows": len(self.samples),
+            "formats": dict(self.formats),
+            "skipped_rows": len(self.skipped),
+            "skipped": [asdict(bad) for bad in self.skipped],
+            "multi_turn_truncated": self.multi_turn_truncated,
+        }
+
+
+class _RowProblem(Exception):
+    """A bad row, before the reader adds file and row number to make it a DataError."""
+
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field_name, reason
+
+
+def read_samples(
+    path: str | Path,
+    *,
+    format: str = "auto",
+    system_prompt: str,
+    skip_bad_rows: bool = False,
+    max_rows: int | None = None,
+) -> ReadResult:
+    """Read every row of a .jsonl, .json or .parquet file into Samples.
+
+    Args:
+        path: the file; its suffix picks the reader.
+        format: `auto` detects qta / alpaca / messages per row from its keys; any other value forces one.
+        system_prompt: used for rows whose system message is absent or empty.
+        skip_bad_rows: record bad rows in `skipped` and go on, instead of raising on the first one.
+        max_rows: read only the first N rows (good or bad), for quick runs.
+
+    Raises:
+        DataError: missing or unreadable file, unknown suffix, the first bad row (unless skipping),
+            or a file without a single usable row.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown data format {format!r}; choose one of {', '.join(FORMATS)}")
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    path = Path(path)
+    file = str(path)
+    result = ReadResult(file=file, samples=[], skipped=[])
+    for line, row in islice(_rows(path), max_rows):
+        try:
+            if isinstance(row, _RowProblem):
+                raise row
+            row_format = _detect_format(row) if format == "auto" else format
+            sample, truncated = _CONVERTERS[row_format](row, system_prompt)
+        except _RowProblem as problem:
+            if not skip_bad_rows:
+                raise DataError(file, problem.reason, line=line, field_name=problem.field) from None
+            result.skipped.append(BadRow(f"{path.name}:{line}", problem.field, problem.reason))
+            continue
+        sample.source = f"{path.name}:{line}"
+        result.samples.append(sample)
+        result.multi_turn_truncated += truncated
+        result.formats[row_format] = result.formats.get(row_format, 0) + 1
+    if not result.samples and not result.skipped:
+        raise DataError(file, "no rows")
+    if not result.samples:
+        first = result.skipped[0]
+        first_bad = f"{first.source}: field '{first.field}': {first.reason}"
+        raise DataError(file, f"no usable rows: all {len(result.skipped)} are bad, the first {first_bad}")
+    return result
+
+
+def resolve_data_path(spec: str) -> Path:
+    """`medtune:<name>` is a file shipped with the package; anything else is a path (`~` expanded)."""
+    if not spec.startswith(SHIPPED_PREFIX):
+        return Path(spec).expanduser()
+    name = spec.removeprefix(SHIPPED_PREFIX)
+    folder = files("medtune").joinpath("resources", "data")
+    shipped = {entry.name.removesuffix(".jsonl"): entry for entry in folder.iterdir() if entry.name.endswith(".jsonl")}
+    if name not in shipped:
+        raise DataError(spec, f"no shipped data set {name!r}; shipped: {', '.join(SHIPPED_PREFIX + n for n in sorted(shipped))}")
+    return Path(str(shipped[name]))
+
+
+def split_train_validation(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out a seeded random `val_fraction` of the samples; both splits keep the file order.
+
+    At least one sample goes to validation (when `val_fraction` > 0 and there are two or more) and at
+    least one stays for training, so a small file still gets an eval loss.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0 or len(samples) < 2:
+        return list(samples), []
+    val_count = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
+    val_indices = set(random.Random(seed).sample(range(len(samples)), val_count))
+    train = [sample for index, sample in enumerate(samples) if index not in val_indices]
+    validation = [sample for index, sample in enumerate(samples) if index in val_indices]
+    return train, validation
+
+
+# --- file types: each yields (row number from 1, parsed row or the problem that prevented parsing)
+
+
+def _rows(path: Path) -> Iterator[tuple[int, Any]]:
+    suffix = path.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise DataError(str(path), f"unsupported file type {path.suffix!r}; use one of {', '.join(FILE_TYPES)}")
+    if not path.is_file():
+        raise DataError(str(path), "file not found" if not path.exists() else "not a file")
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    lines = path.read_bytes().splitlines()
+    return _jsonl_rows(lines) if suffix == ".jsonl" else _json_array_rows(path, lines)
+
+
+def _decode(raw: bytes, line: int) -> str:
+    """One line as text; a byte-order mark at the start of the file is dropped, not treated as data."""
+    try:
+        return raw.decode("utf-8-sig" if line == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        raise _RowProblem(ROW, f"not valid UTF-8 (byte {err.start + 1} of the line)") from None
+
+
+def _jsonl_rows(lines: list[bytes]) -> Iterator[tuple[int, Any]]:
+    for line, raw in enumerate(lines, start=1):
+        try:
+            text = _decode(raw, line)
+            if not text.strip():
+                continue
+            yield line, json.loads(text)
+        except json.JSONDecodeError as err:
+            yield line, _RowProblem(ROW, f"invalid JSON: {err.msg} (column {err.colno})")
+        except _RowProblem as problem:
+            yield line, problem
+
+
+def _json_array_rows(path: Path, lines: list[bytes]) -> Iterator[tuple[int, Any]]:
+    """A JSON file is parsed whole, so an undecodable line or a syntax error makes the whole file unusable."""
+    file = str(path)
+    texts = []
+    for line, raw in enumerate(lines, start=1):
+        try:
+            texts.append(_decode(raw, line))
+        except _RowProblem as problem:
+            raise DataError(file, problem.reason, line=line, field_name=problem.field) from None
+    try:
+        data = json.loads("\n".join(texts))
+    except json.JSONDecodeError as err:
+        raise DataError(file, f"invalid JSON: {err.msg} (column {err.colno})", line=err.lineno, field_name=ROW) from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        raise DataError(file, "expected a JSON array of rows, or an object whose single value is that array")
+    yield from enumerate(data, start=1)
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa  # the import costs a moment; JSON readers never pay it
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        line = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                line += 1
+                yield line, row
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(str(path), f"not a readable Parquet file: {err}") from None
+
+
+# --- formats: each turns one parsed row into (Sample, whether a longer conversation was cut)
+
+
+def _detect_format(row: Any) -> str:
+    _require_object(row)
+    if "messages" in row or "conversations" in row:
+        return "messages"
+    if {"question", "think", "answer"} & row.keys():
+        return "qta"
+    if {"instruction", "output"} & row.keys():
+        return "alpaca"
+    keys = ", ".join(sorted(map(str, row))) or "none"
+    raise _RowProblem(
+        ROW, f"no known format (keys: {keys}); expected question/think/answer, instruction/input/output, or messages/conversations"
+    )
+
+
+def _require_object(row: Any) -> None:
+    if not isinstance(row, dict):
+        raise _RowProblem(ROW, f"expected a JSON object, got {_type_name(row)}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
+
+
+def _text(row: dict[str, Any], key: str, *, required: bool, allow_empty: bool = False, label: str | None = None) -> str:
+    """A string field; null counts as absent. `label` names the field in errors when `key` is nested."""
+    name = label or key
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise _RowProblem(name, "missing")
+        return ""
+    if not isinstance(value, str):
+        raise _RowProblem(name, f"wrong type: expected a string, got {_type_name(value)}")
+    if required and not allow_empty and not value.strip():
+        raise _RowProblem(name, "empty")
+    return value.strip()
+
+
+def _split_think(reply: str, field_name: str) -> tuple[str, str]:
+    """Split a leading `<think>...</think>` block off a stripped reply; without one, think is empty."""
+    match = _THINK_BLOCK.fullmatch(reply)
+    if match is None:
+        if reply.startswith("<think>"):
+            raise _RowProblem(field_name, "'<think>' is never closed by '</think>'")
+        return "", reply
+    think, answer = match.group(1).strip(), match.group(2).strip()
+    if not answer:
+        raise _RowProblem(field_name, "empty answer after the </think> block")
+    return think, answer
+
+
+def _qta_sample(row: Any, system_prompt: str) -> tuple[Sample, bool]:
+    _require_object(row)
+    question = _text(row, "question", required=True)
+    think = _text(row, "think", required=True)
+    answer = _text(row, "answer", required=True)
+    system = _text(row, "system", required=False) or system_prompt
+    return Sample(question=question, think=think, answer=answer, system=system), False
+
+
+def _alpaca_sample(row: Any, system_prompt: str) -> tuple[Sample, bool]:
+    _require_object(row)
+    instruction = _text(row, "instruction", required=True)
+    extra_input = _text(row, "input", required=False)
+    think, answer = _split_think(_text(row, "output", required=True), "output")
+    system = _text(row, "system", required=False) or system_prompt
+    question = f"{instruction}\n{extra_input}" if extra_input else instruction
+    return Sample(question=question, think=think, answer=answer, system=system), False
+
+
+def _messages_sample(row: Any, system_prompt: str) -> tuple[Sample, bool]:
+    """OpenAI `messages` or ShareGPT `conversations`: the system message and the first exchange."""
+    _require_object(row)
+    messages = _chat_messages(row)
+    system, question, reply = None, None, None
+    for role, content, where in messages:
+        if role == "system" and question is None and system is None:
+            system = content
+        elif role == "user" and question is None:
+            question = (content, where)
+        elif role == "assistant" and question is not None:
+            reply = (content, where)
+            break
+    key = "conversations" if "conversations" in row else "messages"
+    if question is None:
+        raise _RowProblem(key, "no user message")
+    if reply is None:
+        raise _RowProblem(key, "no assistant message after the first user message")
+    if not question[0]:
+        raise _RowProblem(question[1], "empty")
+    if not reply[0]:
+        raise _RowProblem(reply[1], "empty")
+    think, answer = _split_think(reply[0], reply[1])
+    exchanges = sum(role != "system" for role, _, _ in messages)
+    sample = Sample(question=question[0], think=think, answer=answer, system=system or system_prompt)
+    return sample, exchanges > 2
+
+
+def _chat_messages(row: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(role, stripped content, field path for errors) of every message, roles mapped to OpenAI's."""
+    sharegpt = "conversations" in row and "messages" not in row
+    key, role_key, content_key = ("conversations", "from", "value") if sharegpt else ("messages", "role", "content")
+    messages = row.get(key)
+    if messages is None:
+        raise _RowProblem(key, "missing")
+    if not isinstance(messages, list):
+        raise _RowProblem(key, f"wrong type: expected a list of messages, got {_type_name(messages)}")
+    allowed = _SHAREGPT_ROLES if sharegpt else {role: role for role in _OPENAI_ROLES}
+    parsed = []
+    for index, message in enumerate(messages):
+        where = f"{key}[{index}]"
+        if not isinstance(message, dict):
+            raise _RowProblem(where, f"wrong type: expected an object, got {_type_name(message)}")
+        role = _text(message, role_key, required=True, label=f"{where}.{role_key}")
+        if role not in allowed:
+            raise _RowProblem(f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(allowed)}")
+        content = _text(message, content_key, required=True, allow_empty=True, label=f"{where}.{content_key}")
+        parsed.append((allowed[role], content, f"{where}.{content_key}"))
+    return parsed
+
+
+_CONVERTERS = {"qta": _qta_sample, "alpaca": _alpaca_sample, "messages": _messages_sample}

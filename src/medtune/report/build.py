@@ -1,0 +1,121 @@
+"""`build_report`: runs in, report.md + report.html + PNG charts + summary.json out; returns the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medtune import __version__
+from medtune.report.analysis import DEFAULT_PHASE_BOUNDS, Version, analyse
+from medtune.report.document import CHARTS, build_document, insight_text
+from medtune.report.insights import insights
+from medtune.report.render import to_html, to_markdown
+from medtune.report.runs import ReportError, Run, version_of
+from medtune.report.sources import load_runs
+from medtune.report.wording import words
+
+RunSpec = str | Path | tuple[str, str | Path]
+"""A run path (its version comes from its run name, less any -seed<N>/_s<N>) or (version, path)."""
+
+
+def build_report(
+    runs: Sequence[RunSpec],
+    out_dir: str | Path,
+    baseline: str | None = None,
+    steps: Sequence[int] | None = None,
+    lang: str = "en",
+    phases: Sequence[float] = DEFAULT_PHASE_BOUNDS,
+) -> dict[str, Any]:
+    """Compare the runs' versions and write the report into `out_dir`; returns what summary.json holds.
+
+    `baseline` defaults to the first version; `steps` (training-loss table) defaults to quarters of training;
+    `phases` are the two fractions of training that end the warmup and early phases of the grad-norm analysis.
+    """
+    w = words(lang)
+    phase_bounds = check_phases(phases)
+    if steps is not None and any(int(step) < 0 for step in steps):
+        raise ReportError(f"steps must be non-negative, got {list(steps)}")
+    versions = order_versions(group_versions(runs), baseline)
+    summary = analyse(versions, [int(step) for step in steps] if steps else None, phase_bounds)
+    summary["insights"] = insights(summary)
+    for insight in summary["insights"]:
+        insight["text"] = insight_text(insight, w)
+
+    from medtune.report.charts import cjk_font, draw_charts
+
+    font = cjk_font() if lang != "en" else None
+    chart_words = w if lang == "en" or font else words("en")
+    charts = draw_charts(versions, {key: chart_words[f"chart_{key}"] for key in CHARTS}, chart_words["chart_step"], font)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, png in charts.items():
+        write_atomic(out / f"{key}.png", png)
+    chart_files = {key: f"{key}.png" for key in charts}
+    summary.update(medtune_version=__version__, lang=lang, charts=chart_files)
+    blocks = build_document(summary, w, chart_files, chart_note=lang != "en" and font is None)
+    write_atomic(out / "report.md", to_markdown(blocks).encode("utf-8"))
+    write_atomic(out / "report.html", to_html(blocks, out, lang).encode("utf-8"))
+    summary = json_ready(summary)
+    write_atomic(out / "summary.json", (json.dumps(summary, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    return summary
+
+
+def group_versions(specs: Sequence[RunSpec]) -> list[Version]:
+    """Load every run and group them into versions, in the order they were given."""
+    if not specs:
+        raise ReportError("no runs given: pass run folders and/or --name version=path")
+    grouped: dict[str, list[Run]] = {}
+    for spec in specs:
+        version, path = (spec[0], Path(spec[1])) if isinstance(spec, tuple) else (None, Path(spec))
+        for run in load_runs(path):
+            if not len(run.series("loss")[0]):
+                raise ReportError(f"{run.source}: no training loss logged, nothing to compare")
+            grouped.setdefault(version or version_of(run.name), []).append(run)
+    return [Version(name, runs) for name, runs in grouped.items()]
+
+
+def order_versions(versions: list[Version], baseline: str | None) -> list[Version]:
+    """The baseline first (the tables compare every other version with it), the others as given."""
+    if baseline is None:
+        return versions
+    names = [version.name for version in versions]
+    if baseline not in names:
+        raise ReportError(f"--baseline {baseline!r} is not one of the versions: {', '.join(names)}")
+    return [versions[names.index(baseline)]] + [version for version in versions if version.name != baseline]
+
+
+def check_phases(phases: Sequence[float]) -> tuple[float, float]:
+    bounds = tuple(float(bound) for bound in phases)
+    if len(bounds) != 2 or not 0 < bounds[0] < bounds[1] < 1:
+        raise ReportError(f"phases must be two fractions 0 < end of warmup < end of early phase < 1, got {list(phases)}")
+    return bounds
+
+
+def parse_name_option(item: str) -> tuple[str, Path]:
+    """`v1=runs/a` -> ("v1", Path("runs/a"))."""
+    version, sep, path = item.partition("=")
+    if not sep or not version.strip() or not path.strip():
+        raise ReportError(f"--name {item!r}: expected version=path, e.g. v1=runs/v1-seed1")
+    return version.strip(), Path(path.strip())
+
+
+def json_ready(value: Any) -> Any:
+    """Non-finite floats become null, so summary.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

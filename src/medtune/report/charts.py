@@ -1,0 +1,65 @@
+"""PNG charts, one line per version (the mean over its runs, with a 95% CI band when it has several)."""
+
+from __future__ import annotations
+
+import io
+import numpy as np
+
+from medtune.report.analysis import Version
+from medtune.report.stats import describe
+
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "SimHei", "Microsoft YaHei", "PingFang SC", "Droid Sans Fallback")
+
+
+def cjk_font() -> str | None:
+    """An installed font that has Chinese glyphs (matplotlib's default has none)."""
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in installed), None)
+
+
+def draw_chart(versions: list[Version], key: str, title: str, x_label: str, font: str | None) -> bytes | None:
+    """The chart as PNG bytes, or None when no run logged `key`."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 4.5), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    drawn = False
+    for version in versions:
+        per_step: dict[int, list[float]] = {}
+        for run in version.runs:
+            steps, values = run.series(key)
+            for step, value in zip(steps.tolist(), values.tolist()):
+                per_step.setdefault(step, []).append(value)
+        # only steps every run logged, so the line is a mean over the same runs everywhere
+        steps = [step for step in sorted(per_step) if len(per_step[step]) == len(version.runs)]
+        if not steps:
+            continue
+        summaries = [describe(per_step[step]) for step in steps]
+        means = np.array([summary["mean"] for summary in summaries])
+        label = version.name.replace("$", r"\$")
+        line, = axes.plot(steps, means, marker="o" if len(steps) <= 12 else None, label=f"{label} (n={len(version.runs)})")
+        if len(version.runs) >= 2:
+            half = np.array([summary["ci95"] for summary in summaries])
+            axes.fill_between(steps, means - half, means + half, color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn = True
+    if not drawn:
+        return None
+    text_font = {"fontfamily": font} if font else {}
+    axes.set_title(title, **text_font)
+    axes.set_xlabel(x_label, **text_font)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    if key == "learning_rate":
+        axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def draw_charts(versions: list[Version], titles: dict[str, str], x_label: str, font: str | None) -> dict[str, bytes]:
+    """Metric key -> PNG bytes, for each metric some run logged."""
+    charts = {key: draw_chart(versions, key, title, x_label, font) for key, title in titles.items()}
+    return {key: png for key, png in charts.items() if png is not None}

@@ -1,0 +1,104 @@
+"""The in-memory run every importer returns, and the small helpers the analysis reads it with.
+
+Records use the metrics.jsonl key names of docs/DESIGN.md (`step`, `loss`, `grad_norm`, `learning_rate`,
+`eval_loss`, `augment`, ...), so the analysis never needs to know where a run came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEED_SUFFIX = re.compile(r"(?:-seed\d+|_s\d+)$")
+
+
+class ReportError(ValueError):
+    """An input run cannot be read or the report cannot be built; the message names the file and the problem."""
+
+
+@dataclass
+class Run:
+    """One training run, whatever wrote it.
+
+    `config` is the resolved config as a nested dict (medtune's layout where the source allows it),
+    `notes` lists what could not be read, so the report can say what it is missing.
+    """
+
+    name: str
+    records: list[dict[str, Any]]
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    eval: dict[str, Any]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Steps and values of one metric, sorted by step; a later record for the same step wins (resumes)."""
+        by_step: dict[int, float] = {}
+        for record in self.records:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                by_step[int(record["step"])] = float(value)
+        steps = np.array(sorted(by_step), dtype=int)
+        return steps, np.array([by_step[s] for s in steps], dtype=float)
+
+    def setting(self, dotted_key: str) -> Any:
+        """A value of the resolved config by dotted key (`train.lr`), or None when the run does not say."""
+        node: Any = self.config
+        for part in dotted_key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def max_steps(self) -> int | None:
+        """Planned optimizer steps: the trainer's own count (summary) first, then the config's."""
+        for value in (self.summary.get("max_steps"), self.setting("train.max_steps")):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+
+def version_of(run_name: str) -> str:
+    """`v2-seed3` and `v2_s3` belong to version `v2`."""
+    return SEED_SUFFIX.sub("", run_name) or run_name
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def numeric_leaves(tree: Any) -> dict[str, float]:
+    """The finite numbers of a nested dict by dotted key (booleans are not numbers here)."""
+    return {
+        key: float(value)
+        for key, value in flatten(tree).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; errors name the file (and line)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

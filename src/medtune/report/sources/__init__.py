@@ -1,0 +1,31 @@
+"""Importers: each turns what a trainer or tracker left on disk into `Run`s with metrics.jsonl key names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medtune.report.runs import ReportError, Run
+from medtune.report.sources.medtune_run import is_run_folder, load_run_folder
+from medtune.report.sources.swanlog import is_swanlog, load_swanlog
+from medtune.report.sources.tfevents import is_event_folder, load_event_folders
+from medtune.report.sources.trainer_state import find_state_file, load_trainer_state
+
+
+def load_runs(path: Path) -> list[Run]:
+    """Every run found at `path`: a medtune run folder, a swanlog folder (possibly several runs),
+    an HF output or checkpoint folder (or its trainer_state.json), or TensorBoard event files."""
+    if not path.exists():
+        raise ReportError(f"{path}: no such file or folder")
+    if path.is_dir() and is_run_folder(path):
+        return [load_run_folder(path)]
+    if path.is_dir() and is_swanlog(path):
+        return load_swanlog(path)
+    state_file = find_state_file(path)
+    if state_file is not None:
+        return [load_trainer_state(state_file)]
+    if is_event_folder(path):
+        return load_event_folders(path)
+    raise ReportError(
+        f"{path}: not a run: expected a medtune run folder (metrics.jsonl), a swanlog folder, "
+        "an HF trainer_state.json (or a folder with checkpoint-*/trainer_state.json) or TensorBoard event files"
+    )

@@ -1,0 +1,53 @@
+"""TensorBoard event files, as HF Trainer's TensorBoardCallback (or any SummaryWriter) writes them.
+
+Each folder holding `events.out.tfevents.*` files is one run. Scalars use HF's tags (`train/loss`,
+`eval/loss`); the Trainer's `args` text summary (TrainingArguments as JSON) gives the config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medtune.report.runs import ReportError, Run
+from medtune.report.sources.hf import config_from_training_args, records_from_points
+
+EVENT_GLOB = "events.out.tfevents.*"
+
+
+def is_event_folder(path: Path) -> bool:
+    return path.is_file() and path.name.startswith("events.out.tfevents.") or any(path.rglob(EVENT_GLOB))
+
+
+def load_event_folders(path: Path) -> list[Run]:
+    folders = [path.parent] if path.is_file() else sorted({event_file.parent for event_file in path.rglob(EVENT_GLOB)})
+    return [_load_folder(folder) for folder in folders]
+
+
+def _load_folder(folder: Path) -> Run:
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(folder), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0}
+    )
+    try:
+        accumulator.Reload()
+    except Exception as err:  # tensorboard raises its own DataLossError and protobuf errors on damaged files
+        raise ReportError(f"{folder}: unreadable TensorBoard event file: {err}") from None
+    tags = accumulator.Tags()
+    points = [(tag, event.step, float(event.value)) for tag in tags["scalars"] for event in accumulator.Scalars(tag)]
+    if not points:
+        raise ReportError(f"{folder}: no scalars in the TensorBoard event files")
+    notes = ["TensorBoard logs carry no summary.json (random_weights unknown) and no eval.json"]
+    config: dict[str, Any] = {}
+    if "args/text_summary" in tags["tensors"]:
+        text = accumulator.Tensors("args/text_summary")[-1].tensor_proto.string_val[0].decode("utf-8")
+        try:
+            config = config_from_training_args(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{folder}: the `args` text summary is not the Trainer's JSON ({err.msg})") from None
+    else:
+        notes.append("no `args` text summary: config unknown")
+    name = config.get("run_name") or folder.name
+    return Run(str(name), records_from_points(points), config, {}, {}, f"TensorBoard events {folder}", notes)

@@ -1,0 +1,390 @@
+"""The QLoRA fine-tuning recipe: one class, read top to bottom.
+
+Features (config keys): 4-bit NF4 base (`quant`), LoRA on any projections plus fully trained modules
+(`lora`), paged 8-bit AdamW on CUDA (`train.optimizer`), linear/cosine/constant schedules with warmup,
+packing with attention kept inside samples (`train.packing`), a chunked lm_head + cross-entropy that never
+materialises full logits, token-weighted loss over the whole optimizer step, periodic eval, atomic
+checkpoints every `save_steps` with exact resume (`--resume`), metrics.jsonl plus optional trackers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import set_seed
+
+from medtune.config import RunConfig, dump_config
+from medtune.data.batching import micro_batches, step_positions, to_device
+from medtune.data.prepare import prepare_data
+from medtune.data.render import Encoded
+from medtune.model.load import apply_lora, default_device, embeddings_tied, load_base_model
+from medtune.train.checkpoint import (
+    STATE_FILE,
+    list_checkpoints,
+    load_training_state,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from medtune.train.loss import causal_lm_loss_sums
+from medtune.train.metrics import JsonlLogger, MetricLogger, write_atomic, write_json
+from medtune.train.progress import TrainProgress
+from medtune.train.schedules import build_scheduler
+
+RANDOM_WEIGHTS_NOTE = "random weights (offline tiny model): losses show the pipeline works, not medical quality"
+
+
+class RunExistsError(RuntimeError):
+    """The run folder already holds a run; resuming or overwriting must be asked for."""
+
+
+@dataclass
+class Window:
+    """Sums over the steps since the last log line (saved in checkpoints so resume logs identically)."""
+
+    loss: float = 0.0
+    tokens: int = 0
+    think: float = 0.0
+    think_tokens: int = 0
+    answer: float = 0.0
+    answer_tokens: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+    input_tokens: int = 0
+    seconds: float = 0.0
+
+
+def library_versions() -> dict[str, str]:
+    names = ["medtune", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors"]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"device": str(device), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    return info
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA; peak resident memory of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class FineTuneRecipe:
+    """QLoRA supervised fine-tuning of a causal LM on question/think/answer consultations."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, skip_bad_rows: bool | None = None) -> None:
+        self.cfg = cfg
+        if skip_bad_rows is not None:
+            cfg.data.skip_bad_rows = skip_bad_rows
+        self.run_dir = cfg.run_dir()
+        self.resume = resume
+        self.overwrite = overwrite
+        self.device = default_device()
+        self.step = 0
+        self.samples_consumed = 0
+        self.tokens_seen = 0
+        self.elapsed = 0.0
+        self.window = Window()
+        self.loggers: list[MetricLogger] = []
+        self.augment_stats = None
+
+    # ---- setup -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._setup_run_dir()  # first: refuse to clobber an existing run before any slow work
+        set_seed(self.cfg.train.seed)
+        self._setup_model()  # the tokenizer comes with the model and is needed to encode the data
+        self._setup_data()
+        self._setup_optimizer()
+        self._setup_scheduler()  # needs the step count, which `epochs` derives from the data size
+        if self.resume:
+            self._load_checkpoint()  # after optimizer and scheduler exist, to load their states
+        self._setup_logging()  # after resume: drops metrics logged past the checkpoint
+
+    def _setup_run_dir(self) -> None:
+        has_run = (self.run_dir / "metrics.jsonl").exists() or (self.run_dir / "checkpoints").exists()
+        if has_run and not self.resume:
+            if not self.overwrite:
+                raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_dir / "config.resolved.yaml", dump_config(self.cfg))
+
+    def _setup_model(self) -> None:
+        loaded = load_base_model(self.cfg.model, self.cfg.quant, self.device)
+        self.tokenizer, self.random_weights, self.model_source = loaded.tokenizer, loaded.random_weights, loaded.source
+        self.tied_before = embeddings_tied(loaded.model)
+        self.model = apply_lora(loaded.model, self.cfg.lora, self.cfg.train.gradient_checkpointing)
+        self.model.train()
+        write_json(self.run_dir / "env.json", {"versions": library_versions(), "python": sys.version.split()[0],
+                                               "hardware": hardware(self.device)})
+
+    def _setup_data(self) -> None:
+        prepared = prepare_data(self.cfg, self.tokenizer)
+        self.train_set, self.val_encoded, self.data_stats = prepared.train, prepared.validation, prepared.stats
+        if self.cfg.augment.enabled:
+            from medtune.data.augment import AugmentStats
+
+            self.augment_stats = AugmentStats()
+        write_json(self.run_dir / "data_stats.json", self.data_stats)
+
+    def _setup_optimizer(self) -> None:
+        train = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable_params = params
+        name = train.optimizer
+        if name == "auto":
+            name = "paged_adamw_8bit" if self.device.type == "cuda" else "adamw"
+        self.optimizer_name = name
+        kwargs = dict(lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
+        if name == "adamw":
+            self.optimizer = torch.optim.AdamW(params, **kwargs)
+        else:
+            import bitsandbytes as bnb
+
+            cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+            self.optimizer = cls(params, **kwargs)
+
+    def _setup_scheduler(self) -> None:
+        train = self.cfg.train
+        if train.max_steps is not None:
+            self.max_steps = train.max_steps
+        else:
+            self.max_steps = math.ceil(train.epochs * len(self.train_set) / train.samples_per_step())
+        self.scheduler = build_scheduler(self.optimizer, train, self.max_steps)
+
+    def _load_checkpoint(self) -> None:
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            return  # nothing saved yet: the run starts from step 0
+        step, folder = checkpoints[-1]
+        set_peft_model_state_dict(self.model, load_file(folder / "adapter_model.safetensors"))
+        state = load_training_state(folder)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        self.step, self.samples_consumed = state["step"], state["samples_consumed"]
+        self.tokens_seen, self.elapsed = state["tokens_seen"], state["elapsed"]
+        self.window = Window(**state["window"])
+        if self.augment_stats is not None:
+            self.augment_stats.load_state_dict(state["augment_stats"])
+
+    def _setup_logging(self) -> None:
+        self.loggers = [JsonlLogger(self.run_dir / "metrics.jsonl", resume_step=self.step if self.resume else None)]
+        if self.cfg.train.report_to:
+            from medtune.train.trackers import build_trackers
+
+            self.loggers += build_trackers(self.cfg, self.run_dir)
+
+    # ---- one optimizer step --------------------------------------------------------------------
+    def _next_step_samples(self) -> list[Encoded]:
+        n = len(self.train_set)
+        positions = step_positions(self.samples_consumed, self.cfg.train.samples_per_step(), n, self.cfg.train.seed)
+        items = []
+        for epoch, index in positions:
+            encoded, masked_terms = self.train_set.encode_at(epoch, index)
+            if self.augment_stats is not None:
+                self.augment_stats.record(epoch, masked_terms)
+            items.append(encoded)
+        return items
+
+    def train_step(self, items: list[Encoded]) -> float:
+        """Forward/backward over the step's micro-batches, clip, update. Returns grad_norm before clipping."""
+        train = self.cfg.train
+        batches = micro_batches(items, train.per_device_batch_size, self.cfg.data.max_length, train.packing, self.tokenizer.pad_token_id)
+        step_tokens = sum(b["n_tokens"] for b in batches)
+        loss_sum = think_sum = answer_sum = torch.zeros((), device=self.device)
+        for batch in batches:
+            sums = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
+            (sums.total / step_tokens).backward()
+            loss_sum = loss_sum + sums.total.detach()
+            think_sum, answer_sum = think_sum + sums.think, answer_sum + sums.answer
+        max_norm = train.max_grad_norm if train.max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable_params, max_norm))  # device sync
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        w = self.window
+        w.loss += float(loss_sum)
+        w.think += float(think_sum)
+        w.answer += float(answer_sum)
+        w.tokens += step_tokens
+        w.think_tokens += sum(b["n_think"] for b in batches)
+        w.answer_tokens += sum(b["n_answer"] for b in batches)
+        w.input_tokens += sum(b["n_input"] for b in batches)
+        w.grad_norms.append(grad_norm)
+        return grad_norm
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def train(self) -> None:
+        train = self.cfg.train
+        self._write_summary("running")
+        with TrainProgress(self.cfg.run_name, self.max_steps, self.step) as progress:
+            while self.step < self.max_steps:
+                epoch_before = self.samples_consumed // len(self.train_set)
+                started = time.perf_counter()
+                items = self._next_step_samples()
+                lr = self.scheduler.get_last_lr()[0]
+                self.train_step(items)
+                self.step += 1
+                self.samples_consumed += train.samples_per_step()
+                self.window.seconds += time.perf_counter() - started
+                if self.step % train.logging_steps == 0 or self.step == self.max_steps:
+                    record = self._log_train(lr)
+                    progress.update(self.step, record)
+                else:
+                    progress.update(self.step)
+                if train.eval_steps and (self.step % train.eval_steps == 0 or self.step == self.max_steps):
+                    progress.note(f"eval_loss {self.evaluate()['eval_loss']:.4f}")
+                if self.augment_stats is not None and self.samples_consumed // len(self.train_set) > epoch_before:
+                    self._log({"step": self.step, "epoch": self._epoch(), "augment": self.augment_stats.epoch_summary(epoch_before)})
+                if self.step % train.save_steps == 0 or self.step == self.max_steps:
+                    self.save_checkpoint()
+        self._finish()
+
+    def _epoch(self) -> float:
+        return round(self.samples_consumed / len(self.train_set), 4)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log(record)
+
+    def _log_train(self, lr: float) -> dict[str, Any]:
+        w = self.window
+        self.tokens_seen += w.input_tokens
+        self.elapsed += w.seconds
+        record = {
+            "step": self.step, "epoch": self._epoch(),
+            "loss": w.loss / w.tokens,
+            "loss_think": w.think / w.think_tokens if w.think_tokens else None,
+            "loss_answer": w.answer / w.answer_tokens if w.answer_tokens else None,
+            "grad_norm": float(np.mean(w.grad_norms)), "grad_norm_max": max(w.grad_norms),
+            "learning_rate": lr, "tokens_seen": self.tokens_seen,
+            "tokens_per_s": w.input_tokens / w.seconds if w.seconds else None,
+            "peak_memory_gib": round(peak_memory_gib(self.device), 3), "elapsed_s": round(self.elapsed, 2),
+        }
+        self.window = Window()
+        self._log(record)
+        self._write_summary("running", last_train=record)
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Token-weighted loss over the whole validation set (dropout off)."""
+        if not self.val_encoded:
+            return {"eval_loss": float("nan")}
+        self.model.eval()
+        train = self.cfg.train
+        batches = micro_batches(self.val_encoded, train.per_device_batch_size, self.cfg.data.max_length, train.packing, self.tokenizer.pad_token_id)
+        total = think = answer = 0.0
+        for batch in batches:
+            sums = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
+            total, think, answer = total + float(sums.total), think + float(sums.think), answer + float(sums.answer)
+        self.model.train()
+        tokens = sum(b["n_tokens"] for b in batches)
+        think_tokens, answer_tokens = sum(b["n_think"] for b in batches), sum(b["n_answer"] for b in batches)
+        record = {"step": self.step, "epoch": self._epoch(), "eval_loss": total / tokens,
+                  "eval_loss_think": think / think_tokens if think_tokens else None,
+                  "eval_loss_answer": answer / answer_tokens if answer_tokens else None, "eval_tokens": tokens}
+        self._log(record)
+        self.last_eval = record
+        return record
+
+    # ---- saving --------------------------------------------------------------------------------
+    def _save_adapter(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        shutil.copy(self.run_dir / "config.resolved.yaml", folder / "config.resolved.yaml")
+        write_json(folder / "medtune_adapter.json", self._adapter_facts())
+
+    def _adapter_facts(self) -> dict[str, Any]:
+        """What chat/merge need beyond PEFT's own config: the base's source and how embeddings were trained."""
+        trained = sorted(set(self.cfg.lora.modules_to_save) & {"embed_tokens", "lm_head"})
+        return {"base_model": self.cfg.model.model_dump(mode="json"), "quant": self.cfg.quant.model_dump(mode="json"),
+                "random_weights": self.random_weights, "base_embeddings_tied": self.tied_before,
+                "trained_embeddings": trained, "embeddings_tied": embeddings_tied(self.model.get_base_model()),
+                "step": self.step}
+
+    def save_checkpoint(self) -> None:
+        state = {"step": self.step, "samples_consumed": self.samples_consumed, "tokens_seen": self.tokens_seen,
+                 "elapsed": self.elapsed, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": rng_state(), "window": self.window.__dict__,
+                 "augment_stats": self.augment_stats.state_dict() if self.augment_stats is not None else None}
+
+        def write(folder: Path) -> None:
+            self._save_adapter(folder)
+            torch.save(state, folder / STATE_FILE)
+
+        save_checkpoint(self.run_dir, self.step, write, self.cfg.train.save_total_limit)
+
+    def _finish(self) -> None:
+        final = self.run_dir / "adapter"
+        tmp = final.with_name("adapter.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._save_adapter(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        if self.augment_stats is not None:
+            self._log({"step": self.step, "epoch": self._epoch(), "augment": self.augment_stats.epoch_summary(self.samples_consumed // len(self.train_set))})
+        self._write_summary("complete")
+
+    def _write_summary(self, status: str, last_train: dict[str, Any] | None = None) -> None:
+        summary_path = self.run_dir / "summary.json"
+        previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary = {
+            **previous,
+            "status": status, "run_name": self.cfg.run_name, "step": self.step, "max_steps": self.max_steps,
+            "model": self.model_source if not self.random_weights else f"tiny ({RANDOM_WEIGHTS_NOTE})",
+            "random_weights": self.random_weights, "optimizer": self.optimizer_name, "device": str(self.device),
+            "tokens_seen": self.tokens_seen, "train_seconds": round(self.elapsed, 2),
+            "tokens_per_s": self.tokens_seen / self.elapsed if self.elapsed else None,
+            "trainable_parameters": sum(p.numel() for p in self.trainable_params),
+            "embeddings": self._adapter_facts(),
+            "data": {split: {k: v for k, v in self.data_stats[split].items() if not isinstance(v, list)} for split in ("train", "validation")},
+        }
+        if last_train is not None:
+            summary["last_train"] = last_train
+        if getattr(self, "last_eval", None):
+            summary["last_eval"] = self.last_eval
+        if self.augment_stats is not None:
+            summary["augmentation"] = self.augment_stats.state_dict()
+        write_json(summary_path, summary)
+
+    def cleanup(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, skip_bad_rows: bool | None = None) -> Path:
+    """Train one run end to end and return its folder."""
+    recipe = FineTuneRecipe(cfg, resume=resume, overwrite=overwrite, skip_bad_rows=skip_bad_rows)
+    try:
+        recipe.setup()
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return recipe.run_dir

@@ -1,0 +1,397 @@
+"""Reading every supported format and file type, bad-row handling, shipped-data resolution and the split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from medtune.data.formats import (
+    ROW,
+    DataError,
+    Sample,
+    read_samples,
+    resolve_data_path,
+    split_train_validation,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHIPPED = "medtune:delicate_medical_r1_val"
+SYSTEM = "你是一个医学专家。"
+
+
+def _first_shipped_rows(count: int) -> list[dict]:
+    with resolve_data_path(SHIPPED).open(encoding="utf-8") as file:
+        return [json.loads(next(file)) for _ in range(count)]
+
+
+QTA_ROWS = _first_shipped_rows(6)
+"""Real question/think/answer rows that the other formats are built from, so every format is checked against them."""
+
+
+def expected(row: dict, system: str = SYSTEM) -> tuple[str, str, str, str]:
+    return row["question"].strip(), row["think"].strip(), row["answer"].strip(), system
+
+
+def fields(sample: Sample) -> tuple[str, str, str, str]:
+    return sample.question, sample.think, sample.answer, sample.system
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def encode(row: object) -> bytes:
+    return json.dumps(row, ensure_ascii=False).encode("utf-8")
+
+
+def reply(row: dict) -> str:
+    return f"<think>\n{row['think']}\n</think>\n\n{row['answer']}"
+
+
+# --- formats and file types
+
+
+def test_shipped_file_reads_every_row():
+    path = resolve_data_path(SHIPPED)
+    raw_rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    result = read_samples(path, system_prompt=SYSTEM)
+
+    assert len(result.samples) == 241 == len(raw_rows)
+    assert result.skipped == [] and result.formats == {"qta": 241}
+    assert [fields(sample) for sample in result.samples] == [expected(row) for row in raw_rows]
+    assert result.samples[16].source == f"{path.name}:17"
+
+
+def test_qta_system_field_is_used_and_empty_falls_back(tmp_path):
+    rows = [{**QTA_ROWS[0], "system": "你是儿科医生。"}, {**QTA_ROWS[1], "system": "  "}, QTA_ROWS[2]]
+    path = write_lines(tmp_path / "train.jsonl", [encode(row) for row in rows])
+
+    samples = read_samples(path, system_prompt=SYSTEM).samples
+
+    assert [sample.system for sample in samples] == ["你是儿科医生。", SYSTEM, SYSTEM]
+
+
+def test_sharegpt_fixture():
+    path = FIXTURES / "medicalgpt_sft_sharegpt_5.jsonl"
+    raw_rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    result = read_samples(path, system_prompt=SYSTEM)
+
+    assert result.formats == {"messages": 5} and result.multi_turn_truncated == 0
+    for sample, row in zip(result.samples, raw_rows, strict=True):
+        human, gpt = row["conversations"]
+        assert fields(sample) == (human["value"].strip(), "", gpt["value"].strip(), SYSTEM)
+
+
+def test_openai_messages_keep_system_split_think_and_count_multi_turn(tmp_path):
+    single = {
+        "messages": [
+            {"role": "system", "content": "你是全科医生。"},
+            {"role": "user", "content": QTA_ROWS[0]["question"]},
+            {"role": "assistant", "content": reply(QTA_ROWS[0])},
+        ]
+    }
+    multi = {
+        "messages": [
+            {"role": "user", "content": QTA_ROWS[1]["question"]},
+            {"role": "assistant", "content": reply(QTA_ROWS[1])},
+            {"role": "user", "content": QTA_ROWS[2]["question"]},
+            {"role": "assistant", "content": reply(QTA_ROWS[2])},
+        ]
+    }
+    path = write_lines(tmp_path / "chat.jsonl", [encode(single), encode(multi)])
+
+    result = read_samples(path, system_prompt=SYSTEM)
+
+    assert [fields(sample) for sample in result.samples] == [expected(QTA_ROWS[0], "你是全科医生。"), expected(QTA_ROWS[1])]
+    assert result.multi_turn_truncated == 1
+
+
+def test_alpaca_joins_input_and_splits_think(tmp_path):
+    first, second, third = QTA_ROWS[:3]
+    rows = [
+        {"instruction": first["question"], "input": "", "output": reply(first)},
+        {"instruction": "请回答下面的问题。", "input": second["question"], "output": reply(second)},
+        {"instruction": third["question"], "output": third["answer"]},
+    ]
+    path = write_lines(tmp_path / "alpaca.jsonl", [encode(row) for row in rows])
+
+    samples = read_samples(path, system_prompt=SYSTEM).samples
+
+    assert fields(samples[0]) == expected(first)
+    assert samples[1].question == "请回答下面的问题。\n" + second["question"].strip()
+    assert fields(samples[2]) == (third["question"].strip(), "", third["answer"].strip(), SYSTEM)
+
+
+def test_auto_detects_each_row_of_a_mixed_file(tmp_path):
+    rows = [
+        QTA_ROWS[0],
+        {"instruction": QTA_ROWS[1]["question"], "output": reply(QTA_ROWS[1])},
+        {"conversations": [{"from": "human", "value": QTA_ROWS[2]["question"]}, {"from": "gpt", "value": reply(QTA_ROWS[2])}]},
+    ]
+    path = write_lines(tmp_path / "mixed.jsonl", [encode(row) for row in rows])
+
+    result = read_samples(path, system_prompt=SYSTEM)
+
+    assert [fields(sample) for sample in result.samples] == [expected(row) for row in QTA_ROWS[:3]]
+    assert result.formats == {"qta": 1, "alpaca": 1, "messages": 1}
+
+
+def test_forced_format_reports_the_field_it_misses(tmp_path):
+    """The shipped rows carry an `instruction` column too, so forced alpaca finds it and misses `output`."""
+    path = write_lines(tmp_path / "train.jsonl", [encode(QTA_ROWS[0])])
+
+    with pytest.raises(DataError, match=r"train\.jsonl:1: field 'output': missing"):
+        read_samples(path, format="alpaca", system_prompt=SYSTEM)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["array", "object-with-one-list"])
+def test_json_file(tmp_path, wrap):
+    data = {"data": QTA_ROWS[:3]} if wrap else QTA_ROWS[:3]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+
+    samples = read_samples(path, system_prompt=SYSTEM).samples
+
+    assert [fields(sample) for sample in samples] == [expected(row) for row in QTA_ROWS[:3]]
+    assert [sample.source for sample in samples] == ["train.json:1", "train.json:2", "train.json:3"]
+
+
+def test_json_bad_element_is_named_by_its_position(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([QTA_ROWS[0], {**QTA_ROWS[1], "answer": ""}]), encoding="utf-8")
+
+    with pytest.raises(DataError, match=r"train\.json:2: field 'answer': empty"):
+        read_samples(path, system_prompt=SYSTEM)
+
+
+def test_json_file_that_is_not_a_list_of_rows(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"train": QTA_ROWS[:1], "validation": QTA_ROWS[1:2]}), encoding="utf-8")
+
+    with pytest.raises(DataError, match="expected a JSON array"):
+        read_samples(path, system_prompt=SYSTEM)
+
+
+def test_json_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text("[\n" + json.dumps(QTA_ROWS[0]) + ",\n}\n", encoding="utf-8")
+
+    with pytest.raises(DataError, match=r"train\.json:3: field '\(row\)': invalid JSON"):
+        read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+
+
+def test_json_file_with_non_utf8_bytes_fails_whole_even_when_skipping(tmp_path):
+    path = write_lines(tmp_path / "train.json", [b"[", encode(QTA_ROWS[0]) + b",", b'{"question": "\xff\xfe"}', b"]"])
+
+    with pytest.raises(DataError, match=r"train\.json:3: field '\(row\)': not valid UTF-8"):
+        read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+
+
+def test_huatuo_fixture_fits_no_format():
+    path = FIXTURES / "huatuo_meddialog_2.json"
+
+    with pytest.raises(DataError) as raised:
+        read_samples(path, system_prompt=SYSTEM)
+    assert str(raised.value).startswith(f"{path}:1: field '(row)': no known format (keys: Department, doctor_diagnosis")
+
+    with pytest.raises(DataError, match="no usable rows: all 2 are bad"):
+        read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+
+
+def test_parquet(tmp_path):
+    rows = [{**row, "system": system} for row, system in zip(QTA_ROWS[:3], [None, "你是全科医生。", ""])]
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+    samples = read_samples(path, system_prompt=SYSTEM).samples
+
+    assert [fields(sample) for sample in samples] == [
+        expected(QTA_ROWS[0]),
+        expected(QTA_ROWS[1], "你是全科医生。"),
+        expected(QTA_ROWS[2]),
+    ]
+    assert samples[2].source == "train.parquet:3"
+
+
+def test_parquet_messages_and_null_field(tmp_path):
+    chat = {"messages": [{"role": "user", "content": QTA_ROWS[0]["question"]}, {"role": "assistant", "content": reply(QTA_ROWS[0])}]}
+    path = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist([chat, {"messages": [{"role": "user", "content": None}]}]), path)
+
+    with pytest.raises(DataError, match=r"chat\.parquet:2: field 'messages\[0\]\.content': missing"):
+        read_samples(path, system_prompt=SYSTEM)
+    result = read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+    assert [fields(sample) for sample in result.samples] == [expected(QTA_ROWS[0])]
+
+
+def test_unreadable_parquet(tmp_path):
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"not parquet at all")
+
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        read_samples(path, system_prompt=SYSTEM)
+
+
+def test_missing_file_and_unknown_suffix(tmp_path):
+    with pytest.raises(DataError, match=r"absent\.jsonl: file not found"):
+        read_samples(tmp_path / "absent.jsonl", system_prompt=SYSTEM)
+    (tmp_path / "train.csv").write_text("question,think,answer\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"unsupported file type '\.csv'"):
+        read_samples(tmp_path / "train.csv", system_prompt=SYSTEM)
+
+
+def test_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", [b"\xef\xbb\xbf" + encode(QTA_ROWS[0])])
+
+    assert fields(read_samples(path, system_prompt=SYSTEM).samples[0]) == expected(QTA_ROWS[0])
+
+
+def test_empty_file(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", [b"", b"  "])
+
+    with pytest.raises(DataError, match="no rows"):
+        read_samples(path, system_prompt=SYSTEM)
+
+
+# --- bad rows
+
+
+def _bad_rows(qta: dict) -> dict[str, tuple[bytes, str, str]]:
+    """Each kind of bad row: (the line's bytes, the field the error must name, words of the reason)."""
+    without_think = {key: value for key, value in qta.items() if key != "think"}
+    return {
+        "invalid-json": (encode(qta)[:-20], ROW, "invalid JSON"),
+        "not-an-object": (b'["question", "answer"]', ROW, "expected a JSON object, got array"),
+        "missing-field": (encode(without_think), "think", "missing"),
+        "empty-field": (encode({**qta, "answer": " \n "}), "answer", "empty"),
+        "empty-think-in-qta": (encode({**qta, "think": ""}), "think", "empty"),
+        "wrong-type": (encode({**qta, "question": 42}), "question", "wrong type: expected a string, got int"),
+        "non-utf8": (encode(qta)[:30] + b"\xff\xfe" + encode(qta)[30:], ROW, "not valid UTF-8"),
+        "unknown-format": (encode({"ask": "头疼", "reply": "休息"}), ROW, "no known format"),
+        "unknown-role": (
+            encode({"conversations": [{"from": "human", "value": "头疼"}, {"from": "bot", "value": "休息"}]}),
+            "conversations[1].from",
+            "unknown role 'bot'",
+        ),
+        "no-assistant": (encode({"messages": [{"role": "user", "content": "头疼"}]}), "messages", "no assistant message"),
+        "unclosed-think": (encode({"instruction": "头疼", "output": "<think>想一想"}), "output", "never closed"),
+    }
+
+
+BAD_ROWS = _bad_rows(QTA_ROWS[0])
+
+
+@pytest.mark.parametrize("kind", list(BAD_ROWS))
+def test_bad_row_raises_naming_file_line_and_field(tmp_path, kind):
+    line_bytes, field_name, reason = BAD_ROWS[kind]
+    path = write_lines(tmp_path / "train.jsonl", [encode(QTA_ROWS[0]), b"", line_bytes, encode(QTA_ROWS[1])])
+
+    with pytest.raises(DataError) as raised:
+        read_samples(path, system_prompt=SYSTEM)
+
+    assert str(raised.value).startswith(f"{path}:3: field '{field_name}': ")
+    assert reason in str(raised.value)
+    assert (raised.value.line, raised.value.field) == (3, field_name)
+
+
+def test_skipping_records_every_bad_row_and_keeps_the_good_ones(tmp_path):
+    lines, expected_bad, good_lines = [], [], []
+    for index, (line_bytes, field_name, reason) in enumerate(BAD_ROWS.values()):
+        good = QTA_ROWS[index % len(QTA_ROWS)]
+        lines += [encode(good), line_bytes]
+        good_lines.append(len(lines) - 1)
+        expected_bad.append((f"train.jsonl:{len(lines)}", field_name, reason))
+    path = write_lines(tmp_path / "train.jsonl", lines)
+
+    result = read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+
+    assert [sample.source for sample in result.samples] == [f"train.jsonl:{line}" for line in good_lines]
+    assert len(result.skipped) == len(BAD_ROWS)
+    for bad, (source, field_name, reason) in zip(result.skipped, expected_bad, strict=True):
+        assert (bad.source, bad.field) == (source, field_name)
+        assert reason in bad.reason
+    stats = json.loads(json.dumps(result.as_dict()))
+    assert stats["rows"] == len(good_lines) and stats["skipped_rows"] == len(BAD_ROWS)
+    assert stats["skipped"][0] == {"source": expected_bad[0][0], "field": expected_bad[0][1], "reason": result.skipped[0].reason}
+
+
+def test_without_skipping_the_first_bad_row_raises(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", [encode(QTA_ROWS[0]), BAD_ROWS["wrong-type"][0], BAD_ROWS["missing-field"][0]])
+
+    with pytest.raises(DataError, match=r"train\.jsonl:2: field 'question'"):
+        read_samples(path, system_prompt=SYSTEM)
+
+
+def test_only_bad_rows_raise_even_when_skipping(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", [BAD_ROWS["empty-field"][0], BAD_ROWS["non-utf8"][0]])
+
+    with pytest.raises(DataError, match=r"no usable rows: all 2 are bad, the first train\.jsonl:1: field 'answer': empty"):
+        read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+
+
+def test_max_rows_counts_good_and_bad_rows(tmp_path):
+    lines = [encode(QTA_ROWS[0]), BAD_ROWS["invalid-json"][0], encode(QTA_ROWS[1]), encode(QTA_ROWS[2])]
+    path = write_lines(tmp_path / "train.jsonl", lines)
+
+    result = read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True, max_rows=3)
+
+    assert [sample.source for sample in result.samples] == ["train.jsonl:1", "train.jsonl:3"]
+    assert [bad.source for bad in result.skipped] == ["train.jsonl:2"]
+
+
+# --- shipped data and the split
+
+
+def test_resolve_shipped_name_and_paths(tmp_path, monkeypatch):
+    shipped = resolve_data_path(SHIPPED)
+    assert shipped.is_file() and shipped.name == "delicate_medical_r1_val.jsonl"
+
+    with pytest.raises(DataError, match="shipped: medtune:delicate_medical_r1_val"):
+        resolve_data_path("medtune:no_such_set")
+    with pytest.raises(DataError, match="no shipped data set"):
+        resolve_data_path("medtune:../data/delicate_medical_r1_val")
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_data_path("~/train.jsonl") == tmp_path / "train.jsonl"
+    assert resolve_data_path("data/train.jsonl") == Path("data/train.jsonl")
+
+
+def _samples(count: int) -> list[Sample]:
+    return [Sample(question=f"q{index}", think="t", answer="a", source=f"f:{index + 1}") for index in range(count)]
+
+
+def test_split_is_deterministic_disjoint_and_keeps_order():
+    samples = read_samples(resolve_data_path(SHIPPED), system_prompt=SYSTEM).samples
+
+    train, validation = split_train_validation(samples, 0.1, seed=42)
+    again = split_train_validation(samples, 0.1, seed=42)
+    other_seed = split_train_validation(samples, 0.1, seed=7)
+
+    assert (train, validation) == again
+    assert validation != other_seed[1]
+    assert len(validation) == round(len(samples) * 0.1)
+    train_sources, val_sources = [s.source for s in train], [s.source for s in validation]
+    assert not set(train_sources) & set(val_sources)
+    assert sorted(train_sources + val_sources) == sorted(s.source for s in samples)
+    position = {sample.source: index for index, sample in enumerate(samples)}
+    for split in (train_sources, val_sources):
+        assert [position[source] for source in split] == sorted(position[source] for source in split)
+
+
+@pytest.mark.parametrize(("count", "fraction", "val_count"), [(2, 0.01, 1), (5, 0.99, 4), (1, 0.5, 0), (10, 0.0, 0)])
+def test_split_sizes_at_the_edges(count, fraction, val_count):
+    train, validation = split_train_validation(_samples(count), fraction, seed=0)
+
+    assert len(validation) == val_count and len(train) == count - val_count
+
+
+def test_split_rejects_a_fraction_outside_zero_to_one():
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_train_validation(_samples(4), 1.0, seed=0)
