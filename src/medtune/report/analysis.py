@@ -15,7 +15,14 @@ import numpy as np
 
 from medtune.report.runs import Run, flatten, numeric_leaves
 from medtune.report.schedule import check_schedule
-from medtune.report.stats import ALPHA, CONFIDENCE, NOISE_Z, compare, describe, pooled_sd
+from medtune.report.stats import (
+    ALPHA,
+    CONFIDENCE,
+    NOISE_Z,
+    compare,
+    describe,
+    pooled_sd,
+)
 
 IGNORED_CONFIG_KEYS = {"run_name", "output_dir", "seed", "logging_dir"}
 """Config keys (last dotted part) that differ between runs without making them different experiments."""
@@ -55,7 +62,7 @@ def analyse(versions: list[Version], steps: Sequence[int] | None, phase_bounds: 
 
 def default_steps(versions: list[Version]) -> list[int]:
     """Quarters of the last step every run has a training loss for."""
-    last = min(int(run.series("loss")[0][-1]) for version in versions for run in version.runs if len(run.series("loss")[0]))
+    last = min(int(run.series("loss")[0][-1]) for version in versions for run in version.runs)
     return sorted({max(1, round(last * quarter / 4)) for quarter in (1, 2, 3, 4)})
 
 
@@ -139,7 +146,7 @@ def metric_table(versions: list[Version], key: str, steps: Sequence[int]) -> dic
     rows = []
     for step in steps:
         used = {version.name: sorted({hit[0] for run in version.runs if (hit := nearest(run, key, step))}) for version in versions}
-        row = summarised(versions, lambda run: hit[1] if (hit := nearest(run, key, step)) else None)
+        row = summarised(versions, lambda run, step=step: hit[1] if (hit := nearest(run, key, step)) else None)
         rows.append({"step": int(step), "steps_used": used, "exact": all(found == [step] for found in used.values()), **row})
     return {"key": key, "rows": rows}
 
@@ -286,33 +293,33 @@ def advantages(versions: list[Version], summary: dict[str, Any]) -> dict[str, An
 def convergence(versions: list[Version]) -> dict[str, Any]:
     """Per version: the training-loss gap to the baseline at the step where the mean curves differ most."""
     baseline = versions[0]
-    base_curve = mean_curve(baseline, "loss")
+    base_curve = {step: point["mean"] for step, point in curve(baseline, "loss").items()}
     result: dict[str, Any] = {}
     for version in versions[1:]:
-        curve = mean_curve(version, "loss")
-        common = sorted(set(base_curve) & set(curve))
+        means = {step: point["mean"] for step, point in curve(version, "loss").items()}
+        common = sorted(set(base_curve) & set(means))
         if not common:
             result[version.name] = None
             continue
-        gaps = np.array([curve[step] - base_curve[step] for step in common])
+        gaps = np.array([means[step] - base_curve[step] for step in common])
         step = common[int(np.argmax(np.abs(gaps)))]
         base_values = [nearest(run, "loss", step)[1] for run in baseline.runs]
         values = [nearest(run, "loss", step)[1] for run in version.runs]
         noise = pooled_sd([base_values, values])
-        result[version.name] = {"step": step, "baseline_mean": base_curve[step], "mean": curve[step], **compare(base_values, values, noise)}
+        result[version.name] = {"step": step, "baseline_mean": base_curve[step], "mean": means[step], **compare(base_values, values, noise)}
     faster = {name: entry["diff"] for name, entry in result.items() if entry}
     result["best"] = min(faster, key=faster.get) if faster and min(faster.values()) < 0 else baseline.name
     return result
 
 
-def mean_curve(version: Version, key: str) -> dict[int, float]:
-    """Mean over the version's runs at the steps every run logged."""
-    series = []
+def curve(version: Version, key: str) -> dict[int, dict[str, Any]]:
+    """Mean/CI/n over the version's runs at the steps every run logged (so each point averages the same runs)."""
+    per_step: dict[int, list[float]] = {}
     for run in version.runs:
         steps, values = run.series(key)
-        series.append(dict(zip(steps.tolist(), values.tolist())))
-    common = set.intersection(*(set(points) for points in series)) if series else set()
-    return {int(step): float(np.mean([points[step] for points in series])) for step in sorted(common)}
+        for step, value in zip(steps.tolist(), values.tolist()):
+            per_step.setdefault(step, []).append(value)
+    return {step: describe(values) for step, values in sorted(per_step.items()) if len(values) == len(version.runs)}
 
 
 def _lowest(values: dict[str, dict[str, Any]]) -> str | None:

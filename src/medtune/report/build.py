@@ -18,16 +18,17 @@ from medtune.report.runs import ReportError, Run, version_of
 from medtune.report.sources import load_runs
 from medtune.report.wording import words
 
+DEFAULT_OUT_DIR = Path("reports") / "compare"
 RunSpec = str | Path | tuple[str, str | Path]
 """A run path (its version comes from its run name, less any -seed<N>/_s<N>) or (version, path)."""
 
 
 def build_report(
     runs: Sequence[RunSpec],
-    out_dir: str | Path,
     baseline: str | None = None,
     steps: Sequence[int] | None = None,
     lang: str = "en",
+    out_dir: str | Path = DEFAULT_OUT_DIR,
     phases: Sequence[float] = DEFAULT_PHASE_BOUNDS,
 ) -> dict[str, Any]:
     """Compare the runs' versions and write the report into `out_dir`; returns what summary.json holds.
@@ -47,7 +48,7 @@ def build_report(
 
     from medtune.report.charts import cjk_font, draw_charts
 
-    font = cjk_font() if lang != "en" else None
+    font = cjk_font()  # also for Chinese run names in English reports
     chart_words = w if lang == "en" or font else words("en")
     charts = draw_charts(versions, {key: chart_words[f"chart_{key}"] for key in CHARTS}, chart_words["chart_step"], font)
     out = Path(out_dir)

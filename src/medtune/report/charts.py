@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
+
 import numpy as np
 
-from medtune.report.analysis import Version
-from medtune.report.stats import describe
+from medtune.report.analysis import Version, curve
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
              "SimHei", "Microsoft YaHei", "PingFang SC", "Droid Sans Fallback")
@@ -28,21 +28,15 @@ def draw_chart(versions: list[Version], key: str, title: str, x_label: str, font
     axes = figure.subplots()
     drawn = False
     for version in versions:
-        per_step: dict[int, list[float]] = {}
-        for run in version.runs:
-            steps, values = run.series(key)
-            for step, value in zip(steps.tolist(), values.tolist()):
-                per_step.setdefault(step, []).append(value)
-        # only steps every run logged, so the line is a mean over the same runs everywhere
-        steps = [step for step in sorted(per_step) if len(per_step[step]) == len(version.runs)]
-        if not steps:
+        points = curve(version, key)
+        if not points:
             continue
-        summaries = [describe(per_step[step]) for step in steps]
-        means = np.array([summary["mean"] for summary in summaries])
+        steps = list(points)
+        means = np.array([point["mean"] for point in points.values()])
         label = version.name.replace("$", r"\$")
         line, = axes.plot(steps, means, marker="o" if len(steps) <= 12 else None, label=f"{label} (n={len(version.runs)})")
         if len(version.runs) >= 2:
-            half = np.array([summary["ci95"] for summary in summaries])
+            half = np.array([point["ci95"] for point in points.values()])
             axes.fill_between(steps, means - half, means + half, color=line.get_color(), alpha=0.2, linewidth=0)
         drawn = True
     if not drawn:
@@ -51,7 +45,7 @@ def draw_chart(versions: list[Version], key: str, title: str, x_label: str, font
     axes.set_title(title, **text_font)
     axes.set_xlabel(x_label, **text_font)
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(prop={"family": font} if font else None)
     if key == "learning_rate":
         axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     buffer = io.BytesIO()

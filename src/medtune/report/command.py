@@ -10,7 +10,10 @@ import typer
 
 def compare(
     out: Annotated[Path, typer.Option("-o", "--out", help="Folder for report.md, report.html, charts and summary.json.")],
-    runs: Annotated[list[Path] | None, typer.Argument(help="Run folders, swanlog folders, HF output folders / trainer_state.json, or TensorBoard log folders.")] = None,
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Run folders, swanlog folders, HF output folders / trainer_state.json, or TensorBoard log folders."),
+    ] = None,
     name: Annotated[list[str] | None, typer.Option("--name", help="version=path; repeat to give a version several runs (seeds).")] = None,
     baseline: Annotated[str | None, typer.Option(help="Version the others are compared with (default: the first).")] = None,
     steps: Annotated[str | None, typer.Option(help="Steps of the training-loss table, e.g. 100,200,300,400 (default: quarters of training).")] = None,
@@ -23,7 +26,7 @@ def compare(
 
     try:
         specs = [*(runs or []), *(parse_name_option(item) for item in name or [])]
-        summary = build_report(specs, out, baseline=baseline, steps=_numbers(steps, int, "--steps") or None,
+        summary = build_report(specs, baseline=baseline, out_dir=out, steps=_numbers(steps, int, "--steps") or None,
                                lang=lang, phases=_numbers(phases, float, "--phases"))
     except ReportError as err:
         typer.echo(f"error: {err}", err=True)

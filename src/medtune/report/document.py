@@ -87,6 +87,8 @@ def stat(described: dict[str, Any], fmt: Callable[[float | None], str]) -> str:
         return MISSING
     if described["ci95"] is None:
         return fmt(described["mean"])
+    if described["ci95"] <= 1e-9 * abs(described["mean"]):  # identical in every run (e.g. a scheduled LR)
+        return f"{fmt(described['mean'])} (n={described['n']})"
     return f"{fmt(described['mean'])} ± {fmt(described['ci95'])} (n={described['n']})"
 
 
@@ -103,7 +105,8 @@ def trend(comparison: dict[str, Any]) -> str:
 
 
 PARAM_FORMATS: dict[str, Callable[[Any], str]] = {
-    "rel": signed_pct, "change": change_pct, "loss": loss, "base_loss": loss, "value": number, "base_value": number, "threshold": number, "gap": number, "ratio": number,
+    "rel": signed_pct, "change": change_pct, "loss": loss, "base_loss": loss, "value": number, "base_value": number,
+    "threshold": number, "gap": number, "ratio": number,
     "p": p_value, "deviation": pct, "fraction": pct, "step": step,
 }
 """How each insight parameter is written; the others (names, counts) are written as they are."""
@@ -167,7 +170,9 @@ def _runs_section(summary: dict[str, Any], w: dict[str, str]) -> list[Block]:
     headers = [w[key] for key in ("col_version", "col_run", "col_source", "col_last_step", "col_planned", "col_random", "col_notes")]
     noise = summary["noise"]
     blocks: list[Block] = [Heading(w["runs_heading"]), Table(headers, rows)]
-    blocks.append(Paragraph(w["stats_method"].format(confidence_pct=round(summary["confidence"] * 100), alpha=f"{summary['alpha']:g}", noise_z=f"{summary['noise_z']:.2f}")))
+    method = w["stats_method"].format(confidence_pct=round(summary["confidence"] * 100), alpha=f"{summary['alpha']:g}",
+                                      noise_z=f"{summary['noise_z']:.2f}")
+    blocks.append(Paragraph(method))
     if noise["single_run_versions"]:
         blocks.append(Paragraph(w["single_run"].format(versions=", ".join(noise["single_run_versions"])), warning=True))
         if noise["from_versions"]:
@@ -274,7 +279,7 @@ def _lr_section(summary: dict[str, Any], w: dict[str, str], names: list[str]) ->
             f"{stat(rates['peak']['values'][name], lr)} ({stat(rates['peak_step']['values'][name], number)})",
             stat(rates["mid"]["values"][name], lr), stat(rates["final"]["values"][name], lr),
             "; ".join(sorted({_schedule_text(check, w) for check in checks.values()})),
-            "; ".join(f"{run}: {_check_text(check, w)}" for run, check in checks.items()),
+            _checks_text(checks, w),
         ])
     headers = [w[key] for key in ("col_version", "col_initial", "col_peak", "col_mid", "col_final", "col_schedule", "col_check")]
     return [Heading(w["lr_heading"]), Table(headers, rows), Paragraph(w["lr_note"].format(tolerance=pct(rates["tolerance"])))]
@@ -285,6 +290,15 @@ def _schedule_text(check: dict[str, Any], w: dict[str, str]) -> str:
         return str(check["schedule"]) if check["schedule"] is not None else w["missing"]
     return w["schedule_desc"].format(schedule=w[f"schedule_{check['schedule']}"], warmup=check["warmup_steps"],
                                      peak=lr(check["peak_lr"]), total=check["total_steps"])
+
+
+def _checks_text(checks: dict[str, dict[str, Any]], w: dict[str, str]) -> str:
+    """One verdict when every run of the version matches in the same way, else one per run."""
+    conventions = {check.get("convention") for check in checks.values()}
+    if all(check["checked"] and check["matches"] for check in checks.values()) and len(conventions) == 1:
+        worst = max(checks.values(), key=lambda check: check["max_deviation"])
+        return _check_text(worst, w)
+    return "; ".join(f"{run}: {_check_text(check, w)}" for run, check in checks.items())
 
 
 def _check_text(check: dict[str, Any], w: dict[str, str]) -> str:

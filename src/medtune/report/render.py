@@ -12,7 +12,8 @@ from medtune.report.document import Block, Bullets, Heading, Image, Paragraph, T
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|#<>!])")
 
 HTML_STYLE = """
-body { font-family: -apple-system, "Segoe UI", "Noto Sans CJK SC", "Noto Sans", sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #1f2328; }
+body { font-family: -apple-system, "Segoe UI", "Noto Sans CJK SC", "Noto Sans", sans-serif; max-width: 1200px;
+       margin: 2em auto; padding: 0 1em; color: #1f2328; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }

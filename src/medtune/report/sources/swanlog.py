@@ -20,7 +20,11 @@ from typing import Any
 import yaml
 
 from medtune.report.runs import ReportError, Run
-from medtune.report.sources.hf import config_from_training_args, is_training_args, records_from_points
+from medtune.report.sources.hf import (
+    config_from_training_args,
+    is_training_args,
+    records_from_points,
+)
 
 DASHBOARD_DB = "runs.swanlab"
 
@@ -45,15 +49,15 @@ def _load_run_dir(run_dir: Path) -> Run:
     record_files = sorted(run_dir.glob("run-*.swanlab"))
     database = run_dir.parent / DASHBOARD_DB
     if record_files and (_swanlab_reader_available() or not database.is_file()):
-        name, points = _read_record_file(record_files[0])
+        name, points, notes = _read_record_file(record_files[0])
         source = f"SwanLab run file {record_files[0]}"
     elif database.is_file():
-        name, points = _read_dashboard_logs(run_dir, database)
+        (name, points), notes = _read_dashboard_logs(run_dir, database), []
         source = f"SwanLab local log {run_dir}"
     else:
         raise ReportError(f"{run_dir}: neither a run-<id>.swanlab record file nor {database} to name its metrics")
     config = _read_config(run_dir / "files" / "config.yaml")
-    notes = ["SwanLab logs carry no summary.json (random_weights unknown) and no eval.json"]
+    notes.append("SwanLab logs carry no summary.json (random_weights unknown) and no eval.json")
     if is_training_args(config):
         config = config_from_training_args(config)
     records = records_from_points(points)
@@ -122,7 +126,8 @@ def _swanlab_reader_available() -> bool:
     return True
 
 
-def _read_record_file(path: Path) -> tuple[str, list[tuple[str, int, float]]]:
+def _read_record_file(path: Path) -> tuple[str, list[tuple[str, int, float]], list[str]]:
+    """Scalars of a record file, up to its last complete record (a running or crashed run ends mid-record)."""
     if not _swanlab_reader_available():
         raise ReportError(f"{path}: reading SwanLab >= 0.8 run files needs the swanlab package (pip install 'medtune[swanlab]')")
     from google.protobuf.message import DecodeError
@@ -135,7 +140,7 @@ def _read_record_file(path: Path) -> tuple[str, list[tuple[str, int, float]]]:
         reader.open(path)
     except (DataStoreError, AssertionError) as err:
         raise ReportError(f"{path}: not a SwanLab record file: {err}") from None
-    name, points = "", []
+    name, points, notes = "", [], []
     try:
         while (data := reader.scan()) is not None:
             record = Record()
@@ -145,7 +150,7 @@ def _read_record_file(path: Path) -> tuple[str, list[tuple[str, int, float]]]:
             elif record.HasField("scalar"):
                 points.append((record.scalar.key, int(record.scalar.step), float(record.scalar.value.number)))
     except (DataStoreError, AssertionError, DecodeError) as err:
-        raise ReportError(f"{path}: unreadable SwanLab record file: {err}") from None
+        notes.append(f"{path.name} ends in an incomplete record ({err}); read up to the last complete one (run unfinished or crashed?)")
     finally:
         reader.close()
-    return name, points
+    return name, points, notes

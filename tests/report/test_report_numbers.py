@@ -18,7 +18,7 @@ PHASES = (0.1, 0.5)
 @pytest.fixture(scope="module")
 def report(fabricated, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    summary = build_report([run.folder for run in fabricated], out, baseline="v1", steps=STEPS, phases=PHASES)
+    summary = build_report([run.folder for run in fabricated], out_dir=out, baseline="v1", steps=STEPS, phases=PHASES)
     return summary, out
 
 

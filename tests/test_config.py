@@ -1,0 +1,79 @@
+"""Config loading: inheritance, overrides, strict validation, and every shipped config."""
+
+from pathlib import Path
+
+import pytest
+
+from medtune.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("v*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_version_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.run_name == path.stem
+
+
+def test_reference_values_and_inheritance():
+    v1, v2, v3 = (load_config(CONFIGS / f"v{i}.yaml") for i in (1, 2, 3))
+    assert v1.model.name_or_path == "Qwen/Qwen3-1.7B"
+    assert (v1.lora.r, v1.lora.alpha, v1.lora.dropout) == (64, 16, 0.05)
+    assert len(v1.lora.target_modules) == 7 and v1.quant.mode == "nf4" and v1.quant.double_quant
+    assert (v1.train.lr, v1.train.max_grad_norm, v1.train.max_steps, v1.train.samples_per_step()) == (2e-4, 0.3, 400, 16)
+    assert (v1.train.schedule, v1.train.warmup_ratio) == ("linear", 0.0)
+    assert (v2.train.schedule, v2.train.warmup_ratio, v2.lora.dropout) == ("cosine", 0.1, 0.1)
+    assert v2.lora.modules_to_save == ["embed_tokens", "lm_head"]
+    assert v2.lora.r == 64 and v2.train.lr == 2e-4  # inherited, not copied
+    assert v3.augment.enabled and v3.augment.probability == 0.1 and v3.train.schedule == "cosine"
+
+
+def test_overlay_and_set_override_order():
+    cfg = load_config(CONFIGS / "v2.yaml", ["train.max_steps=7", "lora.target_modules=[q_proj,v_proj]"], overlays=[CONFIGS / "tiny.yaml"])
+    assert cfg.model.name_or_path == "tiny" and cfg.train.max_steps == 7 and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.train.schedule == "cosine"
+
+
+def test_unknown_keys_suggest_and_all_errors_reported_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        load_config(bad)
+    bad.write_text("train:\n  lrate: 1\n  max_steps: -3\nlora:\n  dropout: 1.5\nmodle: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    message = str(err.value)
+    assert str(bad) in message
+    assert "train.lrate: unknown key (did you mean `lr`?)" in message
+    assert "modle: unknown key (did you mean `model`?)" in message
+    assert "train.max_steps" in message and "lora.dropout" in message
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("train.schedule=exponential", "train.schedule"),
+        ("quant.mode=int3", "quant.mode"),
+        ("train.epochs=2", "exactly one of max_steps and epochs"),
+        ("train.warmup_steps=5", "warmup_ratio or warmup_steps"),
+        ("augment.terms_per_sample=[3,1]", "terms_per_sample"),
+        ("train.lr", "expected key=value"),
+    ],
+)
+def test_bad_values_are_named(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+        load_config(CONFIGS / "v2.yaml", [override])
+
+
+def test_base_loop_detected(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_invalid_yaml_names_file(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
+        load_config(bad)
