@@ -42,12 +42,14 @@ def train(
 ) -> None:
     """Fine-tune one run from a config; writes runs/<run_name>/."""
     from medtune.data.formats import DataError
+    from medtune.model.hub import HubError
     from medtune.train.recipe import RunExistsError, run
+    from medtune.train.trackers import TrackerError
 
     cfg = load_cli_config(config, overlay, set_)
     try:
         run_dir = run(cfg, resume=resume, overwrite=overwrite, skip_bad_rows=skip_bad_rows or None)
-    except (DataError, RunExistsError) as err:
+    except (DataError, RunExistsError, HubError, TrackerError) as err:
         _fail(str(err))
     typer.echo(f"run complete: {run_dir}")
 
@@ -63,3 +65,51 @@ def data_stats(config: ConfigArg, set_: SetOpt = None, overlay: OverlayOpt = Non
     cfg = load_cli_config(config, overlay, set_)
     stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
     typer.echo(json.dumps(stats, ensure_ascii=False, indent=2))
+
+
+@data_app.command("preview")
+def data_preview(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overlay: OverlayOpt = None,
+    n: Annotated[int, typer.Option("--n", help="How many training samples to show.")] = 5,
+    epoch: Annotated[int, typer.Option("--epoch", help="Which epoch's augmentation draw to show.")] = 0,
+) -> None:
+    """Show rendered training samples: trained tokens highlighted, masked terms marked, as the model sees them."""
+    from medtune.data.preview import preview
+
+    preview(load_cli_config(config, overlay, set_), n=n, epoch=epoch)
+
+
+@app.command()
+def ablate(
+    experiment: Annotated[Optional[Path], typer.Argument(help="Experiment YAML (versions x seeds).", dir_okay=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="A count (3 -> 42,43,44) or a list (1,2,3).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train every version x seed that is not complete (resuming interrupted ones), then write the report."""
+    from medtune.config import ConfigError
+    from medtune.experiment import DEFAULT_EXPERIMENT, parse_seeds, run_experiment
+
+    try:
+        run_experiment(experiment or Path(DEFAULT_EXPERIMENT), parse_seeds(seeds) if seeds else None, set_)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _register_commands() -> None:
+    """Commands that live with their capability; each imports its heavy modules only when it runs."""
+    from medtune.infer.commands import chat, eval_command, generate, merge
+    from medtune.report.command import compare
+
+    app.command("compare")(compare)
+    app.command("chat")(chat)
+    app.command("generate")(generate)
+    app.command("eval")(eval_command)
+    app.command("merge")(merge)
+
+
+_register_commands()
+
+if __name__ == "__main__":
+    app()

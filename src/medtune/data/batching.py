@@ -8,6 +8,7 @@ exactly what the uninterrupted one would have.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,22 @@ class TrainingSet:
         return (self.encode(sample) if masked_terms else self.encoded[index]), masked_terms
 
 
+def trained_token_counts(items: list[Encoded]) -> tuple[int, int, int]:
+    """(trained, think, answer) tokens of a step: the denominators of its token-weighted losses.
+
+    Computed from the samples themselves, so every data-parallel process knows the whole step's count.
+    The first token of a sample is never a target (it is a prompt token), so labels[1:] are the targets.
+    """
+    total = think = answer = 0
+    for e in items:
+        for label, span in zip(e.labels[1:], e.span_ids[1:]):
+            if label != IGNORE_INDEX:
+                total += 1
+                think += span == SPAN_THINK
+                answer += span == SPAN_ANSWER
+    return total, think, answer
+
+
 def _pack_rows(items: list[Encoded], capacity: int) -> list[list[Encoded]]:
     """First-fit decreasing: few rows, each at most `capacity` tokens (one sample may fill a row alone)."""
     rows: list[list[Encoded]] = []
@@ -88,12 +105,18 @@ def _loss_selection(labels: torch.Tensor, span_ids: torch.Tensor) -> dict[str, t
 
 
 def packed_batch(row: list[Encoded]) -> dict[str, torch.Tensor | int]:
-    """One row of several samples; position_ids restart at each sample so attention stays inside it."""
+    """One row of several samples; position_ids restart at each sample so attention stays inside it.
+
+    The sample lengths (on the host) and their cumulative offsets let a varlen attention kernel see the
+    boundaries without deriving them from position_ids on the device, which would need a synchronisation.
+    """
     input_ids = torch.tensor([[t for e in row for t in e.input_ids]])
     labels = torch.tensor([[t for e in row for t in e.labels]])
     span_ids = torch.tensor([[s for e in row for s in e.span_ids]])
     position_ids = torch.tensor([[p for e in row for p in range(len(e))]])
-    return {"input_ids": input_ids, "position_ids": position_ids, "n_input": input_ids.numel(), **_loss_selection(labels, span_ids)}
+    lengths = [len(e) for e in row]
+    boundaries = {"sample_lengths": lengths, "cu_seq_lens": torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)}
+    return {"input_ids": input_ids, "position_ids": position_ids, "n_input": input_ids.numel(), **boundaries, **_loss_selection(labels, span_ids)}
 
 
 def padded_batch(group: list[Encoded], pad_id: int) -> dict[str, torch.Tensor | int]:

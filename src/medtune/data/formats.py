@@ -18,6 +18,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from medtune.model.hub import MODELSCOPE_PREFIX, HubError, modelscope_data_file
+
 FIELDS = ("system", "question", "think", "answer")
 FORMATS = ("auto", "qta", "alpaca", "messages")
 FILE_TYPES = (".jsonl", ".json", ".parquet")
@@ -146,7 +148,13 @@ def read_samples(
 
 
 def resolve_data_path(spec: str) -> Path:
-    """`medtune:<name>` is a file shipped with the package; anything else is a path (`~` expanded)."""
+    """`medtune:<name>` is a file shipped with the package; `modelscope:<owner>/<name>[/<file>]` a data set
+    file fetched into the ModelScope cache (see `model.hub`); anything else is a path (`~` expanded)."""
+    if spec.startswith(MODELSCOPE_PREFIX):
+        try:
+            return modelscope_data_file(spec.removeprefix(MODELSCOPE_PREFIX), FILE_TYPES)
+        except HubError as err:
+            raise DataError(spec, str(err)) from err
     if not spec.startswith(SHIPPED_PREFIX):
         return Path(spec).expanduser()
     name = spec.removeprefix(SHIPPED_PREFIX)

@@ -19,7 +19,8 @@ class PreparedData:
     train: TrainingSet
     validation: list[Encoded]
     stats: dict[str, Any]
-    """rows, skipped bad rows, truncation and answer-cut rows (with their sources), token-length percentiles."""
+    """Per file: rows read and skipped bad rows; per split: rows, truncated and answer-cut rows (with their
+    sources) and token-length percentiles."""
 
 
 def percentiles(lengths: list[int]) -> dict[str, float]:
@@ -60,10 +61,12 @@ def prepare_data(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared
         return encode_sample(tokenizer, sample, data.max_length)
 
     train_read = _read(cfg, data.train)
-    stats: dict[str, Any] = {"max_length": data.max_length, "train": {"source": data.train, **train_read.as_dict()}}
+    stats: dict[str, Any] = {"max_length": data.max_length, "files": {"train": train_read.as_dict()},
+                             "train": {"source": data.train}}
     if data.validation:
         val_read = _read(cfg, data.validation)
-        stats["validation"] = {"source": data.validation, **val_read.as_dict()}
+        stats["files"]["validation"] = val_read.as_dict()
+        stats["validation"] = {"source": data.validation}
         train_samples, val_samples = train_read.samples, val_read.samples
     else:
         train_samples, val_samples = split_train_validation(train_read.samples, data.val_fraction, cfg.train.seed)

@@ -1,11 +1,155 @@
-"""Where a model comes from: a hub id, a local folder, or the offline `tiny` model."""
+"""Where a model or data set comes from: a local path, a Hugging Face hub id, or ModelScope.
+
+`modelscope:<owner>/<name>` downloads through the `modelscope` package into its own cache
+(`MODELSCOPE_CACHE`, default under `~/.cache/modelscope`) and resolves to the cached folder, which then
+loads exactly like a local one. `MEDTUNE_USE_MODELSCOPE=1` (or LLaMA-Factory's `USE_MODELSCOPE_HUB=1`)
+sends every plain model hub id there too. `MODELSCOPE_OFFLINE=1` (or `HF_HUB_OFFLINE=1`) reads the
+cache only, without a network call; the package itself has no offline switch of its own.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+MODELSCOPE_PREFIX = "modelscope:"
+USE_MODELSCOPE_SWITCHES = ("MEDTUNE_USE_MODELSCOPE", "USE_MODELSCOPE_HUB")
+OFFLINE_SWITCHES = ("MODELSCOPE_OFFLINE", "HF_HUB_OFFLINE")
+MODELSCOPE_INSTALL = "pip install 'medtune[modelscope]'"
+HUB_METADATA_FILES = frozenset({"configuration.json", "dataset_infos.json", "dataset_info.json"})
+"""JSON files the hub itself reads in a data set repo; never training data."""
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_TRUE = {"1", "true", "yes", "on"}
 
 
-def resolve_model_source(name_or_path: str) -> str:
-    """Return what `from_pretrained` should receive: a local folder as an absolute path, else the hub id."""
+class HubError(ValueError):
+    """A model or data set cannot be resolved or fetched; the message says what to change or install."""
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def use_modelscope() -> bool:
+    """Whether plain hub ids go to ModelScope instead of the Hugging Face hub."""
+    return any(env_flag(name) for name in USE_MODELSCOPE_SWITCHES)
+
+
+def modelscope_offline() -> bool:
+    return any(env_flag(name) for name in OFFLINE_SWITCHES)
+
+
+def is_repo_id(text: str) -> bool:
+    """`owner/name`, as both hubs spell repositories (a path like `./x/y` or `/x/y` is not one)."""
+    return _REPO_ID.fullmatch(text) is not None
+
+
+def resolve_model_source(name_or_path: str, revision: str | None = None) -> str:
+    """What `from_pretrained` should receive: a local folder (absolute), a ModelScope snapshot folder, or the hub id.
+
+    A local folder wins over the ModelScope switch, as in LLaMA-Factory, so a downloaded copy is never
+    fetched again; a string that is neither a folder nor `owner/name` is passed on for transformers to judge.
+    """
+    if name_or_path.startswith(MODELSCOPE_PREFIX):
+        repo_id = name_or_path.removeprefix(MODELSCOPE_PREFIX)
+        if not is_repo_id(repo_id):
+            raise HubError(f"{name_or_path!r}: expected {MODELSCOPE_PREFIX}<owner>/<name>, e.g. {MODELSCOPE_PREFIX}Qwen/Qwen3-1.7B")
+        return str(modelscope_snapshot(repo_id, "model", revision=revision))
     path = Path(name_or_path).expanduser()
-    return str(path.resolve()) if path.exists() else name_or_path
+    if path.exists():
+        return str(path.resolve())
+    if use_modelscope() and is_repo_id(name_or_path):
+        return str(modelscope_snapshot(name_or_path, "model", revision=revision))
+    return name_or_path
+
+
+def modelscope_data_file(spec: str, file_types: Sequence[str]) -> Path:
+    """The data file that `<owner>/<name>[/<file inside the repo>]` names on ModelScope, fetched into its cache.
+
+    Without a file, the repo's only data file is taken, or else its only one with `train` in its path;
+    anything else is ambiguous and the error lists the candidates.
+    """
+    owner, _, rest = spec.partition("/")
+    name, _, inside = rest.partition("/")
+    repo_id = f"{owner}/{name}"
+    if not is_repo_id(repo_id):
+        example = f"{MODELSCOPE_PREFIX}krisfu/delicate_medical_r1_data/train.jsonl"
+        raise HubError(f"expected {MODELSCOPE_PREFIX}<owner>/<name>[/<file>], e.g. {example}")
+    if not inside:
+        return _pick_data_file(modelscope_snapshot(repo_id, "dataset"), repo_id, file_types)
+    if ".." in PurePosixPath(inside).parts or inside.startswith("/"):
+        raise HubError(f"{inside!r} points outside the data set {repo_id}")
+    folder = modelscope_snapshot(repo_id, "dataset", allow_patterns=[inside])
+    file = folder / inside
+    if not file.is_file():
+        found = ", ".join(_relative(p, folder) for p in _data_files(folder, file_types)) or "none"
+        raise HubError(f"no file {inside!r} in ModelScope data set {repo_id} (cached at {folder}); its data files: {found}")
+    return file
+
+
+def modelscope_snapshot(
+    repo_id: str, repo_type: Literal["model", "dataset"], revision: str | None = None, allow_patterns: list[str] | None = None
+) -> Path:
+    """Download (or, offline, look up) a ModelScope repo in the ModelScope cache and return its folder.
+
+    `snapshot_download(repo_type="dataset")` serves data sets too: `dataset_snapshot_download` has no
+    `local_files_only` in modelscope 1.40.
+    """
+    snapshot_download = _modelscope_snapshot_download()
+    offline = modelscope_offline()
+    try:
+        folder = snapshot_download(
+            repo_id=repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns, local_files_only=offline
+        )
+    except Exception as err:  # modelscope raises its own errors, requests' and ValueError; each becomes one clear message
+        what = f"ModelScope {repo_type} {repo_id}" + (f" (revision {revision})" if revision else "")
+        if offline:
+            switches = " / ".join(f"{name}=1" for name in OFFLINE_SWITCHES)
+            raise HubError(f"{what} is not in the ModelScope cache, and {switches} forbids downloading it: {err}") from err
+        hint = "With a copy already in the cache, set MODELSCOPE_OFFLINE=1 to use it"
+        raise HubError(f"{what} could not be downloaded: {err}. {hint}") from err
+    return Path(folder)
+
+
+def _modelscope_snapshot_download() -> Callable[..., str]:
+    try:
+        from modelscope import snapshot_download
+    except ImportError as err:
+        raise HubError(f"ModelScope sources need the modelscope package: {MODELSCOPE_INSTALL} ({err})") from None
+    return snapshot_download
+
+
+def _data_files(folder: Path, file_types: Sequence[str]) -> list[Path]:
+    """Data files of a repo snapshot; hidden entries (the hub's own bookkeeping) and hub metadata are left out."""
+    return [
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and path.suffix.lower() in file_types
+        and path.name not in HUB_METADATA_FILES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    ]
+
+
+def _pick_data_file(folder: Path, repo_id: str, file_types: Sequence[str]) -> Path:
+    files = _data_files(folder, file_types)
+    if len(files) == 1:
+        return files[0]
+    train_like = [path for path in files if "train" in _relative(path, folder).lower()]
+    if len(train_like) == 1:
+        return train_like[0]
+    if not files:
+        raise HubError(f"ModelScope data set {repo_id} (cached at {folder}) holds no {'/'.join(file_types)} file")
+    candidates = ", ".join(_relative(path, folder) for path in (train_like or files))
+    raise HubError(
+        f"ModelScope data set {repo_id} holds several data files ({candidates}); name one, "
+        f"e.g. {MODELSCOPE_PREFIX}{repo_id}/{_relative((train_like or files)[0], folder)}"
+    )
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).as_posix()

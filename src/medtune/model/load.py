@@ -35,7 +35,7 @@ def model_source(cfg: ModelConfig) -> str:
     """What from_pretrained receives: the tiny model's cache folder, a local folder, or a hub id."""
     if cfg.name_or_path == TINY_NAME:
         return str(tiny_model_dir())
-    return resolve_model_source(cfg.name_or_path)
+    return resolve_model_source(cfg.name_or_path, cfg.revision)
 
 
 def default_device() -> torch.device:

@@ -1,20 +1,21 @@
 """Causal-LM loss from hidden states: lm_head and cross-entropy fused in chunks, summed per span.
 
 The 151k-token head would materialise tokens x 151,936 fp32 logits (0.6 MB per token); here only the
-trained positions go through the head, a chunk at a time, and each chunk's logits are recomputed in the
-backward pass instead of being kept. The function returns *sums*, so the caller can divide by the token
-count of the whole optimizer step: the loss is then a token-weighted mean that does not depend on how
-the step is split into micro-batches.
+trained positions go through the head, a chunk at a time. Each chunk's gradient (softmax minus one-hot,
+times the head) is computed right after its loss, in the forward pass, so the logits are neither kept nor
+recomputed: the backward pass only scales the stored gradients by the incoming one.
+The function returns *sums*, so the caller can divide by the token count of the whole optimizer step: the
+loss is then a token-weighted mean that does not depend on how the step is split into micro-batches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from medtune.data.render import SPAN_ANSWER, SPAN_THINK
 
@@ -28,42 +29,92 @@ class LossSums:
     answer: torch.Tensor
 
 
-def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()
-    return F.cross_entropy(logits, targets, reduction="none")
+class _LinearCrossEntropySum(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T, target_i), with the per-token losses as a second, non-differentiable output."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int):
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
+        hidden = hidden.to(weight.dtype)
+        token_losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        # fp32 accumulation across chunks, rounded once to the weight's dtype at the end, as one matmul would be
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            chunk, chunk_targets = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
+            logits = (chunk @ weight.T).float()
+            log_norm = torch.logsumexp(logits, dim=-1)
+            token_losses[start : start + chunk_tokens] = log_norm - logits.gather(1, chunk_targets[:, None]).squeeze(1)
+            probs = logits.sub_(log_norm[:, None]).exp_()  # softmax in place: the logits are not needed again
+            probs[torch.arange(chunk.shape[0], device=chunk.device), chunk_targets] -= 1.0
+            grad_logits = probs.to(weight.dtype)
+            grad_hidden[start : start + chunk_tokens] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight.add_(grad_logits.T @ chunk)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(token_losses)
+        return token_losses.sum(), token_losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor, _grad_token_losses: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = (grad_hidden.float() * grad_total).to(ctx.hidden_dtype)  # fp32: 1/tokens is not a bf16 number
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None
 
 
-def chunked_head_loss(
-    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
-) -> torch.Tensor:
-    """Per-token cross-entropy of `head(hidden)` against `targets`, never holding more than one chunk of logits."""
-    losses = []
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        chunk_h, chunk_t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
-        if torch.is_grad_enabled():
-            losses.append(checkpoint(_chunk_loss, head, chunk_h, chunk_t, use_reentrant=False))
-        else:
-            losses.append(_chunk_loss(head, chunk_h, chunk_t))
-    return torch.cat(losses)
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token losses, per-token losses) of `hidden @ weight.T` against `targets`, one chunk of logits at a time.
+
+    With gradients enabled the sum carries them (to `hidden`, and to `weight` when it is trained); the
+    per-token losses are for logging. Without gradients (eval) nothing is stored for a backward pass.
+    """
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropySum.apply(hidden, weight, targets, chunk_tokens)
+    hidden = hidden.to(weight.dtype)
+    token_losses = torch.cat([
+        F.cross_entropy((hidden[start : start + chunk_tokens] @ weight.T).float(), targets[start : start + chunk_tokens], reduction="none")
+        for start in range(0, hidden.shape[0], chunk_tokens)
+    ])
+    return token_losses.sum(), token_losses
 
 
-def causal_lm_loss_sums(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int) -> LossSums:
-    """Forward the backbone, then the chunked head on the positions that have a label.
+def head_weight(head: nn.Module) -> torch.Tensor:
+    """The matrix of a bias-free linear head (PEFT's trained copy when the head is in modules_to_save)."""
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("the fused lm_head + cross-entropy needs a head without bias, as Qwen3's")
+    return head.weight
+
+
+def packing_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The sample boundaries of a packed row, under the names transformers' varlen attention paths read."""
+    if "sample_lengths" not in batch:
+        return {}
+    longest = max(batch["sample_lengths"])
+    return {"cu_seq_lens_q": batch["cu_seq_lens"], "cu_seq_lens_k": batch["cu_seq_lens"], "max_length_q": longest,
+            "max_length_k": longest, "sample_lengths": batch["sample_lengths"]}
+
+
+def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], chunk_tokens: int) -> LossSums:
+    """Forward the backbone, then the fused head + cross-entropy on the positions that have a label.
 
     `model` is a (PEFT-wrapped) *ForCausalLM. `batch` (see data.batching) holds input_ids and either
-    attention_mask (padded rows) or position_ids (packed rows, attention kept inside each sample), plus
-    `loss_index` (flat positions whose next token is trained), `loss_targets` and `loss_spans`, built on
-    the host so that selecting them needs no device synchronisation.
+    attention_mask (padded rows) or position_ids and sample boundaries (packed rows, attention kept inside
+    each sample), plus `loss_index` (flat positions whose next token is trained), `loss_targets` and
+    `loss_spans`, built on the host so that selecting them needs no device synchronisation.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    hidden = causal_lm.model(**backbone_inputs, use_cache=False).last_hidden_state
+    hidden = causal_lm.model(**backbone_inputs, **packing_kwargs(batch), use_cache=False).last_hidden_state
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["loss_index"])
-    token_losses = chunked_head_loss(causal_lm.get_output_embeddings(), selected, batch["loss_targets"], chunk_tokens)
+    total, token_losses = linear_cross_entropy(selected, head_weight(causal_lm.get_output_embeddings()), batch["loss_targets"], chunk_tokens)
     detached = token_losses.detach()
     spans = batch["loss_spans"]
     return LossSums(
-        total=token_losses.sum(),
+        total=total,
         think=(detached * (spans == SPAN_THINK)).sum(),
         answer=(detached * (spans == SPAN_ANSWER)).sum(),
     )

@@ -11,7 +11,7 @@ console = Console(stderr=True)
 
 
 class TrainProgress:
-    def __init__(self, name: str, total_steps: int, start_step: int) -> None:
+    def __init__(self, name: str, total_steps: int, start_step: int, show: bool = True) -> None:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -21,6 +21,7 @@ class TrainProgress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
+            disable=not show,
         )
         self._task = self._progress.add_task(name, total=total_steps, completed=start_step, stats="")
 
@@ -42,4 +43,5 @@ class TrainProgress:
         self._progress.update(self._task, completed=step, **fields)
 
     def note(self, text: str) -> None:
-        self._progress.console.log(text)
+        if not self._progress.disable:
+            self._progress.console.log(text)

@@ -29,10 +29,11 @@ from safetensors.torch import load_file
 from transformers import set_seed
 
 from medtune.config import RunConfig, dump_config
-from medtune.data.batching import micro_batches, step_positions, to_device
+from medtune.data.batching import micro_batches, step_positions, to_device, trained_token_counts
 from medtune.data.prepare import prepare_data
 from medtune.data.render import Encoded
-from medtune.model.load import apply_lora, default_device, embeddings_tied, load_base_model
+from medtune.model.load import apply_lora, embeddings_tied, load_base_model
+from medtune.model.speed import apply_speed
 from medtune.train.checkpoint import (
     STATE_FILE,
     list_checkpoints,
@@ -41,6 +42,8 @@ from medtune.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from medtune.train.distributed import init_distributed
+from medtune.train.interrupt import GracefulInterrupt
 from medtune.train.loss import causal_lm_loss_sums
 from medtune.train.metrics import JsonlLogger, MetricLogger, write_atomic, write_json
 from medtune.train.progress import TrainProgress
@@ -104,7 +107,8 @@ class FineTuneRecipe:
         self.run_dir = cfg.run_dir()
         self.resume = resume
         self.overwrite = overwrite
-        self.device = default_device()
+        self.dist = init_distributed()
+        self.device = self.dist.device()
         self.step = 0
         self.samples_consumed = 0
         self.tokens_seen = 0
@@ -123,25 +127,34 @@ class FineTuneRecipe:
         self._setup_scheduler()  # needs the step count, which `epochs` derives from the data size
         if self.resume:
             self._load_checkpoint()  # after optimizer and scheduler exist, to load their states
-        self._setup_logging()  # after resume: drops metrics logged past the checkpoint
+        if self.dist.rank > 0:  # same LoRA init everywhere (seeded above), but each process its own dropout
+            torch.manual_seed(self.cfg.train.seed * 1009 + self.dist.rank * 7919 + self.step)
+        if self.dist.is_main:
+            self._setup_logging()  # after resume: drops metrics logged past the checkpoint
+        self.dist.barrier()  # the run folder is ready before any process trains
 
     def _setup_run_dir(self) -> None:
         has_run = (self.run_dir / "metrics.jsonl").exists() or (self.run_dir / "checkpoints").exists()
-        if has_run and not self.resume:
-            if not self.overwrite:
-                raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.run_dir / "config.resolved.yaml", dump_config(self.cfg))
+        if has_run and not self.resume and not self.overwrite:
+            raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
+        if self.dist.is_main:
+            if has_run and not self.resume:
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.run_dir / "config.resolved.yaml", dump_config(self.cfg))
+        self.dist.barrier()
 
     def _setup_model(self) -> None:
         loaded = load_base_model(self.cfg.model, self.cfg.quant, self.device)
         self.tokenizer, self.random_weights, self.model_source = loaded.tokenizer, loaded.random_weights, loaded.source
         self.tied_before = embeddings_tied(loaded.model)
         self.model = apply_lora(loaded.model, self.cfg.lora, self.cfg.train.gradient_checkpointing)
+        self.speed_plan = apply_speed(self.model, self.cfg.speed, self.cfg.train, self.device)
         self.model.train()
-        write_json(self.run_dir / "env.json", {"versions": library_versions(), "python": sys.version.split()[0],
-                                               "hardware": hardware(self.device)})
+        if self.dist.is_main:
+            write_json(self.run_dir / "env.json", {"versions": library_versions(), "python": sys.version.split()[0],
+                                                   "hardware": hardware(self.device), "speed": self.speed_plan.as_dict(),
+                                                   "processes": self.dist.world_size})
 
     def _setup_data(self) -> None:
         prepared = prepare_data(self.cfg, self.tokenizer)
@@ -150,7 +163,8 @@ class FineTuneRecipe:
             from medtune.data.augment import AugmentStats
 
             self.augment_stats = AugmentStats()
-        write_json(self.run_dir / "data_stats.json", self.data_stats)
+        if self.dist.is_main:
+            write_json(self.run_dir / "data_stats.json", self.data_stats)
 
     def _setup_optimizer(self) -> None:
         train = self.cfg.train
@@ -198,7 +212,7 @@ class FineTuneRecipe:
         if self.cfg.train.report_to:
             from medtune.train.trackers import build_trackers
 
-            self.loggers += build_trackers(self.cfg, self.run_dir)
+            self.loggers += build_trackers(self.cfg, self.run_dir, resume_step=self.step if self.resume else None)
 
     # ---- one optimizer step --------------------------------------------------------------------
     def _next_step_samples(self) -> list[Encoded]:
@@ -213,29 +227,28 @@ class FineTuneRecipe:
         return items
 
     def train_step(self, items: list[Encoded]) -> float:
-        """Forward/backward over the step's micro-batches, clip, update. Returns grad_norm before clipping."""
+        """Forward/backward over this process's micro-batches of the step, sum gradients across processes,
+        clip, update. Returns grad_norm before clipping."""
         train = self.cfg.train
-        batches = micro_batches(items, train.per_device_batch_size, self.cfg.data.max_length, train.packing, self.tokenizer.pad_token_id)
-        step_tokens = sum(b["n_tokens"] for b in batches)
-        loss_sum = think_sum = answer_sum = torch.zeros((), device=self.device)
+        step_tokens, think_tokens, answer_tokens = trained_token_counts(items)
+        batches = micro_batches(self.dist.shard(items), train.per_device_batch_size, self.cfg.data.max_length, train.packing,
+                                self.tokenizer.pad_token_id)
+        sums = torch.zeros(3, device=self.device)  # loss, think, answer
         for batch in batches:
-            sums = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
-            (sums.total / step_tokens).backward()
-            loss_sum = loss_sum + sums.total.detach()
-            think_sum, answer_sum = think_sum + sums.think, answer_sum + sums.answer
+            loss = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
+            (loss.total / step_tokens).backward()
+            sums += torch.stack([loss.total.detach(), loss.think, loss.answer])
+        self.dist.sum_gradients(self.trainable_params)
         max_norm = train.max_grad_norm if train.max_grad_norm is not None else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable_params, max_norm))  # device sync
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, think_sum, answer_sum = self.dist.sum_(sums).tolist()
         w = self.window
-        w.loss += float(loss_sum)
-        w.think += float(think_sum)
-        w.answer += float(answer_sum)
-        w.tokens += step_tokens
-        w.think_tokens += sum(b["n_think"] for b in batches)
-        w.answer_tokens += sum(b["n_answer"] for b in batches)
-        w.input_tokens += sum(b["n_input"] for b in batches)
+        w.loss, w.think, w.answer = w.loss + loss_sum, w.think + think_sum, w.answer + answer_sum
+        w.tokens, w.think_tokens, w.answer_tokens = w.tokens + step_tokens, w.think_tokens + think_tokens, w.answer_tokens + answer_tokens
+        w.input_tokens += sum(len(e) for e in items)
         w.grad_norms.append(grad_norm)
         return grad_norm
 
@@ -243,7 +256,7 @@ class FineTuneRecipe:
     def train(self) -> None:
         train = self.cfg.train
         self._write_summary("running")
-        with TrainProgress(self.cfg.run_name, self.max_steps, self.step) as progress:
+        with TrainProgress(self.cfg.run_name, self.max_steps, self.step, show=self.dist.is_main) as progress, GracefulInterrupt() as interrupt:
             while self.step < self.max_steps:
                 epoch_before = self.samples_consumed // len(self.train_set)
                 started = time.perf_counter()
@@ -264,13 +277,17 @@ class FineTuneRecipe:
                     self._log({"step": self.step, "epoch": self._epoch(), "augment": self.augment_stats.epoch_summary(epoch_before)})
                 if self.step % train.save_steps == 0 or self.step == self.max_steps:
                     self.save_checkpoint()
+                elif interrupt.requested:
+                    self.save_checkpoint()
+                if interrupt.requested:
+                    raise KeyboardInterrupt(f"stopped at step {self.step}; continue with --resume")
         self._finish()
 
     def _epoch(self) -> float:
         return round(self.samples_consumed / len(self.train_set), 4)
 
     def _log(self, record: dict[str, Any]) -> None:
-        for logger in self.loggers:
+        for logger in self.loggers:  # only the main process has loggers
             logger.log(record)
 
     def _log_train(self, lr: float) -> dict[str, Any]:
@@ -294,19 +311,19 @@ class FineTuneRecipe:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Token-weighted loss over the whole validation set (dropout off)."""
+        """Token-weighted loss over the whole validation set (dropout off), sharded across processes."""
         if not self.val_encoded:
             return {"eval_loss": float("nan")}
         self.model.eval()
         train = self.cfg.train
-        batches = micro_batches(self.val_encoded, train.per_device_batch_size, self.cfg.data.max_length, train.packing, self.tokenizer.pad_token_id)
-        total = think = answer = 0.0
-        for batch in batches:
-            sums = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
-            total, think, answer = total + float(sums.total), think + float(sums.think), answer + float(sums.answer)
+        sums = torch.zeros(3, device=self.device)
+        for batch in micro_batches(self.dist.shard(self.val_encoded), train.per_device_batch_size, self.cfg.data.max_length,
+                                   train.packing, self.tokenizer.pad_token_id):
+            loss = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
+            sums += torch.stack([loss.total, loss.think, loss.answer])
         self.model.train()
-        tokens = sum(b["n_tokens"] for b in batches)
-        think_tokens, answer_tokens = sum(b["n_think"] for b in batches), sum(b["n_answer"] for b in batches)
+        total, think, answer = self.dist.sum_(sums).tolist()
+        tokens, think_tokens, answer_tokens = trained_token_counts(self.val_encoded)
         record = {"step": self.step, "epoch": self._epoch(), "eval_loss": total / tokens,
                   "eval_loss_think": think / think_tokens if think_tokens else None,
                   "eval_loss_answer": answer / answer_tokens if answer_tokens else None, "eval_tokens": tokens}
@@ -330,6 +347,9 @@ class FineTuneRecipe:
                 "step": self.step}
 
     def save_checkpoint(self) -> None:
+        """Written by the main process; the others hold identical weights and optimizer states."""
+        if not self.dist.is_main:
+            return
         state = {"step": self.step, "samples_consumed": self.samples_consumed, "tokens_seen": self.tokens_seen,
                  "elapsed": self.elapsed, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": rng_state(), "window": self.window.__dict__,
@@ -342,6 +362,9 @@ class FineTuneRecipe:
         save_checkpoint(self.run_dir, self.step, write, self.cfg.train.save_total_limit)
 
     def _finish(self) -> None:
+        self.dist.barrier()
+        if not self.dist.is_main:
+            return
         final = self.run_dir / "adapter"
         tmp = final.with_name("adapter.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -353,6 +376,8 @@ class FineTuneRecipe:
         self._write_summary("complete")
 
     def _write_summary(self, status: str, last_train: dict[str, Any] | None = None) -> None:
+        if not self.dist.is_main:
+            return
         summary_path = self.run_dir / "summary.json"
         previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         summary = {
@@ -377,6 +402,7 @@ class FineTuneRecipe:
     def cleanup(self) -> None:
         for logger in self.loggers:
             logger.close()
+        self.dist.close()
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, skip_bad_rows: bool | None = None) -> Path:

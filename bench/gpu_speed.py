@@ -1,0 +1,599 @@
+"""Training speed of medtune's step next to the reference stack and unsloth, on the v1/v2 recipes.
+
+    python bench/gpu_speed.py all --work /tmp/medtune-bench --out results/ [--tiny] [--stages ...]
+
+runs every stage below in its own process and prints the table; each stage can also be run alone:
+
+    prepare                      build Qwen3-1.7B from its shipped config with random weights (bf16 safetensors)
+    check VERSION                loss and gradients of (a) and (b) on one step, each against an fp32 reference
+    reference VERSION            (a) the plain stack of the reference experiment, Trainer-style loop
+    medtune VERSION [VARIANT..]  (b) FineTuneRecipe.train_step with configs/VERSION.yaml (+ SpeedConfig variants)
+    unsloth VERSION              (c) unsloth on the same workload (import unsloth first, own process)
+    head                         the fused lm_head + cross-entropy against the checkpointed chunks it replaced
+    report                       the table from results.jsonl
+
+Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
+medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;
+every stack trains on the same samples in the same order. Throughput counts non-pad input tokens. `--tiny`
+swaps in medtune's tiny Qwen3 and short sequences so the whole script runs on a CPU in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import zlib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# No torch/transformers import at module level: the unsloth stage must import unsloth before them.
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES_PER_STEP = 16
+H200_BF16_DENSE_FLOPS = 989.4e12  # datasheet peak, dense bf16 (H100/H200 SXM)
+LORA_CHECK_STD = 0.02
+STACKS = {"reference": "(a) reference stack", "medtune": "(b) medtune", "unsloth": "(c) unsloth"}
+
+# (b) variants, cumulative from medtune's step before the speed work to the defaults and beyond.
+VARIANTS: dict[str, list[str]] = {
+    "before": ["speed.packed_attention=mask", "speed.mixed_precision=none", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0"],
+    "+varlen": ["speed.packed_attention=auto", "speed.mixed_precision=none", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0"],
+    "+bf16": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0"],
+    "+liger": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=auto", "speed.checkpoint_fraction=1.0"],
+    "auto": [],  # the defaults: +liger with a share of the layers keeping their activations
+    "per_sample": ["speed.packed_attention=per_sample"],
+    "ckpt100": ["speed.checkpoint_fraction=1.0"],
+    "ckpt75": ["speed.checkpoint_fraction=0.75"],
+    "ckpt50": ["speed.checkpoint_fraction=0.5"],
+    "ckpt0": ["speed.checkpoint_fraction=0.0"],
+    "compile": ["speed.compile_layers=true"],
+}
+
+
+# ---- workload ----------------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    found = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger_kernel", "unsloth", "unsloth_zoo", "triton"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def run_config(version: str, args: argparse.Namespace, *overrides: str):
+    """configs/VERSION.yaml pointed at the random-weight model; `--tiny` shortens sequences for CPU."""
+    from medtune.config import load_config
+
+    base = [f"model.name_or_path={model_dir(args)}", f"output_dir={Path(args.work) / 'runs'}", f"run_name={version}",
+            "train.eval_steps=null", "train.report_to=[]"]
+    if args.tiny:
+        base.append("data.max_length=512")  # drops the samples whose answer would be cut
+    return load_config(REPO / "configs" / f"{version}.yaml", [*base, *overrides])
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    return Path(args.work) / ("qwen3-tiny-random" if args.tiny else "qwen3-1.7b-random")
+
+
+def step_items(train_set, step: int, seed: int) -> list:
+    """The samples of optimizer step `step`, in medtune's order; the same list for every stack."""
+    from medtune.data.batching import step_positions
+
+    return [train_set.encode_at(epoch, index)[0] for epoch, index in step_positions(step * SAMPLES_PER_STEP, SAMPLES_PER_STEP, len(train_set), seed)]
+
+
+def workload(cfg) -> tuple[Any, Any]:
+    """(tokenizer, training set) exactly as medtune's recipe prepares them."""
+    from medtune.data.prepare import prepare_data
+    from medtune.model.load import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    return tokenizer, prepare_data(cfg, tokenizer).train
+
+
+def compute_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype():
+    """bf16 on CUDA (the reference experiment's), fp32 on CPU: the dtype medtune's `compute_dtype: auto` picks."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def model_flops(config, items: list, lora_r: int, lora_modules: list[str], head_trained: bool) -> float:
+    """Model FLOPs of one optimizer step (no recomputation, no padding): what MFU counts, the same for every stack."""
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    q_out, kv_out = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    shapes = {"q_proj": (hidden, q_out), "k_proj": (hidden, kv_out), "v_proj": (hidden, kv_out), "o_proj": (q_out, hidden),
+              "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    body_params = layers * sum(i * o for i, o in shapes.values())
+    lora_params = layers * lora_r * sum(i + o for name, (i, o) in shapes.items() if name in lora_modules)
+    tokens = sum(len(e) for e in items)
+    trained = sum(e.trained_tokens() for e in items)
+    flops = 4 * body_params * tokens  # forward + input gradients of the frozen base
+    flops += 6 * lora_params * tokens  # forward + input and weight gradients of the adapters
+    flops += 3 * layers * sum(2 * len(e) ** 2 * q_out for e in items)  # causal attention, forward + backward
+    flops += (6 if head_trained else 4) * config.vocab_size * hidden * trained
+    return float(flops)
+
+
+def emit(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    record = {"date": datetime.date.today().isoformat(), "device": device_name(), "tiny": args.tiny, **record}
+    with open(Path(args.out) / "results.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k not in ("step_seconds", "step_tokens", "versions")}), flush=True)
+
+
+# ---- timing ------------------------------------------------------------------------------------
+def timed_steps(run_step, train_set, seed: int, warmup: int, steps: int) -> dict[str, Any]:
+    """Warm up, then time each step between device synchronisations; peak memory over the timed steps."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    for step in range(warmup):
+        run_step(step_items(train_set, step, seed))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    seconds, tokens, all_items = [], [], []
+    for step in range(warmup, warmup + steps):
+        items = step_items(train_set, step, seed)
+        started = time.perf_counter()
+        run_step(items)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+        tokens.append(sum(len(e) for e in items))
+        all_items += items
+    result = {"warmup_steps": warmup, "timed_steps": steps, "step_seconds": seconds, "step_tokens": tokens,
+              "tokens_per_s": sum(tokens) / sum(seconds), "steps_per_s": steps / sum(seconds), "items": all_items}
+    if cuda:
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    return result
+
+
+def speed_record(args, stack: str, version: str, variant: str, timing: dict[str, Any], cfg, config, **extra) -> dict[str, Any]:
+    items = timing.pop("items")
+    flops = model_flops(config, items, cfg.lora.r, cfg.lora.target_modules, "lm_head" in cfg.lora.modules_to_save)
+    seconds = sum(timing["step_seconds"])
+    mfu = flops / seconds / H200_BF16_DENSE_FLOPS if compute_device().type == "cuda" else None
+    return {"kind": "speed", "stack": stack, "version": version, "variant": variant, **timing, "model_tflops_per_step": flops / timing["timed_steps"] / 1e12,
+            "mfu": mfu, "versions": versions(), **extra}
+
+
+# ---- (a) the reference stack -------------------------------------------------------------------
+def reference_model(cfg, args: argparse.Namespace, dropout: float):
+    """transformers + PEFT + bitsandbytes NF4 (double quant, bf16 compute), prepare_model_for_kbit_training with
+    gradient checkpointing, LoRA on the configured projections (+ modules_to_save, tied as in v2)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = compute_device()
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype())
+    model = AutoModelForCausalLM.from_pretrained(model_dir(args), quantization_config=quant, dtype=compute_dtype(), attn_implementation="sdpa",
+                                                 device_map={"": 0 if device.type == "cuda" else "cpu"})
+    model.config.use_cache = False
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=dropout, target_modules=list(cfg.lora.target_modules),
+                      modules_to_save=list(cfg.lora.modules_to_save) or None, ensure_weight_tying=bool(cfg.lora.modules_to_save),
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def padded_micro_batches(items: list, batch_size: int, pad_id: int, device) -> list[dict[str, Any]]:
+    """Batches of `batch_size` right-padded to their longest sample, labels -100 on pads (DataCollatorForSeq2Seq)."""
+    import torch
+
+    batches = []
+    for start in range(0, len(items), batch_size):
+        group = items[start : start + batch_size]
+        width = max(len(e) for e in group)
+        pads = [width - len(e) for e in group]
+        batches.append({
+            "input_ids": torch.tensor([e.input_ids + [pad_id] * p for e, p in zip(group, pads)], device=device),
+            "attention_mask": torch.tensor([[1] * len(e) + [0] * p for e, p in zip(group, pads)], device=device),
+            "labels": torch.tensor([e.labels + [-100] * p for e, p in zip(group, pads)], device=device),
+        })
+    return batches
+
+
+def autocast_context():
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.autocast("cuda", dtype=torch.bfloat16)  # Trainer's bf16=True
+    return contextlib.nullcontext()
+
+
+def trainer_style_backward(model, items: list, batch_size: int, pad_id: int) -> float:
+    """One optimizer step's forward/backward as transformers' Trainer runs it: the model's own loss, summed over the
+    step's micro-batches and divided by the step's trained-token count (num_items_in_batch)."""
+    import torch
+
+    device = compute_device()  # not a parameter's: unsloth keeps the trained embeddings' master copy off the GPU
+    trained = sum(e.trained_tokens() for e in items)
+    loss_total = 0.0
+    for batch in padded_micro_batches(items, batch_size, pad_id, device):
+        with autocast_context():
+            loss = model(**batch, num_items_in_batch=torch.tensor(trained, device=device)).loss
+        loss.backward()
+        loss_total += loss.detach()
+    return float(loss_total)
+
+
+def optimizer_for(params, cfg):
+    import torch
+
+    if torch.cuda.is_available():
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+
+
+def loop_stack(args: argparse.Namespace, stack: str, model, cfg, tokenizer, train_set, config) -> None:
+    """(a) and (c): the same Trainer-style loop around their own model."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optimizer_for(params, cfg)
+
+    def run_step(items: list) -> None:
+        trainer_style_backward(model, items, cfg.train.per_device_batch_size, tokenizer.pad_token_id)
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    model.train()
+    timing = timed_steps(run_step, train_set, cfg.train.seed, args.warmup, args.steps)
+    emit(args, speed_record(args, stack, args.version, "default", timing, cfg, config))
+
+
+def stage_reference(args: argparse.Namespace) -> None:
+    cfg = run_config(args.version, args)
+    tokenizer, train_set = workload(cfg)
+    model = reference_model(cfg, args, cfg.lora.dropout)
+    loop_stack(args, "reference", model, cfg, tokenizer, train_set, model.get_base_model().config)
+
+
+# ---- (c) unsloth -------------------------------------------------------------------------------
+def stage_unsloth(args: argparse.Namespace) -> None:
+    import unsloth  # noqa: F401  (first: it patches transformers, peft and bitsandbytes on import)
+    import torch
+    from unsloth import FastLanguageModel
+
+    cfg = run_config(args.version, args)
+    model, _ = FastLanguageModel.from_pretrained(model_name=str(model_dir(args)), max_seq_length=cfg.data.max_length,
+                                                 dtype=torch.bfloat16, load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(
+        model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules),
+        modules_to_save=list(cfg.lora.modules_to_save) or None, use_gradient_checkpointing="unsloth", bias="none", random_state=cfg.train.seed)
+    tokenizer, train_set = workload(cfg)
+    loop_stack(args, "unsloth", model, cfg, tokenizer, train_set, model.config)
+
+
+# ---- (b) medtune -------------------------------------------------------------------------------
+def medtune_recipe(version: str, args: argparse.Namespace, *overrides: str):
+    from medtune.train.recipe import FineTuneRecipe
+
+    recipe = FineTuneRecipe(run_config(version, args, *overrides), overwrite=True)
+    recipe.setup()
+    return recipe
+
+
+def stage_medtune(args: argparse.Namespace) -> None:
+    """Each variant builds a fresh recipe in this process, in the order given (Liger's RoPE patch is process-wide)."""
+    import gc
+
+    import torch
+
+    for variant in args.variants or ["auto"]:
+        started = time.perf_counter()
+        recipe = medtune_recipe(args.version, args, *VARIANTS[variant])
+        setup_s = time.perf_counter() - started
+        timing = timed_steps(recipe.train_step, recipe.train_set, recipe.cfg.train.seed, args.warmup, args.steps)
+        emit(args, speed_record(args, "medtune", args.version, variant, timing, recipe.cfg, recipe.model.get_base_model().config,
+                                plan=recipe.speed_plan.as_dict(), setup_s=setup_s, overrides=VARIANTS[variant]))
+        recipe.cleanup()
+        del recipe
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# ---- correctness: (a) and (b) against an fp32 reference ------------------------------------------
+def seed_lora(model) -> None:
+    """Give every LoRA matrix the same non-zero values in all stacks (B starts at zero, which would hide A's gradient)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                param.copy_(torch.randn(param.shape, generator=generator) * LORA_CHECK_STD)
+
+
+def trained_grads(model) -> dict[str, Any]:
+    return {name: p.grad.detach().float().clone() for name, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def fp32_reference(cfg, args: argparse.Namespace, items: list) -> tuple[float, dict[str, Any]]:
+    """The same NF4 weights dequantized to fp32, fp32 LoRA and arithmetic, each sample alone (no padding, no packing)."""
+    import bitsandbytes as bnb
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = compute_device()
+    # loaded exactly as (a) and (b) load it, so the dequantized weights are theirs (bf16 values), then computed in fp32
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype())
+    model = AutoModelForCausalLM.from_pretrained(model_dir(args), quantization_config=quant, dtype=compute_dtype(), attn_implementation="sdpa",
+                                                 device_map={"": 0 if device.type == "cuda" else "cpu"})
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, bnb.nn.Linear4bit):
+                linear = torch.nn.Linear(child.in_features, child.out_features, bias=False, device=device, dtype=torch.float32)
+                linear.weight.data.copy_(bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state).float())
+                setattr(parent, child_name, linear)
+    for param in model.parameters():
+        param.data = param.data.float()
+    model.is_loaded_in_4bit = False
+    model.config.use_cache = False
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0, target_modules=list(cfg.lora.target_modules),
+                      modules_to_save=list(cfg.lora.modules_to_save) or None, ensure_weight_tying=bool(cfg.lora.modules_to_save),
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    seed_lora(model)
+    trained = sum(e.trained_tokens() for e in items)
+    loss_total = 0.0
+    for e in items:
+        ids = torch.tensor([e.input_ids], device=device)
+        loss = model(input_ids=ids, labels=torch.tensor([e.labels], device=device), num_items_in_batch=torch.tensor(trained, device=device)).loss
+        loss.backward()
+        loss_total += float(loss.detach())
+    return loss_total, trained_grads(model)
+
+
+def relative_errors(grads: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    """‖g − g_ref‖ / ‖g_ref‖ over all trained tensors and per group (lora_A, lora_B, embeddings)."""
+    groups: dict[str, list[float]] = {}
+    for name, ref in reference.items():
+        group = "lora_A" if "lora_A" in name else "lora_B" if "lora_B" in name else "embeddings"
+        diff = (grads[name] - ref).norm().item() ** 2 if name in grads else float("nan")
+        for key in ("all", group):
+            acc = groups.setdefault(key, [0.0, 0.0])
+            acc[0] += diff
+            acc[1] += ref.norm().item() ** 2
+    missing = sorted(set(reference) ^ set(grads))
+    errors = {key: (d / r) ** 0.5 if r else float("nan") for key, (d, r) in groups.items()}
+    if missing:
+        errors["names_differ"] = len(missing)
+    return errors
+
+
+def stage_check(args: argparse.Namespace) -> None:
+    import gc
+
+    import torch
+
+    cfg = run_config(args.version, args, "lora.dropout=0.0", "train.max_grad_norm=null")
+    tokenizer, train_set = workload(cfg)
+    items = step_items(train_set, 0, cfg.train.seed)
+
+    ref_loss, ref_grads = fp32_reference(cfg, args, items)
+    gc.collect()
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+    model = reference_model(cfg, args, 0.0)
+    seed_lora(model)
+    model.train()
+    a_loss = trainer_style_backward(model, items, cfg.train.per_device_batch_size, tokenizer.pad_token_id)
+    a_grads = trained_grads(model)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+    recipe = medtune_recipe(args.version, args, "lora.dropout=0.0", "train.max_grad_norm=null")
+    seed_lora(recipe.model)
+    captured: dict[str, Any] = {}
+    recipe.optimizer.step = lambda *a, **k: captured.update(trained_grads(recipe.model))  # the grads the update would use
+    recipe.train_step(items)
+    b_loss = recipe.window.loss / recipe.window.tokens
+    emit(args, {"kind": "check", "version": args.version, "samples": len(items), "trained_tokens": sum(e.trained_tokens() for e in items),
+                "loss_fp32": ref_loss, "loss_a": a_loss, "loss_b": b_loss,
+                "loss_rel_error_a": abs(a_loss - ref_loss) / abs(ref_loss), "loss_rel_error_b": abs(b_loss - ref_loss) / abs(ref_loss),
+                "grad_rel_error_a": relative_errors(a_grads, ref_grads), "grad_rel_error_b": relative_errors(captured, ref_grads),
+                "plan": recipe.speed_plan.as_dict(), "versions": versions()})
+
+
+# ---- the fused head against the checkpointed chunks it replaced -----------------------------------
+def stage_head(args: argparse.Namespace) -> None:
+    """Time forward+backward of lm_head + CE on one micro-batch's trained tokens: medtune's fused version against the
+    checkpointed-chunk version it replaced (kept here as the baseline)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from medtune.train.loss import linear_cross_entropy
+
+    def chunk_loss(weight, hidden, targets):
+        return F.cross_entropy((hidden @ weight.T).float(), targets, reduction="none")
+
+    def checkpointed_chunks(hidden, weight, targets, chunk):
+        return torch.cat([checkpoint(chunk_loss, weight, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
+                          for s in range(0, hidden.shape[0], chunk)]).sum()
+
+    device = compute_device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tokens, hidden_size, vocab = (7400, 2048, 151936) if not args.tiny else (128, 64, 151936)
+    generator = torch.Generator(device=device).manual_seed(0)
+    hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype, generator=generator) * 0.5
+    targets = torch.randint(0, vocab, (tokens,), device=device, generator=generator)
+    for trained in (False, True):
+        weight = (torch.randn(vocab, hidden_size, device=device, dtype=dtype, generator=generator) * 0.02).requires_grad_(trained)
+        for name, fn in (("checkpointed", checkpointed_chunks), ("fused", lambda h, w, t, c: linear_cross_entropy(h, w, t, c)[0])):
+            for chunk in (1024, 4096):
+                h = hidden.clone().requires_grad_()
+                seconds = []
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                for _ in range(4):
+                    started = time.perf_counter()
+                    (fn(h, weight, targets, chunk) / tokens).backward()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    seconds.append(time.perf_counter() - started)
+                peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+                emit(args, {"kind": "head", "variant": name, "head_trained": trained, "chunk_tokens": chunk, "tokens": tokens,
+                            "ms": 1e3 * sorted(seconds[1:])[1], "peak_gib": peak})
+                h.grad = weight.grad = None
+
+
+# ---- prepare ---------------------------------------------------------------------------------------
+def stage_prepare(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from medtune.model.tiny import TINY_SHAPE, shipped_tokenizer_dir
+
+    target = model_dir(args)
+    if (target / "config.json").exists():
+        return
+    values = json.loads((shipped_tokenizer_dir() / "config.json").read_text())
+    for unused in ("transformers_version", "torch_dtype", "dtype"):
+        values.pop(unused, None)
+    if args.tiny:
+        values.update(TINY_SHAPE)
+    config = Qwen3Config(**values, medtune_random_weights=True)
+    torch.manual_seed(0)
+    with torch.device(compute_device()):
+        model = Qwen3ForCausalLM(config)
+    model.to(torch.bfloat16).save_pretrained(target)
+    AutoTokenizer.from_pretrained(shipped_tokenizer_dir()).save_pretrained(target)
+    print(f"random-weight Qwen3 ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters) -> {target}", flush=True)
+
+
+# ---- report ------------------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+
+
+def report(records: list[dict[str, Any]]) -> str:
+    """Markdown tables: throughput per stack and variant with ratios to (a) and (c), the check, the head timing."""
+    lines = []
+    speed = [r for r in records if r["kind"] == "speed"]
+    for version in sorted({r["version"] for r in speed}):
+        rows = [r for r in speed if r["version"] == version]
+        base = next((r["tokens_per_s"] for r in rows if r["stack"] == "reference"), None)
+        unsloth = next((r["tokens_per_s"] for r in rows if r["stack"] == "unsloth"), None)
+        lines += [f"\n{version}: non-pad tokens/s over {rows[0]['timed_steps']} timed steps after {rows[0]['warmup_steps']} warm-up ({rows[0]['device']}, {rows[0]['date']})",
+                  "| stack | variant | tokens/s | without 1st timed step | steps/s | peak GiB (alloc / reserved) | MFU | vs (a) | vs (c) |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            peak = f"{r['peak_gib']:.1f} / {r['peak_reserved_gib']:.1f}" if r.get("peak_gib") is not None else "-"
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+            vs_a = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
+            vs_c = f"{r['tokens_per_s'] / unsloth:.2f}x" if unsloth else "-"
+            later = sum(r["step_tokens"][1:]) / sum(r["step_seconds"][1:]) if r["timed_steps"] > 1 else r["tokens_per_s"]
+            lines.append(f"| {STACKS[r['stack']]} | {r['variant']} | {r['tokens_per_s']:,.0f} | {later:,.0f} | {r['steps_per_s']:.3f} | {peak} | {mfu} | {vs_a} | {vs_c} |")
+    checks = [r for r in records if r["kind"] == "check"]
+    if checks:
+        lines += ["\ncorrectness on one step of 16 samples, relative to the fp32 reference (dropout 0, seeded non-zero LoRA)",
+                  "| version | loss fp32 | loss (a) err | loss (b) err | grad (a) err | grad (b) err | (b) lora_A / lora_B / embeddings |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in checks:
+            b = r["grad_rel_error_b"]
+            groups = " / ".join(f"{b[g]:.2e}" for g in ("lora_A", "lora_B", "embeddings") if g in b)
+            lines.append(f"| {r['version']} | {r['loss_fp32']:.5f} | {r['loss_rel_error_a']:.1e} | {r['loss_rel_error_b']:.1e} | "
+                         f"{r['grad_rel_error_a']['all']:.2e} | {b['all']:.2e} | {groups} |")
+    heads = [r for r in records if r["kind"] == "head"]
+    if heads:
+        lines += ["\nlm_head + cross-entropy, forward+backward of one micro-batch's trained tokens",
+                  "| head | version | chunk | ms | peak GiB |", "| --- | --- | ---: | ---: | ---: |"]
+        for r in heads:
+            peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
+            lines.append(f"| {'trained' if r['head_trained'] else 'frozen'} | {r['variant']} | {r['chunk_tokens']} | {r['ms']:.1f} | {peak} |")
+    errors = [r for r in records if r["kind"] == "error"]
+    lines += [f"\nstage failed: {r['stage']} ({r['message']})" for r in errors]
+    return "\n".join(lines)
+
+
+# ---- orchestration -----------------------------------------------------------------------------
+DEFAULT_STAGES = ["prepare", "medtune:v2:auto,ckpt50", "medtune:v1:auto", "unsloth:v2", "unsloth:v1", "reference:v2", "reference:v1",
+                  "check:v2", "head", "check:v1", "medtune:v2:before,+varlen,+bf16,+liger,ckpt75,per_sample,compile"]
+
+
+def stage_all(args: argparse.Namespace) -> None:
+    """Each stage in its own process (unsloth must own its interpreter); a failing stage is recorded and skipped."""
+    deadline = time.monotonic() + args.budget_s
+    for stage in args.stages or DEFAULT_STAGES:
+        name, *rest = stage.split(":")
+        left = deadline - time.monotonic()
+        if left < 30:
+            emit(args, {"kind": "error", "stage": stage, "message": "skipped: time budget spent"})
+            continue
+        command = [sys.executable, __file__, name, *rest[:1], *(rest[1].split(",") if len(rest) > 1 else []),
+                   "--work", args.work, "--out", args.out, "--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
+        env = dict(os.environ)
+        if name == "unsloth" and args.unsloth_site:
+            env["PYTHONPATH"] = os.pathsep.join([args.unsloth_site, env.get("PYTHONPATH", "")])
+        print(f"\n=== {stage} ({left:.0f} s left)", flush=True)
+        started = time.monotonic()
+        try:
+            code = subprocess.run(command, env=env, timeout=left).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        print(f"=== {stage}: exit {code} after {time.monotonic() - started:.0f} s", flush=True)
+        if code != 0:
+            emit(args, {"kind": "error", "stage": stage, "message": f"exit {code}"})
+    print(report(read_results(Path(args.out) / "results.jsonl")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["all", "prepare", "check", "reference", "medtune", "unsloth", "head", "report"])
+    parser.add_argument("version", nargs="?", choices=["v1", "v2"])
+    parser.add_argument("variants", nargs="*", help=f"medtune variants, in order: {', '.join(VARIANTS)} (default auto)")
+    parser.add_argument("--work", default="/tmp/medtune-bench", help="model and run folders")
+    parser.add_argument("--out", default="bench/results", help="results.jsonl is appended here")
+    parser.add_argument("--tiny", action="store_true", help="medtune's tiny Qwen3 and short sequences: a CPU dry run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (2 left recompilation in unsloth's first timed step)")
+    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
+    parser.add_argument("--stages", nargs="*", help=f"for `all`: stage[:version[:variant,...]] (default {' '.join(DEFAULT_STAGES)})")
+    parser.add_argument("--budget-s", type=float, default=540, help="for `all`: stop starting stages after this many seconds")
+    parser.add_argument("--unsloth-site", help="for `all`: folder put first on PYTHONPATH of the unsloth stage only")
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    if args.stage == "report":
+        print(report(read_results(Path(args.out) / "results.jsonl")))
+        return
+    if args.stage in ("check", "reference", "medtune", "unsloth") and args.version is None:
+        parser.error(f"{args.stage} needs a version: v1 or v2")
+    if unknown := set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    globals()[f"stage_{args.stage}"](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install medtune with everything the tests and the offline default need.
+# torch is installed first, pinned to the CPU build, so no multi-GB CUDA build is pulled in on a CPU machine;
+# on a GPU machine install the torch build you want first, then `pip install -e .` accepts any torch in range.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "torch==2.13.0" || \
+    .venv/bin/python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+fi
+.venv/bin/python -m pip install -q -e ".[test]"

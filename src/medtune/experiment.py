@@ -1,0 +1,190 @@
+"""One command for the whole ablation: every version x seed trained (or resumed, or skipped when complete),
+then the comparison report. Each run is the ordinary training recipe; nothing here trains differently."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from rich.console import Console
+from rich.table import Table
+
+from medtune.config import ConfigError, RunConfig, _Strict, compose, dump_config, validate
+
+console = Console(stderr=True)
+DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
+
+
+class ReportSettings(_Strict):
+    steps: list[int] | None = Field(None, description="Train-loss table steps; default: quarters of training.")
+    lang: Literal["en", "zh"] = "en"
+    phases: tuple[float, float] = (0.1, 0.5)
+
+
+class Experiment(_Strict):
+    name: str
+    versions: dict[str, str] = Field(description="version name -> config file (relative to the experiment file).")
+    seeds: list[int] = Field(default_factory=lambda: [42])
+    overlays: list[str] = Field(default_factory=list, description="YAML files merged over every version's config.")
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides applied to every run.")
+    baseline: str | None = None
+    output_dir: str = Field("runs", description="Runs go to <output_dir>/<version>-seed<seed>/.")
+    report_dir: str = "reports/ablation"
+    report: ReportSettings = Field(default_factory=ReportSettings)
+
+    @field_validator("versions")
+    @classmethod
+    def _some_versions(cls, versions: dict[str, str]) -> dict[str, str]:
+        if not versions:
+            raise ValueError("name at least one version")
+        return versions
+
+
+@dataclass
+class PlannedRun:
+    version: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir()
+
+    def status(self) -> str:
+        """complete / resume / new, read from the run folder."""
+        summary = self.run_dir / "summary.json"
+        if summary.exists() and '"status": "complete"' in summary.read_text(encoding="utf-8"):
+            return "complete"
+        return "resume" if (self.run_dir / "config.resolved.yaml").exists() else "new"
+
+
+def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: experiment file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    try:
+        experiment = Experiment.model_validate(data)
+    except ValidationError as err:
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{path}: invalid experiment:\n{problems}") from None
+    if experiment.baseline is not None and experiment.baseline not in experiment.versions:
+        raise ConfigError(f"{path}: baseline {experiment.baseline!r} is not one of the versions {list(experiment.versions)}")
+    return experiment, path.resolve().parent
+
+
+def plan_runs(experiment: Experiment, root: Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None) -> list[PlannedRun]:
+    """Resolve every version x seed into a validated run config; all config errors surface before any training."""
+    planned = []
+    overlays = [root / overlay for overlay in experiment.overlays]
+    for version, config_file in experiment.versions.items():
+        for seed in seeds or experiment.seeds:
+            per_run = [f"run_name={version}-seed{seed}", f"train.seed={seed}", f"output_dir={experiment.output_dir}"]
+            data = compose(root / config_file, overlays, [*experiment.overrides, *(extra_overrides or []), *per_run])
+            planned.append(PlannedRun(version, seed, validate(data, f"{root / config_file} (version {version}, seed {seed})")))
+    return planned
+
+
+def check_unchanged(run: PlannedRun) -> None:
+    """A run folder trained with another config must not be silently continued or counted as done."""
+    stored = run.run_dir / "config.resolved.yaml"
+    if stored.exists() and stored.read_text(encoding="utf-8") != dump_config(run.config):
+        raise ConfigError(f"{stored}: this run was started with a different config; delete the folder or rename the "
+                          "experiment's output_dir to train it afresh")
+
+
+def show_plan(planned: list[PlannedRun]) -> None:
+    table = Table(title="ablation runs")
+    for column in ("run", "version", "seed", "status", "folder"):
+        table.add_column(column)
+    for run in planned:
+        table.add_row(run.config.run_name, run.version, str(run.seed), run.status(), str(run.run_dir))
+    console.print(table)
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def train_in_processes(pending: list[PlannedRun], gpus: int) -> None:
+    """One run per GPU at a time, each in its own process that sees only its GPU; logs in <run>/train.log."""
+    work: queue.Queue[PlannedRun] = queue.Queue()
+    for run in pending:
+        work.put(run)
+    failures: list[str] = []
+
+    def worker(device: int) -> None:
+        while True:
+            try:
+                run = work.get_nowait()
+            except queue.Empty:
+                return
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            config_file = run.run_dir.parent / f".{run.config.run_name}.requested.yaml"
+            config_file.write_text(dump_config(run.config), encoding="utf-8")
+            console.print(f"GPU {device}: {run.config.run_name} (log: {run.run_dir / 'train.log'})")
+            with (run.run_dir / "train.log").open("a", encoding="utf-8") as log:
+                done = subprocess.run([sys.executable, "-m", "medtune.cli", "train", str(config_file), "--resume"],
+                                      stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(device)})
+            if done.returncode != 0:
+                failures.append(f"{run.config.run_name} failed (exit {done.returncode}); see {run.run_dir / 'train.log'}")
+
+    threads = [threading.Thread(target=worker, args=(device,)) for device in range(min(gpus, len(pending)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError("\n".join(failures))
+
+
+def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train what is missing, then write the report; returns the report's summary."""
+    from medtune.report.build import build_report
+    from medtune.train.recipe import run as train_run
+
+    experiment, root = load_experiment(path)
+    planned = plan_runs(experiment, root, seeds, extra_overrides)
+    for run in planned:
+        check_unchanged(run)
+    show_plan(planned)
+    pending = [run for run in planned if run.status() != "complete"]
+    gpus = visible_gpus()
+    if gpus > 1 and len(pending) > 1:
+        train_in_processes(pending, gpus)
+    else:
+        for number, run in enumerate(pending, 1):
+            console.rule(f"[{number}/{len(pending)}] {run.config.run_name} ({run.status()})")
+            train_run(run.config, resume=run.status() == "resume")
+    report_dir = Path(experiment.report_dir)
+    summary = build_report([(run.version, run.run_dir) for run in planned], baseline=experiment.baseline,
+                           steps=experiment.report.steps, lang=experiment.report.lang, out_dir=report_dir,
+                           phases=experiment.report.phases)
+    console.print(f"report: {report_dir / 'report.md'} and {report_dir / 'report.html'}")
+    return summary
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`3` -> [42, 43, 44] (counting up from the default seed); `1,2,3` -> [1, 2, 3]."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected a count (3) or a comma-separated list (1,2,3)") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds {text!r}: the count must be at least 1")
+        return [42 + i for i in range(values[0])]
+    return values

@@ -1,0 +1,165 @@
+"""`medtune eval`: eval loss and perplexity, generation metrics, and robustness to masked medical terms.
+
+Replies are decoded greedily, so two evaluations of the same adapter give the same numbers. Robustness
+uses the v3 augmentation's masking with probability 1 on the question, drawn from a fixed seed with the
+default masking settings (not the run's own), so every version is tested on the same masked questions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtune.config import AugmentConfig
+from medtune.data.augment import Augmenter
+from medtune.data.batching import micro_batches, to_device
+from medtune.data.formats import DataError, ReadResult, Sample, read_samples, resolve_data_path, split_train_validation
+from medtune.data.lexicon import load_lexicon
+from medtune.data.render import encode_sample, prompt_messages
+from medtune.infer.generation import Decoding, Reply
+from medtune.infer.metrics import reply_scores
+from medtune.infer.progress import generate_with_progress
+from medtune.infer.runs import AdapterRun, InferenceModel
+from medtune.train.loss import causal_lm_loss_sums
+from medtune.train.metrics import write_atomic, write_json
+
+SCORES = ("bleu4", "rouge_l", "think_compliance", "term_recall")
+MASK_SEED = 0
+
+
+@dataclass
+class EvalData:
+    samples: list[Sample]
+    source: str
+    skipped_rows: int
+
+
+def eval_data(run: AdapterRun, data: str | None, limit: int | None) -> EvalData:
+    """`--data`, or else the run's own validation rows: its validation file, or the same seeded share of
+    its training file that training held out."""
+    cfg = run.config
+
+    def read(spec: str) -> ReadResult:
+        return read_samples(resolve_data_path(spec), format=cfg.data.format, system_prompt=cfg.data.system_prompt,
+                            skip_bad_rows=cfg.data.skip_bad_rows, max_rows=cfg.data.max_rows if data is None else None)
+
+    if data is not None:
+        result = read(data)
+        samples, source = result.samples, data
+    elif cfg.data.validation:
+        result = read(cfg.data.validation)
+        samples, source = result.samples, cfg.data.validation
+    else:
+        result = read(cfg.data.train)
+        samples = split_train_validation(result.samples, cfg.data.val_fraction, cfg.train.seed)[1]
+        source = f"{cfg.data.val_fraction:.0%} of {cfg.data.train} held out by the run (seed {cfg.train.seed})"
+        if not samples:
+            raise DataError(cfg.data.train, f"the run held out no validation rows (val_fraction {cfg.data.val_fraction}); pass --data")
+    return EvalData(samples[:limit] if limit is not None else samples, source, len(result.skipped))
+
+
+@torch.no_grad()
+def loss_over(loaded: InferenceModel, samples: list[Sample], batch_size: int) -> dict[str, Any]:
+    """Token-weighted mean loss on the assistant turns (think and answer), as training's eval loss:
+    encoded with the run's max_length, samples whose answer was cut away entirely left out."""
+    cfg = loaded.run.config
+    encoded = [encode_sample(loaded.tokenizer, sample, cfg.data.max_length) for sample in samples]
+    kept = [item for item in encoded if not item.answer_cut]
+    total, tokens = 0.0, 0
+    for batch in micro_batches(kept, batch_size, cfg.data.max_length, False, loaded.tokenizer.pad_token_id):
+        total += float(causal_lm_loss_sums(loaded.model, to_device(batch, loaded.device), cfg.train.loss_chunk_tokens).total)
+        tokens += batch["n_tokens"]
+    loss = total / tokens if tokens else None
+    return {"eval_loss": loss, "perplexity": math.exp(loss) if loss is not None else None, "eval_tokens": tokens,
+            "answer_cut": len(encoded) - len(kept)}
+
+
+def mask_questions(samples: list[Sample], seed: int) -> list[tuple[int, Sample, int]]:
+    """(index, sample with 1-2 question terms masked, terms masked) for every sample whose question holds a term."""
+    augmenter = Augmenter.from_config(AugmentConfig(enabled=True, probability=1.0, fields=["question"]), seed)
+    masked = []
+    for index, sample in enumerate(samples):
+        new_sample, terms = augmenter.apply(sample, 0, index)
+        if terms:
+            masked.append((index, new_sample, len(terms)))
+    return masked
+
+
+def _drop(clean: dict[str, Any], masked: dict[str, Any]) -> dict[str, float | None]:
+    return {key: clean[key] - masked[key] if clean[key] is not None and masked[key] is not None else None for key in SCORES}
+
+
+def evaluate(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_size: int) -> tuple[dict, list[dict]]:
+    """The eval.json record and one row per reply (clean and masked), for eval.replies.jsonl."""
+    samples = data.samples
+    lexicon = load_lexicon("medical")
+    answers = [sample.answer for sample in samples]
+    replies = generate_with_progress(loaded, [prompt_messages(s) for s in samples], decoding, batch_size, "eval: replies")
+    clean = reply_scores(replies, answers, lexicon)
+    result: dict[str, Any] = {**loss_over(loaded, samples, batch_size), **clean, "n": len(samples)}
+
+    masked = mask_questions(samples, MASK_SEED)
+    masked_replies: list[Reply] = []
+    if masked:
+        indices = [index for index, _, _ in masked]
+        masked_samples = [sample for _, sample, _ in masked]
+        masked_replies = generate_with_progress(loaded, [prompt_messages(s) for s in masked_samples], decoding, batch_size, "eval: masked")
+        subset_answers = [answers[i] for i in indices]
+        robust = reply_scores(masked_replies, subset_answers, lexicon)
+        clean_subset = reply_scores([replies[i] for i in indices], subset_answers, lexicon)
+        result["robust"] = {
+            "n": len(masked), "terms_masked": sum(count for _, _, count in masked),
+            "eval_loss": loss_over(loaded, masked_samples, batch_size)["eval_loss"],
+            "eval_loss_unmasked": loss_over(loaded, [samples[i] for i in indices], batch_size)["eval_loss"],
+            **{key: robust[key] for key in (*SCORES, "think_chars", "answer_chars")},
+        }
+        result["robust_drop"] = _drop(clean_subset, robust)
+    else:
+        result["robust"], result["robust_drop"] = {"n": 0}, {key: None for key in SCORES}
+
+    result["finish_reasons"] = dict(Counter(reply.finish_reason for reply in replies))
+    rows = [_reply_row(sample, reply, masked=False) for sample, reply in zip(samples, replies)]
+    rows += [_reply_row(sample, reply, masked=True) for (_, sample, _), reply in zip(masked, masked_replies)]
+    return result, rows
+
+
+def _reply_row(sample: Sample, reply: Reply, masked: bool) -> dict[str, Any]:
+    return {"source": sample.source, "masked": masked, "question": sample.question, "think": reply.think, "answer": reply.answer,
+            "reference_answer": sample.answer, "finish_reason": reply.finish_reason, "new_tokens": reply.new_tokens}
+
+
+def default_output(run: AdapterRun, with_adapter: bool) -> Path:
+    """eval.json for the final adapter, eval.step-000400.json for a checkpoint, eval.base.json without adapter."""
+    if not with_adapter:
+        return run.output_dir / "eval.base.json"
+    return run.output_dir / ("eval.json" if run.checkpoint == "adapter" else f"eval.{run.checkpoint}.json")
+
+
+def run_eval(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_size: int, output: Path) -> dict[str, Any]:
+    """Evaluate and write `output` (eval.json) and, next to it, every reply (`<stem>.replies.jsonl`)."""
+    metrics, rows = evaluate(loaded, data, decoding, batch_size)
+    run = loaded.run
+    record = {
+        **metrics,
+        "checkpoint": run.checkpoint if loaded.with_adapter else "none (base model)",
+        "random_weights": run.random_weights,
+        "data": data.source,
+        "skipped_rows": data.skipped_rows,
+        "decoding": decoding.as_dict(),
+        "model": {"base": run.facts["base_model"]["name_or_path"], "quant": run.facts["quant"]["mode"],
+                  "adapter": str(run.adapter_dir) if loaded.with_adapter else None, "step": run.facts["step"]},
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(replies_path(output), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_json(output, record)
+    return record
+
+
+def replies_path(output: Path) -> Path:
+    return output.with_suffix(".replies.jsonl")

@@ -1,0 +1,126 @@
+"""Prompting, decoding settings and batched generation, shared by chat, generate and eval.
+
+Prompts come from the tokenizer's own chat template (as in training, `data.render`), ending with the
+`<|im_start|>assistant\\n` header; the model writes `<think>…</think>` itself. Generation stops at
+`<|im_end|>`, the token training taught the model to end its turn with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from medtune.data.render import TURN_END
+
+THINK_START, THINK_END = "<think>", "</think>"
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How tokens are picked. The defaults are Qwen3's recommended thinking-mode sampling."""
+
+    greedy: bool = False
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    min_p: float = 0.0
+    max_new_tokens: int = 2048
+
+    def generation_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+        """Every sampling field set: `generate` fills unset (None) fields from the model's own generation_config
+        (Qwen3's temperature 0.6, top_k 20), which for greedy decoding would only add warnings."""
+        stop = dict(max_new_tokens=self.max_new_tokens, eos_token_id=turn_end_id(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        if self.greedy:  # transformers' neutral values, which it does not count as sampling settings
+            return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, **stop)
+        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, **stop)
+
+    def as_dict(self) -> dict:
+        if self.greedy:
+            return {"greedy": True, "max_new_tokens": self.max_new_tokens}
+        return {"greedy": False, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "min_p": self.min_p, "max_new_tokens": self.max_new_tokens}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One generated assistant turn, split into its think block and answer."""
+
+    text: str
+    """Everything generated before `<|im_end|>`, special tokens left out."""
+    finish_reason: str
+    """`stop`: the model ended its turn with <|im_end|>; `length`: cut at max_new_tokens."""
+    new_tokens: int
+    """Tokens generated, the closing <|im_end|> included."""
+
+    @property
+    def think(self) -> str:
+        return split_reply(self.text)[0]
+
+    @property
+    def answer(self) -> str:
+        return split_reply(self.text)[1]
+
+
+def turn_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.convert_tokens_to_ids(TURN_END)
+
+
+def split_reply(text: str) -> tuple[str, str]:
+    """(think, answer) of a reply. Without `</think>` the whole reply is think if it opened a think block
+    (it was cut or never closed it), else answer."""
+    body = text.lstrip()
+    opened = body.startswith(THINK_START)
+    if opened:
+        body = body[len(THINK_START) :]
+    think, closed, answer = body.partition(THINK_END)
+    if not closed:
+        return (body.strip(), "") if opened else ("", body.strip())
+    return think.strip(), answer.strip()
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:
+    """The chat-template prompt up to the assistant header. Earlier assistant turns are rendered without
+    their think block (by the Qwen3 template, and because callers keep only answers in the history)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def decode_reply(tokenizer: PreTrainedTokenizerBase, new_ids: list[int]) -> Reply:
+    """Cut the generated ids at the first <|im_end|> (padding follows it in a batch)."""
+    stop = turn_end_id(tokenizer)
+    if stop in new_ids:
+        kept, reason = new_ids[: new_ids.index(stop)], "stop"
+    else:
+        kept, reason = new_ids, "length"
+    return Reply(tokenizer.decode(kept, skip_special_tokens=True), reason, len(kept) + (reason == "stop"))
+
+
+@torch.no_grad()
+def generate_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[Messages],
+    decoding: Decoding,
+    batch_size: int,
+    on_batch_done: Callable[[int], None] | None = None,
+) -> list[Reply]:
+    """One reply per conversation, `batch_size` prompts at a time, left-padded so every row ends at the
+    assistant header and the new tokens line up. `on_batch_done(n)` is called with each batch's size."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = next(model.parameters()).device
+    config = decoding.generation_config(tokenizer)
+    replies: list[Reply] = []
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start : start + batch_size]
+        inputs = tokenizer([prompt_text(tokenizer, messages) for messages in batch], return_tensors="pt", padding=True,
+                           padding_side="left", add_special_tokens=False).to(device)
+        output = model.generate(**inputs, generation_config=config)
+        new_ids = output[:, inputs["input_ids"].shape[1] :].tolist()  # device sync, once per batch
+        replies += [decode_reply(tokenizer, ids) for ids in new_ids]
+        if on_batch_done is not None:
+            on_batch_done(len(batch))
+    return replies

@@ -1,0 +1,74 @@
+"""`medtune merge`: fold the adapter into a bf16 copy of the base and save a plain transformers model.
+
+The base is loaded in bf16 even when training used a 4-bit base: merging into quantized weights would
+round the LoRA update away. The merged folder loads with `AutoModelForCausalLM.from_pretrained` and serves
+with vLLM or anything else that reads Hugging Face checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from medtune.config import QuantConfig
+from medtune.model.load import default_device, embeddings_tied, load_adapter, load_base_model
+from medtune.infer.runs import AdapterRun
+
+MERGE_QUANT = QuantConfig(mode="none", compute_dtype="bf16")
+
+
+class MergeError(RuntimeError):
+    """Merging would silently produce a model that differs from the trained one, or cannot be written."""
+
+
+def check_embeddings(merged: PreTrainedModel, run: AdapterRun) -> bool:
+    """Whether the merged model is saved with tied embeddings; refuses when that would lose trained weights.
+
+    Tied means one matrix serves embed_tokens and lm_head, and a tied save stores it once. A run that kept
+    them tied must come out as one matrix; a run that trained them as two copies (`tied_embeddings: untie`)
+    must be saved untied, or its lm_head would be replaced by its embed_tokens on load.
+    """
+    embed, head = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+    shared = embeddings_tied(merged)
+    same_values = shared or (embed.shape == head.shape and torch.equal(embed, head))
+    if run.facts["embeddings_tied"]:
+        if not same_values:
+            raise MergeError(
+                f"{run.adapter_dir}: the run kept embed_tokens and lm_head tied (medtune_adapter.json), but after merging they "
+                "differ; a tied save would drop the trained lm_head. Was the adapter edited after training?"
+            )
+        return True
+    if shared and run.facts["trained_embeddings"]:
+        raise MergeError(
+            f"{run.adapter_dir}: the run trained {', '.join(run.facts['trained_embeddings'])} untied, but the merged model "
+            "shares one matrix for both; saving it would lose one of the trained copies"
+        )
+    return False
+
+
+def merge_run(run: AdapterRun, output: Path, overwrite: bool = False) -> Path:
+    """Merge and write `output` through a temporary sibling folder renamed into place."""
+    if output.exists() and not overwrite:
+        raise MergeError(f"{output} already exists; pass --overwrite to replace it")
+    loaded = load_base_model(run.base_model_config(), MERGE_QUANT, default_device())
+    merged = load_adapter(loaded.model, run.adapter_dir).merge_and_unload()
+    tied = check_embeddings(merged, run)
+    merged.config.tie_word_embeddings = tied
+    merged.config.use_cache = True  # training turned it off; a served model wants it
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)  # left over by an interrupted merge
+    try:
+        merged.save_pretrained(staging)  # writes generation_config.json (the base's sampling defaults) too
+        loaded.tokenizer.save_pretrained(staging)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output

@@ -1,0 +1,128 @@
+"""Find a trained adapter (a run folder, one of its checkpoints, or an adapter folder) and load it for inference.
+
+The base model is loaded exactly as it was trained (same source, same quantization and compute dtype,
+both read from the adapter's `medtune_adapter.json`), so chat, generation and eval see the model that
+training saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from medtune.config import ConfigError, ModelConfig, QuantConfig, RunConfig, load_config
+from medtune.model.load import default_device, load_adapter, load_base_model
+from medtune.train.checkpoint import list_checkpoints, step_dir
+
+FACTS_FILE = "medtune_adapter.json"
+CONFIG_FILE = "config.resolved.yaml"
+RANDOM_WEIGHTS_WARNING = "random weights (offline tiny model): outputs are noise and show only that the pipeline works"
+
+
+class RunNotFoundError(FileNotFoundError):
+    """RUN names no adapter medtune can load; the message says what was looked for and what exists."""
+
+
+@dataclass
+class AdapterRun:
+    """A trained adapter and what medtune recorded about it."""
+
+    adapter_dir: Path
+    output_dir: Path
+    """Where results about this adapter go: the run folder, or the adapter folder when RUN named one directly."""
+    checkpoint: str
+    """`adapter` (the final one) or `step-000400`."""
+    facts: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.facts["random_weights"])
+
+    def base_model_config(self) -> ModelConfig:
+        return ModelConfig.model_validate(self.facts["base_model"])
+
+    def trained_quant_config(self) -> QuantConfig:
+        return QuantConfig.model_validate(self.facts["quant"])
+
+
+@dataclass
+class InferenceModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    run: AdapterRun
+    with_adapter: bool
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _is_adapter_dir(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file()
+
+
+def _checkpoint_steps(run_dir: Path) -> str:
+    steps = [str(step) for step, _ in list_checkpoints(run_dir)]
+    return ", ".join(steps) if steps else "none"
+
+
+def resolve_run(path: str | Path, checkpoint: int | None = None) -> AdapterRun:
+    """The adapter that RUN (and `--checkpoint N`) names, with its facts and resolved config.
+
+    Raises:
+        RunNotFoundError: no such folder, no final adapter, no such checkpoint (the error lists the saved
+            steps), or an adapter folder without medtune's `medtune_adapter.json` / `config.resolved.yaml`.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise RunNotFoundError(f"{path}: no such run folder or adapter folder")
+    if checkpoint is not None:
+        folder = step_dir(path, checkpoint)
+        if not _is_adapter_dir(folder):
+            raise RunNotFoundError(f"{path}: no checkpoint at step {checkpoint}; saved steps: {_checkpoint_steps(path)}")
+        adapter_dir, output_dir, name = folder, path, folder.name
+    elif _is_adapter_dir(path / "adapter"):
+        adapter_dir, output_dir, name = path / "adapter", path, "adapter"
+    elif _is_adapter_dir(path):
+        adapter_dir, output_dir, name = path, path, path.name
+    else:
+        raise RunNotFoundError(
+            f"{path}: no final adapter (adapter/adapter_config.json) — the run may still be training or have stopped early; "
+            f"saved checkpoints: {_checkpoint_steps(path)} (pick one with --checkpoint N)"
+        )
+    for required in (FACTS_FILE, CONFIG_FILE):
+        if not (adapter_dir / required).is_file():
+            raise RunNotFoundError(f"{adapter_dir}: no {required}; medtune loads adapters trained by `medtune train`")
+    facts = json.loads((adapter_dir / FACTS_FILE).read_text(encoding="utf-8"))
+    try:
+        config = load_config(adapter_dir / CONFIG_FILE)
+    except ConfigError as err:
+        raise RunNotFoundError(f"{adapter_dir}: the adapter's config cannot be read: {err}") from None
+    return AdapterRun(adapter_dir, output_dir, name, facts, config)
+
+
+def load_for_inference(run: AdapterRun, with_adapter: bool = True, device: torch.device | None = None) -> InferenceModel:
+    """The base as trained (4-bit or not) plus the adapter, in eval mode with the KV cache on."""
+    loaded = load_base_model(run.base_model_config(), run.trained_quant_config(), device or default_device())
+    model = load_adapter(loaded.model, run.adapter_dir) if with_adapter else loaded.model
+    model.eval()
+    loaded.model.config.use_cache = True  # training turned it off; generation needs it
+    return InferenceModel(model, loaded.tokenizer, run, with_adapter)
+
+
+def describe(loaded: InferenceModel) -> list[str]:
+    """Banner lines: what model this is, and, first of all, whether its weights are random."""
+    run = loaded.run
+    quant = run.facts["quant"]["mode"]
+    base = run.facts["base_model"]["name_or_path"]
+    adapter = f"{run.adapter_dir} (step {run.facts['step']})" if loaded.with_adapter else "none (base model only)"
+    lines = [f"base model: {base} ({'4-bit ' + quant if quant != 'none' else 'not quantized'})", f"adapter: {adapter}"]
+    if run.random_weights:
+        lines.insert(0, f"WARNING: {RANDOM_WEIGHTS_WARNING}")
+    return lines

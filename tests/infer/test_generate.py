@@ -1,0 +1,92 @@
+"""Batched generation: left padding, stop/length, reading questions, and the `generate` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from medtune.data.formats import DataError
+from medtune.infer.generate import read_questions
+from medtune.infer.generation import Decoding, decode_reply, generate_replies
+from medtune.infer.runs import load_for_inference, resolve_run
+
+SYSTEM = "你是医生。"
+
+
+def conversation(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+def test_decode_reply_stops_at_im_end_and_ignores_the_padding_after_it(tokenizer):
+    ids = tokenizer("<think>\n想\n</think>\n\n多喝水", add_special_tokens=False)["input_ids"]
+    im_end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
+    stopped = decode_reply(tokenizer, ids + [im_end, pad, pad])
+    assert (stopped.finish_reason, stopped.think, stopped.answer, stopped.new_tokens) == ("stop", "想", "多喝水", len(ids) + 1)
+    cut = decode_reply(tokenizer, ids)
+    assert (cut.finish_reason, cut.new_tokens) == ("length", len(ids))
+
+
+def test_decoding_defaults_are_qwen3_thinking_sampling_and_greedy_is_greedy(tokenizer):
+    sampling = Decoding().generation_config(tokenizer)
+    assert (sampling.do_sample, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p) == (True, 0.6, 0.95, 20, 0.0)
+    assert sampling.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert Decoding(greedy=True).generation_config(tokenizer).do_sample is False
+
+
+@pytest.fixture(scope="module")
+def v1_model(v1_run):
+    return load_for_inference(resolve_run(v1_run), device=torch.device("cpu"))
+
+
+def test_left_padded_batch_gives_what_one_at_a_time_gives(v1_model):
+    """Prompts of different lengths in one batch: right padding would put pads between prompt and reply."""
+    questions = [conversation("头痛"), conversation("我最近三天一直咳嗽，晚上睡不着，需要去医院吗？"), conversation("发烧")]
+    greedy = Decoding(greedy=True, max_new_tokens=4)
+    batched = generate_replies(v1_model.model, v1_model.tokenizer, questions, greedy, batch_size=3)
+    single = generate_replies(v1_model.model, v1_model.tokenizer, questions, greedy, batch_size=1)
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert all(r.finish_reason == "length" and r.new_tokens == 4 for r in batched)
+
+
+def test_read_questions_accepts_question_only_rows_and_medtune_formats(tmp_path, short_rows_file):
+    only = tmp_path / "q.jsonl"
+    only.write_text('{"question": "头痛怎么办？"}\n\n{"question": "发烧", "system": "你是儿科医生。"}\n', encoding="utf-8")
+    rows = read_questions(only, SYSTEM)
+    assert [(r.question, r.system, r.source) for r in rows] == [("头痛怎么办？", SYSTEM, "q.jsonl:1"), ("发烧", "你是儿科医生。", "q.jsonl:3")]
+    alpaca = tmp_path / "a.jsonl"
+    alpaca.write_text('{"instruction": "头痛怎么办？", "output": "多休息"}\n', encoding="utf-8")
+    assert read_questions(alpaca, SYSTEM)[0].question == "头痛怎么办？"
+    assert len(read_questions(short_rows_file, SYSTEM)) == 16
+
+
+def test_read_questions_names_file_line_and_field(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "头痛"}\n{"question": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'question': wrong type"):
+        read_questions(bad, SYSTEM)
+    bad.write_text('{"question": "头痛"}\n{"text": "发烧"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'question': missing"):
+        read_questions(bad, SYSTEM)
+
+
+def test_generate_command_writes_think_and_answer_apart(v1_run, cli_app, runner, tmp_path):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"question": "头痛怎么办？"}\n{"question": "发烧三天了"}\n{"question": "咳嗽"}\n', encoding="utf-8")
+    answers = tmp_path / "out" / "answers.jsonl"
+    result = runner.invoke(cli_app, ["generate", str(v1_run), "-i", str(questions), "-o", str(answers),
+                                     "--batch-size", "2", "--max-new-tokens", "3", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
+    assert [row["question"] for row in rows] == ["头痛怎么办？", "发烧三天了", "咳嗽"]
+    assert all(set(row) == {"source", "question", "think", "answer", "finish_reason", "new_tokens"} for row in rows)
+    assert all(row["finish_reason"] == "length" for row in rows) and "RANDOM WEIGHTS" in result.output
+    assert not list(answers.parent.glob(".*.tmp")), "written through a temporary file, renamed"
+
+
+def test_generate_command_reports_bad_input_before_loading_the_model(v1_run, cli_app, runner, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "头痛"}\n{"question": ""}\n', encoding="utf-8")
+    result = runner.invoke(cli_app, ["generate", str(v1_run), "-i", str(bad), "-o", str(tmp_path / "a.jsonl")])
+    assert result.exit_code == 2 and "bad.jsonl:2: field 'question': empty" in result.output

@@ -1,0 +1,50 @@
+"""The CLI as a user meets it: bad rows, bad configs, an existing run, and --skip-bad-rows."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from medtune.cli import app
+from tests.conftest import CONFIGS
+
+runner = CliRunner()
+
+
+def short_args(tmp_path, data_file):
+    return ["--overlay", str(CONFIGS / "tiny.yaml"), "--set", f"output_dir={tmp_path}", "--set", f"data.train={data_file}",
+            "--set", "data.max_length=640", "--set", "train.max_steps=1", "--set", "train.per_device_batch_size=1",
+            "--set", "data.val_fraction=0.2", "--set", "train.eval_steps=1", "--set", "train.save_steps=1"]
+
+
+def test_bad_row_names_file_line_field_then_skip_reports_it(tmp_path, short_rows_file):
+    rows = short_rows_file.read_text(encoding="utf-8").splitlines()
+    broken = json.loads(rows[2])
+    del broken["think"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([rows[0], rows[1], json.dumps(broken, ensure_ascii=False), *rows[3:8], "{not json"]) + "\n", encoding="utf-8")
+
+    result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, bad)])
+    assert result.exit_code == 2
+    assert "bad.jsonl:3" in result.output and "think" in result.output
+
+    result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, bad), "--skip-bad-rows", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "v1" / "data_stats.json").read_text())
+    skipped = {row["source"]: row["field"] for row in stats["files"]["train"]["skipped"]}
+    assert skipped.keys() == {"bad.jsonl:3", "bad.jsonl:9"} and skipped["bad.jsonl:3"] == "think"
+    assert stats["files"]["train"]["rows"] == 7 and stats["train"]["rows"] + stats["validation"]["rows"] == 7
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, short_rows_file):
+    args = ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, short_rows_file)]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert runner.invoke(app, [*args, "--resume"]).exit_code == 0  # complete already: nothing to redo
+
+
+def test_bad_config_is_reported_not_raised(tmp_path):
+    result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), "--set", "train.lrr=1"])
+    assert result.exit_code == 2 and "did you mean `lr`" in result.output

@@ -1,0 +1,88 @@
+"""The one-command ablation: versions x seeds, killed mid-run, restarted, ending in a report with CIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medtune.config import ConfigError
+from medtune.experiment import load_experiment, parse_seeds, plan_runs
+from tests.conftest import CONFIGS
+
+
+def write_experiment(tmp_path: Path, data_file: Path) -> Path:
+    overlay = tmp_path / "short.yaml"
+    overlay.write_text(
+        f"data: {{train: {data_file}, max_length: 640, val_fraction: 0.25}}\n"
+        "train: {per_device_batch_size: 1, gradient_accumulation_steps: 2, max_steps: 4, logging_steps: 1, eval_steps: 2, save_steps: 2}\n"
+    )
+    experiment = tmp_path / "ablation.yaml"
+    experiment.write_text(
+        f"name: test\nversions: {{v1: {CONFIGS / 'v1.yaml'}, v2: {CONFIGS / 'v2.yaml'}}}\nseeds: [1, 2]\n"
+        f"overlays: [{CONFIGS / 'tiny.yaml'}, {overlay}]\nbaseline: v1\noutput_dir: runs\nreport_dir: report\n"
+        "report: {steps: [2, 4]}\n"
+    )
+    return experiment
+
+
+def ablate(experiment: Path, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "medtune.cli", "ablate", str(experiment)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_ablation_resumes_without_retraining(tmp_path, short_rows_file):
+    experiment = write_experiment(tmp_path, short_rows_file)
+    runs = tmp_path / "runs"
+    proc = ablate(experiment, tmp_path)
+    target = runs / "v1-seed2" / "checkpoints" / "step-000002" / "training_state.pt"
+    deadline = time.time() + 600
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert target.exists(), proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGKILL)  # a hard kill mid-run: no chance to save anything more
+    proc.wait()
+
+    done = runs / "v1-seed1"
+    assert json.loads((done / "summary.json").read_text())["status"] == "complete"
+    done_metrics = (done / "metrics.jsonl").read_bytes()
+    done_mtime = (done / "metrics.jsonl").stat().st_mtime_ns
+    cut_lines = (runs / "v1-seed2" / "metrics.jsonl").read_text().splitlines()
+    kept_before_kill = [line for line in cut_lines if json.loads(line)["step"] <= 2]
+
+    output = ablate(experiment, tmp_path).communicate()[0]
+    assert "v1-seed1" in output and "complete" in output
+
+    assert (done / "metrics.jsonl").read_bytes() == done_metrics and (done / "metrics.jsonl").stat().st_mtime_ns == done_mtime
+    resumed = (runs / "v1-seed2" / "metrics.jsonl").read_text().splitlines()
+    assert resumed[: len(kept_before_kill)] == kept_before_kill, "steps 1-2 were kept (timings included), not retrained"
+    assert [json.loads(line)["step"] for line in resumed if "loss" in json.loads(line)] == [1, 2, 3, 4]
+    for name in ("v1-seed1", "v1-seed2", "v2-seed1", "v2-seed2"):
+        assert json.loads((runs / name / "summary.json").read_text())["status"] == "complete"
+
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "±" in report
+    assert json.dumps(summary).count('"n": 2') >= 2
+
+
+def test_plan_and_seeds(tmp_path, short_rows_file):
+    experiment, root = load_experiment(write_experiment(tmp_path, short_rows_file))
+    planned = plan_runs(experiment, root, seeds=parse_seeds("3"))
+    assert [(p.version, p.seed) for p in planned] == [("v1", 42), ("v1", 43), ("v1", 44), ("v2", 42), ("v2", 43), ("v2", 44)]
+    assert all(p.config.model.name_or_path == "tiny" and p.config.train.max_steps == 4 for p in planned)
+    assert planned[3].config.train.schedule == "cosine" and planned[3].config.run_name == "v2-seed42"
+    assert parse_seeds("1,5") == [1, 5]
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("x")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nversions: {v1: v1.yaml}\nbaseline: v9\n")
+    with pytest.raises(ConfigError, match="baseline 'v9'"):
+        load_experiment(bad)
