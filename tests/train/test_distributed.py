@@ -1,0 +1,47 @@
+"""Data parallelism on CPU: two gloo processes under torchrun train exactly what one process trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from medtune.config import dump_config
+from medtune.train.recipe import run
+from tests.conftest import tiny_config
+
+
+def test_two_processes_equal_one_on_the_same_global_batch(tmp_path, short_rows_file):
+    overrides = ("lora.dropout=0.0", "train.max_steps=2", "train.per_device_batch_size=1", "train.gradient_accumulation_steps=4",
+                 "train.eval_steps=2", "train.save_steps=2", "train.logging_steps=1")
+    single = run(tiny_config("v1", tmp_path / "one", short_rows_file, *overrides))
+
+    cfg = tiny_config("v1", tmp_path / "two", short_rows_file, *overrides)
+    config_file = tmp_path / "two.yaml"
+    config_file.write_text(dump_config(cfg), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                           "-m", "medtune.cli", "train", str(config_file)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    parallel = cfg.run_dir()
+
+    def records(run_dir):
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    one, two = records(single), records(parallel)
+    assert [r["step"] for r in one] == [r["step"] for r in two]
+    for a, b in zip(one, two):
+        for key in ("loss", "loss_think", "loss_answer", "grad_norm", "eval_loss", "learning_rate"):
+            if key in a:
+                assert abs(a[key] - b[key]) <= 1e-4 * abs(a[key]) + 1e-7, (key, a, b)
+        assert a.get("tokens_seen") == b.get("tokens_seen") and a.get("eval_tokens") == b.get("eval_tokens")
+    env_json = json.loads((parallel / "env.json").read_text())
+    assert env_json["processes"] == 2
+    wa, wb = load_file(single / "adapter" / "adapter_model.safetensors"), load_file(parallel / "adapter" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-5), key
