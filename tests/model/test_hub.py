@@ -263,3 +263,11 @@ def test_offline_without_a_cached_copy_is_a_clear_error(offline_cache):
         resolve_model_source("modelscope:medtune-test/never-downloaded")
     with pytest.raises(DataError, match="ModelScope dataset medtune-test/none is not in the ModelScope cache"):
         resolve_data_path("modelscope:medtune-test/none")
+
+
+def test_package_prefix_resolves_an_installed_package_folder():
+    import medtune
+
+    assert resolve_model_source("package:medtune") == str(Path(medtune.__file__).parent.resolve())
+    with pytest.raises(HubError, match="no installed package 'no_such_pkg_xyz'"):
+        resolve_model_source("package:no_such_pkg_xyz")

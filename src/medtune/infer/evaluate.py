@@ -18,7 +18,7 @@ import torch
 
 from medtune.config import AugmentConfig
 from medtune.data.augment import Augmenter
-from medtune.data.batching import micro_batches, to_device
+from medtune.data.batching import trained_token_counts
 from medtune.data.formats import DataError, ReadResult, Sample, read_samples, resolve_data_path, split_train_validation
 from medtune.data.lexicon import load_lexicon
 from medtune.data.render import encode_sample, prompt_messages
@@ -26,7 +26,7 @@ from medtune.infer.generation import Decoding, Reply
 from medtune.infer.metrics import reply_scores
 from medtune.infer.progress import generate_with_progress
 from medtune.infer.runs import AdapterRun, InferenceModel
-from medtune.train.loss import causal_lm_loss_sums
+from medtune.train.loss import summed_loss_over
 from medtune.train.metrics import write_atomic, write_json
 
 SCORES = ("bleu4", "rouge_l", "think_compliance", "term_recall")
@@ -71,10 +71,9 @@ def loss_over(loaded: InferenceModel, samples: list[Sample], batch_size: int) ->
     cfg = loaded.run.config
     encoded = [encode_sample(loaded.tokenizer, sample, cfg.data.max_length) for sample in samples]
     kept = [item for item in encoded if not item.answer_cut]
-    total, tokens = 0.0, 0
-    for batch in micro_batches(kept, batch_size, cfg.data.max_length, False, loaded.tokenizer.pad_token_id):
-        total += float(causal_lm_loss_sums(loaded.model, to_device(batch, loaded.device), cfg.train.loss_chunk_tokens).total)
-        tokens += batch["n_tokens"]
+    total = float(summed_loss_over(loaded.model, kept, batch_size=batch_size, max_length=cfg.data.max_length, packing=False,
+                                   pad_id=loaded.tokenizer.pad_token_id, device=loaded.device, chunk_tokens=cfg.train.loss_chunk_tokens)[0])
+    tokens = trained_token_counts(kept)[0]
     loss = total / tokens if tokens else None
     return {"eval_loss": loss, "perplexity": math.exp(loss) if loss is not None else None, "eval_tokens": tokens,
             "answer_cut": len(encoded) - len(kept)}

