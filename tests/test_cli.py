@@ -48,3 +48,11 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, short_rows_file):
 def test_bad_config_is_reported_not_raised(tmp_path):
     result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), "--set", "train.lrr=1"])
     assert result.exit_code == 2 and "did you mean `lr`" in result.output
+
+
+def test_data_preview_shows_masks_and_the_loss_mask(tmp_path, short_rows_file):
+    result = runner.invoke(app, ["data", "preview", str(CONFIGS / "v3.yaml"), "--overlay", str(CONFIGS / "tiny.yaml"),
+                                 "--set", f"data.train={short_rows_file}", "--set", "augment.probability=1.0",
+                                 "--set", "augment.fields=[question,think,answer]", "--n", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("masked terms:") == 2 and "trained" in result.output and "<think>" in result.output

@@ -89,11 +89,14 @@ def ablate(
 ) -> None:
     """Train every version x seed that is not complete (resuming interrupted ones), then write the report."""
     from medtune.config import ConfigError
+    from medtune.data.formats import DataError
     from medtune.experiment import DEFAULT_EXPERIMENT, parse_seeds, run_experiment
+    from medtune.model.hub import HubError
+    from medtune.train.trackers import TrackerError
 
     try:
         run_experiment(experiment or Path(DEFAULT_EXPERIMENT), parse_seeds(seeds) if seeds else None, set_)
-    except ConfigError as err:
+    except (ConfigError, DataError, HubError, TrackerError) as err:
         _fail(str(err))
 
 

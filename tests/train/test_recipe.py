@@ -97,3 +97,19 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_f
     a = load_file(full / "adapter" / "adapter_model.safetensors")
     b = load_file(resumed / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_v3_run_records_the_realised_augmentation_per_epoch(tmp_path, short_rows_file):
+    """12 train rows, 2 per step, 8 steps: epoch 0 ends at step 6, so one epoch record and one final record."""
+    cfg = tiny_config("v3", tmp_path, short_rows_file, "augment.probability=0.5", "augment.fields=[question,answer]",
+                      "train.max_steps=8", "train.eval_steps=8", "train.save_steps=8", "train.logging_steps=4")
+    run_dir = run(cfg)
+    records = [r["augment"] for r in read_metrics(run_dir) if "augment" in r]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert records[0]["samples"] == 12 and records[1]["samples"] == 4
+    for record in records:
+        assert record["masked_share"] == record["masked_samples"] / record["samples"]
+        assert sum(record["terms_by_category"].values()) == record["terms_masked"]
+    assert sum(r["masked_samples"] for r in records) > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["augmentation"]["epochs"] == records

@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from medtune.config import RunConfig
 from medtune.data.batching import TrainingSet
-from medtune.data.formats import ReadResult, Sample, read_samples, resolve_data_path, split_train_validation
+from medtune.data.formats import DataError, ReadResult, Sample, read_samples, resolve_data_path, split_train_validation
 from medtune.data.render import Encoded, encode_sample
 
 
@@ -74,7 +74,8 @@ def prepare_data(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared
     train_samples, train_encoded = _encode_split(train_samples, encode, stats["train"])
     _, val_encoded = _encode_split(val_samples, encode, stats["validation"])
     if not train_encoded:
-        raise ValueError(f"{data.train}: no trainable rows after truncation to max_length={data.max_length}")
+        raise DataError(f"{data.train}: no trainable rows: every answer is cut away by truncation to max_length="
+                        f"{data.max_length} ({len(stats['train']['answer_cut_rows'])} rows); raise data.max_length")
     augment = None
     if cfg.augment.enabled:
         from medtune.data.augment import Augmenter
