@@ -83,7 +83,21 @@ def swanlab_mode(settings: Any) -> str:
     return "online" if settings.api_key else "offline"
 
 
-class SwanLabTracker:
+class _CloudRunTracker:
+    """SwanLab and W&B runs share one interface: `run.log(metrics, step=)` and `run.finish()`."""
+
+    run: Any
+
+    def log(self, record: dict[str, Any]) -> None:
+        metrics = scalar_metrics(record)
+        if metrics:
+            self.run.log(metrics, step=int(record["step"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class SwanLabTracker(_CloudRunTracker):
     """A SwanLab run in `<run_dir>/swanlog`; SWANLAB_PROJECT_NAME names the project (default `medtune`)."""
 
     def __init__(self, log_dir: Path, run_name: str, config: dict[str, Any]) -> None:
@@ -97,14 +111,6 @@ class SwanLabTracker:
             log_dir=str(log_dir),
             mode=swanlab_mode(settings),
         )
-
-    def log(self, record: dict[str, Any]) -> None:
-        metrics = scalar_metrics(record)
-        if metrics:
-            self.run.log(metrics, step=int(record["step"]))
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 class TensorBoardTracker:
@@ -127,7 +133,7 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-class WandbTracker:
+class WandbTracker(_CloudRunTracker):
     """A W&B run in `<run_dir>/wandb`: offline unless WANDB_API_KEY is set; WANDB_MODE and WANDB_PROJECT are honoured."""
 
     def __init__(self, run_dir: Path, run_name: str, config: dict[str, Any]) -> None:
@@ -137,11 +143,3 @@ class WandbTracker:
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT, name=run_name, dir=str(run_dir), config=config, mode=mode
         )
-
-    def log(self, record: dict[str, Any]) -> None:
-        metrics = scalar_metrics(record)
-        if metrics:
-            self.run.log(metrics, step=int(record["step"]))
-
-    def close(self) -> None:
-        self.run.finish()
