@@ -3,6 +3,7 @@ then the comparison report. Each run is the ordinary training recipe; nothing he
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -12,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 from rich.console import Console
 from rich.table import Table
 
-from medtune.config import ConfigError, RunConfig, _Strict, compose, dump_config, validate
+from medtune.config import ConfigError, RunConfig, _Strict, compose, dump_config, read_yaml_mapping, validate
 
 console = Console(stderr=True)
 DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
@@ -61,19 +61,14 @@ class PlannedRun:
     def status(self) -> str:
         """complete / resume / new, read from the run folder."""
         summary = self.run_dir / "summary.json"
-        if summary.exists() and '"status": "complete"' in summary.read_text(encoding="utf-8"):
+        if summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("status") == "complete":
             return "complete"
         return "resume" if (self.run_dir / "config.resolved.yaml").exists() else "new"
 
 
 def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: experiment file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    data = read_yaml_mapping(path, kind="experiment")
     try:
         experiment = Experiment.model_validate(data)
     except ValidationError as err:
