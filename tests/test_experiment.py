@@ -86,3 +86,32 @@ def test_plan_and_seeds(tmp_path, short_rows_file):
     bad.write_text("name: x\nversions: {v1: v1.yaml}\nbaseline: v9\n")
     with pytest.raises(ConfigError, match="baseline 'v9'"):
         load_experiment(bad)
+
+
+def test_several_runs_share_one_gpu_in_parallel_processes(tmp_path, short_rows_file, monkeypatch):
+    """runs_per_gpu: 2 on one (pretended) GPU trains two runs at the same time, each in its own process and log."""
+    import medtune.experiment as experiment_module
+
+    experiment = write_experiment(tmp_path, short_rows_file)
+    text = experiment.read_text().replace("seeds: [1, 2]", "seeds: [1]").replace("steps: [2, 4]", "steps: [1, 2]")
+    experiment.write_text(text + "runs_per_gpu: 2\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(experiment_module, "visible_gpus", lambda: 1)
+    spans: list[tuple[float, float]] = []
+    real_run = subprocess.run
+
+    def timed_run(*args, **kwargs):
+        started = time.monotonic()
+        done = real_run(*args, **kwargs)
+        spans.append((started, time.monotonic()))
+        return done
+
+    monkeypatch.setattr(experiment_module.subprocess, "run", timed_run)
+    experiment_module.run_experiment(experiment, extra_overrides=["train.max_steps=2"])
+
+    (first_start, first_end), (second_start, second_end) = sorted(spans)
+    assert second_start < first_end, "the second run waited for the first"
+    for name in ("v1-seed1", "v2-seed1"):
+        assert json.loads((tmp_path / "runs" / name / "summary.json").read_text())["status"] == "complete"
+        assert f"run complete: runs/{name}" in (tmp_path / "runs" / name / "train.log").read_text()
+    assert (tmp_path / "report" / "report.md").exists()

@@ -85,6 +85,7 @@ def data_preview(
 def ablate(
     experiment: Annotated[Optional[Path], typer.Argument(help="Experiment YAML (versions x seeds).", dir_okay=False)] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="A count (3 -> 42,43,44) or a list (1,2,3).")] = None,
+    runs_per_gpu: Annotated[Optional[int], typer.Option("--runs-per-gpu", min=1, help="Runs at once per GPU (default: the experiment's runs_per_gpu, 1).")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Train every version x seed that is not complete (resuming interrupted ones), then write the report."""
@@ -95,7 +96,7 @@ def ablate(
     from medtune.train.trackers import TrackerError
 
     try:
-        run_experiment(experiment or Path(DEFAULT_EXPERIMENT), parse_seeds(seeds) if seeds else None, set_)
+        run_experiment(experiment or Path(DEFAULT_EXPERIMENT), parse_seeds(seeds) if seeds else None, set_, runs_per_gpu)
     except (ConfigError, DataError, HubError, TrackerError) as err:
         _fail(str(err))
 

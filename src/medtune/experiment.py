@@ -38,6 +38,8 @@ class Experiment(_Strict):
     baseline: str | None = None
     output_dir: str = Field("runs", description="Runs go to <output_dir>/<version>-seed<seed>/.")
     report_dir: str = "reports/ablation"
+    runs_per_gpu: int = Field(1, ge=1, description="Runs trained at once on each GPU, each in its own process; "
+                              "more than 1 pays off for small models that leave a GPU mostly idle.")
     report: ReportSettings = Field(default_factory=ReportSettings)
 
     @field_validator("versions")
@@ -114,8 +116,8 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def train_in_processes(pending: list[PlannedRun], gpus: int) -> None:
-    """One run per GPU at a time, each in its own process that sees only its GPU; logs in <run>/train.log."""
+def train_in_processes(pending: list[PlannedRun], gpus: int, runs_per_gpu: int) -> None:
+    """`runs_per_gpu` runs per GPU at a time, each in its own process that sees only its GPU; logs in <run>/train.log."""
     work: queue.Queue[PlannedRun] = queue.Queue()
     for run in pending:
         work.put(run)
@@ -137,7 +139,8 @@ def train_in_processes(pending: list[PlannedRun], gpus: int) -> None:
             if done.returncode != 0:
                 failures.append(f"{run.config.run_name} failed (exit {done.returncode}); see {run.run_dir / 'train.log'}")
 
-    threads = [threading.Thread(target=worker, args=(device,)) for device in range(min(gpus, len(pending)))]
+    slots = min(gpus * runs_per_gpu, len(pending))
+    threads = [threading.Thread(target=worker, args=(slot % gpus,)) for slot in range(slots)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -146,7 +149,8 @@ def train_in_processes(pending: list[PlannedRun], gpus: int) -> None:
         raise RuntimeError("\n".join(failures))
 
 
-def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None) -> dict[str, Any]:
+def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None,
+                   runs_per_gpu: int | None = None) -> dict[str, Any]:
     """Train what is missing, then write the report; returns the report's summary."""
     from medtune.report.build import build_report
     from medtune.train.recipe import run as train_run
@@ -158,8 +162,9 @@ def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overr
     show_plan(planned)
     pending = [run for run in planned if run.status() != "complete"]
     gpus = visible_gpus()
-    if gpus > 1 and len(pending) > 1:
-        train_in_processes(pending, gpus)
+    per_gpu = runs_per_gpu or experiment.runs_per_gpu
+    if gpus * per_gpu > 1 and len(pending) > 1:
+        train_in_processes(pending, gpus, per_gpu)
     else:
         for number, run in enumerate(pending, 1):
             console.rule(f"[{number}/{len(pending)}] {run.config.run_name} ({run.status()})")
