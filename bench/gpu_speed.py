@@ -48,10 +48,16 @@ VARIANTS: dict[str, list[str]] = {
     "+bf16": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0"],
     "+liger": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=auto", "speed.checkpoint_fraction=1.0"],
     "auto": [],  # the defaults: +liger with a share of the layers keeping their activations
+    "peft_lora": ["speed.fused_lora=false"],  # PEFT's own LoRA forward
+    "fused": ["speed.fused_lora=true"],
+    "fused_ckpt50": ["speed.fused_lora=true", "speed.checkpoint_fraction=0.5"],
+    "fused_ckpt40": ["speed.fused_lora=true", "speed.checkpoint_fraction=0.4"],
     "per_sample": ["speed.packed_attention=per_sample"],
     "ckpt100": ["speed.checkpoint_fraction=1.0"],
     "ckpt75": ["speed.checkpoint_fraction=0.75"],
     "ckpt50": ["speed.checkpoint_fraction=0.5"],
+    "ckpt40": ["speed.checkpoint_fraction=0.4"],
+    "ckpt30": ["speed.checkpoint_fraction=0.3"],
     "ckpt0": ["speed.checkpoint_fraction=0.0"],
     "compile": ["speed.compile_layers=true"],
 }
@@ -539,7 +545,7 @@ def report(records: list[dict[str, Any]]) -> str:
 
 
 # ---- orchestration -----------------------------------------------------------------------------
-DEFAULT_STAGES = ["prepare", "medtune:v2:auto,ckpt50", "medtune:v1:auto", "unsloth:v2", "unsloth:v1", "reference:v2", "reference:v1",
+DEFAULT_STAGES = ["prepare", "medtune:v2:auto,fused,fused_ckpt50,fused_ckpt40", "medtune:v1:auto,fused", "unsloth:v2", "unsloth:v1", "reference:v2", "reference:v1",
                   "check:v2", "head", "check:v1", "medtune:v2:before,+varlen,+bf16,+liger,ckpt75,per_sample,compile"]
 
 

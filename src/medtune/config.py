@@ -154,6 +154,11 @@ class TrainConfig(_Strict):
     save_steps: int = Field(400, gt=0)
     save_total_limit: int = Field(2, gt=0)
     report_to: list[Literal["swanlab", "tensorboard", "wandb"]] = Field(default_factory=list)
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With several processes: ddp = every process holds the whole model; fsdp = decoder layers "
+        "sharded across processes (FSDP2 + QLoRA), for Qwen3 sizes that do not fit one GPU. Launched the same way; "
+        "one process trains alike with either.",
+    )
 
     @model_validator(mode="after")
     def _check_length(self) -> "TrainConfig":
@@ -191,6 +196,12 @@ class SpeedConfig(_Strict):
         "Qwen3-1.7B layer at 8,192 packed tokens). 0.65 keeps v1/v2 under the reference stack's peak memory.",
     )
     compile_layers: bool = Field(False, description="torch.compile each decoder layer (CUDA only).")
+    fused_lora: bool = Field(
+        False, description="Each LoRA projection as one autograd function (model/lora_fused.py): only the dropout mask "
+        "is kept for the backward pass, not a dropped-out copy of the input, and scale and add ride in the second matmul. "
+        "Same math as PEFT's forward with a third of its activation memory, so more layers can skip recomputation "
+        "(lower checkpoint_fraction) under the same peak; any device. Off until its GPU speed is measured (bench/RESULTS.md).",
+    )
 
 
 class RunConfig(_Strict):

@@ -152,6 +152,7 @@ def train_in_processes(pending: list[PlannedRun], gpus: int, runs_per_gpu: int) 
 def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None,
                    runs_per_gpu: int | None = None) -> dict[str, Any]:
     """Train what is missing, then write the report; returns the report's summary."""
+    from medtune.model.load import model_source
     from medtune.report.build import build_report
     from medtune.train.recipe import run as train_run
 
@@ -161,6 +162,8 @@ def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overr
         check_unchanged(run)
     show_plan(planned)
     pending = [run for run in planned if run.status() != "complete"]
+    for model in {run.config.model.model_dump_json(): run.config.model for run in pending}.values():
+        model_source(model)  # download or convert each base once, before parallel runs would each do it
     gpus = visible_gpus()
     per_gpu = runs_per_gpu or experiment.runs_per_gpu
     if gpus * per_gpu > 1 and len(pending) > 1:

@@ -14,6 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from medtune.config import LoraSettings, ModelConfig, QuantConfig
+from medtune.model.gguf import gguf_model_folder
 from medtune.model.hub import resolve_model_source
 from medtune.model.tiny import TINY_NAME, is_random_weights, tiny_model_dir
 
@@ -32,10 +33,13 @@ class LoadedModel:
 
 
 def model_source(cfg: ModelConfig) -> str:
-    """What from_pretrained receives: the tiny model's cache folder, a local folder, or a hub id."""
+    """What from_pretrained receives: the tiny model's or a de-quantised GGUF's cache folder, a local folder, or a hub id."""
     if cfg.name_or_path == TINY_NAME:
         return str(tiny_model_dir())
-    return resolve_model_source(cfg.name_or_path, cfg.revision)
+    source = resolve_model_source(cfg.name_or_path, cfg.revision)
+    if cfg.gguf_file:
+        return str(gguf_model_folder(source, cfg.gguf_file, cfg.revision, cfg.trust_remote_code))
+    return source
 
 
 def default_device() -> torch.device:
@@ -51,15 +55,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     source = model_source(cfg)
     tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=cfg.revision, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code
+        source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torch.device) -> LoadedModel:
-    """Load weights exactly as a user with hub access would; quantize to 4-bit when asked."""
+def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torch.device, fsdp: bool = False) -> LoadedModel:
+    """Load weights exactly as a user with hub access would; quantize to 4-bit when asked.
+
+    With `fsdp` the 4-bit weights are stored in the compute dtype (bf16 on CUDA) instead of uint8, the
+    FSDP-QLoRA layout: FSDP shards them like the layer's other weights (see train/fsdp.py).
+    """
     source = model_source(model_cfg)
     compute_dtype = resolve_dtype(quant_cfg.compute_dtype, device)
     kwargs: dict = dict(
@@ -67,8 +75,6 @@ def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torc
         trust_remote_code=model_cfg.trust_remote_code,
         dtype=compute_dtype,
     )
-    if model_cfg.gguf_file:
-        kwargs["gguf_file"] = model_cfg.gguf_file
     if model_cfg.attn_implementation != "auto":
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if quant_cfg.mode != "none":
@@ -77,6 +83,7 @@ def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torc
             bnb_4bit_quant_type=quant_cfg.mode,
             bnb_4bit_use_double_quant=quant_cfg.double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_quant_storage=compute_dtype if fsdp else torch.uint8,
         )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

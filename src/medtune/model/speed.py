@@ -9,7 +9,8 @@ None of them changes what is computed:
   matmuls run in bf16 on their fp32 weights instead of casting every activation to fp32;
 - fused kernels: Liger's RMSNorm, SwiGLU and RoPE kernels, one pass each and fewer saved activations;
 - selective checkpointing: only a share of the decoder layers recompute their activations;
-- compiled layers: torch.compile per decoder layer (off by default; not yet measured).
+- compiled layers: torch.compile per decoder layer (off by default; not yet measured);
+- fused LoRA: each LoRA projection as one autograd function (`model/lora_fused.py`).
 Each lever reports what it did in a `SpeedPlan`; `auto` turns a lever on only where it works, so CPU runs
 (and CI) take the same code path with the portable variant.
 """
@@ -31,6 +32,7 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
 from medtune.config import SpeedConfig, TrainConfig
+from medtune.model.lora_fused import install_fused_lora
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class SpeedPlan:
     checkpointed_layers: int = 0
     decoder_layers: int = 0
     compiled_layers: bool = False
+    fused_lora_modules: int = 0
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -220,6 +223,8 @@ def apply_speed(model: nn.Module, cfg: SpeedConfig, train: TrainConfig, device: 
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone, plan = causal_lm.model, SpeedPlan()
+    if cfg.fused_lora:
+        plan.fused_lora_modules = install_fused_lora(model)
     if not train.packing:
         plan.packed_attention = "unused (train.packing is off)"
     else:

@@ -45,8 +45,10 @@ def _build_tiny_model(folder: Path) -> None:
     base.update(TINY_SHAPE, architectures=["Qwen3ForCausalLM"], medtune_random_weights=True)
     for unused in ("transformers_version", "torch_dtype", "dtype"):
         base.pop(unused, None)
-    torch.manual_seed(TINY_SEED)
-    Qwen3ForCausalLM(Qwen3Config(**base)).save_pretrained(folder)
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream (its LoRA init) must not depend on the cache
+        torch.manual_seed(TINY_SEED)
+        model = Qwen3ForCausalLM(Qwen3Config(**base))
+    model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(shipped_tokenizer_dir()).save_pretrained(folder)
     shutil.copy(shipped_tokenizer_dir() / "generation_config.json", folder / "generation_config.json")
 

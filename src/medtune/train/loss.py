@@ -11,7 +11,7 @@ loss is then a token-weighted mean that does not depend on how the step is split
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,11 +125,14 @@ def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], chunk_tokens: i
 def summed_loss_over(
     model: nn.Module, encoded: list[Encoded], *, batch_size: int, max_length: int, packing: bool, pad_id: int,
     device: torch.device, chunk_tokens: int,
+    even_out: Callable[[list[dict[str, Any]]], list[tuple[dict[str, Any], float]]] | None = None,
 ) -> torch.Tensor:
     """(loss, think, answer) sums over a list of samples: the numerators of eval loss, for training's periodic
-    eval and `medtune eval` alike. Divide by `trained_token_counts` of the same samples (summed over processes)."""
+    eval and `medtune eval` alike. Divide by `trained_token_counts` of the same samples (summed over processes).
+    `even_out` pairs the micro-batches with loss weights, padded so every process runs as many forwards (FSDP)."""
     sums = torch.zeros(3, device=device)
-    for batch in micro_batches(encoded, batch_size, max_length, packing, pad_id):
+    batches = micro_batches(encoded, batch_size, max_length, packing, pad_id)
+    for batch, weight in even_out(batches) if even_out is not None else [(batch, 1.0) for batch in batches]:
         loss = causal_lm_loss_sums(model, to_device(batch, device), chunk_tokens)
-        sums += torch.stack([loss.total, loss.think, loss.answer])
+        sums += weight * torch.stack([loss.total, loss.think, loss.answer])
     return sums

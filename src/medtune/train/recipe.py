@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from medtune.data.prepare import prepare_data
 from medtune.data.render import Encoded
 from medtune.model.load import apply_lora, embeddings_tied, load_base_model
 from medtune.model.speed import apply_speed
+from medtune.train import fsdp
 from medtune.train.checkpoint import (
     STATE_FILE,
     list_checkpoints,
@@ -109,6 +111,7 @@ class FineTuneRecipe:
         self.overwrite = overwrite
         self.dist = init_distributed()
         self.device = self.dist.device()
+        self.fsdp = cfg.train.parallelism == "fsdp" and self.dist.enabled  # one process: nothing to shard across
         self.step = 0
         self.samples_consumed = 0
         self.tokens_seen = 0
@@ -145,11 +148,16 @@ class FineTuneRecipe:
         self.dist.barrier()
 
     def _setup_model(self) -> None:
-        loaded = load_base_model(self.cfg.model, self.cfg.quant, self.device)
+        loaded = load_base_model(self.cfg.model, self.cfg.quant, self.device, fsdp=self.fsdp)
         self.tokenizer, self.random_weights, self.model_source = loaded.tokenizer, loaded.random_weights, loaded.source
         self.tied_before = embeddings_tied(loaded.model)
         self.model = apply_lora(loaded.model, self.cfg.lora, self.cfg.train.gradient_checkpointing)
         self.speed_plan = apply_speed(self.model, self.cfg.speed, self.cfg.train, self.device)
+        checkpoints = list_checkpoints(self.run_dir) if self.resume else []
+        if checkpoints:  # checkpoints hold whole tensors: load them before FSDP shards the layers
+            set_peft_model_state_dict(self.model, load_file(checkpoints[-1][1] / "adapter_model.safetensors"))
+        if self.fsdp:
+            fsdp.shard_decoder_layers(self.model, self.dist, self.device)
         self.model.train()
         if self.dist.is_main:
             write_json(self.run_dir / "env.json", {"versions": library_versions(), "python": sys.version.split()[0],
@@ -172,7 +180,10 @@ class FineTuneRecipe:
         self.trainable_params = params
         name = train.optimizer
         if name == "auto":
-            name = "paged_adamw_8bit" if self.device.type == "cuda" else "adamw"
+            name = "paged_adamw_8bit" if self.device.type == "cuda" and not self.fsdp else "adamw"
+        if self.fsdp and name != "adamw":
+            raise ValueError(f"train.optimizer {name} does not work with train.parallelism fsdp: bitsandbytes' 8-bit optimizers "
+                             "take no sharded (DTensor) parameters. Use adamw or auto (LoRA moments are small, and sharded too)")
         self.optimizer_name = name
         kwargs = dict(lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         if name == "adamw":
@@ -195,10 +206,12 @@ class FineTuneRecipe:
         checkpoints = list_checkpoints(self.run_dir)
         if not checkpoints:
             return  # nothing saved yet: the run starts from step 0
-        step, folder = checkpoints[-1]
-        set_peft_model_state_dict(self.model, load_file(folder / "adapter_model.safetensors"))
+        step, folder = checkpoints[-1]  # its adapter weights were loaded in _setup_model
         state = load_training_state(folder)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            fsdp.load_full_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         self.step, self.samples_consumed = state["step"], state["samples_consumed"]
@@ -233,14 +246,16 @@ class FineTuneRecipe:
         step_tokens, think_tokens, answer_tokens = trained_token_counts(items)
         batches = micro_batches(self.dist.shard(items), train.per_device_batch_size, self.cfg.data.max_length, train.packing,
                                 self.tokenizer.pad_token_id)
+        forwards = fsdp.even_forwards(batches, self.dist) if self.fsdp else [(batch, 1.0) for batch in batches]
         sums = torch.zeros(3, device=self.device)  # loss, think, answer
-        for batch in batches:
+        for batch, weight in forwards:
             loss = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
-            (loss.total / step_tokens).backward()
-            sums += torch.stack([loss.total.detach(), loss.think, loss.answer])
-        self.dist.sum_gradients(self.trainable_params)
+            (loss.total * weight / step_tokens).backward()
+            sums += weight * torch.stack([loss.total.detach(), loss.think, loss.answer])
+        self.dist.sum_gradients([p for p in self.trainable_params if not fsdp.is_sharded(p)])  # FSDP summed the sharded ones
         max_norm = train.max_grad_norm if train.max_grad_norm is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable_params, max_norm))  # device sync
+        clip = fsdp.clip_grad_norm_ if self.fsdp else torch.nn.utils.clip_grad_norm_
+        grad_norm = float(clip(self.trainable_params, max_norm))  # device sync
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -318,7 +333,8 @@ class FineTuneRecipe:
         train = self.cfg.train
         sums = summed_loss_over(self.model, self.dist.shard(self.val_encoded), batch_size=train.per_device_batch_size,
                                 max_length=self.cfg.data.max_length, packing=train.packing, pad_id=self.tokenizer.pad_token_id,
-                                device=self.device, chunk_tokens=train.loss_chunk_tokens)
+                                device=self.device, chunk_tokens=train.loss_chunk_tokens,
+                                even_out=partial(fsdp.even_forwards, ctx=self.dist) if self.fsdp else None)
         self.model.train()
         total, think, answer = self.dist.sum_(sums).tolist()
         tokens, think_tokens, answer_tokens = trained_token_counts(self.val_encoded)
@@ -330,8 +346,9 @@ class FineTuneRecipe:
         return record
 
     # ---- saving --------------------------------------------------------------------------------
-    def _save_adapter(self, folder: Path) -> None:
-        self.model.save_pretrained(folder)
+    def _save_adapter(self, folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        """`weights`: the trained tensors gathered whole under FSDP; None = PEFT reads them from the model."""
+        self.model.save_pretrained(folder, state_dict=weights)
         self.tokenizer.save_pretrained(folder)
         shutil.copy(self.run_dir / "config.resolved.yaml", folder / "config.resolved.yaml")
         write_json(folder / "medtune_adapter.json", self._adapter_facts())
@@ -345,28 +362,32 @@ class FineTuneRecipe:
                 "step": self.step}
 
     def save_checkpoint(self) -> None:
-        """Written by the main process; the others hold identical weights and optimizer states."""
+        """Written by the main process; the others hold identical weights and optimizer states (under FSDP, their
+        shards, gathered whole first so the checkpoint is a single process's and resumes on any process count)."""
+        weights = fsdp.full_trainable_state(self.model) if self.fsdp else None  # collectives: every process joins
+        optimizer = fsdp.full_optimizer_state(self.optimizer) if self.fsdp else self.optimizer.state_dict()
         if not self.dist.is_main:
             return
         state = {"step": self.step, "samples_consumed": self.samples_consumed, "tokens_seen": self.tokens_seen,
-                 "elapsed": self.elapsed, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "elapsed": self.elapsed, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                  "rng": rng_state(), "window": self.window.__dict__,
                  "augment_stats": self.augment_stats.state_dict() if self.augment_stats is not None else None}
 
         def write(folder: Path) -> None:
-            self._save_adapter(folder)
+            self._save_adapter(folder, weights)
             torch.save(state, folder / STATE_FILE)
 
         save_checkpoint(self.run_dir, self.step, write, self.cfg.train.save_total_limit)
 
     def _finish(self) -> None:
+        weights = fsdp.full_trainable_state(self.model) if self.fsdp else None  # collectives: every process joins
         self.dist.barrier()
         if not self.dist.is_main:
             return
         final = self.run_dir / "adapter"
         tmp = final.with_name("adapter.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self._save_adapter(tmp)
+        self._save_adapter(tmp, weights)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         if self.augment_stats is not None:

@@ -1,0 +1,125 @@
+"""FSDP for QLoRA (`train.parallelism: fsdp`): each decoder layer's weights are sharded across processes.
+
+Launched like data parallelism (torchrun / accelerate launch) and with the same step math (distributed.py):
+every process trains a shard of each optimizer step and gradients are *summed*, so the update equals one
+process's on the whole step and checkpoints are written in the single-process format (full tensors, rank 0).
+
+Why FSDP2 (`fully_shard`) and not FSDP1 (`FullyShardedDataParallel(use_orig_params=True)`): FSDP1 flattens
+each wrapped layer into one FlatParameter and refuses mixed dtypes ("Must flatten tensors with uniform
+dtype"), but a layer holds bf16 norms and 4-bit storage next to fp32 LoRA weights (PEFT upcasts adapters), so
+FSDP1 would need one FSDP unit per LoRA matrix. FSDP2 shards each parameter on its own (a DTensor) and
+all-gathers mixed dtypes, keeps parameter names (the adapter state dict stays PEFT's), and restores bnb's
+Params4bit after each all-gather through `fix_4bit_weight_quant_state_from_module`. The 4-bit storage dtype
+still follows the compute dtype (model/load.py), the layout FSDP-QLoRA is documented with.
+
+Only decoder layers are sharded (they hold almost all weights). Embeddings, final norm and lm_head stay
+whole on every process: the fused loss reads `lm_head.weight` outside any forward (train/loss.py) and small
+Qwen3 sizes tie it to the embeddings. Trained ones among them (`lora.modules_to_save`) are summed like DDP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+from medtune.train.distributed import DistContext
+
+Batch = dict[str, Any]
+
+
+def shard_decoder_layers(model: nn.Module, ctx: DistContext, device: torch.device) -> None:
+    """Shard every decoder layer of a PEFT-wrapped causal LM in place; call after LoRA, before the optimizer.
+
+    The backbone becomes the FSDP root (with its own weights ignored, i.e. left whole), so one root drives
+    the layers' all-gathers and waits for their reduce-scatters at the end of each backward pass.
+    """
+    backbone = model.get_base_model().model
+    # Each process keeps a chunk of its own copy, so the copies must be equal: take rank 0's values rather than
+    # trust that every process drew the same LoRA init from its seed.
+    for param in model.parameters():
+        if param.requires_grad:
+            dist.broadcast(param.data, src=0)
+    mesh = init_device_mesh(device.type, (ctx.world_size,))
+    layers = list(backbone.layers)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    fully_shard(backbone, mesh=mesh, ignored_params={p for p in backbone.parameters() if id(p) not in in_layers})
+    for module in [*layers, backbone]:  # losses are already divided by the whole step's tokens: sum, not mean
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM, and x1 needs no scaling
+
+
+def is_sharded(param: torch.Tensor) -> bool:
+    return isinstance(param, DTensor)
+
+
+def even_forwards(batches: list[Batch], ctx: DistContext) -> list[tuple[Batch, float]]:
+    """This process's micro-batches with their loss weights, padded to the largest count of any process.
+
+    Under FSDP every forward and backward pass all-gathers each layer, a collective: a process with fewer
+    micro-batches (packing makes counts differ) would leave the others waiting forever. It repeats its first
+    micro-batch with weight 0 instead, which adds nothing to losses or gradients.
+    """
+    count = torch.tensor([len(batches)], device=ctx.device())  # NCCL reduces CUDA tensors only
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    if not batches:
+        raise ValueError(f"FSDP: process {ctx.rank} got no sample to forward while others did; every process needs at "
+                         f"least one sample per optimizer step and of the validation set ({ctx.world_size} processes)")
+    return [(batch, 1.0) for batch in batches] + [(batches[0], 0.0)] * (int(count) - len(batches))
+
+
+def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_ over sharded (DTensor) and whole gradients together; returns the total norm.
+
+    torch's own clip handles DTensor gradients but cannot stack their norms with plain tensors' ones, which
+    trained embeddings (left whole) would give; here the two partial norms are combined by hand.
+    """
+    sharded = [p for p in params if p.grad is not None and is_sharded(p)]
+    whole = [p for p in params if p.grad is not None and not is_sharded(p)]
+    squares = torch.zeros((), dtype=torch.float32)
+    if sharded:
+        squares += get_total_norm([p.grad for p in sharded]).full_tensor().float().cpu() ** 2  # all-reduce
+    if whole:
+        squares += get_total_norm([p.grad for p in whole]).float().cpu() ** 2
+    total = squares.sqrt()
+    for group in (sharded, whole):
+        if group:
+            clip_grads_with_norm_(group, max_norm, total)
+    return total
+
+
+def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trained parameter whole, by its usual name; a collective: call on every process."""
+    return {name: (p.full_tensor() if is_sharded(p) else p).detach().cpu()
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() with sharded moments gathered whole, i.e. a single process's; a collective."""
+    state = optimizer.state_dict()
+    state["state"] = {index: {key: value.full_tensor().cpu() if isinstance(value, DTensor) else value for key, value in entry.items()}
+                      for index, entry in state["state"].items()}
+    return state
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a single-process optimizer state, sharding each moment like its parameter (any process count)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    indices = [index for group in state["param_groups"] for index in group["params"]]
+    by_index = dict(zip(indices, params))
+
+    def like_param(value: Any, param: torch.Tensor) -> Any:
+        if is_sharded(param) and isinstance(value, torch.Tensor) and value.shape == param.shape:
+            return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)  # a collective
+        return value  # e.g. AdamW's step count
+
+    moments = {index: {key: like_param(value, by_index[index]) for key, value in entry.items()} for index, entry in state["state"].items()}
+    optimizer.load_state_dict({**state, "state": moments})

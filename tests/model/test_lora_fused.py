@@ -1,0 +1,86 @@
+"""The fused LoRA function computes what PEFT's LoRA forward computes, with the same dropout mask in both passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medtune.config import ModelConfig, QuantConfig, SpeedConfig, TrainConfig, load_config
+from medtune.data.batching import micro_batches
+from medtune.data.render import Encoded
+from medtune.model.load import apply_lora, load_base_model
+from medtune.model.lora_fused import install_fused_lora
+from medtune.model.speed import apply_speed
+from medtune.train.loss import causal_lm_loss_sums
+from tests.conftest import CONFIGS
+
+CPU = torch.device("cpu")
+
+
+def tiny_nf4_lora(dropout: float):
+    loaded = load_base_model(ModelConfig(name_or_path="tiny"), QuantConfig(), CPU)
+    cfg = load_config(CONFIGS / "v1.yaml", [f"lora.dropout={dropout}"], overlays=[CONFIGS / "tiny.yaml"])
+    model = apply_lora(loaded.model, cfg.lora, gradient_checkpointing=True)
+    torch.manual_seed(3)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would hide A's gradient and the adapter's output
+            param.data.normal_(0, 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    ids = tokenizer("患者头痛三天，伴有发热和恶心。<think>考虑感冒</think>建议多休息。", add_special_tokens=False)["input_ids"]
+    return micro_batches([Encoded(ids, ids, [1] * len(ids))], 1, 64, True, tokenizer.pad_token_id)[0]
+
+
+def loss_and_grads(model, batch, seed: int = 0) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = causal_lm_loss_sums(model, batch, 16).total
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_lora_matches_peft_without_dropout(batch):
+    model = tiny_nf4_lora(0.0)
+    peft_loss, peft_grads = loss_and_grads(model, batch)
+    assert install_fused_lora(model) == 14  # 7 projections x 2 layers
+    fused_loss, fused_grads = loss_and_grads(model, batch)
+    assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
+    for name, grad in peft_grads.items():
+        assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_backward_uses_the_forward_dropout_mask():
+    layer = tiny_nf4_lora(0.3).get_base_model().model.layers[0].self_attn.q_proj
+    install_fused_lora(layer)
+    x = torch.randn(2, 5, layer.in_features, requires_grad=True)
+    weights = torch.randn(2, 5, layer.out_features)
+    torch.manual_seed(11)
+    (layer(x) * weights).sum().backward()
+    fused = [t.grad.clone() for t in (x, layer.lora_A["default"].weight, layer.lora_B["default"].weight)]
+
+    for t in (x, layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+        t.grad = None
+    torch.manual_seed(11)  # the fused forward's first random draw is its dropout: the same draw again
+    mask = torch.native_dropout(torch.ones(10, layer.in_features), 0.3, True)[1].view(x.shape) / 0.7
+    assert 0.5 < (mask == 0).float().mean().item() / 0.3 < 1.5, "about 30% of inputs dropped"
+    lora = layer.lora_B["default"](layer.lora_A["default"](x * mask)) * layer.scaling["default"]
+    ((layer.base_layer(x) + lora) * weights).sum().backward()
+    reference = [t.grad for t in (x, layer.lora_A["default"].weight, layer.lora_B["default"].weight)]
+    for got, expected in zip(fused, reference):
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_recompute_replays_the_dropout_mask(batch):
+    model = tiny_nf4_lora(0.3)
+    apply_speed(model, SpeedConfig(checkpoint_fraction=0.0), TrainConfig(), CPU)
+    kept_loss, kept = loss_and_grads(model, batch, seed=5)
+    apply_speed(model, SpeedConfig(checkpoint_fraction=1.0), TrainConfig(), CPU)
+    recomputed_loss, recomputed = loss_and_grads(model, batch, seed=5)
+    assert recomputed_loss == kept_loss
+    for name, grad in kept.items():
+        assert torch.allclose(recomputed[name], grad, rtol=1e-5, atol=1e-8), name
+    other_loss, _ = loss_and_grads(model, batch, seed=6)
+    assert other_loss != kept_loss, "another seed draws another mask"
