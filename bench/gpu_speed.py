@@ -12,6 +12,11 @@ runs every stage below in its own process and prints the table; each stage can a
     head                         the fused lm_head + cross-entropy against the checkpointed chunks it replaced
     report                       the table from results.jsonl
 
+`--size` picks the Qwen3 size that `prepare` builds (1.7b, 4b, 8b, 14b, 32b) and `--nproc N` runs the medtune
+stages under torchrun on N GPUs (data parallel; the `fsdp` variant shards the decoder layers), e.g.
+
+    python bench/gpu_speed.py all --size 8b --nproc 2 --stages prepare medtune:v2:auto,fsdp
+
 Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
 medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;
 every stack trains on the same samples in the same order. Throughput counts non-pad input tokens. `--tiny`
@@ -60,6 +65,16 @@ VARIANTS: dict[str, list[str]] = {
     "ckpt30": ["speed.checkpoint_fraction=0.3"],
     "ckpt0": ["speed.checkpoint_fraction=0.0"],
     "compile": ["speed.compile_layers=true"],
+    "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
+}
+
+# Larger Qwen3 sizes for the multi-GPU stages, as their model cards' config.json give them (the rest as 1.7B's).
+QWEN3_SIZES: dict[str, dict[str, Any]] = {
+    "1.7b": {},
+    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
+    "14b": dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False),
+    "32b": dict(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False),
 }
 
 
@@ -92,7 +107,7 @@ def run_config(version: str, args: argparse.Namespace, *overrides: str):
 
 
 def model_dir(args: argparse.Namespace) -> Path:
-    return Path(args.work) / ("qwen3-tiny-random" if args.tiny else "qwen3-1.7b-random")
+    return Path(args.work) / ("qwen3-tiny-random" if args.tiny else f"qwen3-{args.size}-random")
 
 
 def step_items(train_set, step: int, seed: int) -> list:
@@ -181,9 +196,10 @@ def speed_record(args, stack: str, version: str, variant: str, timing: dict[str,
     items = timing.pop("items")
     flops = model_flops(config, items, cfg.lora.r, cfg.lora.target_modules, "lm_head" in cfg.lora.modules_to_save)
     seconds = sum(timing["step_seconds"])
-    mfu = flops / seconds / H200_BF16_DENSE_FLOPS if compute_device().type == "cuda" else None
-    return {"kind": "speed", "stack": stack, "version": version, "variant": variant, **timing, "model_tflops_per_step": flops / timing["timed_steps"] / 1e12,
-            "mfu": mfu, "versions": versions(), **extra}
+    gpus = int(os.environ.get("WORLD_SIZE", "1"))
+    mfu = flops / seconds / (H200_BF16_DENSE_FLOPS * gpus) if compute_device().type == "cuda" else None
+    return {"kind": "speed", "stack": stack, "version": version, "variant": variant, "size": args.size, "processes": gpus, **timing,
+            "model_tflops_per_step": flops / timing["timed_steps"] / 1e12, "mfu": mfu, "versions": versions(), **extra}
 
 
 # ---- (a) the reference stack -------------------------------------------------------------------
@@ -307,7 +323,11 @@ def medtune_recipe(version: str, args: argparse.Namespace, *overrides: str):
 
 
 def stage_medtune(args: argparse.Namespace) -> None:
-    """Each variant builds a fresh recipe in this process, in the order given (Liger's RoPE patch is process-wide)."""
+    """Each variant builds a fresh recipe in this process, in the order given (Liger's RoPE patch is process-wide).
+
+    Under torchrun (`--nproc`) every process runs the same steps, each its share of them; rank 0 records the step
+    time (the same on all: the gradients are reduced every step) and the largest peak memory of any GPU.
+    """
     import gc
 
     import torch
@@ -317,8 +337,12 @@ def stage_medtune(args: argparse.Namespace) -> None:
         recipe = medtune_recipe(args.version, args, *VARIANTS[variant])
         setup_s = time.perf_counter() - started
         timing = timed_steps(recipe.train_step, recipe.train_set, recipe.cfg.train.seed, args.warmup, args.steps)
-        emit(args, speed_record(args, "medtune", args.version, variant, timing, recipe.cfg, recipe.model.get_base_model().config,
-                                plan=recipe.speed_plan.as_dict(), setup_s=setup_s, overrides=VARIANTS[variant]))
+        if recipe.dist.enabled and "peak_gib" in timing:
+            for key in ("peak_gib", "peak_reserved_gib"):
+                timing[key] = float(recipe.dist.max_(torch.tensor(timing[key], device=recipe.device)))
+        if recipe.dist.is_main:
+            emit(args, speed_record(args, "medtune", args.version, variant, timing, recipe.cfg, recipe.model.get_base_model().config,
+                                    plan=recipe.speed_plan.as_dict(), setup_s=setup_s, overrides=VARIANTS[variant]))
         recipe.cleanup()
         del recipe
         gc.collect()
@@ -488,8 +512,7 @@ def stage_prepare(args: argparse.Namespace) -> None:
     values = json.loads((shipped_tokenizer_dir() / "config.json").read_text())
     for unused in ("transformers_version", "torch_dtype", "dtype"):
         values.pop(unused, None)
-    if args.tiny:
-        values.update(TINY_SHAPE)
+    values.update(TINY_SHAPE if args.tiny else QWEN3_SIZES[args.size])
     config = Qwen3Config(**values, medtune_random_weights=True)
     torch.manual_seed(0)
     with torch.device(compute_device()):
@@ -521,7 +544,9 @@ def report(records: list[dict[str, Any]]) -> str:
             vs_a = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
             vs_c = f"{r['tokens_per_s'] / unsloth:.2f}x" if unsloth else "-"
             later = sum(r["step_tokens"][1:]) / sum(r["step_seconds"][1:]) if r["timed_steps"] > 1 else r["tokens_per_s"]
-            lines.append(f"| {STACKS[r['stack']]} | {r['variant']} | {r['tokens_per_s']:,.0f} | {later:,.0f} | {r['steps_per_s']:.3f} | {peak} | {mfu} | {vs_a} | {vs_c} |")
+            setting = r["variant"] + "".join(f", {part}" for part in (r.get("size", "1.7b"), f"{r.get('processes', 1)} processes")
+                                             if part not in ("1.7b", "1 processes"))
+            lines.append(f"| {STACKS[r['stack']]} | {setting} | {r['tokens_per_s']:,.0f} | {later:,.0f} | {r['steps_per_s']:.3f} | {peak} | {mfu} | {vs_a} | {vs_c} |")
     checks = [r for r in records if r["kind"] == "check"]
     if checks:
         lines += ["\ncorrectness on one step of 16 samples, relative to the fp32 reference (dropout 0, seeded non-zero LoRA)",
@@ -549,17 +574,32 @@ DEFAULT_STAGES = ["prepare", "medtune:v2:auto,fused,fused_ckpt50,fused_ckpt40", 
                   "check:v2", "head", "check:v1", "medtune:v2:before,+varlen,+bf16,+liger,ckpt75,per_sample,compile"]
 
 
+def expand_stages(stages: list[str], nproc: int) -> list[str]:
+    """Under torchrun each medtune variant gets its own launch: a process group is not set up twice in one process."""
+    expanded = []
+    for stage in stages:
+        name, *rest = stage.split(":")
+        if name == "medtune" and nproc > 1 and len(rest) > 1:
+            expanded += [f"{name}:{rest[0]}:{variant}" for variant in rest[1].split(",")]
+        else:
+            expanded.append(stage)
+    return expanded
+
+
 def stage_all(args: argparse.Namespace) -> None:
     """Each stage in its own process (unsloth must own its interpreter); a failing stage is recorded and skipped."""
     deadline = time.monotonic() + args.budget_s
-    for stage in args.stages or DEFAULT_STAGES:
+    for stage in expand_stages(args.stages or DEFAULT_STAGES, args.nproc):
         name, *rest = stage.split(":")
         left = deadline - time.monotonic()
         if left < 30:
             emit(args, {"kind": "error", "stage": stage, "message": "skipped: time budget spent"})
             continue
-        command = [sys.executable, __file__, name, *rest[:1], *(rest[1].split(",") if len(rest) > 1 else []),
-                   "--work", args.work, "--out", args.out, "--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
+        launcher = [sys.executable]
+        if name == "medtune" and args.nproc > 1:
+            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+        command = [*launcher, __file__, name, *rest[:1], *(rest[1].split(",") if len(rest) > 1 else []), "--work", args.work,
+                   "--out", args.out, "--warmup", str(args.warmup), "--steps", str(args.steps), "--size", args.size] + (["--tiny"] if args.tiny else [])
         env = dict(os.environ)
         if name == "unsloth" and args.unsloth_site:
             env["PYTHONPATH"] = os.pathsep.join([args.unsloth_site, env.get("PYTHONPATH", "")])
@@ -588,6 +628,8 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", help=f"for `all`: stage[:version[:variant,...]] (default {' '.join(DEFAULT_STAGES)})")
     parser.add_argument("--budget-s", type=float, default=540, help="for `all`: stop starting stages after this many seconds")
     parser.add_argument("--unsloth-site", help="for `all`: folder put first on PYTHONPATH of the unsloth stage only")
+    parser.add_argument("--size", choices=list(QWEN3_SIZES), default="1.7b", help="Qwen3 size built by `prepare` and trained by the stages")
+    parser.add_argument("--nproc", type=int, default=1, help="for `all`: medtune stages run under torchrun with this many processes (GPUs)")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)

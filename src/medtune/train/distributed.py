@@ -43,8 +43,15 @@ class DistContext:
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """In-place sum across processes (a no-op in a single process)."""
+        return self._all_reduce(tensor, dist.ReduceOp.SUM)
+
+    def max_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In-place maximum across processes (a no-op in a single process)."""
+        return self._all_reduce(tensor, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            dist.all_reduce(tensor, op=op)
         return tensor
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
