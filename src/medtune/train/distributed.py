@@ -71,6 +71,14 @@ class DistContext:
                 p.grad.copy_(flat[offset : offset + p.grad.numel()].view_as(p.grad))
                 offset += p.grad.numel()
 
+    def batch_layout(self, per_device_batch_size: int, gradient_accumulation_steps: int) -> dict[str, int]:
+        """How one optimizer step's samples divide over processes and micro-batches (without packing; packing fills
+        rows of up to per_device_batch_size x max_length tokens instead, so it may need fewer)."""
+        global_batch = per_device_batch_size * gradient_accumulation_steps
+        per_process = -(-global_batch // self.world_size)
+        return {"global_batch": global_batch, "processes": self.world_size, "per_device_batch_size": per_device_batch_size,
+                "samples_per_process": per_process, "micro_batches_per_process": -(-per_process // per_device_batch_size)}
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -162,7 +162,12 @@ class FineTuneRecipe:
         if self.dist.is_main:
             write_json(self.run_dir / "env.json", {"versions": library_versions(), "python": sys.version.split()[0],
                                                    "hardware": hardware(self.device), "speed": self.speed_plan.as_dict(),
-                                                   "processes": self.dist.world_size})
+                                                   "processes": self.dist.world_size, "batch": self._batch_layout()})
+
+    def _batch_layout(self) -> dict[str, Any]:
+        train = self.cfg.train
+        layout = self.dist.batch_layout(train.per_device_batch_size, train.gradient_accumulation_steps)
+        return {**layout, "parallelism": train.parallelism if self.dist.enabled else "none"}
 
     def _setup_data(self) -> None:
         prepared = prepare_data(self.cfg, self.tokenizer)
@@ -272,6 +277,10 @@ class FineTuneRecipe:
         train = self.cfg.train
         self._write_summary("running")
         with TrainProgress(self.cfg.run_name, self.max_steps, self.step, show=self.dist.is_main) as progress, GracefulInterrupt() as interrupt:
+            b = self._batch_layout()
+            progress.note(f"batch: {b['global_batch']} samples per optimizer step = {b['processes']} process(es) x "
+                          f"{b['samples_per_process']} samples, in up to {b['micro_batches_per_process']} micro-batches of "
+                          f"{b['per_device_batch_size']} each (parallelism: {b['parallelism']})")
             while self.step < self.max_steps:
                 epoch_before = self.samples_consumed // len(self.train_set)
                 started = time.perf_counter()
