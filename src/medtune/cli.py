@@ -54,6 +54,26 @@ def train(
     typer.echo(f"run complete: {run_dir}")
 
 
+@app.command()
+def check(config: ConfigArg, set_: SetOpt = None, overlay: OverlayOpt = None) -> None:
+    """Pre-flight check of a run: environment, run folder, data as training encodes it, schedule; exit 1 on errors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medtune.train.preflight import preflight
+
+    findings = preflight(load_cli_config(config, overlay, set_))
+    table = Table(title=f"medtune check {config}")
+    for column in ("", "check", "finding"):
+        table.add_column(column)
+    style = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "error": "[red]error[/]"}
+    for finding in findings:
+        table.add_row(style[finding.level], finding.check, finding.message)
+    Console(width=160).print(table)
+    if any(finding.level == "error" for finding in findings):
+        raise typer.Exit(1)
+
+
 @data_app.command("stats")
 def data_stats(config: ConfigArg, set_: SetOpt = None, overlay: OverlayOpt = None) -> None:
     """Read and encode the data as training would, and print row counts and token lengths."""

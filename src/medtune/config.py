@@ -7,6 +7,7 @@ so a misspelt key is an error (with the nearest valid key suggested) instead of 
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,6 +171,18 @@ class TrainConfig(_Strict):
 
     def samples_per_step(self) -> int:
         return self.per_device_batch_size * self.gradient_accumulation_steps
+
+    def total_steps(self, train_rows: int) -> int:
+        """Optimizer steps of the run: max_steps, or enough for `epochs` passes over the training rows."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return math.ceil(self.epochs * train_rows / self.samples_per_step())
+
+    def resolved_optimizer(self, device_type: str, fsdp: bool) -> str:
+        """auto: paged 8-bit AdamW on CUDA (the reference), torch AdamW on CPU and under FSDP."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "paged_adamw_8bit" if device_type == "cuda" and not fsdp else "adamw"
 
 
 class SpeedConfig(_Strict):

@@ -74,8 +74,8 @@ def prepare_data(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared
     train_samples, train_encoded = _encode_split(train_samples, encode, stats["train"])
     _, val_encoded = _encode_split(val_samples, encode, stats["validation"])
     if not train_encoded:
-        raise DataError(f"{data.train}: no trainable rows: every answer is cut away by truncation to max_length="
-                        f"{data.max_length} ({len(stats['train']['answer_cut_rows'])} rows); raise data.max_length")
+        raise DataError(data.train, f"no trainable rows: every answer is cut away by truncation to max_length="
+                                    f"{data.max_length} ({len(stats['train']['answer_cut_rows'])} rows); raise data.max_length")
     augment = None
     if cfg.augment.enabled:
         from medtune.data.augment import Augmenter

@@ -10,7 +10,6 @@ checkpoints every `save_steps` with exact resume (`--resume`), metrics.jsonl plu
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import resource
@@ -183,9 +182,7 @@ class FineTuneRecipe:
         train = self.cfg.train
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_params = params
-        name = train.optimizer
-        if name == "auto":
-            name = "paged_adamw_8bit" if self.device.type == "cuda" and not self.fsdp else "adamw"
+        name = train.resolved_optimizer(self.device.type, self.fsdp)
         if self.fsdp and name != "adamw":
             raise ValueError(f"train.optimizer {name} does not work with train.parallelism fsdp: bitsandbytes' 8-bit optimizers "
                              "take no sharded (DTensor) parameters. Use adamw or auto (LoRA moments are small, and sharded too)")
@@ -201,10 +198,7 @@ class FineTuneRecipe:
 
     def _setup_scheduler(self) -> None:
         train = self.cfg.train
-        if train.max_steps is not None:
-            self.max_steps = train.max_steps
-        else:
-            self.max_steps = math.ceil(train.epochs * len(self.train_set) / train.samples_per_step())
+        self.max_steps = train.total_steps(len(self.train_set))
         self.scheduler = build_scheduler(self.optimizer, train, self.max_steps)
 
     def _load_checkpoint(self) -> None:

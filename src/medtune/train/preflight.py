@@ -1,0 +1,111 @@
+"""`medtune check`: what a run will do and what would stop or waste it, before any weights are loaded.
+
+The data is read and encoded exactly as training will (the tokenizer is the only model file needed), the
+schedule is worked out from it, and the environment and the run folder are inspected. Each finding is ok,
+warn or error: errors would fail the run (a missing package, no trainable rows, a run folder that needs
+--resume or --overwrite); warnings would quietly waste it (answers cut at max_length, no eval loss, many
+passes over a small data set, bad rows skipped).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from medtune.config import RunConfig
+from medtune.data.formats import DataError
+from medtune.data.prepare import prepare_data
+from medtune.model.hub import HubError
+from medtune.model.load import load_tokenizer
+from medtune.train.checkpoint import list_checkpoints
+from medtune.train.schedules import warmup_steps
+from medtune.train.trackers import TrackerError, require_package
+
+MANY_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["ok", "warn", "error"]
+    check: str
+    message: str
+
+
+def preflight(cfg: RunConfig) -> list[Finding]:
+    """Every check of a run config, in the order a run would meet them."""
+    findings = [*_environment(cfg), *_run_folder(cfg)]
+    try:
+        stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
+    except (DataError, HubError, OSError, ValueError) as err:  # unreadable data, or a tokenizer that cannot be had
+        return [*findings, Finding("error", "data", str(err))]
+    return [*findings, *_data(stats, cfg.data.max_length), *_schedule(cfg, stats["train"]["trained_rows"])]
+
+
+def _environment(cfg: RunConfig) -> list[Finding]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else "no GPU: training runs on the CPU"
+    fsdp = cfg.train.parallelism == "fsdp"
+    found = [Finding("ok", "device", f"{device} ({name}); optimizer {cfg.train.resolved_optimizer(device, fsdp)}")]
+    if cfg.quant.mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        found.append(Finding("error", "quantization", f"quant.mode {cfg.quant.mode} needs bitsandbytes: pip install bitsandbytes"))
+    for tracker in cfg.train.report_to:
+        try:
+            require_package(tracker)
+        except TrackerError as err:
+            found.append(Finding("error", "trackers", str(err)))
+    return found
+
+
+def _run_folder(cfg: RunConfig) -> list[Finding]:
+    run_dir = cfg.run_dir()
+    if not ((run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()):
+        return [Finding("ok", "run folder", f"{run_dir} (new)")]
+    summary_file = run_dir / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.exists() else {}
+    if summary.get("status") == "complete":
+        return [Finding("warn", "run folder", f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again")]
+    checkpoints = list_checkpoints(run_dir)
+    where = f"its last checkpoint is step {checkpoints[-1][0]}" if checkpoints else "it has no checkpoint yet (it would restart)"
+    return [Finding("warn", "run folder", f"{run_dir} holds an interrupted run; {where}: pass --resume or --overwrite")]
+
+
+def _data(stats: dict[str, Any], max_length: int) -> list[Finding]:
+    found = []
+    for split, info in stats["files"].items():
+        if info["skipped_rows"]:
+            first = "; ".join(f"{row['source']} {row['field']}: {row['reason']}" for row in info["skipped"][:3])
+            found.append(Finding("warn", "data", f"{split} file {info['file']}: {info['skipped_rows']} bad rows skipped ({first})"))
+    train, validation = stats["train"], stats["validation"]
+    lengths = train["token_length"]
+    found.append(Finding("ok", "data", f"{train['trained_rows']:,} training rows, {lengths['mean']:.0f} tokens on average "
+                                       f"(p90 {lengths['p90']:.0f}, max {lengths['max']}); {validation['trained_rows']} validation rows"))
+    for split, info in (("training", train), ("validation", validation)):
+        if info["answer_cut"]:
+            found.append(Finding("warn", "data", f"{info['answer_cut']} of {info['rows']} {split} rows lose their whole answer at "
+                                                 f"max_length {max_length} and are left out"))
+        elif info["truncated"]:
+            found.append(Finding("warn", "data", f"{info['truncated']} of {info['rows']} {split} rows are cut at max_length {max_length}"))
+    if validation["trained_rows"] == 0:
+        found.append(Finding("warn", "eval", "no validation rows: no eval loss will be computed"))
+    return found
+
+
+def _schedule(cfg: RunConfig, train_rows: int) -> list[Finding]:
+    train = cfg.train
+    steps = train.total_steps(train_rows)
+    samples = steps * train.samples_per_step()
+    epochs = samples / train_rows
+    found = [Finding("ok", "schedule", f"{steps} steps x {train.samples_per_step()} samples = {epochs:.2f} passes over "
+                                       f"{train_rows:,} rows; {train.schedule} decay, {warmup_steps(train, steps)} warmup steps")]
+    if epochs > MANY_EPOCHS:
+        found.append(Finding("warn", "schedule", f"{epochs:.1f} passes over the training rows: expect overfitting"))
+    if train.eval_steps is None:
+        found.append(Finding("warn", "eval", "train.eval_steps is null: no eval loss during or after training"))
+    if train.save_steps >= steps:
+        found.append(Finding("warn", "checkpoints", f"save_steps {train.save_steps} >= {steps} steps: only the end is saved, "
+                                                    "so an interruption loses the whole run"))
+    return found

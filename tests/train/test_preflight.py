@@ -1,0 +1,53 @@
+"""`medtune check` says what a run will do and flags what would stop or waste it, without training."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from medtune.cli import app
+from medtune.train.preflight import preflight
+from medtune.train.recipe import run
+from tests.conftest import CONFIGS, tiny_config
+
+
+def by_check(findings) -> dict[str, list[tuple[str, str]]]:
+    grouped: dict[str, list[tuple[str, str]]] = {}
+    for finding in findings:
+        grouped.setdefault(finding.check, []).append((finding.level, finding.message))
+    return grouped
+
+
+def test_a_sound_config_passes_with_its_schedule_worked_out(tmp_path, short_rows_file):
+    cfg = tiny_config("v2", tmp_path, short_rows_file)
+    found = by_check(preflight(cfg))
+    assert all(level == "ok" for levels in found.values() for level, _ in levels), found
+    # 16 rows, 25% held out -> 12 training rows; 4 steps x 2 samples; cosine with 10% warmup -> 1 warmup step
+    assert found["schedule"] == [("ok", "4 steps x 2 samples = 0.67 passes over 12 rows; cosine decay, 1 warmup steps")]
+    assert found["run folder"] == [("ok", f"{cfg.run_dir()} (new)")]
+    assert found["data"][0][1].startswith("12 training rows")
+
+
+def test_what_would_waste_a_run_is_flagged(tmp_path, short_rows_file):
+    cfg = tiny_config("v1", tmp_path, short_rows_file, "train.max_steps=80", "train.eval_steps=null", "train.save_steps=100",
+                      "data.max_length=450")
+    found = by_check(preflight(cfg))
+    assert ("warn", "train.eval_steps is null: no eval loss during or after training") in found["eval"]
+    assert found["checkpoints"][0][0] == "warn" and "only the end is saved" in found["checkpoints"][0][1]
+    assert any(level == "warn" and "passes over the training rows: expect overfitting" in message for level, message in found["schedule"])
+    assert any(level == "warn" and "at max_length 450" in message for level, message in found["data"])
+
+
+def test_errors_fail_the_cli_and_an_existing_run_is_reported(tmp_path, short_rows_file):
+    too_short = ["--overlay", str(CONFIGS / "tiny.yaml"), "--set", f"output_dir={tmp_path}", "--set", f"data.train={short_rows_file}",
+                 "--set", "data.max_length=40"]
+    result = CliRunner().invoke(app, ["check", str(CONFIGS / "v1.yaml"), *too_short])
+    assert result.exit_code == 1, result.output
+    assert "no trainable rows: every answer is cut away by truncation to max_length=40" in " ".join(result.output.split())
+
+    cfg = tiny_config("v1", tmp_path, short_rows_file, "train.max_steps=1")
+    run(cfg)
+    assert json.loads((cfg.run_dir() / "summary.json").read_text())["status"] == "complete"
+    found = by_check(preflight(cfg))
+    assert found["run folder"][0][0] == "warn" and "holds a complete run" in found["run folder"][0][1]
