@@ -3,7 +3,6 @@ then the comparison report. Each run is the ordinary training recipe; nothing he
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import subprocess
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medtune.config import ConfigError, RunConfig, _Strict, compose, dump_config, read_yaml_mapping, validate
+from medtune.train.checkpoint import run_complete
 
 console = Console(stderr=True)
 DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
@@ -62,8 +62,7 @@ class PlannedRun:
 
     def status(self) -> str:
         """complete / resume / new, read from the run folder."""
-        summary = self.run_dir / "summary.json"
-        if summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("status") == "complete":
+        if run_complete(self.run_dir):
             return "complete"
         return "resume" if (self.run_dir / "config.resolved.yaml").exists() else "new"
 
@@ -163,7 +162,7 @@ def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overr
     show_plan(planned)
     pending = [run for run in planned if run.status() != "complete"]
     for model in {run.config.model.model_dump_json(): run.config.model for run in pending}.values():
-        model_source(model)  # download or convert each base once, before parallel runs would each do it
+        model_source(model)  # fetch (ModelScope) or convert (GGUF) each base once, not once per parallel run
     gpus = visible_gpus()
     per_gpu = runs_per_gpu or experiment.runs_per_gpu
     if gpus * per_gpu > 1 and len(pending) > 1:

@@ -4,6 +4,7 @@ resolved config and `training_state.pt` (optimizer, scheduler, RNG, data positio
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -20,6 +21,17 @@ STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 def step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def holds_run(run_dir: Path) -> bool:
+    """A run has trained (or started to) in this folder: training there again needs --resume or --overwrite."""
+    return (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+
+
+def run_complete(run_dir: Path) -> bool:
+    """The run in this folder finished: its summary.json says so."""
+    summary = run_dir / "summary.json"
+    return summary.exists() and json.loads(summary.read_text(encoding="utf-8")).get("status") == "complete"
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

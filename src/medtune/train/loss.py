@@ -121,18 +121,25 @@ def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], chunk_tokens: i
     )
 
 
+Forwards = Callable[[list[dict[str, Any]]], list[tuple[dict[str, Any], float]]]
+"""Micro-batches -> (micro-batch, loss weight) pairs: `unweighted`, or FSDP's padding to equal counts per process."""
+
+
+def unweighted(batches: list[dict[str, Any]]) -> list[tuple[dict[str, Any], float]]:
+    return [(batch, 1.0) for batch in batches]
+
+
 @torch.no_grad()
 def summed_loss_over(
     model: nn.Module, encoded: list[Encoded], *, batch_size: int, max_length: int, packing: bool, pad_id: int,
     device: torch.device, chunk_tokens: int,
-    even_out: Callable[[list[dict[str, Any]]], list[tuple[dict[str, Any], float]]] | None = None,
+    forwards: Forwards = unweighted,
 ) -> torch.Tensor:
     """(loss, think, answer) sums over a list of samples: the numerators of eval loss, for training's periodic
     eval and `medtune eval` alike. Divide by `trained_token_counts` of the same samples (summed over processes).
-    `even_out` pairs the micro-batches with loss weights, padded so every process runs as many forwards (FSDP)."""
+    `forwards` pairs the micro-batches with loss weights (FSDP pads them so every process runs as many forwards)."""
     sums = torch.zeros(3, device=device)
-    batches = micro_batches(encoded, batch_size, max_length, packing, pad_id)
-    for batch, weight in even_out(batches) if even_out is not None else [(batch, 1.0) for batch in batches]:
+    for batch, weight in forwards(micro_batches(encoded, batch_size, max_length, packing, pad_id)):
         loss = causal_lm_loss_sums(model, to_device(batch, device), chunk_tokens)
         sums += weight * torch.stack([loss.total, loss.think, loss.answer])
     return sums

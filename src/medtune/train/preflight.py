@@ -10,7 +10,6 @@ passes over a small data set, bad rows skipped).
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +20,7 @@ from medtune.data.formats import DataError
 from medtune.data.prepare import prepare_data
 from medtune.model.hub import HubError
 from medtune.model.load import load_tokenizer
-from medtune.train.checkpoint import list_checkpoints
+from medtune.train.checkpoint import holds_run, list_checkpoints, run_complete
 from medtune.train.schedules import warmup_steps
 from medtune.train.trackers import TrackerError, require_package
 
@@ -62,11 +61,9 @@ def _environment(cfg: RunConfig) -> list[Finding]:
 
 def _run_folder(cfg: RunConfig) -> list[Finding]:
     run_dir = cfg.run_dir()
-    if not ((run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()):
+    if not holds_run(run_dir):
         return [Finding("ok", "run folder", f"{run_dir} (new)")]
-    summary_file = run_dir / "summary.json"
-    summary: dict[str, Any] = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.exists() else {}
-    if summary.get("status") == "complete":
+    if run_complete(run_dir):
         return [Finding("warn", "run folder", f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again")]
     checkpoints = list_checkpoints(run_dir)
     where = f"its last checkpoint is step {checkpoints[-1][0]}" if checkpoints else "it has no checkpoint yet (it would restart)"

@@ -37,6 +37,7 @@ from medtune.model.speed import apply_speed
 from medtune.train import fsdp
 from medtune.train.checkpoint import (
     STATE_FILE,
+    holds_run,
     list_checkpoints,
     load_training_state,
     restore_rng,
@@ -45,7 +46,7 @@ from medtune.train.checkpoint import (
 )
 from medtune.train.distributed import init_distributed
 from medtune.train.interrupt import GracefulInterrupt
-from medtune.train.loss import causal_lm_loss_sums, summed_loss_over
+from medtune.train.loss import Forwards, causal_lm_loss_sums, summed_loss_over, unweighted
 from medtune.train.metrics import JsonlLogger, MetricLogger, write_atomic, write_json
 from medtune.train.progress import TrainProgress
 from medtune.train.schedules import build_scheduler
@@ -111,6 +112,7 @@ class FineTuneRecipe:
         self.dist = init_distributed()
         self.device = self.dist.device()
         self.fsdp = cfg.train.parallelism == "fsdp" and self.dist.enabled  # one process: nothing to shard across
+        self.forwards: Forwards = partial(fsdp.even_forwards, ctx=self.dist) if self.fsdp else unweighted
         self.step = 0
         self.samples_consumed = 0
         self.tokens_seen = 0
@@ -136,7 +138,7 @@ class FineTuneRecipe:
         self.dist.barrier()  # the run folder is ready before any process trains
 
     def _setup_run_dir(self) -> None:
-        has_run = (self.run_dir / "metrics.jsonl").exists() or (self.run_dir / "checkpoints").exists()
+        has_run = holds_run(self.run_dir)
         if has_run and not self.resume and not self.overwrite:
             raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
         if self.dist.is_main:
@@ -245,9 +247,8 @@ class FineTuneRecipe:
         step_tokens, think_tokens, answer_tokens = trained_token_counts(items)
         batches = micro_batches(self.dist.shard(items), train.per_device_batch_size, self.cfg.data.max_length, train.packing,
                                 self.tokenizer.pad_token_id)
-        forwards = fsdp.even_forwards(batches, self.dist) if self.fsdp else [(batch, 1.0) for batch in batches]
         sums = torch.zeros(3, device=self.device)  # loss, think, answer
-        for batch, weight in forwards:
+        for batch, weight in self.forwards(batches):
             loss = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
             (loss.total * weight / step_tokens).backward()
             sums += weight * torch.stack([loss.total.detach(), loss.think, loss.answer])
@@ -336,8 +337,7 @@ class FineTuneRecipe:
         train = self.cfg.train
         sums = summed_loss_over(self.model, self.dist.shard(self.val_encoded), batch_size=train.per_device_batch_size,
                                 max_length=self.cfg.data.max_length, packing=train.packing, pad_id=self.tokenizer.pad_token_id,
-                                device=self.device, chunk_tokens=train.loss_chunk_tokens,
-                                even_out=partial(fsdp.even_forwards, ctx=self.dist) if self.fsdp else None)
+                                device=self.device, chunk_tokens=train.loss_chunk_tokens, forwards=self.forwards)
         self.model.train()
         total, think, answer = self.dist.sum_(sums).tolist()
         tokens, think_tokens, answer_tokens = trained_token_counts(self.val_encoded)
