@@ -56,3 +56,9 @@ def test_data_preview_shows_masks_and_the_loss_mask(tmp_path, short_rows_file):
                                  "--set", "augment.fields=[question,think,answer]", "--n", "2"])
     assert result.exit_code == 0, result.output
     assert result.output.count("masked terms:") == 2 and "trained" in result.output and "<think>" in result.output
+
+
+def test_ablate_takes_runs_per_gpu_of_at_least_one():
+    result = runner.invoke(app, ["ablate", str(CONFIGS.parent / "experiments" / "quickstart.yaml"), "--runs-per-gpu", "0"])
+    assert result.exit_code == 2
+    assert "--runs-per-gpu" in result.output
