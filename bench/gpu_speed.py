@@ -10,6 +10,7 @@ runs every stage below in its own process and prints the table; each stage can a
     medtune VERSION [VARIANT..]  (b) FineTuneRecipe.train_step with configs/VERSION.yaml (+ SpeedConfig variants)
     unsloth VERSION              (c) unsloth on the same workload (import unsloth first, own process)
     head                         the fused lm_head + cross-entropy against the checkpointed chunks it replaced
+    profile VERSION [VARIANT..]  one medtune step under torch.profiler: device busy time against wall time, kernels by kind
     report                       the table from results.jsonl
 
 `--size` picks the Qwen3 size that `prepare` builds (1.7b, 4b, 8b, 14b, 32b) and `--nproc N` runs the medtune
@@ -57,6 +58,9 @@ VARIANTS: dict[str, list[str]] = {
     "fused": ["speed.fused_lora=true"],
     "fused_ckpt50": ["speed.fused_lora=true", "speed.checkpoint_fraction=0.5"],
     "fused_ckpt40": ["speed.fused_lora=true", "speed.checkpoint_fraction=0.4"],
+    "fused_ckpt0": ["speed.fused_lora=true", "speed.checkpoint_fraction=0.0"],
+    "fused_one_row": ["speed.fused_lora=true", "train.per_device_batch_size=8", "train.gradient_accumulation_steps=2"],  # a step in one row
+    "fused_compile": ["speed.fused_lora=true", "speed.compile_layers=true"],
     "per_sample": ["speed.packed_attention=per_sample"],
     "ckpt100": ["speed.checkpoint_fraction=1.0"],
     "ckpt75": ["speed.checkpoint_fraction=0.75"],
@@ -350,6 +354,67 @@ def stage_medtune(args: argparse.Namespace) -> None:
             torch.cuda.empty_cache()
 
 
+KERNEL_KINDS = [  # first match wins; lower-case substrings of kernel names
+    ("matmul", ("gemm", "gemv", "cutlass", "nvjet", "xmma", "cublas")), ("nf4 dequantize", ("dequant",)),
+    ("attention", ("flash", "fmha", "attention")), ("liger / triton", ("rms", "swiglu", "rope", "triton")),
+    ("optimizer", ("optimizer", "adam")), ("dropout", ("dropout",)), ("memcpy / memset", ("memcpy", "memset")),
+    ("reduce", ("reduce",)), ("element-wise", ("elementwise", "vectorized", "unrolled", "copy", "cast", "fill")),
+]
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(key in lowered for key in keys)), "other")
+
+
+def stage_profile(args: argparse.Namespace) -> None:
+    """One step of each variant under torch.profiler (after warm-up): is the device busy, and with what?
+
+    Device busy time is the union of kernel intervals; wall time minus busy time is time the device waited (for
+    the host to launch work, or at a synchronisation). The kernel table goes to profile-VERSION-VARIANT.txt.
+    """
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for variant in args.variants or ["auto"]:
+        recipe = medtune_recipe(args.version, args, *VARIANTS[variant])
+        seed = recipe.cfg.train.seed
+        for step in range(args.warmup):
+            recipe.train_step(step_items(recipe.train_set, step, seed))
+        items = step_items(recipe.train_set, args.warmup, seed)
+        cuda = torch.cuda.is_available()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with profile(activities=activities) as prof:
+            started = time.perf_counter()
+            recipe.train_step(items)
+            torch.cuda.synchronize() if cuda else None
+            wall = time.perf_counter() - started
+        kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        intervals = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+        busy, reach = 0.0, float("-inf")
+        for start, end in intervals:
+            busy += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+        kinds: dict[str, list[float]] = {}
+        for e in kernels:
+            acc = kinds.setdefault(kernel_kind(e.name), [0.0, 0])
+            acc[0] += e.time_range.elapsed_us()
+            acc[1] += 1
+        table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=40)
+        (Path(args.out) / f"profile-{args.version}-{variant}.txt").write_text(table, encoding="utf-8")
+        print(table, flush=True)
+        emit(args, {"kind": "profile", "version": args.version, "variant": variant, "wall_s": wall, "device_busy_s": busy / 1e6,
+                    "kernels": len(kernels), "tokens": sum(len(e) for e in items),
+                    "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                    "kernel_seconds_by_kind": {k: round(v[0] / 1e6, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][0])},
+                    "kernel_count_by_kind": {k: v[1] for k, v in kinds.items()}})
+        recipe.cleanup()
+
+
 # ---- correctness: (a) and (b) against an fp32 reference ------------------------------------------
 def seed_lora(model) -> None:
     """Give every LoRA matrix the same non-zero values in all stacks (B starts at zero, which would hide A's gradient)."""
@@ -564,6 +629,15 @@ def report(records: list[dict[str, Any]]) -> str:
         for r in heads:
             peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
             lines.append(f"| {'trained' if r['head_trained'] else 'frozen'} | {r['variant']} | {r['chunk_tokens']} | {r['ms']:.1f} | {peak} |")
+    profiles = [r for r in records if r["kind"] == "profile"]
+    if profiles:
+        lines += ["\none profiled medtune step: device busy time (union of kernel intervals) against wall time, kernel time by kind",
+                  "| version | variant | tokens | wall s | busy s | device idle | kernels | kernel seconds by kind |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in profiles:
+            kinds = ", ".join(f"{k} {v:.3f}" for k, v in r["kernel_seconds_by_kind"].items())
+            lines.append(f"| {r['version']} | {r['variant']} | {r['tokens']:,} | {r['wall_s']:.3f} | {r['device_busy_s']:.3f} | "
+                         f"{1 - r['device_busy_s'] / r['wall_s']:.0%} | {r['kernels']:,} | {kinds} |")
     errors = [r for r in records if r["kind"] == "error"]
     lines += [f"\nstage failed: {r['stage']} ({r['message']})" for r in errors]
     return "\n".join(lines)
@@ -617,7 +691,7 @@ def stage_all(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["all", "prepare", "check", "reference", "medtune", "unsloth", "head", "report"])
+    parser.add_argument("stage", choices=["all", "prepare", "check", "reference", "medtune", "unsloth", "head", "profile", "report"])
     parser.add_argument("version", nargs="?", choices=["v1", "v2"])
     parser.add_argument("variants", nargs="*", help=f"medtune variants, in order: {', '.join(VARIANTS)} (default auto)")
     parser.add_argument("--work", default="/tmp/medtune-bench", help="model and run folders")
@@ -636,7 +710,7 @@ def main() -> None:
     if args.stage == "report":
         print(report(read_results(Path(args.out) / "results.jsonl")))
         return
-    if args.stage in ("check", "reference", "medtune", "unsloth") and args.version is None:
+    if args.stage in ("check", "reference", "medtune", "unsloth", "profile") and args.version is None:
         parser.error(f"{args.stage} needs a version: v1 or v2")
     if unknown := set(args.variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
