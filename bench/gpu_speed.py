@@ -5,7 +5,7 @@
 runs every stage below in its own process and prints the table; each stage can also be run alone:
 
     prepare                      build Qwen3-1.7B from its shipped config with random weights (bf16 safetensors)
-    check VERSION                loss and gradients of (a) and (b) on one step, each against an fp32 reference
+    check VERSION [VARIANT]      loss and gradients of (a) and (b) on one step, each against an fp32 reference
     reference VERSION            (a) the plain stack of the reference experiment, Trainer-style loop
     medtune VERSION [VARIANT..]  (b) FineTuneRecipe.train_step with configs/VERSION.yaml (+ SpeedConfig variants)
     unsloth VERSION              (c) unsloth on the same workload (import unsloth first, own process)
@@ -47,28 +47,29 @@ H200_BF16_DENSE_FLOPS = 989.4e12  # datasheet peak, dense bf16 (H100/H200 SXM)
 LORA_CHECK_STD = 0.02
 STACKS = {"reference": "(a) reference stack", "medtune": "(b) medtune", "unsloth": "(c) unsloth"}
 
-# (b) variants, cumulative from medtune's step before the speed work to the defaults and beyond.
+# (b) variants: the ladder from medtune's step before the speed work (PEFT's LoRA forward, rows of 8,192 tokens),
+# then the levers added since; each pins what it measures, so a later change of defaults does not change it.
 VARIANTS: dict[str, list[str]] = {
-    "before": ["speed.packed_attention=mask", "speed.mixed_precision=none", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0"],
-    "+varlen": ["speed.packed_attention=auto", "speed.mixed_precision=none", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0"],
-    "+bf16": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0"],
-    "+liger": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=auto", "speed.checkpoint_fraction=1.0"],
-    "auto": [],  # the defaults: +liger with a share of the layers keeping their activations
-    "peft_lora": ["speed.fused_lora=false"],  # PEFT's own LoRA forward
-    "fused": ["speed.fused_lora=true"],
-    "fused_ckpt50": ["speed.fused_lora=true", "speed.checkpoint_fraction=0.5"],
-    "fused_ckpt40": ["speed.fused_lora=true", "speed.checkpoint_fraction=0.4"],
-    "fused_ckpt0": ["speed.fused_lora=true", "speed.checkpoint_fraction=0.0"],
-    "fused_one_row": ["speed.fused_lora=true", "train.per_device_batch_size=8", "train.gradient_accumulation_steps=2"],  # a step in one row
-    "fused_compile": ["speed.fused_lora=true", "speed.compile_layers=true"],
-    "per_sample": ["speed.packed_attention=per_sample"],
-    "ckpt100": ["speed.checkpoint_fraction=1.0"],
-    "ckpt75": ["speed.checkpoint_fraction=0.75"],
-    "ckpt50": ["speed.checkpoint_fraction=0.5"],
-    "ckpt40": ["speed.checkpoint_fraction=0.4"],
-    "ckpt30": ["speed.checkpoint_fraction=0.3"],
-    "ckpt0": ["speed.checkpoint_fraction=0.0"],
-    "compile": ["speed.compile_layers=true"],
+    "before": ["speed.packed_attention=mask", "speed.mixed_precision=none", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
+    "+varlen": ["speed.packed_attention=auto", "speed.mixed_precision=none", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
+    "+bf16": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
+    "+liger": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=auto", "speed.checkpoint_fraction=1.0", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
+    "auto": [],  # the defaults
+    # rows of per_device_batch_size x max_length = 8,192 tokens (a step in two passes), as before packed_row_tokens
+    "peft_lora": ["speed.fused_lora=false", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],  # PEFT's own LoRA forward
+    "fused": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],
+    "fused_ckpt50": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.5"],
+    "fused_ckpt40": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.4"],
+    "fused_ckpt0": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.0"],
+    "fused_one_row": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65", "train.per_device_batch_size=8", "train.gradient_accumulation_steps=2"],
+    # a step in one row of up to 16,384 tokens (speed.packed_row_tokens)
+    "peft_row": ["speed.fused_lora=false", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.65"],
+    "row_ckpt50": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.5"],
+    "row_ckpt65": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.65"],
+    "row_ckpt75": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.75"],
+    "row_ckpt85": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.85"],
+    "row_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=1.0"],
+    "per_sample": ["speed.packed_attention=per_sample", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
     "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
 }
 
@@ -507,13 +508,14 @@ def stage_check(args: argparse.Namespace) -> None:
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
-    recipe = medtune_recipe(args.version, args, "lora.dropout=0.0", "train.max_grad_norm=null")
+    variant = args.variants[0] if args.variants else "auto"  # (b) with the defaults, or one variant's settings
+    recipe = medtune_recipe(args.version, args, "lora.dropout=0.0", "train.max_grad_norm=null", *VARIANTS[variant])
     seed_lora(recipe.model)
     captured: dict[str, Any] = {}
     recipe.optimizer.step = lambda *a, **k: captured.update(trained_grads(recipe.model))  # the grads the update would use
     recipe.train_step(items)
     b_loss = recipe.window.loss / recipe.window.tokens
-    emit(args, {"kind": "check", "version": args.version, "samples": len(items), "trained_tokens": sum(e.trained_tokens() for e in items),
+    emit(args, {"kind": "check", "version": args.version, "variant": variant, "samples": len(items), "trained_tokens": sum(e.trained_tokens() for e in items),
                 "loss_fp32": ref_loss, "loss_a": a_loss, "loss_b": b_loss,
                 "loss_rel_error_a": abs(a_loss - ref_loss) / abs(ref_loss), "loss_rel_error_b": abs(b_loss - ref_loss) / abs(ref_loss),
                 "grad_rel_error_a": relative_errors(a_grads, ref_grads), "grad_rel_error_b": relative_errors(captured, ref_grads),
@@ -644,8 +646,8 @@ def report(records: list[dict[str, Any]]) -> str:
 
 
 # ---- orchestration -----------------------------------------------------------------------------
-DEFAULT_STAGES = ["prepare", "medtune:v2:auto,fused,fused_ckpt50,fused_ckpt40", "medtune:v1:auto,fused", "unsloth:v2", "unsloth:v1", "reference:v2", "reference:v1",
-                  "check:v2", "head", "check:v1", "medtune:v2:before,+varlen,+bf16,+liger,ckpt75,per_sample,compile"]
+DEFAULT_STAGES = ["prepare", "medtune:v2:auto,row_ckpt85,row_ckpt100,auto", "unsloth:v2", "reference:v2", "medtune:v1:auto,row_ckpt85,row_ckpt100,auto",
+                  "unsloth:v1", "reference:v1", "check:v1", "check:v2", "head", "medtune:v2:before,+varlen,+bf16,+liger,peft_lora,peft_row"]
 
 
 def expand_stages(stages: list[str], nproc: int) -> list[str]:

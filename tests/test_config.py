@@ -58,6 +58,7 @@ def test_unknown_keys_suggest_and_all_errors_reported_once(tmp_path):
         ("train.warmup_steps=5", "warmup_ratio or warmup_steps"),
         ("augment.terms_per_sample=[3,1]", "terms_per_sample"),
         ("train.lr", "expected key=value"),
+        ("speed.packed_row_tokens=1000", r"packed_row_tokens \(1000\) is below data.max_length \(2048\)"),
     ],
 )
 def test_bad_values_are_named(override, fragment):

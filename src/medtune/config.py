@@ -203,17 +203,23 @@ class SpeedConfig(_Strict):
         "auto", description="Liger's fused RMSNorm, SwiGLU and RoPE kernels. auto = on with CUDA and the liger-kernel package."
     )
     checkpoint_fraction: float = Field(
-        0.65, ge=0, le=1,
+        0.75, ge=0, le=1,
         description="Share of decoder layers that recompute their activations in the backward pass when "
-        "train.gradient_checkpointing is on; the others keep them (faster, more memory: about 0.8 GiB per kept "
-        "Qwen3-1.7B layer at 8,192 packed tokens). 0.65 keeps v1/v2 under the reference stack's peak memory.",
+        "train.gradient_checkpointing is on; the others keep them (a little faster, more memory: about 1.1 GiB per kept "
+        "Qwen3-1.7B layer in a 12,900-token row). 0.75 keeps v1/v2 under the reference stack's peak memory; 1.0 "
+        "halves it at a few per cent of speed (bench/RESULTS.md).",
     )
-    compile_layers: bool = Field(False, description="torch.compile each decoder layer (CUDA only).")
+    packed_row_tokens: int | None = Field(
+        16384, gt=0,
+        description="With train.packing, a packed row (one forward pass) holds up to this many tokens, so a step of a few "
+        "thousand tokens runs as one pass instead of several: the step is bound by the host's launch work per pass, not by "
+        "the GPU (bench/RESULTS.md). Activation memory grows with it. null = per_device_batch_size x data.max_length.",
+    )
     fused_lora: bool = Field(
-        False, description="Each LoRA projection as one autograd function (model/lora_fused.py): only the dropout mask "
-        "is kept for the backward pass, not a dropped-out copy of the input, and scale and add ride in the second matmul. "
-        "Same math as PEFT's forward with a third of its activation memory, so more layers can skip recomputation "
-        "(lower checkpoint_fraction) under the same peak; any device. Off until its GPU speed is measured (bench/RESULTS.md).",
+        True, description="Each LoRA projection, its 4-bit base matmul included, as one autograd function "
+        "(model/lora_fused.py): a fraction of the host work of PEFT + bitsandbytes per projection, the NF4 weight "
+        "dequantized in one kernel, and only the dropout mask kept for the backward pass instead of a dropped-out copy of "
+        "the input. Same math as PEFT's forward; any device. false = PEFT's own forward.",
     )
 
 
@@ -228,8 +234,20 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
 
+    @model_validator(mode="after")
+    def _check_row(self) -> "RunConfig":
+        rows = self.speed.packed_row_tokens
+        if self.train.packing and rows is not None and rows < self.data.max_length:
+            raise ValueError(f"speed.packed_row_tokens ({rows}) is below data.max_length ({self.data.max_length}): "
+                             "a sample of max_length tokens would not fit a row")
+        return self
+
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
+
+    def row_tokens(self) -> int:
+        """Token capacity of a packed row: speed.packed_row_tokens, else per_device_batch_size x max_length."""
+        return self.speed.packed_row_tokens or self.train.per_device_batch_size * self.data.max_length
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

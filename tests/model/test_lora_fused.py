@@ -45,7 +45,7 @@ def loss_and_grads(model, batch, seed: int = 0) -> tuple[float, dict[str, torch.
 def test_fused_lora_matches_peft_without_dropout(batch):
     model = tiny_nf4_lora(0.0)
     peft_loss, peft_grads = loss_and_grads(model, batch)
-    assert install_fused_lora(model) == 14  # 7 projections x 2 layers
+    assert install_fused_lora(model) == (14, 14)  # 7 projections x 2 layers, each with its NF4 base
     fused_loss, fused_grads = loss_and_grads(model, batch)
     assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
     for name, grad in peft_grads.items():
@@ -84,3 +84,30 @@ def test_checkpoint_recompute_replays_the_dropout_mask(batch):
         assert torch.allclose(recomputed[name], grad, rtol=1e-5, atol=1e-8), name
     other_loss, _ = loss_and_grads(model, batch, seed=6)
     assert other_loss != kept_loss, "another seed draws another mask"
+
+
+def test_cached_block_scales_dequantize_as_bitsandbytes():
+    import bitsandbytes.functional as bnbf
+
+    from medtune.model.lora_fused import nf4_dense_weight
+
+    base = tiny_nf4_lora(0.0).get_base_model().model.layers[1].mlp.down_proj.base_layer
+    assert base.weight.quant_state.nested, "the reference's double quant: block scales are themselves 8-bit"
+    dense = nf4_dense_weight(base)
+    assert torch.equal(dense(), bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state))
+    assert dense() is not dense() and base._medtune_absmax[1].dtype == torch.float32
+
+
+def test_unquantized_base_keeps_its_own_matmul(batch):
+    loaded = load_base_model(ModelConfig(name_or_path="tiny"), QuantConfig(mode="none"), CPU)
+    cfg = load_config(CONFIGS / "v1.yaml", ["lora.dropout=0.0"], overlays=[CONFIGS / "tiny.yaml"])
+    model = apply_lora(loaded.model, cfg.lora, gradient_checkpointing=True)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+    peft_loss, peft_grads = loss_and_grads(model, batch)
+    assert install_fused_lora(model) == (14, 0)
+    fused_loss, fused_grads = loss_and_grads(model, batch)
+    assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
+    for name, grad in peft_grads.items():
+        assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-7), name

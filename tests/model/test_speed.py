@@ -55,10 +55,10 @@ def test_auto_on_cpu_takes_the_portable_path(tiny_peft_model):
 
 
 def test_levers_that_need_cuda_fall_back_with_a_note(tiny_peft_model):
-    cfg = SpeedConfig(packed_attention="varlen", fused_kernels="liger", compile_layers=True)
+    cfg = SpeedConfig(packed_attention="varlen", fused_kernels="liger")
     plan = apply_speed(tiny_peft_model, cfg, TrainConfig(), CPU)
-    assert (plan.packed_attention, plan.fused_kernels, plan.compiled_layers) == ("per_sample", "none", False)
-    assert len(plan.notes) == 3 and all("->" in note for note in plan.notes)
+    assert (plan.packed_attention, plan.fused_kernels) == ("per_sample", "none")
+    assert len(plan.notes) == 2 and all("->" in note for note in plan.notes)
     mlp = tiny_peft_model.get_base_model().model.layers[0].mlp
     assert "forward" not in vars(mlp), "the MLP keeps its own forward"
 

@@ -42,7 +42,7 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path, short_rows_f
     env_json = json.loads((parallel / "env.json").read_text())
     assert env_json["processes"] == 2
     assert env_json["batch"] == {"global_batch": 4, "processes": 2, "per_device_batch_size": 1, "samples_per_process": 2,
-                                 "micro_batches_per_process": 2, "parallelism": "ddp"}
+                                 "micro_batches_per_process": 2, "packed_row_tokens": 16384, "parallelism": "ddp"}
     assert "batch: 4 samples per optimizer step" in done.stderr  # rich wraps the rest of the line
     assert json.loads((single / "env.json").read_text())["batch"]["parallelism"] == "none"
     wa, wb = load_file(single / "adapter" / "adapter_model.safetensors"), load_file(parallel / "adapter" / "adapter_model.safetensors")

@@ -92,15 +92,16 @@ def test_packed_rows_give_the_loss_and_gradients_of_one_sample_at_a_time(tmp_pat
         total.backward()
         return total.detach(), {n: p.grad.clone() for n, p in recipe.model.named_parameters() if p.grad is not None}
 
-    packed = micro_batches(items, 4, 640, True, recipe.tokenizer.pad_token_id)
+    packed = micro_batches(items, 4, 4 * 640, True, recipe.tokenizer.pad_token_id)
     assert len(packed) == 1 and len(packed[0]["sample_lengths"]) == 3
     one_at_a_time = [micro_batches([item], 1, 640, False, recipe.tokenizer.pad_token_id)[0] for item in items]
     packed_loss, packed_grads = loss_and_grads(packed)
     single_loss, single_grads = loss_and_grads(one_at_a_time)
     assert torch.allclose(packed_loss, single_loss, rtol=1e-5)
     assert packed_grads.keys() == single_grads.keys()
-    for name in packed_grads:
-        assert torch.allclose(packed_grads[name], single_grads[name], rtol=1e-3, atol=1e-7), name
+    for name in packed_grads:  # fp32 sums in another order: elements near zero differ by ~1e-6 of the tensor's scale
+        scale = single_grads[name].abs().max()
+        assert torch.allclose(packed_grads[name], single_grads[name], rtol=1e-3, atol=1e-5 * scale), name
 
     # the check can fail: without the boundaries, each sample would attend to the ones before it in the row
     leaky = dict(packed[0])

@@ -27,6 +27,13 @@ def test_a_sound_config_passes_with_its_schedule_worked_out(tmp_path, short_rows
     assert found["schedule"] == [("ok", "4 steps x 2 samples = 0.67 passes over 12 rows; cosine decay, 1 warmup steps")]
     assert found["run folder"] == [("ok", f"{cfg.run_dir()} (new)")]
     assert found["data"][0][1].startswith("12 training rows")
+    mean = float(found["data"][0][1].split(", ")[1].split(" tokens")[0])  # rounded to a whole token
+    (level, message), = found["batch"]
+    step_tokens = float(message.split("about ")[1].split(" tokens")[0].replace(",", ""))
+    assert level == "ok" and abs(step_tokens - 2 * mean) <= 1, "2 samples per step"
+    assert message.endswith("about 1 forward pass(es) in packed rows of up to 16,384 tokens")
+    rows_of_one = by_check(preflight(tiny_config("v2", tmp_path, short_rows_file, "speed.packed_row_tokens=640")))["batch"]
+    assert rows_of_one[0][1].endswith("about 2 forward pass(es) in packed rows of up to 640 tokens")
 
 
 def test_what_would_waste_a_run_is_flagged(tmp_path, short_rows_file):

@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from medtune.data.batching import micro_batches
 from medtune.model.load import load_base_model
 from medtune.train.recipe import FineTuneRecipe, RunExistsError, run
 from tests.conftest import tiny_config
@@ -52,17 +53,22 @@ def test_v2_tiny_run_folder_is_complete_and_only_lora_trains(tmp_path, short_row
 
 
 def test_loss_and_gradients_do_not_depend_on_the_accumulation_split(tmp_path, short_rows_file):
-    """Token-weighted loss over the whole step: 4x1, 1x4, 2x2 and packing give the same loss and grad norm."""
-    results = []
-    for batch, accum, packing in ((4, 1, False), (1, 4, False), (2, 2, True), (2, 2, False)):
-        cfg = tiny_config("v1", tmp_path / f"{batch}-{accum}-{packing}", short_rows_file, "lora.dropout=0.0",
-                          f"train.per_device_batch_size={batch}", f"train.gradient_accumulation_steps={accum}", f"train.packing={packing}")
+    """Token-weighted loss over the whole step: 4x1, 1x4, 2x2, packing into one row or into rows of one sample each
+    give the same loss and grad norm."""
+    results, passes = [], []
+    for batch, accum, packing, row_tokens in ((4, 1, False, "null"), (1, 4, False, "null"), (2, 2, True, 16384), (2, 2, True, 640),
+                                               (2, 2, False, "null")):
+        cfg = tiny_config("v1", tmp_path / f"{batch}-{accum}-{packing}-{row_tokens}", short_rows_file, "lora.dropout=0.0",
+                          f"train.per_device_batch_size={batch}", f"train.gradient_accumulation_steps={accum}", f"train.packing={packing}",
+                          f"speed.packed_row_tokens={row_tokens}")
         recipe = FineTuneRecipe(cfg)
         recipe.setup()
         items = recipe._next_step_samples()
+        passes.append(len(micro_batches(items, batch, cfg.row_tokens(), packing, recipe.tokenizer.pad_token_id)))
         grad_norm = recipe.train_step(items)
         results.append((recipe.window.loss / recipe.window.tokens, grad_norm))
         recipe.cleanup()
+    assert passes == [1, 4, 1, 4, 2], "one packed row holds the step; rows of max_length hold one of these samples each"
     losses, norms = zip(*results)
     assert max(losses) - min(losses) < 1e-5 * losses[0]
     assert max(norms) - min(norms) < 1e-4 * norms[0]

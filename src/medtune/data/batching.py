@@ -132,11 +132,12 @@ def padded_batch(group: list[Encoded], pad_id: int) -> dict[str, torch.Tensor | 
 
 
 def micro_batches(
-    items: list[Encoded], batch_size: int, max_length: int, packing: bool, pad_id: int
+    items: list[Encoded], batch_size: int, row_tokens: int, packing: bool, pad_id: int
 ) -> list[dict[str, torch.Tensor | int]]:
-    """Split one optimizer step's samples into micro-batches of at most batch_size x max_length tokens."""
+    """Split one optimizer step's samples into micro-batches: packed rows of at most `row_tokens` tokens, or
+    (without packing) padded batches of `batch_size` samples."""
     if packing:
-        return [packed_batch(row) for row in _pack_rows(items, batch_size * max_length)]
+        return [packed_batch(row) for row in _pack_rows(items, row_tokens)]
     return [padded_batch(items[i : i + batch_size], pad_id) for i in range(0, len(items), batch_size)]
 
 

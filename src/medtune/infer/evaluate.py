@@ -71,7 +71,7 @@ def loss_over(loaded: InferenceModel, samples: list[Sample], batch_size: int) ->
     cfg = loaded.run.config
     encoded = [encode_sample(loaded.tokenizer, sample, cfg.data.max_length) for sample in samples]
     kept = [item for item in encoded if not item.answer_cut]
-    total = float(summed_loss_over(loaded.model, kept, batch_size=batch_size, max_length=cfg.data.max_length, packing=False,
+    total = float(summed_loss_over(loaded.model, kept, batch_size=batch_size, row_tokens=cfg.data.max_length, packing=False,
                                    pad_id=loaded.tokenizer.pad_token_id, device=loaded.device, chunk_tokens=cfg.train.loss_chunk_tokens)[0])
     tokens = trained_token_counts(kept)[0]
     loss = total / tokens if tokens else None

@@ -1,60 +1,112 @@
-"""LoRA around a frozen (4-bit) projection as one autograd function: y = base(x) + s * B(A(dropout(x))).
+"""A LoRA projection as one autograd function: y = x @ W^T + s * B(A(dropout(x))), W the frozen (4-bit) base.
 
-PEFT's forward for each LoRA projection (196 in Qwen3-1.7B) clones the base output, writes a dropped-out copy
-of the input, then scales and adds in passes of their own, and keeps the dropped-out copy (2 bytes per input
-feature) and its mask (1 byte) for the backward pass. Here only the mask is kept and the dropped-out input is
-rebuilt from it in the backward pass; the input itself is kept as it came (q/k/v share one input, gate/up
-another), and the scale and the add ride in the second matmul (`addmm`). Same math and dtypes as PEFT
-(autocast's dtype when autocast is on, else the adapter's; the same dropout kernel and random stream, so
-checkpoint recomputation replays the mask), fewer passes over [tokens x features], a third of the memory.
+A training step on a GPU is bound by the host, not the GPU (bench/RESULTS.md, call 4: the device sat idle 68% of
+a profiled v2 step); most of the host's work is the 196 LoRA projections of Qwen3-1.7B, each a chain of Python
+layers (PEFT's LoRA layer, bitsandbytes' Linear4bit, its autograd function, double-quant dequantization in three
+kernels) that PEFT runs once per pass. Here a projection is one function with few kernels:
+- the NF4 weight is dequantized in one kernel: the double-quantized block scales are expanded once and cached
+  (the base is frozen), instead of on every pass;
+- the base matmul, the adapter and the add share one autograd node, and the input gradient of both is one
+  `addmm`; the scale rides in the second matmul;
+- only the input, the dropout mask (1 byte per feature, PEFT's kernel) and the rank-r product are kept for the
+  backward pass, not PEFT's dropped-out copy of the input (2 bytes per feature).
+Same math and dtypes as PEFT over bitsandbytes (autocast's dtype when autocast is on, else the weights'), the same
+dropout draw, so checkpoint recomputation replays the mask. A base that is not a bias-free 4-bit layer with uint8
+storage (plain Linear, FSDP's bf16 storage) stays its own module, and only the adapter part is fused.
 """
 
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+DenseWeight = Callable[[], torch.Tensor]
+
+
+def nf4_dense_weight(layer: nn.Module) -> DenseWeight | None:
+    """A function returning a bitsandbytes 4-bit layer's weight dequantized (one kernel), or None if it is not one.
+
+    The fp32 block scales are cached on the layer: 4 bytes per 64 weights, about 90 MB for Qwen3-1.7B.
+    """
+    weight = getattr(layer, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if state is None or getattr(layer, "bias", None) is not None or weight.dtype != torch.uint8:
+        return None
+    from bitsandbytes.functional import dequantize_blockwise
+
+    def dense() -> torch.Tensor:
+        cached = getattr(layer, "_medtune_absmax", None)
+        if cached is None or cached[0] is not layer.weight.quant_state:
+            current = layer.weight.quant_state
+            absmax = current.absmax
+            if current.nested:
+                absmax = dequantize_blockwise(current.absmax, current.state2) + current.offset
+            cached = (current, absmax.float())
+            layer._medtune_absmax = cached
+        current, absmax = cached
+        return torch.ops.bitsandbytes.dequantize_4bit.default(layer.weight.data, absmax, current.blocksize, current.quant_type,
+                                                              current.shape, current.dtype)
+
+    return dense
+
+
 class FusedLora(torch.autograd.Function):
-    """base_out + scale * (dropout(x) @ A^T) @ B^T; keeps x, A, B, the dropout mask and the rank-r product."""
+    """x @ W^T + scale * (dropout(x) @ A^T) @ B^T, or, when `dense_weight` is None, base_out + the adapter part.
+
+    Keeps x, A and B in the compute dtype, the dropout mask and the rank-r product; W is dequantized again in the
+    backward pass, as bitsandbytes does."""
 
     @staticmethod
-    def forward(ctx: Any, base_out: torch.Tensor, x: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor,
-                scale: float, p: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor, dense_weight: DenseWeight | None,
+                base_out: torch.Tensor | None, scale: float, p: float) -> torch.Tensor:
         device = x.device.type
-        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight_a.dtype
+        autocast = torch.is_autocast_enabled(device)
+        compute = torch.get_autocast_dtype(device) if autocast else weight_a.dtype
         with torch.autocast(device, enabled=False):
-            inputs = x.reshape(-1, x.shape[-1]).to(compute)
-            mask = None
+            flat = x.reshape(-1, x.shape[-1])
+            if dense_weight is not None:
+                weight = dense_weight()
+                base_dtype = compute if autocast else weight.dtype  # bitsandbytes' matmul runs under the caller's autocast
+                base_out = flat.to(base_dtype) @ weight.to(base_dtype).t()
+                ctx.base_dtype = base_dtype
+            out_dtype = x.dtype if dense_weight is not None else base_out.dtype
+            inputs, mask = flat.to(compute), None
             if p > 0:
                 inputs, mask = torch.native_dropout(inputs, p, True)
-            low_rank = inputs @ weight_a.to(compute).t()
-            out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]).to(compute), low_rank, weight_b.to(compute).t(), alpha=scale)
-        ctx.save_for_backward(x, weight_a, weight_b, low_rank, mask)
-        ctx.scale, ctx.keep_scale, ctx.compute = scale, 1 / (1 - p), compute
-        return out.to(base_out.dtype).view(base_out.shape)
+            a, b = weight_a.to(compute), weight_b.to(compute)  # kept in this dtype: r x features, small
+            low_rank = inputs @ a.t()
+            out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]).to(compute), low_rank, b.t(), alpha=scale)
+        ctx.save_for_backward(x, a, b, low_rank, mask)
+        ctx.dense_weight, ctx.scale, ctx.keep_scale, ctx.compute = dense_weight, scale, 1 / (1 - p), compute
+        ctx.a_dtype, ctx.b_dtype = weight_a.dtype, weight_b.dtype
+        return out.to(out_dtype).view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight_a, weight_b, low_rank, mask = ctx.saved_tensors
-        need_base, need_x, need_a, need_b = ctx.needs_input_grad[:4]
+        x, a, b, low_rank, mask = ctx.saved_tensors
+        need_x, need_a, need_b, _, need_base = ctx.needs_input_grad[:5]
         grad_x = grad_a = grad_b = None
         with torch.autocast(x.device.type, enabled=False):
             grad = grad_out.reshape(-1, grad_out.shape[-1]).to(ctx.compute)
             if need_b:
-                grad_b = (grad.t() @ low_rank).mul_(ctx.scale).to(weight_b.dtype)
-            grad_low_rank = (grad @ weight_b.to(ctx.compute)).mul_(ctx.scale)
+                grad_b = (grad.t() @ low_rank).mul_(ctx.scale).to(ctx.b_dtype)
+            grad_low_rank = (grad @ b).mul_(ctx.scale)
             if need_a:
                 inputs = x.reshape(-1, x.shape[-1]).to(ctx.compute)
                 inputs = inputs if mask is None else torch.ops.aten.native_dropout_backward(inputs, mask, ctx.keep_scale)
-                grad_a = (grad_low_rank.t() @ inputs).to(weight_a.dtype)
+                grad_a = (grad_low_rank.t() @ inputs).to(ctx.a_dtype)
             if need_x:
-                grad_x = grad_low_rank @ weight_a.to(ctx.compute)
+                grad_x = grad_low_rank @ a
                 grad_x = grad_x if mask is None else torch.ops.aten.native_dropout_backward(grad_x, mask, ctx.keep_scale)
+                if ctx.dense_weight is not None:  # + the base's input gradient, in the same kernel
+                    base_dtype = ctx.base_dtype
+                    grad_x = torch.addmm(grad_x.to(base_dtype), grad_out.reshape(-1, grad_out.shape[-1]).to(base_dtype),
+                                         ctx.dense_weight().to(base_dtype))
                 grad_x = grad_x.to(x.dtype).view(x.shape)
-        return (grad_out if need_base else None), grad_x, grad_a, grad_b, None, None
+        return grad_x, grad_a, grad_b, None, (grad_out if need_base else None), None, None
 
 
 def fused_lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -66,12 +118,16 @@ def fused_lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: A
     name = active[0]
     dropout = self.lora_dropout[name]
     p = dropout.p if self.training and isinstance(dropout, nn.Dropout) else 0.0
-    base_out = self.base_layer(x, *args, **kwargs)
-    return FusedLora.apply(base_out, x, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], p)
+    dense_weight = self._medtune_dense_weight if not args and not kwargs else None
+    base_out = None if dense_weight is not None else self.base_layer(x, *args, **kwargs)
+    return FusedLora.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, dense_weight, base_out, self.scaling[name], p)
 
 
-def install_fused_lora(model: nn.Module) -> int:
-    """Route every PEFT LoRA Linear (plain or bitsandbytes 4-bit) of `model` through `FusedLora`; returns how many."""
+def install_fused_lora(model: nn.Module) -> tuple[int, int]:
+    """Route every PEFT LoRA Linear (plain or bitsandbytes 4-bit) of `model` through `FusedLora`.
+
+    Returns (LoRA projections routed, of which the 4-bit base matmul is fused in too).
+    """
     from peft.tuners.lora import Linear as LoraLinear
 
     linear_types: tuple[type, ...] = (LoraLinear,)
@@ -81,9 +137,11 @@ def install_fused_lora(model: nn.Module) -> int:
         linear_types += (LoraLinear4bit,)
     except ImportError:  # peft without bitsandbytes support
         pass
-    count = 0
+    routed = with_base = 0
     for module in model.modules():
         if isinstance(module, linear_types):
+            module._medtune_dense_weight = nf4_dense_weight(module.base_layer)
             module.forward = types.MethodType(fused_lora_forward, module)
-            count += 1
-    return count
+            routed += 1
+            with_base += module._medtune_dense_weight is not None
+    return routed, with_base

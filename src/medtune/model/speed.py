@@ -9,8 +9,7 @@ None of them changes what is computed:
   matmuls run in bf16 on their fp32 weights instead of casting every activation to fp32;
 - fused kernels: Liger's RMSNorm, SwiGLU and RoPE kernels, one pass each and fewer saved activations;
 - selective checkpointing: only a share of the decoder layers recompute their activations;
-- compiled layers: torch.compile per decoder layer (off by default; not yet measured);
-- fused LoRA: each LoRA projection as one autograd function (`model/lora_fused.py`).
+- fused LoRA: each LoRA projection, its 4-bit base matmul included, as one autograd function (`model/lora_fused.py`).
 Each lever reports what it did in a `SpeedPlan`; `auto` turns a lever on only where it works, so CPU runs
 (and CI) take the same code path with the portable variant.
 """
@@ -46,8 +45,8 @@ class SpeedPlan:
     fused_kernels: str = "none"
     checkpointed_layers: int = 0
     decoder_layers: int = 0
-    compiled_layers: bool = False
     fused_lora_modules: int = 0
+    fused_base_modules: int = 0  # of which the 4-bit base matmul is in the same function
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -224,7 +223,7 @@ def apply_speed(model: nn.Module, cfg: SpeedConfig, train: TrainConfig, device: 
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone, plan = causal_lm.model, SpeedPlan()
     if cfg.fused_lora:
-        plan.fused_lora_modules = install_fused_lora(model)
+        plan.fused_lora_modules, plan.fused_base_modules = install_fused_lora(model)
     if not train.packing:
         plan.packed_attention = "unused (train.packing is off)"
     else:
@@ -249,13 +248,6 @@ def apply_speed(model: nn.Module, cfg: SpeedConfig, train: TrainConfig, device: 
         plan.checkpointed_layers = round(cfg.checkpoint_fraction * len(layers))
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index < plan.checkpointed_layers
-
-    if cfg.compile_layers and device.type != "cuda":
-        plan.notes.append("compile_layers -> false: compiled layers are used on CUDA only")
-    elif cfg.compile_layers:
-        for layer in layers:
-            layer.compile(dynamic=True)
-        plan.compiled_layers = True
 
     for note in plan.notes:
         log.warning(note)

@@ -73,7 +73,7 @@ class DistContext:
 
     def batch_layout(self, per_device_batch_size: int, gradient_accumulation_steps: int) -> dict[str, int]:
         """How one optimizer step's samples divide over processes and micro-batches (without packing; packing fills
-        rows of up to per_device_batch_size x max_length tokens instead, so it may need fewer)."""
+        rows of up to speed.packed_row_tokens tokens instead, so it may need fewer or more)."""
         global_batch = per_device_batch_size * gradient_accumulation_steps
         per_process = -(-global_batch // self.world_size)
         return {"global_batch": global_batch, "processes": self.world_size, "per_device_batch_size": per_device_batch_size,

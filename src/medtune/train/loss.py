@@ -131,7 +131,7 @@ def unweighted(batches: list[dict[str, Any]]) -> list[tuple[dict[str, Any], floa
 
 @torch.no_grad()
 def summed_loss_over(
-    model: nn.Module, encoded: list[Encoded], *, batch_size: int, max_length: int, packing: bool, pad_id: int,
+    model: nn.Module, encoded: list[Encoded], *, batch_size: int, row_tokens: int, packing: bool, pad_id: int,
     device: torch.device, chunk_tokens: int,
     forwards: Forwards = unweighted,
 ) -> torch.Tensor:
@@ -139,7 +139,7 @@ def summed_loss_over(
     eval and `medtune eval` alike. Divide by `trained_token_counts` of the same samples (summed over processes).
     `forwards` pairs the micro-batches with loss weights (FSDP pads them so every process runs as many forwards)."""
     sums = torch.zeros(3, device=device)
-    for batch, weight in forwards(micro_batches(encoded, batch_size, max_length, packing, pad_id)):
+    for batch, weight in forwards(micro_batches(encoded, batch_size, row_tokens, packing, pad_id)):
         loss = causal_lm_loss_sums(model, to_device(batch, device), chunk_tokens)
         sums += weight * torch.stack([loss.total, loss.think, loss.answer])
     return sums

@@ -10,6 +10,7 @@ passes over a small data set, bad rows skipped).
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,7 +42,8 @@ def preflight(cfg: RunConfig) -> list[Finding]:
         stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
     except (DataError, HubError, OSError, ValueError) as err:  # unreadable data, or a tokenizer that cannot be had
         return [*findings, Finding("error", "data", str(err))]
-    return [*findings, *_data(stats, cfg.data.max_length), *_schedule(cfg, stats["train"]["trained_rows"])]
+    return [*findings, *_data(stats, cfg.data.max_length), *_schedule(cfg, stats["train"]["trained_rows"]),
+            _passes(cfg, stats["train"]["token_length"]["mean"])]
 
 
 def _environment(cfg: RunConfig) -> list[Finding]:
@@ -89,6 +91,17 @@ def _data(stats: dict[str, Any], max_length: int) -> list[Finding]:
     if validation["trained_rows"] == 0:
         found.append(Finding("warn", "eval", "no validation rows: no eval loss will be computed"))
     return found
+
+
+def _passes(cfg: RunConfig, mean_tokens: float) -> Finding:
+    """How a step is split into forward passes (one process): on a GPU the host's work per pass sets the pace."""
+    samples = cfg.train.samples_per_step()
+    if not cfg.train.packing:
+        batches = math.ceil(samples / cfg.train.per_device_batch_size)
+        return Finding("ok", "batch", f"{batches} padded micro-batches of {cfg.train.per_device_batch_size} samples per step")
+    step_tokens = samples * mean_tokens
+    return Finding("ok", "batch", f"a step holds about {step_tokens:,.0f} tokens: about {math.ceil(step_tokens / cfg.row_tokens())} "
+                                  f"forward pass(es) in packed rows of up to {cfg.row_tokens():,} tokens")
 
 
 def _schedule(cfg: RunConfig, train_rows: int) -> list[Finding]:

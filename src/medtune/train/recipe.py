@@ -168,7 +168,8 @@ class FineTuneRecipe:
     def _batch_layout(self) -> dict[str, Any]:
         train = self.cfg.train
         layout = self.dist.batch_layout(train.per_device_batch_size, train.gradient_accumulation_steps)
-        return {**layout, "parallelism": train.parallelism if self.dist.enabled else "none"}
+        packed = {"packed_row_tokens": self.cfg.row_tokens()} if train.packing else {}
+        return {**layout, **packed, "parallelism": train.parallelism if self.dist.enabled else "none"}
 
     def _setup_data(self) -> None:
         prepared = prepare_data(self.cfg, self.tokenizer)
@@ -245,7 +246,7 @@ class FineTuneRecipe:
         clip, update. Returns grad_norm before clipping."""
         train = self.cfg.train
         step_tokens, think_tokens, answer_tokens = trained_token_counts(items)
-        batches = micro_batches(self.dist.shard(items), train.per_device_batch_size, self.cfg.data.max_length, train.packing,
+        batches = micro_batches(self.dist.shard(items), train.per_device_batch_size, self.cfg.row_tokens(), train.packing,
                                 self.tokenizer.pad_token_id)
         sums = torch.zeros(3, device=self.device)  # loss, think, answer
         for batch, weight in self.forwards(batches):
@@ -273,9 +274,10 @@ class FineTuneRecipe:
         self._write_summary("running")
         with TrainProgress(self.cfg.run_name, self.max_steps, self.step, show=self.dist.is_main) as progress, GracefulInterrupt() as interrupt:
             b = self._batch_layout()
+            passes = (f"packed into rows of up to {b['packed_row_tokens']:,} tokens" if "packed_row_tokens" in b else
+                      f"in up to {b['micro_batches_per_process']} micro-batches of {b['per_device_batch_size']} each")
             progress.note(f"batch: {b['global_batch']} samples per optimizer step = {b['processes']} process(es) x "
-                          f"{b['samples_per_process']} samples, in up to {b['micro_batches_per_process']} micro-batches of "
-                          f"{b['per_device_batch_size']} each (parallelism: {b['parallelism']})")
+                          f"{b['samples_per_process']} samples, {passes} (parallelism: {b['parallelism']})")
             while self.step < self.max_steps:
                 epoch_before = self.samples_consumed // len(self.train_set)
                 started = time.perf_counter()
@@ -336,7 +338,7 @@ class FineTuneRecipe:
         self.model.eval()
         train = self.cfg.train
         sums = summed_loss_over(self.model, self.dist.shard(self.val_encoded), batch_size=train.per_device_batch_size,
-                                max_length=self.cfg.data.max_length, packing=train.packing, pad_id=self.tokenizer.pad_token_id,
+                                row_tokens=self.cfg.row_tokens(), packing=train.packing, pad_id=self.tokenizer.pad_token_id,
                                 device=self.device, chunk_tokens=train.loss_chunk_tokens, forwards=self.forwards)
         self.model.train()
         total, think, answer = self.dist.sum_(sums).tolist()
