@@ -62,8 +62,9 @@ def test_unknown_keys_suggest_and_all_errors_reported_once(tmp_path):
     ],
 )
 def test_bad_values_are_named(override, fragment):
-    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")) as raised:
         load_config(CONFIGS / "v2.yaml", [override])
+    assert "got {" not in str(raised.value), "a check across keys names them; the whole section is not echoed"
 
 
 def test_base_loop_detected(tmp_path):

@@ -334,6 +334,8 @@ def validate(data: dict[str, Any], source: str) -> RunConfig:
             dotted = ".".join(str(p) for p in loc) or "(top level)"
             if problem["type"] == "extra_forbidden":
                 lines.append(f"  {dotted}: unknown key{_suggest(_section_model(loc), str(loc[-1]))}")
+            elif isinstance(problem.get("input"), dict):  # a check across a section's keys: its message names them
+                lines.append(f"  {dotted}: {problem['msg']}")
             else:
                 lines.append(f"  {dotted}: {problem['msg']} (got {problem.get('input')!r})")
         raise ConfigError(f"{source}: invalid config:\n" + "\n".join(lines)) from None
