@@ -58,3 +58,14 @@ def test_errors_fail_the_cli_and_an_existing_run_is_reported(tmp_path, short_row
     assert json.loads((cfg.run_dir() / "summary.json").read_text())["status"] == "complete"
     found = by_check(preflight(cfg))
     assert found["run folder"][0][0] == "warn" and "holds a complete run" in found["run folder"][0][1]
+
+
+def test_skip_bad_rows_turns_a_bad_row_from_an_error_into_a_warning(tmp_path, short_rows_file):
+    data = tmp_path / "with_bad_row.jsonl"
+    data.write_text(short_rows_file.read_text(encoding="utf-8") + '{"question": "q", "think": "t"}\n', encoding="utf-8")
+    cfg = tiny_config("v1", tmp_path, data)
+    (level, message), = by_check(preflight(cfg))["data"]
+    assert level == "error" and "with_bad_row.jsonl:17" in message
+    skipped = by_check(preflight(cfg, skip_bad_rows=True))["data"]
+    assert skipped[0][0] == "warn" and "1 bad rows skipped" in skipped[0][1] and "with_bad_row.jsonl:17" in skipped[0][1]
+    assert cfg.data.skip_bad_rows is False, "the caller's config is left as it was"

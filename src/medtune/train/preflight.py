@@ -35,8 +35,14 @@ class Finding:
     message: str
 
 
-def preflight(cfg: RunConfig) -> list[Finding]:
-    """Every check of a run config, in the order a run would meet them."""
+def preflight(cfg: RunConfig, skip_bad_rows: bool = False) -> list[Finding]:
+    """Every check of a run config, in the order a run would meet them.
+
+    `skip_bad_rows` does what `medtune train --skip-bad-rows` does: bad rows are listed as a warning instead of
+    stopping at the first; False leaves the config's `data.skip_bad_rows` as it is.
+    """
+    if skip_bad_rows:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"skip_bad_rows": True})})
     findings = [*_environment(cfg), *_run_folder(cfg)]
     try:
         stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
