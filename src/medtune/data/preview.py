@@ -17,31 +17,65 @@ SPAN_STYLES = {SPAN_PROMPT: "dim", SPAN_THINK: "cyan", SPAN_ANSWER: "green"}
 LEGEND = "dim: prompt (no loss) · cyan: think (loss) · green: answer (loss) · red on white: masked, left out of the loss"
 
 
+def token_pieces(tokenizer: PreTrainedTokenizerBase, input_ids: list[int]) -> list[str]:
+    """The text each token adds, decoded incrementally (as streaming detokenizers do).
+
+    A character whose UTF-8 bytes are split across tokens is given whole to the token that completes it,
+    so no piece shows a half character as `\ufffd`; the pieces join to the decoded sequence.
+    """
+    pieces, prefix_start, read_start = [], 0, 0
+    for end in range(1, len(input_ids) + 1):
+        done = tokenizer.decode(input_ids[prefix_start:read_start])
+        text = tokenizer.decode(input_ids[prefix_start:end])
+        if text.endswith("\ufffd") and end < len(input_ids):
+            pieces.append("")  # an incomplete character: wait for the token that completes it
+            continue
+        pieces.append(text[len(done):])
+        prefix_start, read_start = read_start, end
+    return pieces
+
+
 def token_view(tokenizer: PreTrainedTokenizerBase, encoded: Encoded) -> Text:
-    """Each token coloured by span; a token inside a trained span but without a label is shown as excluded."""
+    """The sample's text coloured by span; a token inside a trained span but without a label is shown as excluded.
+
+    Runs of tokens with one style are appended as one span of whole characters.
+    """
     view = Text()
-    for token_id, label, span in zip(encoded.input_ids, encoded.labels, encoded.span_ids):
+    for piece, label, span in zip(token_pieces(tokenizer, encoded.input_ids), encoded.labels, encoded.span_ids):
         style = SPAN_STYLES[span]
         if span != SPAN_PROMPT and label == IGNORE_INDEX:
             style = "bold red on white"
-        view.append(tokenizer.decode([token_id]), style=style)
+        view.append(piece, style=style)
     return view
 
 
-def preview(cfg: RunConfig, n: int, epoch: int, console: Console | None = None) -> None:
-    """Show the first `n` samples of the given epoch in training order, augmentation applied as in training."""
+def preview(cfg: RunConfig, n: int, epoch: int, console: Console | None = None, masked_only: bool = False) -> None:
+    """Show the first `n` samples of the given epoch in training order, augmentation applied as in training.
+
+    With `masked_only`, the first `n` samples of the epoch that the augmentation masks (v3 previews): the
+    others are skipped, so the masks can be checked without paging through unmasked samples.
+
+    Raises:
+        ValueError: `masked_only` while the augmentation is off (nothing could ever be shown).
+    """
     from medtune.model.load import load_tokenizer
 
+    if masked_only and not cfg.augment.enabled:
+        raise ValueError("masked_only previews the augmentation's masks, but augment.enabled is false in this config")
     console = console or Console()
     tokenizer = load_tokenizer(cfg.model)
-    data = prepare_data(cfg, tokenizer)
-    train = data.train
+    train = prepare_data(cfg, tokenizer).train
     console.print(LEGEND)
-    first = epoch * len(train)
-    for number, (draw_epoch, index) in enumerate(step_positions(first, min(n, len(train)), len(train), cfg.train.seed), 1):
+    shown = 0
+    for draw_epoch, index in step_positions(epoch * len(train), len(train), len(train), cfg.train.seed):
+        if shown == n:
+            break
         encoded, masked_terms = train.encode_at(draw_epoch, index)
+        if masked_only and not masked_terms:
+            continue
+        shown += 1
         sample = train.samples[index]
-        title = f"{number}. {sample.source} · {len(encoded)} tokens · {encoded.trained_tokens()} trained"
+        title = f"{shown}. {sample.source} · {len(encoded)} tokens · {encoded.trained_tokens()} trained"
         if encoded.truncated:
             title += f" · truncated to {cfg.data.max_length}"
         body = Text()
@@ -53,3 +87,5 @@ def preview(cfg: RunConfig, n: int, epoch: int, console: Console | None = None) 
             body.append("\n")
         body.append_text(token_view(tokenizer, encoded))
         console.print(Panel(body, title=title, title_align="left"))
+    if masked_only and shown < n:
+        console.print(f"{shown} of the {len(train)} samples of epoch {epoch} have masked terms")
