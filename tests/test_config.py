@@ -79,3 +79,66 @@ def test_invalid_yaml_names_file(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
         load_config(bad)
+
+
+def test_errors_name_the_set_argument_or_overlay_the_value_came_from(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  warmup_steps: -2\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(CONFIGS / "v2.yaml", ["train.lr=-1", "lora.target_modules=[q_proj, 3]"], overlays=[overlay])
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"{CONFIGS / 'v2.yaml'}: invalid config:"
+    assert any(line.startswith("  train.lr:") and line.endswith("(from --set train.lr=-1)") for line in lines)
+    assert any(line.startswith("  train.warmup_steps:") and line.endswith(f"(from {overlay})") for line in lines)
+    assert any(line.startswith("  lora.target_modules.1:") and "(from --set lora.target_modules=[q_proj, 3])" in line for line in lines)
+
+
+def test_errors_from_the_file_itself_and_across_keys_name_their_origins(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load_config(CONFIGS / "v2.yaml", ["train.epochs=2"])
+    assert str(raised.value).endswith(f"exactly one of max_steps and epochs (from {CONFIGS / 'v1.yaml'}, --set train.epochs=2)")
+    own = tmp_path / "own.yaml"
+    own.write_text("train:\n  lr: 0\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(own)
+    assert str(raised.value).endswith("train.lr: Input should be greater than 0 (got 0)"), "the main file is not repeated"
+
+
+@pytest.mark.parametrize(
+    "override,hint",
+    [
+        ("train.output_dir=out", "train.output_dir: unknown key; output_dir is a top-level key: set `output_dir`"),
+        ("data.lr=1e-4", "data.lr: unknown key; lr is a key of `train`: set `train.lr`"),
+        ("lora.rr=8", "lora.rr: unknown key (did you mean `r`?)"),
+    ],
+)
+def test_a_key_of_another_section_is_pointed_there(override, hint):
+    with pytest.raises(ConfigError) as raised:
+        load_config(CONFIGS / "v2.yaml", [override])
+    assert hint in str(raised.value) and "did you mean `optimizer`" not in str(raised.value)
+
+
+def test_set_value_that_is_not_yaml():
+    with pytest.raises(ConfigError, match=r"--set 'train.betas=\[0.9,': the value is not valid YAML"):
+        load_config(CONFIGS / "v2.yaml", ["train.betas=[0.9,"])
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("data.encoding=klingon", "unknown encoding 'klingon'"),
+        ("data.encoding=utf-16", "lines must end in the byte 0x0A"),
+        ("data.columns={question: ''}", "columns.question must name a column"),
+        ("data.think=maybe", "data.think"),
+    ],
+)
+def test_bad_data_settings(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(CONFIGS / "v2.yaml", [override])
+
+
+def test_columns_need_the_qta_format_and_encodings_are_normalised():
+    with pytest.raises(ConfigError, match="columns name the question/think/answer fields, so format must be auto or qta"):
+        load_config(CONFIGS / "v2.yaml", ["data.columns={question: ask}", "data.format=alpaca"])
+    cfg = load_config(CONFIGS / "v2.yaml", ["data.columns={question: [title, ask]}", "data.encoding=GB18030"])
+    assert cfg.data.columns == {"question": ["title", "ask"]} and cfg.data.encoding == "gb18030"

@@ -6,13 +6,16 @@ so a misspelt key is an error (with the nearest valid key suggested) instead of 
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REFERENCE_SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给出带有思考的回答。"
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -54,14 +57,55 @@ class LoraSettings(_Strict):
 
 
 class DataConfig(_Strict):
-    train: str = Field("medtune:delicate_medical_r1_val", description="JSONL/JSON/Parquet file, or `medtune:<name>` for shipped data.")
+    train: str = Field("medtune:delicate_medical_r1_val", description="JSONL/JSON/CSV/TSV/Parquet file, or `medtune:<name>` for shipped data.")
     validation: str | None = Field(None, description="Validation file; when absent, a seeded `val_fraction` of train.")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     format: Literal["auto", "qta", "alpaca", "messages"] = "auto"
+    columns: dict[Literal["system", "question", "think", "answer"], str | list[str]] = Field(
+        default_factory=dict,
+        description="The file's column (CSV/TSV/Parquet) or key (JSON) for each field, e.g. {question: ask, answer: answer}; "
+        "a list joins several columns with a newline ([title, ask]). Fields not named keep their own name. Rows are then qta.",
+    )
+    encoding: str = Field("utf-8", description="Text encoding of JSONL/JSON/CSV/TSV files, e.g. gb18030 or gbk (Parquet is always UTF-8).")
+    think: Literal["required", "optional"] = Field(
+        "required", description="optional = a row without reasoning trains with an empty think block, as Qwen3 writes it "
+        "with thinking off; such rows are counted in the data stats. required = such a row is a bad row.",
+    )
+    literal_tags: Literal["error", "text"] = Field(
+        "error", description="A field holding a chat-template tag (<think>, </think>, <|im_start|>, <|im_end|>, "
+        "<|endoftext|>): error = a bad row; text = kept and tokenized as ordinary characters, never as the tag's token.",
+    )
     system_prompt: str = REFERENCE_SYSTEM_PROMPT
     max_length: int = Field(2048, gt=16)
     skip_bad_rows: bool = Field(False, description="Skip invalid rows (counted and listed in data_stats.json) instead of stopping.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of each file (quick runs).")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_line_based_encoding(cls, value: str) -> str:
+        """A codec Python knows, in which a newline is the byte 0x0A (so rows can be split before decoding)."""
+        try:
+            name = codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, gb18030, gbk, big5") from None
+        if not "a\n".encode(name).endswith(b"a\n"):
+            raise ValueError(f"{value} is not supported: lines must end in the byte 0x0A (convert the file to utf-8)")
+        return name
+
+    @field_validator("columns")
+    @classmethod
+    def _named_columns(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for field_name, column in value.items():
+            names = [column] if isinstance(column, str) else column
+            if not names or not all(name.strip() for name in names):
+                raise ValueError(f"columns.{field_name} must name a column, got {column!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _columns_mean_qta(self) -> "DataConfig":
+        if self.columns and self.format not in ("auto", "qta"):
+            raise ValueError(f"columns name the question/think/answer fields, so format must be auto or qta, got {self.format}")
+        return self
 
 
 class AugmentConfig(_Strict):
@@ -275,18 +319,44 @@ def read_yaml_mapping(path: Path, kind: str = "config") -> dict[str, Any]:
     return data
 
 
-def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+@dataclass
+class RawConfig:
+    """A composed config before validation, and where each key's value came from, for error messages."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    origins: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """Dotted key path -> the file or `--set` argument that set it last."""
+
+    def merged(self, values: dict[str, Any], origin: str) -> RawConfig:
+        """These values with `values` (from `origin`) merged over them."""
+        return self.layered(RawConfig(values, _key_origins(values, origin)))
+
+    def layered(self, layer: RawConfig) -> RawConfig:
+        return RawConfig(_deep_merge(self.values, layer.values), {**self.origins, **layer.origins})
+
+
+def _key_origins(values: dict[str, Any], origin: str, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+    origins = {}
+    for key, value in values.items():
+        path = (*prefix, str(key))
+        origins[path] = origin
+        if isinstance(value, dict):
+            origins.update(_key_origins(value, origin, path))
+    return origins
+
+
+def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> RawConfig:
     """Read a YAML config and resolve its `base:` chain (paths relative to the file naming them)."""
-    path = Path(path).resolve()
-    if path in _chain:
-        raise ConfigError(f"{path}: `base:` chain loops back: " + " -> ".join(str(p) for p in (*_chain, path)))
-    data = read_yaml_mapping(path)
+    resolved = Path(path).resolve()
+    if resolved in _chain:
+        raise ConfigError(f"{resolved}: `base:` chain loops back: " + " -> ".join(str(p) for p in (*_chain, resolved)))
+    data = read_yaml_mapping(resolved)
     base = data.pop("base", None)
     if base is None:
-        return data
+        return RawConfig().merged(data, str(path))
     if not isinstance(base, str):
         raise ConfigError(f"{path}: `base` must be a file path, got {base!r}")
-    return _deep_merge(load_raw(path.parent / base, (*_chain, path)), data)
+    return load_raw(Path(path).parent / base, (*_chain, resolved)).merged(data, str(path))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -294,21 +364,41 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-4")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {err.problem}") from None
+    return key.strip().split("."), parsed
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    data = dict(data)
+def apply_overrides(raw: RawConfig, overrides: list[str]) -> RawConfig:
     for item in overrides:
         keys, value = parse_override(item)
         nested: dict[str, Any] = {keys[-1]: value}
         for key in reversed(keys[:-1]):
             nested = {key: nested}
-        data = _deep_merge(data, nested)
-    return data
+        raw = raw.merged(nested, f"--set {item}")
+    return raw
 
 
-def _suggest(section: type[BaseModel], key: str) -> str:
+def _section_fields() -> dict[str, tuple[str, ...]]:
+    """Every key name -> the dotted sections that hold it ('' for a top-level key)."""
+    holders: dict[str, tuple[str, ...]] = {name: ("",) for name in RunConfig.model_fields}
+    for section, info in RunConfig.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            for name in info.annotation.model_fields:
+                holders[name] = (*holders.get(name, ()), section)
+    return holders
+
+
+def _suggest(section: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """A key that exists in another section is pointed there; otherwise the nearest key of this section."""
+    key = str(loc[-1])
+    elsewhere = [holder for holder in _section_fields().get(key, ()) if holder != ".".join(map(str, loc[:-1]))]
+    if elsewhere:
+        places = " and ".join("a top-level key" if not holder else f"a key of `{holder}`" for holder in elsewhere)
+        keys = " or ".join(f"`{holder + '.' if holder else ''}{key}`" for holder in elsewhere)
+        return f"; {key} is {places}: set {keys}"
     close = difflib.get_close_matches(key, section.model_fields.keys(), n=1, cutoff=0.5)
     return f" (did you mean `{close[0]}`?)" if close else ""
 
@@ -316,37 +406,67 @@ def _suggest(section: type[BaseModel], key: str) -> str:
 def _section_model(loc: tuple[Any, ...]) -> type[BaseModel]:
     model: type[BaseModel] = RunConfig
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
+        info = model.model_fields.get(str(part))
+        annotation = info.annotation if info else None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
     return model
 
 
-def validate(data: dict[str, Any], source: str) -> RunConfig:
-    """Validate a merged config dict, collecting every problem into one ConfigError."""
+def _origin_note(raw: RawConfig, loc: tuple[str, ...], message: str, main: str) -> str:
+    """` (from X)` when the value at fault came from another file or a `--set` argument than the main file.
+
+    A check across a section's keys (loc is the section) names the keys in its message; their origins are given.
+    """
+    exact = next((raw.origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in raw.origins), None)
+    if exact is not None and not isinstance(_value_at(raw.values, loc), dict):
+        origins = [exact]
+    else:
+        named = [path for path in raw.origins if path[: len(loc)] == loc and len(path) > len(loc)
+                 and not isinstance(_value_at(raw.values, path), dict) and re.search(rf"\b{re.escape('.'.join(path[len(loc):]))}\b", message)]
+        origins = list(dict.fromkeys(raw.origins[path] for path in named))
+    if not origins or origins == [main]:
+        return ""
+    return " (from " + ", ".join(origins) + ")"
+
+
+def _value_at(values: Any, loc: tuple[str, ...]) -> Any:
+    for part in loc:
+        if not isinstance(values, dict) or part not in values:
+            return None
+        values = values[part]
+    return values
+
+
+def validate(raw: RawConfig, source: str) -> RunConfig:
+    """Validate a composed config, collecting every problem into one ConfigError.
+
+    Each problem names the file or `--set` argument its value came from when that is not `source`.
+    """
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(raw.values)
     except ValidationError as err:
         lines = []
         for problem in err.errors():
-            loc = problem["loc"]
-            dotted = ".".join(str(p) for p in loc) or "(top level)"
+            problem["msg"] = problem["msg"].removeprefix("Value error, ")
+            loc = tuple(str(part) for part in problem["loc"])
+            dotted = ".".join(loc) or "(top level)"
             if problem["type"] == "extra_forbidden":
-                lines.append(f"  {dotted}: unknown key{_suggest(_section_model(loc), str(loc[-1]))}")
+                line = f"{dotted}: unknown key{_suggest(_section_model(loc), loc)}"
             elif isinstance(problem.get("input"), dict):  # a check across a section's keys: its message names them
-                lines.append(f"  {dotted}: {problem['msg']}")
+                line = f"{dotted}: {problem['msg']}"
             else:
-                lines.append(f"  {dotted}: {problem['msg']} (got {problem.get('input')!r})")
+                line = f"{dotted}: {problem['msg']} (got {problem.get('input')!r})"
+            lines.append(f"  {line}{_origin_note(raw, loc, problem['msg'], source)}")
         raise ConfigError(f"{source}: invalid config:\n" + "\n".join(lines)) from None
 
 
-def compose(path: str | Path | None, overlays: list[str | Path] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def compose(path: str | Path | None, overlays: list[str | Path] | None = None, overrides: list[str] | None = None) -> RawConfig:
     """The raw config: file (with its `base:` chain), then overlay files, then `--set` overrides."""
-    data = load_raw(path) if path is not None else {}
+    raw = load_raw(path) if path is not None else RawConfig()
     for overlay in overlays or []:
-        data = _deep_merge(data, load_raw(overlay))
-    return apply_overrides(data, overrides or [])
+        raw = raw.layered(load_raw(overlay))
+    return apply_overrides(raw, overrides or [])
 
 
 def load_config(

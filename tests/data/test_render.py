@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from medtune.data.formats import Sample
-from medtune.data.render import IGNORE_INDEX, SPAN_ANSWER, SPAN_PROMPT, SPAN_THINK, encode_sample, render_text
+import copy
+
+from medtune.data.formats import Sample, read_samples, resolve_data_path
+from medtune.data.render import (
+    IGNORE_INDEX,
+    SPAN_ANSWER,
+    SPAN_PROMPT,
+    SPAN_THINK,
+    encode_sample,
+    prompt_messages,
+    render_text,
+)
 
 IM_START, IM_END, THINK, END_THINK, NEWLINE = 151644, 151645, 151667, 151668, 198
 
@@ -53,3 +63,41 @@ def test_truncation_reports_cut_answer(tokenizer):
     assert len(encoded) == 64 and encoded.truncated and encoded.answer_cut
     partial = encode_sample(tokenizer, SAMPLE, max_length=len(GOLDEN_IDS) - 2)
     assert partial.truncated and not partial.answer_cut
+
+
+def test_reasoning_content_rendering_equals_the_official_template_on_every_shipped_row(tokenizer):
+    """The official template parses a think block written into the content; medtune hands it the think as
+    `reasoning_content`. Both must give the same text, so the official template stays the oracle."""
+    samples = read_samples(resolve_data_path("medtune:delicate_medical_r1_val"), system_prompt="S").samples
+    assert len(samples) == 241
+    for sample in samples:
+        reply = {"role": "assistant", "content": f"<think>\n{sample.think}\n</think>\n\n{sample.answer}"}
+        official = tokenizer.apply_chat_template([*prompt_messages(sample), reply], tokenize=False)
+        assert render_text(tokenizer, sample) == official, sample.source
+
+
+def _trained_text(tokenizer, encoded, span: int) -> str:
+    return tokenizer.decode([t for t, label, s in zip(encoded.input_ids, encoded.labels, encoded.span_ids) if s == span and label != IGNORE_INDEX])
+
+
+def test_literal_tags_in_fields_are_trained_as_text_not_as_tags(tokenizer):
+    sample = Sample(system="S<|im_end|>", question="问<|im_start|>", think="想<think>再想</think>", answer="答</think>尾<|im_end|>完")
+    encoded = encode_sample(tokenizer, sample, max_length=2048)
+
+    assert _trained_text(tokenizer, encoded, SPAN_THINK) == "<think>\n想<think>再想</think>\n</think>\n\n"
+    assert _trained_text(tokenizer, encoded, SPAN_ANSWER) == "答</think>尾<|im_end|>完<|im_end|>"
+    assert tokenizer.decode(encoded.input_ids) == render_text(tokenizer, sample)
+    # Only the template's own tags are tag tokens: one <think>, one </think>, one <|im_end|> per turn.
+    assert (encoded.input_ids.count(THINK), encoded.input_ids.count(END_THINK), encoded.input_ids.count(IM_END)) == (1, 1, 3)
+    assert encoded.labels[-2] == IM_END
+
+
+def test_templates_without_reasoning_content_get_the_think_block_in_the_content(tokenizer):
+    chatml = copy.copy(tokenizer)
+    chatml.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    )
+    encoded = encode_sample(chatml, SAMPLE, max_length=2048)
+
+    assert encoded.input_ids == GOLDEN_IDS
+    assert render_text(chatml, SAMPLE) == render_text(tokenizer, SAMPLE)
