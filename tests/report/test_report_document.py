@@ -89,7 +89,8 @@ def test_random_weights_and_single_run_warnings(reports):
         assert marker in warning  # the first highlighted line of the report
         assert '<p class="warning">' in html and marker in html
     markdown = (reports["en"][1] / "report.md").read_text(encoding="utf-8")
-    assert "v3: one run each. Differences smaller than the run-to-run noise cannot be interpreted" in markdown
+    assert "v3: one run each. There is no run-to-run noise to test against" in markdown
+    assert "--name v1=runs/v1-seed1" in markdown and "`" not in (reports["en"][1] / "report.html").read_text(encoding="utf-8")
     noise = reports["en"][0]["noise"]["final_train_loss_sd"]
     assert f"final training loss {noise:.4f}" in markdown
 
@@ -130,9 +131,9 @@ def test_single_run_versions_without_noise_estimate(make_run, tmp_path):
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert not summary["random_weights"]["any"] and "weights of" not in markdown
     assert "v1, v2: one run each" in markdown
-    assert "No version has several runs, so there is no estimate of the run-to-run noise." in markdown
-    assert all(row["vs_baseline"]["v2"]["test"] is None for row in summary["train_loss"]["rows"])
-    assert "cannot be judged with one run per version" in markdown
+    assert "No version has several distinct runs, so there is no estimate of the run-to-run noise." in markdown
+    assert all(row["vs_baseline"]["v2"]["test"] == "min_effect" for row in summary["train_loss"]["rows"])
+    assert "minimum effect for one run per version" in markdown
     assert [row["step"] for row in summary["train_loss"]["rows"]] == [100, 200, 300, 400]  # default: quarters of training
 
 
@@ -142,7 +143,8 @@ def test_chinese_report_without_a_cjk_font_labels_charts_in_english(make_run, tm
     monkeypatch.setattr(medtune.report.charts, "cjk_font", lambda: None)
     build_report([make_run("v1", 1).folder], out_dir=tmp_path / "out", lang="zh")
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
-    assert WORDING["zh"]["charts_font_note"] in markdown
+    warnings = [line for line in markdown.split(WORDING["zh"]["intro"].split("：")[0])[0].splitlines() if line.startswith("> **")]
+    assert any(WORDING["zh"]["warn_no_cjk_font"] in line for line in warnings)  # said at the top, before the intro
     assert "![训练损失](loss.png)" in markdown
 
 

@@ -1,8 +1,9 @@
 """Every number of the comparison report, computed from the runs; rendering only formats what is here.
 
 Each quantity is first computed per run, then summarised per version (mean, 95% CI, n) and compared with
-the baseline version (relative gap, Welch's p or the pooled noise). The result is plain JSON data: it is
-written as summary.json and is what the Markdown/HTML documents are made from.
+the baseline version by the one rule of stats.py. Conclusions (convergence, best, ties, warnings) are
+defined in docs/REPORT.md. The result is plain JSON data, checked against schema.Summary and written as
+summary.json; the Markdown/HTML documents are made from it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from typing import Any
 import numpy as np
 
 from medtune.report.runs import Run, flatten, numeric_leaves
-from medtune.report.schedule import check_schedule
+from medtune.report.schedule import check_schedule, configured_warmup
 from medtune.report.stats import (
     ALPHA,
     CONFIDENCE,
-    NOISE_Z,
+    DEFAULT_EFFECT,
+    LOSS_EFFECT,
+    NEAR_ZERO,
+    SHARE_EFFECT,
+    MinimumEffect,
     compare,
     describe,
     pooled_sd,
@@ -26,11 +31,18 @@ from medtune.report.stats import (
 
 IGNORED_CONFIG_KEYS = {"run_name", "output_dir", "seed", "logging_dir"}
 """Config keys (last dotted part) that differ between runs without making them different experiments."""
+SAME_SETUP_KEYS = ("model.name_or_path", "model.gguf_file", "data.train", "data.validation", "data.max_length", "data.max_rows")
+"""Settings that make versions incomparable when they differ: a warning at the top of the report."""
 PHASES = ("warmup", "early", "late")
 DEFAULT_PHASE_BOUNDS = (0.1, 0.5)
 LR_TOLERANCE = 0.01
 """Largest accepted |logged - expected| LR, as a fraction of the peak LR."""
 AUGMENT_COUNTS = ("samples", "masked_samples", "terms_masked")
+EVAL_METADATA_SECTIONS = {"decoding", "model", "finish_reasons"}
+EVAL_METADATA_KEYS = {"n", "skipped_rows", "eval_tokens", "answer_cut", "step"}
+"""eval.json numbers that describe how the evaluation was made, not how well a version did."""
+COMPARED_SERIES = ("loss", "grad_norm", "learning_rate", "eval_loss")
+"""Two runs whose logs agree on all of these are the same run, whatever their names."""
 
 
 @dataclass
@@ -40,13 +52,19 @@ class Version:
 
 
 def analyse(versions: list[Version], steps: Sequence[int] | None, phase_bounds: Sequence[float]) -> dict[str, Any]:
-    """The report's data. `versions[0]` is the baseline; `steps=None` picks four evenly spaced steps."""
+    """The report's data. `versions[0]` is the baseline; `steps=None` picks four evenly spaced steps.
+
+    A run whose logs repeat another run of the same version is counted once (see identical_runs)."""
+    duplicates = identical_runs(versions)
+    dropped = {pair["duplicate"] for pair in duplicates if pair["same_version"]}
+    versions = [Version(version.name, [run for run in version.runs if run.name not in dropped]) for version in versions]
     chosen_steps = list(steps) if steps else default_steps(versions)
     summary: dict[str, Any] = {
         "baseline": versions[0].name,
         "confidence": CONFIDENCE,
         "alpha": ALPHA,
-        "noise_z": NOISE_Z,
+        "min_effect": {"loss": LOSS_EFFECT.as_dict(), "share": SHARE_EFFECT.as_dict(), "other": DEFAULT_EFFECT.as_dict()},
+        "near_zero": NEAR_ZERO,
         "versions": [_version_facts(version) for version in versions],
         "random_weights": _random_weights(versions),
         "config_diff": config_diff(versions),
@@ -57,7 +75,25 @@ def analyse(versions: list[Version], steps: Sequence[int] | None, phase_bounds: 
         "noise": noise_estimate(versions),
     }
     summary["advantages"] = advantages(versions, summary)
+    summary["evaluation_setup"] = evaluation_setup(versions)
+    summary["warnings"] = sanity_warnings(versions, summary, duplicates)
     return summary
+
+
+def identical_runs(versions: list[Version]) -> list[dict[str, Any]]:
+    """Pairs of runs whose logged loss, grad norm, LR and eval loss agree at every step: one run given twice."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    pairs = []
+    for version in versions:
+        for run in version.runs:
+            fingerprint = tuple((tuple(steps.tolist()), tuple(values.tolist())) for steps, values in map(run.series, COMPARED_SERIES))
+            if fingerprint in seen:
+                first_version, first_run = seen[fingerprint]
+                pairs.append({"original": first_run, "duplicate": run.name, "versions": [first_version, version.name],
+                              "same_version": first_version == version.name})
+            else:
+                seen[fingerprint] = (version.name, run.name)
+    return pairs
 
 
 def default_steps(versions: list[Version]) -> list[int]:
@@ -79,17 +115,28 @@ def per_run(version: Version, measure: Callable[[Run], float | None]) -> list[fl
     return [value for value in (measure(run) for run in version.runs) if value is not None]
 
 
-def summarised(versions: list[Version], measure: Callable[[Run], float | None]) -> dict[str, Any]:
+def summarised(versions: list[Version], measure: Callable[[Run], float | None], effect: MinimumEffect = DEFAULT_EFFECT,
+               relative: bool = True) -> dict[str, Any]:
     """A per-run quantity: per version mean/CI/n and the comparison with the baseline."""
     values = {version.name: per_run(version, measure) for version in versions}
-    noise = pooled_sd(list(values.values()))
     baseline = versions[0].name
     return {
         "values": {name: describe(runs) for name, runs in values.items()},
-        "vs_baseline": {name: compare(values[baseline], runs, noise) for name, runs in values.items() if name != baseline},
-        "noise_sd": noise,
+        "vs_baseline": {name: compare(values[baseline], runs, effect, relative) for name, runs in values.items() if name != baseline},
         "per_run": values,
     }
+
+
+def tied_best(per_version: dict[str, list[float]], effect: MinimumEffect, lower: bool = True) -> list[str]:
+    """The versions that lead on a quantity: the one with the best mean and every version not worth
+    distinguishing from it. Empty when fewer than two versions have values or when all of them tie."""
+    present = {name: values for name, values in per_version.items() if values}
+    if len(present) < 2:
+        return []
+    means = {name: float(np.mean(values)) for name, values in present.items()}
+    leader = min(means, key=means.get) if lower else max(means, key=means.get)
+    tied = [name for name in present if name == leader or not compare(present[leader], present[name], effect)["significant"]]
+    return [] if len(tied) == len(present) else tied
 
 
 def _version_facts(version: Version) -> dict[str, Any]:
@@ -102,12 +149,16 @@ def _version_facts(version: Version) -> dict[str, Any]:
                 "source": run.source,
                 "notes": run.notes,
                 "random_weights": run.summary.get("random_weights"),
-                "last_step": max(int(record["step"]) for record in run.records),
+                "last_step": last_step(run),
                 "max_steps": run.max_steps(),
             }
             for run in version.runs
         ],
     }
+
+
+def last_step(run: Run) -> int:
+    return max(int(record["step"]) for record in run.records)
 
 
 def _random_weights(versions: list[Version]) -> dict[str, Any]:
@@ -141,14 +192,19 @@ def config_diff(versions: list[Version]) -> list[dict[str, Any]]:
     return rows
 
 
-def metric_table(versions: list[Version], key: str, steps: Sequence[int]) -> dict[str, Any]:
-    """One row per requested step: the metric at the nearest logged step of every run."""
-    rows = []
+def metric_table(versions: list[Version], key: str, steps: Sequence[int], effect: MinimumEffect = LOSS_EFFECT) -> dict[str, Any]:
+    """One row per requested step: the metric at the nearest logged step of every run. A requested step whose
+    nearest logged steps are those of an earlier row would repeat that row: it is left out and listed."""
+    rows, repeated = [], []
     for step in steps:
         used = {version.name: sorted({hit[0] for run in version.runs if (hit := nearest(run, key, step))}) for version in versions}
-        row = summarised(versions, lambda run, step=step: hit[1] if (hit := nearest(run, key, step)) else None)
+        same = next((row["step"] for row in rows if row["steps_used"] == used), None)
+        if same is not None:
+            repeated.append({"step": int(step), "same_as": same})
+            continue
+        row = summarised(versions, lambda run, step=step: hit[1] if (hit := nearest(run, key, step)) else None, effect)
         rows.append({"step": int(step), "steps_used": used, "exact": all(found == [step] for found in used.values()), **row})
-    return {"key": key, "rows": rows}
+    return {"key": key, "rows": rows, "repeated": repeated}
 
 
 def eval_table(versions: list[Version]) -> dict[str, Any]:
@@ -156,7 +212,7 @@ def eval_table(versions: list[Version]) -> dict[str, Any]:
     steps = sorted({int(step) for version in versions for run in version.runs for step in run.series("eval_loss")[0]})
     table = metric_table(versions, "eval_loss", steps)
     for row in table["rows"]:
-        row["gap"] = summarised(versions, lambda run, step=row["step"]: _generalisation_gap(run, step))
+        row["gap"] = summarised(versions, lambda run, step=row["step"]: _generalisation_gap(run, step), LOSS_EFFECT, relative=False)
     return table
 
 
@@ -166,7 +222,7 @@ def _generalisation_gap(run: Run, step: int) -> float | None:
 
 
 def _total_steps(run: Run) -> int:
-    return run.max_steps() or max(int(record["step"]) for record in run.records)
+    return run.max_steps() or last_step(run)
 
 
 def phase_of(run: Run, steps: np.ndarray, phase_bounds: Sequence[float]) -> np.ndarray:
@@ -196,21 +252,25 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
 
     statistics = {"min": np.min, "max": np.max, "median": np.median}
     cv = after_warmup(lambda values: values.std(ddof=1) / values.mean())
+    clipped_fraction = summarised(versions, clipped, SHARE_EFFECT)
+    clipped_fraction["most"] = tied_best(clipped_fraction["per_run"], SHARE_EFFECT, lower=False)
     return {
         "phase_bounds": list(phase_bounds),
         "phase_steps": {
             version.name: {run.name: _phase_steps(run, phase_bounds) for run in version.runs} for version in versions
         },
+        "first_logged": {version.name: min((int(run.series("grad_norm")[0][0]) for run in version.runs if len(run.series("grad_norm")[0])),
+                                           default=None) for version in versions},
         "phases": {
             phase: {name: summarised(versions, in_phase(index, statistic)) for name, statistic in statistics.items()}
             for index, phase in enumerate(PHASES)
         },
         "sd_after_warmup": summarised(versions, after_warmup(lambda values: values.std(ddof=1))),
         "cv_after_warmup": summarised(versions, cv),
-        "clipped_fraction": summarised(versions, clipped),
+        "clipped_fraction": clipped_fraction,
         "max_grad_norm": {version.name: sorted({str(run.setting("train.max_grad_norm")) for run in version.runs}) for version in versions},
         "cv_pairs": [
-            {"reference": first.name, "other": second.name, **compare(per_run(first, cv), per_run(second, cv), None)}
+            {"reference": first.name, "other": second.name, **compare(per_run(first, cv), per_run(second, cv), DEFAULT_EFFECT)}
             for index, first in enumerate(versions)
             for second in versions[index + 1 :]
         ],
@@ -225,25 +285,35 @@ def _phase_steps(run: Run, phase_bounds: Sequence[float]) -> list[list[float]]:
 
 
 def lr_dynamics(versions: list[Version]) -> dict[str, Any]:
-    def at(pick: Callable[[Run, np.ndarray, np.ndarray], int]) -> Callable[[Run], float | None]:
+    """Logged LR values, each with the step it was logged at, next to the schedule the config sets."""
+    def logged(pick: Callable[[Run, np.ndarray, np.ndarray], int], want_step: bool) -> Callable[[Run], float | None]:
         def measure(run: Run) -> float | None:
             steps, values = run.series("learning_rate")
-            return float(values[pick(run, steps, values)]) if len(steps) else None
+            if not len(steps):
+                return None
+            index = pick(run, steps, values)
+            return float(steps[index]) if want_step else float(values[index])
         return measure
 
-    def peak_step(run: Run) -> float | None:
-        steps, values = run.series("learning_rate")
-        return float(steps[int(np.argmax(values))]) if len(steps) else None
-
-    return {
-        "initial": summarised(versions, at(lambda run, steps, values: 0)),
-        "peak": summarised(versions, at(lambda run, steps, values: int(np.argmax(values)))),
-        "peak_step": summarised(versions, peak_step),
-        "mid": summarised(versions, at(lambda run, steps, values: int(np.argmin(np.abs(steps - _total_steps(run) / 2))))),
-        "final": summarised(versions, at(lambda run, steps, values: len(steps) - 1)),
-        "tolerance": LR_TOLERANCE,
-        "schedule_check": {version.name: {run.name: check_schedule(run, LR_TOLERANCE) for run in version.runs} for version in versions},
+    picks: dict[str, Callable[[Run, np.ndarray, np.ndarray], int]] = {
+        "first_logged": lambda run, steps, values: 0,
+        "largest_logged": lambda run, steps, values: int(np.argmax(values)),
+        "mid": lambda run, steps, values: int(np.argmin(np.abs(steps - _total_steps(run) / 2))),
+        "last_logged": lambda run, steps, values: len(steps) - 1,
     }
+    result: dict[str, Any] = {}
+    for name, pick in picks.items():
+        result[name] = summarised(versions, logged(pick, want_step=False))
+        result[f"{name}_step"] = summarised(versions, logged(pick, want_step=True))
+    checks = {version.name: {run.name: check_schedule(run, LR_TOLERANCE) for run in version.runs} for version in versions}
+    return {**result, "tolerance": LR_TOLERANCE, "schedule_check": checks,
+            "warmup_unlogged": {version.name: [run.name for run in version.runs if _warmup_unlogged(run)] for version in versions}}
+
+
+def _warmup_unlogged(run: Run) -> bool:
+    """The config has a warmup but no LR was logged inside it (the logged values cannot show the ramp)."""
+    warmup, (steps, _) = configured_warmup(run), run.series("learning_rate")
+    return bool(warmup) and len(steps) > 0 and int(steps[0]) > warmup
 
 
 def noise_estimate(versions: list[Version]) -> dict[str, Any]:
@@ -265,7 +335,7 @@ def _final(key: str) -> Callable[[Run], float | None]:
 
 
 def advantages(versions: list[Version], summary: dict[str, Any]) -> dict[str, Any]:
-    """The matrix of criteria x versions, with the best version per criterion where lower is better."""
+    """The matrix of criteria x versions (comparisons only), with the leading versions per criterion."""
     def overfit_gap(run: Run) -> float | None:
         steps, _ = run.series("eval_loss")
         return _generalisation_gap(run, int(steps[-1])) if len(steps) else None
@@ -277,39 +347,90 @@ def advantages(versions: list[Version], summary: dict[str, Any]) -> dict[str, An
 
     matrix: dict[str, Any] = {
         "convergence": convergence(versions),
-        "final_train_loss": summarised(versions, _final("loss")),
-        "final_eval_loss": summarised(versions, _final("eval_loss")),
-        "grad_norm_cv": summary["grad_norm"]["cv_after_warmup"],
-        "overfit_gap": summarised(versions, overfit_gap),
+        "final_train_loss": summarised(versions, _final("loss"), LOSS_EFFECT),
+        "final_eval_loss": summarised(versions, _final("eval_loss"), LOSS_EFFECT),
+        "grad_norm_cv": dict(summary["grad_norm"]["cv_after_warmup"]),  # a copy: only the matrix ranks it
+        "overfit_gap": summarised(versions, overfit_gap, LOSS_EFFECT, relative=False),
         "overfit_ratio": summarised(versions, overfit_ratio),
         "augmentation": {key: summarised(versions, _augment_measure(key)) for key in _augment_keys(versions)},
-        "evaluation": {key: summarised(versions, lambda run, key=key: numeric_leaves(run.eval).get(key)) for key in _eval_keys(versions)},
+        "evaluation": {key: summarised(versions, _eval_measure(key)) for key in _eval_keys(versions) if not is_eval_metadata(key)},
     }
-    for criterion in ("final_train_loss", "final_eval_loss", "grad_norm_cv", "overfit_gap", "overfit_ratio"):
-        matrix[criterion]["best"] = _lowest(matrix[criterion]["values"])
+    for criterion, effect in (("final_train_loss", LOSS_EFFECT), ("final_eval_loss", LOSS_EFFECT), ("grad_norm_cv", DEFAULT_EFFECT),
+                              ("overfit_gap", LOSS_EFFECT), ("overfit_ratio", DEFAULT_EFFECT)):
+        matrix[criterion]["best"] = tied_best(matrix[criterion]["per_run"], effect)
     return matrix
 
 
+@dataclass
+class LossWindow:
+    """Training-loss curves of several versions on one grid of steps after every run's warmup."""
+
+    warmup_end: int
+    grid: np.ndarray
+    per_run: dict[str, np.ndarray]
+    """version -> runs x grid, each run's loss linearly interpolated between its logged steps."""
+
+    def window_means(self) -> dict[str, list[float]]:
+        """Per run: the area under its loss curve over the window, divided by the window's length."""
+        span = float(self.grid[-1] - self.grid[0])
+        return {name: [float(np.trapezoid(curve, self.grid) / span) for curve in runs] for name, runs in self.per_run.items()}
+
+
+def loss_window(versions: list[Version]) -> LossWindow | None:
+    """The steps from the latest configured warmup end (or the latest first logged step) to the earliest last
+    logged step over all runs, at every step any of them logged; None with fewer than two such steps."""
+    runs = [run for version in versions for run in version.runs]
+    series = [run.series("loss") for run in runs]
+    warmup_end = max(configured_warmup(run) or 0 for run in runs)
+    start = max(warmup_end, *(int(steps[0]) for steps, _ in series))
+    end = min(int(steps[-1]) for steps, _ in series)
+    grid = np.array(sorted({int(step) for steps, _ in series for step in steps if start <= step <= end}), dtype=float)
+    if len(grid) < 2:
+        return None
+    per_run = {version.name: np.array([np.interp(grid, *run.series("loss")) for run in version.runs]) for version in versions}
+    return LossWindow(warmup_end, grid, per_run)
+
+
 def convergence(versions: list[Version]) -> dict[str, Any]:
-    """Per version: the training-loss gap to the baseline at the step where the mean curves differ most."""
+    """Whole-curve comparison of training loss after the warmup (docs/REPORT.md, "Convergence")."""
     baseline = versions[0]
-    base_curve = {step: point["mean"] for step, point in curve(baseline, "loss").items()}
-    result: dict[str, Any] = {}
+    pairs: dict[str, Any] = {}
     for version in versions[1:]:
-        means = {step: point["mean"] for step, point in curve(version, "loss").items()}
-        common = sorted(set(base_curve) & set(means))
-        if not common:
-            result[version.name] = None
+        window = loss_window([baseline, version])
+        if window is None:
+            pairs[version.name] = None
             continue
-        gaps = np.array([means[step] - base_curve[step] for step in common])
-        step = common[int(np.argmax(np.abs(gaps)))]
-        base_values = [nearest(run, "loss", step)[1] for run in baseline.runs]
-        values = [nearest(run, "loss", step)[1] for run in version.runs]
-        noise = pooled_sd([base_values, values])
-        result[version.name] = {"step": step, "baseline_mean": base_curve[step], "mean": means[step], **compare(base_values, values, noise)}
-    faster = {name: entry["diff"] for name, entry in result.items() if entry}
-    result["best"] = min(faster, key=faster.get) if faster and min(faster.values()) < 0 else baseline.name
-    return result
+        means = window.window_means()
+        base_curve, curve_ = window.per_run[baseline.name].mean(axis=0), window.per_run[version.name].mean(axis=0)
+        pairs[version.name] = {
+            "warmup_end": window.warmup_end, "start": int(window.grid[0]), "end": int(window.grid[-1]), "points": len(window.grid),
+            "share_lower": float(np.mean(curve_ < base_curve)), "share_higher": float(np.mean(curve_ > base_curve)),
+            "baseline_window_loss": float(np.mean(means[baseline.name])), "window_loss": float(np.mean(means[version.name])),
+            **compare(means[baseline.name], means[version.name], LOSS_EFFECT),
+        }
+    everyone = loss_window(versions)
+    means = everyone.window_means() if everyone else {}
+    target, reached = steps_to_loss(versions)
+    return {
+        "window": {"warmup_end": everyone.warmup_end, "start": int(everyone.grid[0]), "end": int(everyone.grid[-1])} if everyone else None,
+        "window_loss": {name: describe(values) for name, values in means.items()},
+        "best": tied_best(means, LOSS_EFFECT),
+        "target_loss": target,
+        "steps_to_target": reached,
+        "pairs": pairs,
+    }
+
+
+def steps_to_loss(versions: list[Version]) -> tuple[float | None, dict[str, int | None]]:
+    """The highest final mean training loss of the versions (a level every version reaches), and per version
+    the first step at which its mean curve is at or below it."""
+    curves = {version.name: curve(version, "loss") for version in versions}
+    finals = [points[max(points)]["mean"] for points in curves.values() if points]
+    if not finals:
+        return None, {}
+    target = max(finals)
+    reached = {name: next((step for step, point in points.items() if point["mean"] <= target), None) for name, points in curves.items()}
+    return target, reached
 
 
 def curve(version: Version, key: str) -> dict[int, dict[str, Any]]:
@@ -320,11 +441,6 @@ def curve(version: Version, key: str) -> dict[int, dict[str, Any]]:
         for step, value in zip(steps.tolist(), values.tolist()):
             per_step.setdefault(step, []).append(value)
     return {step: describe(values) for step, values in sorted(per_step.items()) if len(values) == len(version.runs)}
-
-
-def _lowest(values: dict[str, dict[str, Any]]) -> str | None:
-    means = {name: value["mean"] for name, value in values.items() if value["mean"] is not None}
-    return min(means, key=means.get) if means else None
 
 
 def realised_augmentation(run: Run) -> dict[str, float]:
@@ -347,3 +463,37 @@ def _augment_measure(key: str) -> Callable[[Run], float | None]:
 
 def _eval_keys(versions: list[Version]) -> list[str]:
     return sorted({key for version in versions for run in version.runs for key in numeric_leaves(run.eval)})
+
+
+def _eval_measure(key: str) -> Callable[[Run], float | None]:
+    return lambda run: numeric_leaves(run.eval).get(key)
+
+
+def is_eval_metadata(key: str) -> bool:
+    """`decoding.max_new_tokens`, `n`, `robust.n`, `model.step`: how the evaluation was made, not a result."""
+    parts = key.split(".")
+    return parts[0] in EVAL_METADATA_SECTIONS or parts[-1] in EVAL_METADATA_KEYS
+
+
+def evaluation_setup(versions: list[Version]) -> list[dict[str, Any]]:
+    """The eval.json metadata per version (distinct values over its runs), for its own small table."""
+    rows = []
+    for key in (key for key in _eval_keys(versions) if is_eval_metadata(key)):
+        values = {version.name: sorted({value for value in per_run(version, _eval_measure(key))}) for version in versions}
+        rows.append({"key": key, "values": values})
+    return rows
+
+
+def sanity_warnings(versions: list[Version], summary: dict[str, Any], duplicates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What makes the comparison itself questionable, for the top of the report (docs/REPORT.md, "Warnings")."""
+    warnings: list[dict[str, Any]] = [{"kind": "identical_runs", **pair} for pair in duplicates]
+    for kind, measure in (("planned_steps", Run.max_steps), ("last_steps", last_step)):
+        values = {version.name: sorted({value for run in version.runs if (value := measure(run)) is not None}) for version in versions}
+        if len({value for found in values.values() for value in found}) > 1:
+            warnings.append({"kind": kind, "values": values})
+    for row in summary["config_diff"]:
+        if row["key"] in SAME_SETUP_KEYS:
+            warnings.append({"kind": "setting", "key": row["key"], "values": row["values"]})
+    for repeated in summary["train_loss"]["repeated"]:
+        warnings.append({"kind": "repeated_rows", **repeated})
+    return warnings

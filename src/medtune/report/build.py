@@ -6,12 +6,13 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medtune import __version__
 from medtune.report.analysis import DEFAULT_PHASE_BOUNDS, Version, analyse
 from medtune.report.document import CHARTS, build_document, insight_text
 from medtune.report.insights import insights
+from medtune.report.schema import Summary
 from medtune.report.render import to_html, to_markdown
 from medtune.report.runs import ReportError, Run, version_of
 from medtune.report.sources import load_runs
@@ -21,6 +22,7 @@ from medtune.train.metrics import write_atomic
 DEFAULT_OUT_DIR = Path("reports") / "compare"
 RunSpec = str | Path | tuple[str, str | Path]
 """A run path (its version comes from its run name, less any -seed<N>/_s<N>) or (version, path)."""
+MadeBy = Literal["compare", "ablate"]
 
 
 def build_report(
@@ -30,39 +32,47 @@ def build_report(
     lang: str = "en",
     out_dir: str | Path = DEFAULT_OUT_DIR,
     phases: Sequence[float] = DEFAULT_PHASE_BOUNDS,
+    made_by: MadeBy = "compare",
 ) -> dict[str, Any]:
     """Compare the runs' versions and write the report into `out_dir`; returns what summary.json holds.
 
     `baseline` defaults to the first version; `steps` (training-loss table) defaults to quarters of training;
-    `phases` are the two fractions of training that end the warmup and early phases of the grad-norm analysis.
+    `phases` are the two fractions of training that end the warmup and early phases of the grad-norm analysis;
+    `made_by` is the command that asked for the report, so its advice (more seeds) names that command's option.
     """
     w = words(lang)
     phase_bounds = check_phases(phases)
     if steps is not None and any(int(step) < 0 for step in steps):
         raise ReportError(f"steps must be non-negative, got {list(steps)}")
     versions = order_versions(group_versions(runs), baseline)
-    summary = analyse(versions, [int(step) for step in steps] if steps else None, phase_bounds)
-    summary["insights"] = insights(summary)
-    for insight in summary["insights"]:
-        insight["text"] = insight_text(insight, w)
+    data = analyse(versions, [int(step) for step in steps] if steps else None, phase_bounds)
 
-    from medtune.report.charts import cjk_font, draw_charts
+    from medtune.report import charts
 
-    font = cjk_font()  # also for Chinese run names in English reports
+    font = charts.cjk_font()  # also for Chinese run names in English reports
+    if lang != "en" and font is None:
+        data["warnings"].append({"kind": "no_cjk_font"})
+    coinciding = getattr(charts, "coinciding_curves", None)  # helper of charts.py; absent in older checkouts
+    data.update(made_by=made_by, lang=lang, medtune_version=__version__,
+                coinciding={key: [list(pair) for pair in coinciding(versions, key)] for key in CHARTS} if coinciding else {})
+    summary = Summary.model_validate(data)
+    summary.insights = insights(summary)
+    for insight in summary.insights:
+        insight.text = insight_text(insight, w)
+
     chart_words = w if lang == "en" or font else words("en")
-    charts = draw_charts(versions, {key: chart_words[f"chart_{key}"] for key in CHARTS}, chart_words["chart_step"], font)
+    pngs = charts.draw_charts(versions, {key: chart_words[f"chart_{key}"] for key in CHARTS}, chart_words["chart_step"], font)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for key, png in charts.items():
+    for key, png in pngs.items():
         write_atomic(out / f"{key}.png", png)
-    chart_files = {key: f"{key}.png" for key in charts}
-    summary.update(medtune_version=__version__, lang=lang, charts=chart_files)
-    blocks = build_document(summary, w, chart_files, chart_note=lang != "en" and font is None)
+    summary.charts = {key: f"{key}.png" for key in pngs}
+    blocks = build_document(summary, w, summary.charts)
     write_atomic(out / "report.md", to_markdown(blocks).encode("utf-8"))
     write_atomic(out / "report.html", to_html(blocks, out, lang).encode("utf-8"))
-    summary = json_ready(summary)
-    write_atomic(out / "summary.json", (json.dumps(summary, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
-    return summary
+    written = json_ready(summary.model_dump(mode="json"))
+    write_atomic(out / "summary.json", (json.dumps(written, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    return written
 
 
 def group_versions(specs: Sequence[RunSpec]) -> list[Version]:

@@ -1,74 +1,125 @@
 """Insights as data: which statement applies and with which numbers; the wording tables turn them into sentences.
 
-Nothing here knows about particular versions: every statement is chosen by comparing the numbers.
+Nothing here knows about particular versions: every statement is chosen by comparing the numbers, and a
+winner is only named when the difference passes the rule of stats.py (docs/REPORT.md). Ties name every
+tied version, or none when all of them tie.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from medtune.report.analysis import tied_best
+from medtune.report.schema import Comparison, Insight, Summary
+from medtune.report.stats import LOSS_EFFECT
 
-def insights(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    baseline = summary["baseline"]
-    matrix = summary["advantages"]
+
+def insights(summary: Summary) -> list[Insight]:
     found: list[dict[str, Any]] = []
-    for name, entry in matrix["convergence"].items():
-        if name != "best" and entry and entry["diff"] is not None:
-            found.append({"kind": "convergence", "version": name, "baseline": baseline, "step": entry["step"],
-                          "direction": "lower" if entry["diff"] < 0 else "higher", "rel": entry["rel"], **verdict(entry)})
-    if len(summary["versions"]) > 1:
-        found.append({"kind": "fastest", "version": matrix["convergence"]["best"]})
-    final_eval = matrix["final_eval_loss"]
-    for name, entry in final_eval["vs_baseline"].items():
-        if entry["diff"] is not None:
-            found.append({"kind": "final_eval", "version": name, "baseline": baseline, "rel": entry["rel"],
-                          "loss": final_eval["values"][name]["mean"], "base_loss": final_eval["values"][baseline]["mean"], **verdict(entry)})
-    cv = summary["grad_norm"]["cv_after_warmup"]["values"]
-    for pair in summary["grad_norm"]["cv_pairs"]:
-        if pair["rel"] is not None:
-            found.append({"kind": "stability", "reference": pair["reference"], "other": pair["other"],
-                          "direction": "narrows" if pair["diff"] < 0 else "widens", "change": abs(pair["rel"]),
-                          "value": cv[pair["other"]]["mean"], "base_value": cv[pair["reference"]]["mean"], **verdict(pair)})
-    found.extend(_overfitting(matrix))
-    found.extend(_clipping(summary["grad_norm"]["clipped_fraction"]["values"]))
-    found.extend(_schedule(summary["learning_rate"]["schedule_check"]))
-    return found
+    found += _convergence(summary)
+    found += _final_eval(summary)
+    found += _stability(summary)
+    found += _overfitting(summary)
+    found += _clipping(summary)
+    found += _schedule(summary)
+    return [Insight(**item) for item in found]
 
 
-def verdict(comparison: dict[str, Any]) -> dict[str, Any]:
-    """The significance of a comparison as a wording key plus its number."""
-    test, significant = comparison.get("test"), comparison.get("significant")
-    if test == "welch":
-        return {"verdict": "welch_yes" if significant else "welch_no", "p": comparison["p_value"]}
-    if test == "noise":
-        return {"verdict": "noise_yes" if significant else "noise_no", "threshold": comparison["threshold"]}
+def verdict(comparison: Comparison) -> dict[str, Any]:
+    """The rule's judgement of a comparison as a wording key plus its number."""
+    if comparison.test == "welch":
+        return {"verdict": "welch_yes" if comparison.significant else "welch_no", "p": comparison.p_value}
+    if comparison.test == "min_effect":
+        return {"verdict": "min_effect_yes" if comparison.significant else "min_effect_no", "threshold": comparison.threshold}
     return {"verdict": "unknown"}
 
 
-def _overfitting(matrix: dict[str, Any]) -> list[dict[str, Any]]:
-    gaps = {name: value["mean"] for name, value in matrix["overfit_gap"]["values"].items() if value["mean"] is not None}
-    if not gaps:
+def _change(comparison: Comparison) -> dict[str, Any]:
+    return {"rel": comparison.rel, "diff": comparison.diff}
+
+
+def _convergence(summary: Summary) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    convergence, baseline = summary.advantages.convergence, summary.baseline
+    for name, pair in convergence.pairs.items():
+        if pair is None or pair.diff is None:
+            found.append({"kind": "convergence_none", "version": name, "baseline": baseline})
+            continue
+        kind = ("convergence_lower" if pair.diff < 0 else "convergence_higher") if pair.significant else "convergence_tie"
+        found.append({"kind": kind, "version": name, "baseline": baseline, "start": pair.start, "end": pair.end,
+                      "share": pair.share_lower if pair.diff < 0 or not pair.significant else pair.share_higher,
+                      "loss": pair.window_loss, "base_loss": pair.baseline_window_loss, **_change(pair), **verdict(pair)})
+    window = convergence.window
+    if window is not None and len(summary.versions) > 1:
+        if convergence.best:
+            found.append({"kind": "fastest", "versions": convergence.best, "start": window.start, "end": window.end})
+        else:
+            found.append({"kind": "fastest_none", "start": window.start, "end": window.end})
+    reached = {name: step for name, step in convergence.steps_to_target.items() if step is not None}
+    if convergence.target_loss is not None and len(reached) > 1:
+        found.append({"kind": "target", "target": convergence.target_loss,
+                      "reached": [f"{name} {step}" for name, step in reached.items()]})
+    return found
+
+
+def _final_eval(summary: Summary) -> list[dict[str, Any]]:
+    final_eval, baseline = summary.advantages.final_eval_loss, summary.baseline
+    found = []
+    for name, entry in final_eval.vs_baseline.items():
+        if entry.diff is None:
+            continue
+        kind = ("final_eval_lower" if entry.diff < 0 else "final_eval_higher") if entry.significant else "final_eval_tie"
+        found.append({"kind": kind, "version": name, "baseline": baseline, "loss": final_eval.values[name].mean,
+                      "base_loss": final_eval.values[baseline].mean, **_change(entry), **verdict(entry)})
+    return found
+
+
+def _stability(summary: Summary) -> list[dict[str, Any]]:
+    cv = summary.grad_norm.cv_after_warmup.values
+    found = []
+    for pair in summary.grad_norm.cv_pairs:
+        if pair.diff is None:
+            continue
+        kind = ("stability_narrows" if pair.diff < 0 else "stability_widens") if pair.significant else "stability_tie"
+        found.append({"kind": kind, "reference": pair.reference, "other": pair.other, "value": cv[pair.other].mean,
+                      "base_value": cv[pair.reference].mean, **_change(pair), **verdict(pair)})
+    return found
+
+
+def _overfitting(summary: Summary) -> list[dict[str, Any]]:
+    gaps = summary.advantages.overfit_gap
+    means = {name: value.mean for name, value in gaps.values.items() if value.mean is not None}
+    if not means:
         return []
-    worst = max(gaps, key=gaps.get)
-    return [{"kind": "overfit", "version": worst, "gap": gaps[worst], "ratio": matrix["overfit_ratio"]["values"][worst]["mean"]}]
+    if max(means.values()) <= 0:
+        return [{"kind": "overfit_none"}]
+    largest = tied_best(gaps.per_run, LOSS_EFFECT, lower=False)
+    if not largest:
+        return [{"kind": "overfit_tie", "gap_low": min(means.values()), "gap_high": max(means.values())}] if len(means) > 1 else []
+    return [{"kind": "overfit", "gaps": {name: means[name] for name in largest}}]
 
 
-def _clipping(fractions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    known = {name: value["mean"] for name, value in fractions.items() if value["mean"]}
-    if not known:
+def _clipping(summary: Summary) -> list[dict[str, Any]]:
+    clipped = summary.grad_norm.clipped_fraction
+    means = {name: value.mean for name, value in clipped.values.items() if value.mean is not None}
+    if not means:
         return []
-    most = max(known, key=known.get)
-    return [{"kind": "clipping", "version": most, "fraction": known[most]}]
+    if max(means.values()) == 0:
+        return [{"kind": "clipping_none"}]
+    if clipped.most:
+        return [{"kind": "clipping", "fractions": {name: means[name] for name in clipped.most}}]
+    return [{"kind": "clipping_tie", "fraction_low": min(means.values()), "fraction_high": max(means.values())}] if len(means) > 1 else []
 
 
-def _schedule(checks: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    checked = [(version, run, check) for version, runs in checks.items() for run, check in runs.items() if check["checked"]]
+def _schedule(summary: Summary) -> list[dict[str, Any]]:
+    checks = summary.learning_rate.schedule_check
+    checked = [(version, run, check) for version, runs in checks.items() for run, check in runs.items() if check.checked]
     bad = [
-        {"kind": "schedule_bad", "version": version, "run": run, "schedule": check["schedule"],
-         "deviation": check["max_deviation"], "step": check["max_deviation_step"]}
+        {"kind": "schedule_bad", "version": version, "run": run, "schedule": check.schedule,
+         "deviation": check.max_deviation, "step": check.max_deviation_step}
         for version, run, check in checked
-        if not check["matches"]
+        if not check.matches
     ]
     if bad or not checked:
         return bad
-    return [{"kind": "schedule_ok", "count": len(checked), "deviation": max(check["max_deviation"] for _, _, check in checked)}]
+    return [{"kind": "schedule_ok", "count": len(checked), "deviation": max(check.max_deviation or 0.0 for _, _, check in checked)}]

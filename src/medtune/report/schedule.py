@@ -39,10 +39,18 @@ def schedule_spec(run: Run) -> tuple[ScheduleSpec | None, str]:
         return None, "no_lr"
     if total is None:
         return None, "no_total"
-    explicit = run.setting("train.warmup_steps") or 0
-    ratio = run.setting("train.warmup_ratio") or 0.0
-    warmup = int(explicit) if explicit else math.ceil(total * float(ratio))  # TrainingArguments.get_warmup_steps
-    return ScheduleSpec(str(schedule), float(peak_lr), warmup, total), ""
+    return ScheduleSpec(str(schedule), float(peak_lr), configured_warmup(run) or 0, total), ""
+
+
+def configured_warmup(run: Run) -> int | None:
+    """Warmup steps from the config (warmup_steps, else warmup_ratio x planned steps), None when it cannot say."""
+    explicit, ratio = run.setting("train.warmup_steps"), run.setting("train.warmup_ratio")
+    if isinstance(explicit, (int, float)) and explicit > 0:
+        return int(explicit)
+    if isinstance(ratio, (int, float)) and ratio > 0:
+        total = run.max_steps()
+        return math.ceil(total * float(ratio)) if total else None  # TrainingArguments.get_warmup_steps
+    return 0 if explicit is not None or ratio is not None else None
 
 
 def multiplier(spec: ScheduleSpec, steps: np.ndarray) -> np.ndarray:

@@ -1,21 +1,47 @@
-"""Statistics across the runs (seeds) of a version: mean with a t-based 95% CI, Welch's test, a pooled noise estimate.
+"""Statistics across the runs (seeds) of a version, and the one rule for "a difference worth stating".
 
-A difference is called significant by Welch's t-test when both versions have several runs; when one has a
-single run, by comparing it with the run-to-run noise pooled over the versions that have several runs
-(|difference| > 1.96 * sd * sqrt(1/n_a + 1/n_b)); with no such version nothing can be said.
+The rule (docs/REPORT.md): when both versions have at least two runs, Welch's t-test at α = 0.05; when either
+has a single run, there is no spread to test against, so a difference is stated only when it passes a
+minimum effect, both relative to the reference and absolute, fixed per kind of quantity. Below that the
+versions are tied and no winner is named. A relative change is only given when the reference is clearly
+away from zero; otherwise the absolute difference stands alone.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
-NOISE_Z = float(stats.norm.ppf(1 - ALPHA / 2))
+NEAR_ZERO = 0.1
+"""A reference is near zero when its magnitude is below this share of the larger magnitude compared."""
+
+
+@dataclass(frozen=True)
+class MinimumEffect:
+    """The smallest difference stated with a single run per version: it must pass both bounds."""
+
+    relative: float
+    absolute: float
+
+    def threshold(self, reference: float) -> float:
+        return max(self.absolute, self.relative * abs(reference))
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+LOSS_EFFECT = MinimumEffect(relative=0.01, absolute=0.005)
+"""Losses (training, eval, window means): 1% of the reference and 0.005 nats."""
+SHARE_EFFECT = MinimumEffect(relative=0.0, absolute=0.05)
+"""Shares of steps (e.g. clipped): 5 percentage points."""
+DEFAULT_EFFECT = MinimumEffect(relative=0.05, absolute=1e-12)
+"""Anything else (grad-norm CV, ratios, LR, augmentation counts): 5% of the reference."""
 
 
 def describe(values: Sequence[float]) -> dict[str, float | int | None]:
@@ -39,23 +65,36 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float | None:
     return math.sqrt(sum(float(group.var(ddof=1)) * (len(group) - 1) for group in usable) / dof)
 
 
-def compare(baseline: Sequence[float], other: Sequence[float], noise_sd: float | None) -> dict[str, object]:
-    """How `other` differs from `baseline`: difference and relative gap of the means, p-value and significance."""
+def relative_change(reference: float, value: float) -> float | None:
+    """(value - reference) / |reference|, or None when the reference is near zero (the ratio would be meaningless)."""
+    scale = max(abs(reference), abs(value))
+    if reference == 0 or abs(reference) < NEAR_ZERO * scale:
+        return None
+    return (value - reference) / abs(reference)
+
+
+def compare(baseline: Sequence[float], other: Sequence[float], effect: MinimumEffect, relative: bool = True) -> dict[str, object]:
+    """How `other` differs from `baseline`: difference (and relative change) of the means and whether it is worth stating.
+
+    `test` is "welch" (p_value set) or "min_effect" (threshold set); `significant` is None only without values.
+    `relative=False` for signed quantities (e.g. eval - train gap), whose ratios mean nothing.
+    """
     base, values = np.asarray(baseline, dtype=float), np.asarray(other, dtype=float)
     if not len(base) or not len(values):
-        return {"diff": None, "rel": None, "p_value": None, "test": None, "significant": None}
+        return {"diff": None, "rel": None, "p_value": None, "threshold": None, "test": None, "significant": None}
     base_mean, mean = float(base.mean()), float(values.mean())
     diff = mean - base_mean
-    result: dict[str, object] = {"diff": diff, "rel": diff / base_mean if base_mean else None, "p_value": None, "test": None, "significant": None}
+    result: dict[str, object] = {"diff": diff, "rel": relative_change(base_mean, mean) if relative else None,
+                                 "p_value": None, "threshold": None}
     if len(base) >= 2 and len(values) >= 2:
         if _constant(base) and _constant(values):  # no spread to test against (e.g. the same LR in every seed)
             p_value = 1.0 if np.isclose(mean, base_mean, rtol=1e-9, atol=0) else 0.0
         else:
             p_value = float(stats.ttest_ind(values, base, equal_var=False).pvalue)
         result.update(p_value=p_value, test="welch", significant=p_value < ALPHA)
-    elif noise_sd is not None:
-        threshold = NOISE_Z * noise_sd * math.sqrt(1 / len(base) + 1 / len(values))
-        result.update(test="noise", threshold=threshold, significant=abs(diff) > threshold)
+    else:
+        threshold = effect.threshold(base_mean)
+        result.update(threshold=threshold, test="min_effect", significant=abs(diff) > threshold)
     return result
 
 
