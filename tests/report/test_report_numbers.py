@@ -167,9 +167,10 @@ def test_advantages_matrix(report, fabricated):
 
     for name in ("v2", "v3"):
         pair_runs = versions["v1"] + versions[name]
-        start = max(40, *(run.steps[0] for run in pair_runs))  # v2 and v3 warm up for 10% of 400 steps
-        end = min(run.steps[-1] for run in pair_runs)
-        grid = np.array(sorted({s for run in pair_runs for s in run.steps.tolist() if start <= s <= end}), dtype=float)
+        first = max(run.steps[0] for run in pair_runs)
+        end = min(run.steps[-1] for run in pair_runs)  # v2 and v3 warm up for 10% of 400 steps: the window starts after 40
+        grid = np.array(sorted({s for run in pair_runs for s in run.steps.tolist() if first <= s <= end and s > 40}), dtype=float)
+        start = grid[0]
         base, other = window_losses(versions["v1"], grid), window_losses(versions[name], grid)
         entry = matrix["convergence"]["pairs"][name]
         assert (entry["start"], entry["end"]) == (start, end)

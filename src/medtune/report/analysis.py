@@ -377,14 +377,14 @@ class LossWindow:
 
 
 def loss_window(versions: list[Version]) -> LossWindow | None:
-    """The steps from the latest configured warmup end (or the latest first logged step) to the earliest last
-    logged step over all runs, at every step any of them logged; None with fewer than two such steps."""
+    """The steps after the latest configured warmup end (and from the latest first logged step) to the earliest
+    last logged step over all runs, at every step any of them logged; None with fewer than two such steps."""
     runs = [run for version in versions for run in version.runs]
     series = [run.series("loss") for run in runs]
-    warmup_end = max(configured_warmup(run) or 0 for run in runs)
-    start = max(warmup_end, *(int(steps[0]) for steps, _ in series))
+    warmup_end = max(configured_warmup(run) or 0 for run in runs)  # step warmup_end + 1 is the first at the peak LR
+    start = max(int(steps[0]) for steps, _ in series)
     end = min(int(steps[-1]) for steps, _ in series)
-    grid = np.array(sorted({int(step) for steps, _ in series for step in steps if start <= step <= end}), dtype=float)
+    grid = np.array(sorted({int(step) for steps, _ in series for step in steps if start <= step <= end and step > warmup_end}), dtype=float)
     if len(grid) < 2:
         return None
     per_run = {version.name: np.array([np.interp(grid, *run.series("loss")) for run in version.runs]) for version in versions}

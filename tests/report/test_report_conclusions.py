@@ -1,0 +1,227 @@
+"""The report's conclusions on synthetic run sets that reproduce each failure of real logs: the right conclusion,
+or none where the data cannot decide. Runs are built in memory and analysed without charts, so this is fast."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from medtune.report.analysis import DEFAULT_PHASE_BOUNDS, Version, analyse
+from medtune.report.document import build_document, insight_text
+from medtune.report.insights import insights
+from medtune.report.render import to_html, to_markdown
+from medtune.report.runs import Run
+from medtune.report.schema import Summary
+from medtune.report.stats import relative_change
+from medtune.report.wording import words
+
+STEPS = np.arange(1, 101)
+
+
+def make_run(name: str, loss: np.ndarray, steps: np.ndarray = STEPS, warmup_ratio: float = 0.0, max_steps: int = 100,
+             grad_norm: np.ndarray | None = None, eval_loss: float | None = None, logged_lr: bool = True, **train: Any) -> Run:
+    """A medtune-like run with a linear (or, with warmup, cosine) schedule peaking at 2e-4."""
+    grad = grad_norm if grad_norm is not None else 0.2 + 0.01 * np.sin(steps + len(name))
+    warmup = int(np.ceil(warmup_ratio * max_steps))
+    done = steps - 1.0
+    lr = 2e-4 * np.where(done < warmup, done / max(warmup, 1), np.maximum(0.0, (max_steps - done) / (max_steps - warmup)))
+    records: list[dict[str, Any]] = [
+        {"step": int(step), "loss": float(value), "grad_norm": float(norm), **({"learning_rate": float(rate)} if logged_lr else {})}
+        for step, value, norm, rate in zip(steps, loss, grad, lr)
+    ]
+    if eval_loss is not None:
+        records.append({"step": int(steps[-1]), "eval_loss": eval_loss})
+    config = {"model": {"name_or_path": "tiny"}, "data": {"max_length": 512},
+              "train": {"lr": 2e-4, "schedule": "linear", "warmup_ratio": warmup_ratio, "max_steps": max_steps, "max_grad_norm": 0.3, **train}}
+    return Run(name, records, config, {"max_steps": max_steps, "random_weights": False}, {}, f"memory {name}")
+
+
+def summarise(versions: list[Version], steps: list[int] | None = None, lang: str = "en", made_by: str = "compare") -> tuple[Summary, str]:
+    """The typed summary with its insights, and the report as Markdown (no charts)."""
+    w = words(lang)
+    data = analyse(versions, steps, DEFAULT_PHASE_BOUNDS)
+    data["made_by"] = made_by
+    summary = Summary.model_validate(data)
+    summary.insights = insights(summary)
+    for insight in summary.insights:
+        insight.text = insight_text(insight, w)
+    return summary, to_markdown(build_document(summary, w, {})).replace("\\", "")  # Markdown escapes dropped
+
+
+def kinds(summary: Summary) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for insight in summary.insights:
+        found.setdefault(insight.kind, []).append(insight.model_dump())
+    return found
+
+
+def baseline_loss() -> np.ndarray:
+    return 1.0 + 2.0 * np.exp(-STEPS / 30)
+
+
+def test_warmup_version_that_starts_higher_and_ends_lower_converges_better():
+    base = baseline_loss()
+    warm = np.where(STEPS <= 10, base + 0.4, 0.85 + 2.0 * np.exp(-STEPS / 25))  # above the baseline during its warmup
+    assert (warm[:10] > base[:10]).all() and (warm[10:] < base[10:]).all()
+    assert np.argmax(np.abs(warm - base)) < 10  # the single step of largest gap lies inside the warmup
+    summary, markdown = summarise([Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", warm, warmup_ratio=0.1)])])
+    pair = summary.advantages.convergence.pairs["v2"]
+    assert pair.start == 11 and pair.warmup_end == 10  # the window starts at the first step at the peak LR
+    assert pair.diff < 0 and pair.significant and pair.share_lower == 1.0
+    assert summary.advantages.convergence.best == ["v2"]
+    found = kinds(summary)
+    assert "convergence_lower" in found and "convergence_higher" not in found
+    assert found["fastest"][0]["versions"] == ["v2"]
+    assert "v2 converges to a lower training loss than v1 after the warmup" in markdown
+
+
+def test_exact_ties_name_no_winner():
+    base = baseline_loss()
+    grad = np.full(len(STEPS), 0.5)  # every step above max_grad_norm 0.3 in all versions
+    versions = [Version(name, [make_run(name, base + offset, grad_norm=grad + offset)]) for name, offset in (("v1", 0.0), ("v2", 1e-4), ("v3", -1e-4))]
+    summary, markdown = summarise(versions)
+    matrix = summary.advantages
+    assert matrix.convergence.best == [] and matrix.final_train_loss.best == []
+    assert summary.grad_norm.clipped_fraction.most == []
+    found = kinds(summary)
+    assert {"fastest_none", "clipping_tie"} <= set(found) and not {"fastest", "clipping"} & set(found)
+    assert set(found) & {"convergence_lower", "convergence_higher"} == set()
+    assert "so no winner is named" in markdown
+    assert "Fastest convergence" not in markdown and "most often" not in markdown
+
+
+def test_two_versions_tied_at_the_top_are_both_named():
+    base = baseline_loss()
+    versions = [Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", base - 0.2)]),
+                Version("v3", [make_run("v3", base - 0.2 + 1e-4)])]
+    summary, _ = summarise(versions)
+    assert summary.advantages.convergence.best == ["v2", "v3"]
+    assert summary.advantages.final_train_loss.best == ["v2", "v3"]
+
+
+def test_identical_runs_given_as_seeds_warn_and_make_no_noise_claim():
+    base = baseline_loss()
+    same = make_run("v1-seed1", base)
+    copy = make_run("v1-seed2", base)
+    others = [make_run("v2-seed1", base - 0.1), make_run("v2-seed2", base - 0.1 + 0.01 * np.cos(STEPS))]
+    summary, markdown = summarise([Version("v1", [same, copy]), Version("v2", others)])
+    warning = next(warning for warning in summary.warnings if warning.kind == "identical_runs")
+    assert (warning.original, warning.duplicate, warning.same_version) == ("v1-seed1", "v1-seed2", True)
+    assert summary.versions[0].n_runs == 1 and summary.noise.from_versions == ["v2"]
+    assert "0.0000" not in markdown.split("## Runs")[1].split("##")[0]  # no "noise 0.0000" from a run given twice
+    assert "logged exactly the same values" in markdown.split("## Method")[0]  # at the top of the report
+    assert all(row.vs_baseline["v2"].test == "min_effect" for row in summary.train_loss.rows)
+
+
+def test_near_zero_references_get_absolute_differences_and_no_largest_gap():
+    assert relative_change(-0.0014, -0.032) is None and relative_change(2.0, 1.5) == pytest.approx(-0.25)
+    base = baseline_loss()
+    versions = [Version("v1", [make_run("v1", base, eval_loss=float(base[-1]) - 0.0014)]),
+                Version("v2", [make_run("v2", base - 0.1, eval_loss=float(base[-1]) - 0.1 - 0.032)])]
+    summary, markdown = summarise(versions)
+    gap = summary.advantages.overfit_gap.vs_baseline["v2"]
+    assert gap.rel is None and gap.diff == pytest.approx(-0.0306)
+    assert "overfit_none" in kinds(summary) and "overfit" not in kinds(summary)
+    assert "Largest" not in markdown and "-0.0306" in markdown
+    assert not re.search(r"[-+]\d{3,}\.\d+%", markdown)  # no ratio of a near-zero reference
+
+
+def test_runs_of_different_lengths_and_setups_are_warned_about():
+    short_steps = np.arange(1, 11)
+    short = make_run("v1", 1.0 + 2.0 * np.exp(-short_steps / 30), steps=short_steps, max_steps=10)
+    long_steps = np.arange(1, 31)
+    long = make_run("v2", 1.0 + 2.0 * np.exp(-long_steps / 30), steps=long_steps, max_steps=30)
+    long.config["data"]["max_length"] = 1024
+    summary, markdown = summarise([Version("v1", [short]), Version("v2", [long])])
+    warned = {warning.kind: warning for warning in summary.warnings}
+    assert warned["planned_steps"].values == {"v1": [10], "v2": [30]}
+    assert warned["last_steps"].values == {"v1": [10], "v2": [30]}
+    assert warned["setting"].key == "data.max_length"
+    top = markdown.split("## Method")[0]
+    assert "planned different numbers of steps" in top and "data.max_length differs" in top
+
+
+def test_repeated_rows_of_the_step_table_are_left_out_and_said():
+    coarse = np.arange(10, 101, 10)
+    runs = [Version(name, [make_run(name, 1.0 + 2.0 * np.exp(-coarse / 30) - shift, steps=coarse)]) for name, shift in (("v1", 0), ("v2", 0.1))]
+    summary, markdown = summarise(runs, steps=[10, 11, 50])
+    assert [row.step for row in summary.train_loss.rows] == [10, 50]
+    assert any(warning.kind == "repeated_rows" and warning.step == 11 and warning.same_as == 10 for warning in summary.warnings)
+    assert "would repeat the row for step 10" in markdown
+
+
+def test_learning_rate_comes_from_the_config_and_first_logged_is_not_called_initial():
+    coarse = np.arange(20, 101, 20)  # nothing logged inside the 10-step warmup
+    loss = 1.0 + 2.0 * np.exp(-coarse / 30)
+    summary, markdown = summarise([Version("v1", [make_run("v1", loss, steps=coarse)]),
+                                   Version("v2", [make_run("v2", loss - 0.1, steps=coarse, warmup_ratio=0.1)])])
+    check = summary.learning_rate.schedule_check["v2"]["v2"]
+    assert (check.peak_lr, check.warmup_steps, check.total_steps) == (2e-4, 10, 100)
+    assert summary.learning_rate.first_logged_step.values["v2"].mean == 20
+    assert summary.learning_rate.warmup_unlogged == {"v1": [], "v2": ["v2"]}
+    assert "peak 2.00e-04 at the end of a 10-step warmup, 100 planned steps" in markdown
+    assert "no LR was logged inside the configured warmup" in markdown
+    assert "no grad_norm was logged in the warmup phase (steps 0–10); its first logged step is 20" in markdown
+    assert "initial" not in markdown.split("## Learning-rate dynamics")[1].split("\n\n")[1]  # the table's header
+
+
+def test_advice_for_more_seeds_fits_the_command_and_has_no_backticks():
+    base = baseline_loss()
+    versions = [Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", base - 0.1)])]
+    _, by_ablate = summarise(versions, made_by="ablate")
+    _, by_compare = summarise(versions, made_by="compare")
+    assert "--seeds 3" in by_ablate and "--name" not in by_ablate
+    assert "--name v1=runs/v1-seed1" in by_compare
+    summary, _ = summarise(versions)
+    assert "`" not in to_html(build_document(summary, words("en"), {}), None, "en")
+
+
+def test_coinciding_curves_are_noted_under_their_chart():
+    base = baseline_loss()
+    summary, _ = summarise([Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", base)])])
+    summary.coinciding = {"loss": [["v1", "v2"]]}
+    markdown = to_markdown(build_document(summary, words("en"), {"loss": "loss.png"}))
+    after_chart = markdown.split("(loss.png)")[1].split("##")[0]
+    assert "The curves of v1 and v2 coincide" in after_chart
+
+
+ALLOWED_LATIN = {"medtune", "summary", "json", "Welch", "transformers", "get_scheduler", "tiny", "fonts", "noto", "cjk", "wqy",
+                 "microhei", "ablate", "seeds", "name", "runs", "seed", "linear", "cosine", "constant", "memory", "n.s"}
+
+
+def english_words(markdown: str, summary: Summary) -> list[str]:
+    """Latin words of a report that are not names, keys, numbers or the few technical terms kept in Chinese text."""
+    names = {summary.baseline, *summary.names, *(run.name for version in summary.versions for run in version.runs),
+             *(run.source for version in summary.versions for run in version.runs)}
+    text = markdown
+    for name in sorted(names, key=len, reverse=True):
+        text = text.replace(name, " ")
+    words_ = re.findall(r"[A-Za-z][A-Za-z_.]*[A-Za-z]", text)
+    return [word for word in words_ if word not in ALLOWED_LATIN and "_" not in word and "." not in word and len(word) > 1
+            and not re.fullmatch(r"v\d+|e|p|n|sd", word)]
+
+
+def test_chinese_report_has_no_english_sentences():
+    base = baseline_loss()
+    versions = [Version("v1", [make_run("v1-seed1", base, eval_loss=1.3), make_run("v1-seed2", base, eval_loss=1.3)]),
+                Version("v2", [make_run("v2-seed1", base - 0.1, warmup_ratio=0.1, eval_loss=1.2, steps=STEPS, max_steps=100)]),
+                Version("v3", [make_run("v3-seed1", base[:50], steps=STEPS[:50], max_steps=50)])]
+    versions[2].runs[0].config["data"]["max_length"] = 1024
+    summary, markdown = summarise(versions, steps=[10, 10, 50], lang="zh")
+    assert {warning.kind for warning in summary.warnings} >= {"identical_runs", "planned_steps", "setting", "repeated_rows"}
+    assert english_words(markdown, summary) == []
+    english, _ = summarise(versions, steps=[10, 10, 50], lang="en")
+    assert len(english_words(_, english)) > 50  # the check does find English where there is some
+
+
+def test_a_renamed_summary_key_fails_validation():
+    base = baseline_loss()
+    data = analyse([Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", base - 0.1)])], None, DEFAULT_PHASE_BOUNDS)
+    Summary.model_validate(data)
+    data["advantages"]["convergence"]["winners"] = data["advantages"]["convergence"].pop("best")
+    with pytest.raises(ValidationError, match="best"):
+        Summary.model_validate(data)
