@@ -180,7 +180,8 @@ def test_swanlab_04_report_diffs_the_trainer_arguments(tmp_path):
     summary = build_report([FIXTURES / "swanlab04" / "swanlog"], out_dir=tmp_path / "out")
     diff = {row["key"]: row["values"] for row in summary["config_diff"]}
     assert diff["train.schedule"] == {"v1": ["linear"], "v2": ["cosine"]}
-    assert diff["training_args.peft_config.default.lora_dropout"] == {"v1": [0.05], "v2": [0.1]}
+    assert diff["lora.dropout"] == {"v1": [0.05], "v2": [0.1]}  # mapped from peft_config
+    assert not [key for key in diff if key.startswith("hf.peft")]
 
 
 def test_swanlab_04_database_with_pending_wal_is_read_and_left_alone(tmp_path):

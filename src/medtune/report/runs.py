@@ -26,8 +26,9 @@ class ReportError(ValueError):
 class Run:
     """One training run, whatever wrote it.
 
-    `config` is the resolved config as a nested dict (medtune's layout where the source allows it),
-    `notes` lists what could not be read, so the report can say what it is missing.
+    `config` is the resolved config as a nested dict in medtune's layout (importers map foreign configs onto it),
+    `imported_config` the foreign config as its source stored it (empty for medtune runs), `notes` lists what
+    could not be read or mapped, so the report can say what it is missing.
     """
 
     name: str
@@ -37,6 +38,7 @@ class Run:
     eval: dict[str, Any]
     source: str
     notes: list[str] = field(default_factory=list)
+    imported_config: dict[str, Any] = field(default_factory=dict)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Steps and values of one metric, sorted by step; a later record for the same step wins (resumes)."""
@@ -58,11 +60,36 @@ class Run:
         return node
 
     def max_steps(self) -> int | None:
-        """Planned optimizer steps: the trainer's own count (summary) first, then the config's."""
-        for value in (self.summary.get("max_steps"), self.setting("train.max_steps")):
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
+        """Planned optimizer steps (see `planned_steps`), or None when nothing says."""
+        return self.planned_steps()[0]
+
+    def planned_steps(self) -> tuple[int | None, str]:
+        """Planned optimizer steps and what they come from: the trainer's own count (summary), the config's
+        `train.max_steps`, or `train.epochs` x the steps per epoch the logged epoch counter shows."""
+        for value, basis in ((self.summary.get("max_steps"), "summary.max_steps"), (self.setting("train.max_steps"), "train.max_steps")):
+            if _count(value):
+                return value, basis
+        epochs, counter = self.setting("train.epochs"), self._epoch_counter()
+        if not is_number(epochs) or epochs <= 0 or counter is None:
+            return None, ""
+        step, epoch = counter
+        planned = round(epochs * step / epoch)
+        return planned, f"train.epochs {epochs:g} x {step / epoch:.4g} steps per epoch (logged epoch {epoch:g} at step {step})"
+
+    def _epoch_counter(self) -> tuple[int, float] | None:
+        """(step, epoch) of the latest record with a positive epoch: the smallest relative error when epochs are rounded."""
+        counted = [(int(record["step"]), float(record["epoch"])) for record in self.records
+                   if is_number(record.get("epoch")) and record["epoch"] > 0 and record["step"] > 0]
+        return max(counted) if counted else None
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def version_of(run_name: str) -> str:
@@ -86,19 +113,20 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def numeric_leaves(tree: Any) -> dict[str, float]:
     """The finite numbers of a nested dict by dotted key (booleans are not numbers here)."""
-    return {
-        key: float(value)
-        for key, value in flatten(tree).items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    }
+    return {key: float(value) for key, value in flatten(tree).items() if is_number(value)}
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file that must hold an object; errors name the file (and line)."""
+    """A JSON file that must hold an object; errors name the file and line."""
+    return parse_json_object(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_json_object(text: str, where: str, first_line: int = 1) -> dict[str, Any]:
+    """Text that must be one JSON object, found in `where` from line `first_line` on; errors say `where:line:`."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ReportError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        raise ReportError(f"{where}:{first_line + err.lineno - 1}: not valid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise ReportError(f"{where}:{first_line}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -14,6 +14,23 @@ from medtune.report.sources.trainer_state import find_state_file, load_trainer_s
 def load_runs(path: Path) -> list[Run]:
     """Every run found at `path`: a medtune run folder, a swanlog folder (possibly several runs),
     an HF output or checkpoint folder (or its trainer_state.json), or TensorBoard event files."""
+    runs = _load(path)
+    for run in runs:
+        _note_planned_steps(run)
+    return runs
+
+
+def _note_planned_steps(run: Run) -> None:
+    """Say how planned steps were worked out when only epochs were given, or that they could not be."""
+    planned, basis = run.planned_steps()
+    epochs = run.setting("train.epochs")
+    if planned is not None and basis.startswith("train.epochs"):  # estimated, not a count the trainer wrote
+        run.notes.append(f"planned steps {planned} = {basis}")
+    elif planned is None and epochs is not None:
+        run.notes.append(f"planned steps unknown: train.epochs is {epochs} but no epoch counter was logged")
+
+
+def _load(path: Path) -> list[Run]:
     if not path.exists():
         raise ReportError(f"{path}: no such file or folder")
     if path.is_dir() and is_run_folder(path):

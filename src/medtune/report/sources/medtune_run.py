@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from medtune.report.runs import ReportError, Run, read_json_object
+from medtune.report.runs import ReportError, Run, parse_json_object, read_json_object
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -42,12 +41,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ReportError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise ReportError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            record = parse_json_object(line.rstrip("\r\n"), str(path), number)
             step = record.get("step")
             if not isinstance(step, int) or isinstance(step, bool) or step < 0:
                 raise ReportError(f"{path}:{number}: `step` must be a non-negative integer, got {step!r}")

@@ -20,11 +20,7 @@ from typing import Any
 import yaml
 
 from medtune.report.runs import ReportError, Run
-from medtune.report.sources.hf import (
-    config_from_training_args,
-    is_training_args,
-    records_from_points,
-)
+from medtune.report.sources.hf import config_from_hf, is_training_args, records_from_points
 
 DASHBOARD_DB = "runs.swanlab"
 
@@ -56,14 +52,22 @@ def _load_run_dir(run_dir: Path) -> Run:
         source = f"SwanLab local log {run_dir}"
     else:
         raise ReportError(f"{run_dir}: neither a run-<id>.swanlab record file nor {database} to name its metrics")
-    config = _read_config(run_dir / "files" / "config.yaml")
+    config_path = run_dir / "files" / "config.yaml"
+    logged_config = _read_config(config_path)
     notes.append("SwanLab logs carry no summary.json (random_weights unknown) and no eval.json")
-    if is_training_args(config):
-        config = config_from_training_args(config)
+    imported: dict[str, Any] = {}
+    if is_training_args(logged_config):  # HF's SwanLab callback: TrainingArguments, the model config and peft_config
+        config, mapping_notes = config_from_hf(logged_config, str(config_path))
+        notes.extend(mapping_notes)
+        imported = {"swanlab_config": logged_config}
+    else:
+        config = logged_config
+        if not all(isinstance(config.get(section), dict) for section in ("train", "lora")):  # medtune's own config is nested
+            notes.append(f"{config_path}: neither HF TrainingArguments nor a medtune config; its keys are shown as logged")
     records = records_from_points(points)
     if not records:
         raise ReportError(f"{run_dir}: no scalar metrics logged")
-    return Run(name or run_dir.name, records, config, {}, {}, source, notes)
+    return Run(name or run_dir.name, records, config, {}, {}, source, notes, imported)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

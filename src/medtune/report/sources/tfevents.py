@@ -1,19 +1,21 @@
 """TensorBoard event files, as HF Trainer's TensorBoardCallback (or any SummaryWriter) writes them.
 
 Each folder holding `events.out.tfevents.*` files is one run. Scalars use HF's tags (`train/loss`,
-`eval/loss`); the Trainer's `args` text summary (TrainingArguments as JSON) gives the config.
+`eval/loss`); the Trainer's `args` and `model_config` text summaries (TrainingArguments and the model's
+config as JSON) give the config.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from medtune.report.runs import ReportError, Run
-from medtune.report.sources.hf import config_from_training_args, records_from_points
+from medtune.report.runs import ReportError, Run, parse_json_object
+from medtune.report.sources.hf import config_from_hf, records_from_points
 
 EVENT_GLOB = "events.out.tfevents.*"
+TEXT_SUMMARIES = ("args", "model_config")
+"""Text summaries HF's TensorBoard callback writes: TrainingArguments and the model's config, as JSON."""
 
 
 def is_event_folder(path: Path) -> bool:
@@ -40,14 +42,19 @@ def _load_folder(folder: Path) -> Run:
     if not points:
         raise ReportError(f"{folder}: no scalars in the TensorBoard event files")
     notes = ["TensorBoard logs carry no summary.json (random_weights unknown) and no eval.json"]
+    texts = {name: _text_summary(accumulator, folder, name) for name in TEXT_SUMMARIES if f"{name}/text_summary" in tags["tensors"]}
     config: dict[str, Any] = {}
-    if "args/text_summary" in tags["tensors"]:
-        text = accumulator.Tensors("args/text_summary")[-1].tensor_proto.string_val[0].decode("utf-8")
-        try:
-            config = config_from_training_args(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{folder}: the `args` text summary is not the Trainer's JSON ({err.msg})") from None
+    if "args" in texts:
+        # merged as HF's SwanLab callback merges them, so both importers map the same dict
+        config, mapping_notes = config_from_hf({**texts.get("model_config", {}), **texts["args"]}, f"{folder}: `args` text summary")
+        notes.extend(mapping_notes)
     else:
         notes.append("no `args` text summary: config unknown")
     name = config.get("run_name") or folder.name
-    return Run(str(name), records_from_points(points), config, {}, {}, f"TensorBoard events {folder}", notes)
+    return Run(str(name), records_from_points(points), config, {}, {}, f"TensorBoard events {folder}", notes, texts)
+
+
+def _text_summary(accumulator: Any, folder: Path, name: str) -> dict[str, Any]:
+    """The JSON object HF's TensorBoard callback writes as a text summary."""
+    text = accumulator.Tensors(f"{name}/text_summary")[-1].tensor_proto.string_val[0].decode("utf-8")
+    return parse_json_object(text, f"{folder}: the `{name}` text summary")

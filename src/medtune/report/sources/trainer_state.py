@@ -1,4 +1,5 @@
-"""HF Trainer checkpoints: `trainer_state.json` (`log_history`) plus, when present, JSON configs beside it.
+"""HF Trainer checkpoints: `trainer_state.json` (`log_history`) plus, when present, the JSON configs beside it
+(`training_args.json`, the model's `config.json`, PEFT's `adapter_config.json`).
 
 `training_args.bin` is a pickle, which is never unpickled here (it can run code); save
 `TrainingArguments.to_dict()` as `training_args.json` next to it to give the report the config.
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from medtune.report.runs import ReportError, Run, read_json_object
-from medtune.report.sources.hf import config_from_training_args
+from medtune.report.sources.hf import config_from_hf, map_lora
 
 STATE_FILE = "trainer_state.json"
-ADAPTER_TO_CONFIG = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules", "modules_to_save": "modules_to_save"}
+CONFIG_FILES = {"training_args": "training_args.json", "model_config": "config.json", "adapter_config": "adapter_config.json"}
+"""JSON files beside trainer_state.json that give the config (`Run.imported_config` keeps them under these names)."""
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
 
@@ -41,20 +43,18 @@ def load_trainer_state(state_path: Path) -> Run:
         records.append(entry)
     folder = state_path.parent
     notes = ["HF Trainer checkpoints carry no summary.json (random_weights unknown)"]
-    config: dict[str, Any] = {}
-    if (folder / "training_args.json").is_file():
-        config = config_from_training_args(read_json_object(folder / "training_args.json"))
-    else:
+    imported = {name: read_json_object(folder / file) for name, file in CONFIG_FILES.items() if (folder / file).is_file()}
+    # merged as HF's SwanLab callback merges them, so every importer maps the same dict
+    config, mapping_notes = config_from_hf({**imported.get("model_config", {}), **imported.get("training_args", {})}, str(folder))
+    notes.extend(mapping_notes)
+    if "training_args" not in imported:
         reason = "training_args.bin is a pickle and is not read" if (folder / "training_args.bin").is_file() else "no training_args"
         notes.append(f"{reason}: schedule, LR and clipping threshold unknown (save TrainingArguments.to_dict() as training_args.json)")
-    if (folder / "adapter_config.json").is_file():
-        adapter = read_json_object(folder / "adapter_config.json")
-        config["lora"] = {ours: adapter[theirs] for theirs, ours in ADAPTER_TO_CONFIG.items() if theirs in adapter}
-    if (folder / "config.json").is_file():
-        config["model_config"] = read_json_object(folder / "config.json")
+    if "adapter_config" in imported:
+        map_lora(imported["adapter_config"], config, notes, str(folder / CONFIG_FILES["adapter_config"]))
     summary = {"max_steps": state["max_steps"]} if isinstance(state.get("max_steps"), int) else {}
     evaluation = read_json_object(folder / "eval.json") if (folder / "eval.json").is_file() else {}
     run_folder = folder.parent if _CHECKPOINT.search(folder.name) else folder
     name = config.get("run_name") or run_folder.name
-    return Run(str(name), records, config, summary, evaluation, f"HF trainer_state {state_path}", notes)
+    return Run(str(name), records, config, summary, evaluation, f"HF trainer_state {state_path}", notes, imported)
 
