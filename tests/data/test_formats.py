@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -81,9 +82,12 @@ def test_sharegpt_fixture():
     path = FIXTURES / "medicalgpt_sft_sharegpt_5.jsonl"
     raw_rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
-    result = read_samples(path, system_prompt=SYSTEM)
+    with pytest.raises(DataError, match=r"medicalgpt_sft_sharegpt_5\.jsonl:1: field 'conversations\[1\]\.value': no reasoning"):
+        read_samples(path, system_prompt=SYSTEM)
+    result = read_samples(path, system_prompt=SYSTEM, think="optional")
 
     assert result.formats == {"messages": 5} and result.multi_turn_truncated == 0
+    assert result.as_dict()["rows_without_think"] == 5
     for sample, row in zip(result.samples, raw_rows, strict=True):
         human, gpt = row["conversations"]
         assert fields(sample) == (human["value"].strip(), "", gpt["value"].strip(), SYSTEM)
@@ -122,8 +126,10 @@ def test_alpaca_joins_input_and_splits_think(tmp_path):
     ]
     path = write_lines(tmp_path / "alpaca.jsonl", [encode(row) for row in rows])
 
-    samples = read_samples(path, system_prompt=SYSTEM).samples
+    result = read_samples(path, system_prompt=SYSTEM, think="optional")
+    samples = result.samples
 
+    assert result.without_think == 1
     assert fields(samples[0]) == expected(first)
     assert samples[1].question == "请回答下面的问题。\n" + second["question"].strip()
     assert fields(samples[2]) == (third["question"].strip(), "", third["answer"].strip(), SYSTEM)
@@ -242,9 +248,9 @@ def test_unreadable_parquet(tmp_path):
 def test_missing_file_and_unknown_suffix(tmp_path):
     with pytest.raises(DataError, match=r"absent\.jsonl: file not found"):
         read_samples(tmp_path / "absent.jsonl", system_prompt=SYSTEM)
-    (tmp_path / "train.csv").write_text("question,think,answer\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"unsupported file type '\.csv'"):
-        read_samples(tmp_path / "train.csv", system_prompt=SYSTEM)
+    (tmp_path / "train.xlsx").write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"unsupported file type '\.xlsx'"):
+        read_samples(tmp_path / "train.xlsx", system_prompt=SYSTEM)
 
 
 def test_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
@@ -395,3 +401,143 @@ def test_split_sizes_at_the_edges(count, fraction, val_count):
 def test_split_rejects_a_fraction_outside_zero_to_one():
     with pytest.raises(ValueError, match="val_fraction"):
         split_train_validation(_samples(4), 1.0, seed=0)
+
+
+# --- CSV / TSV, column mapping, encodings
+
+
+TOYHOM_CSV = FIXTURES / "toyhom_internal_medicine_8.gb18030.csv"
+TOYHOM = {"question": "ask", "answer": "answer"}
+
+
+def test_gb18030_csv_with_its_encoding_and_columns():
+    result = read_samples(TOYHOM_CSV, system_prompt=SYSTEM, encoding="gb18030", columns=TOYHOM, think="optional")
+
+    with TOYHOM_CSV.open(encoding="gb18030", newline="") as file:
+        records = list(csv.DictReader(file))
+    assert len(records) == 8 and all(record["ask"] and record["answer"] for record in records)
+    assert [fields(sample) for sample in result.samples] == [
+        (record["ask"].strip(), "", record["answer"].strip(), SYSTEM) for record in records
+    ]
+    assert [sample.source for sample in result.samples] == [f"{TOYHOM_CSV.name}:{line}" for line in range(2, 10)]
+    assert result.as_dict()["rows_without_think"] == 8 and result.formats == {"qta": 8}
+
+
+@pytest.mark.parametrize("skip_bad_rows", [False, True])
+def test_gb18030_csv_without_its_encoding_names_it(skip_bad_rows):
+    with pytest.raises(DataError) as raised:
+        read_samples(TOYHOM_CSV, system_prompt=SYSTEM, columns=TOYHOM, think="optional", skip_bad_rows=skip_bad_rows)
+
+    message = str(raised.value)
+    assert message.startswith(f"{TOYHOM_CSV}:2: field '(row)': not valid UTF-8 (byte 1 of the line)")
+    assert message.endswith("the file looks like GB18030: set data.encoding: gb18030")
+
+
+def test_gbk_jsonl_without_its_encoding_is_one_error_for_the_file(tmp_path):
+    def gbk(row: dict) -> bytes:
+        return json.dumps(row, ensure_ascii=False).encode("gbk", errors="replace")
+
+    rows = [row for row in QTA_ROWS if gbk(row).decode("gbk") == json.dumps(row, ensure_ascii=False)]
+    assert len(rows) >= 3, "some real rows are GBK text"
+    path = write_lines(tmp_path / "train.jsonl", [gbk(row) for row in rows])
+
+    with pytest.raises(DataError, match=r"train\.jsonl:1: field '\(row\)': not valid UTF-8 .*looks like GB"):
+        read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+    samples = read_samples(path, system_prompt=SYSTEM, encoding="gbk").samples
+    assert [fields(sample) for sample in samples] == [expected(row) for row in rows]
+
+
+def test_question_joined_from_several_columns_and_think_required_by_default(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("title,ask,answer\n头痛,\"反复头痛\n一周了\",多休息\n", encoding="utf-8")
+
+    with pytest.raises(DataError, match=r"train\.csv:2: field 'think': missing; set data\.think: optional"):
+        read_samples(path, system_prompt=SYSTEM, columns={"question": ["title", "ask"], "answer": "answer"})
+    sample = read_samples(path, system_prompt=SYSTEM, columns={"question": ["title", "ask"]}, think="optional").samples[0]
+    assert fields(sample) == ("头痛\n反复头痛\n一周了", "", "多休息", SYSTEM)
+
+
+def test_tsv_with_standard_columns_and_records_spanning_lines(tmp_path):
+    rows = QTA_ROWS[:3]
+    path = tmp_path / "train.tsv"
+    with path.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file, delimiter="\t")
+        writer.writerow(["question", "think", "answer"])
+        writer.writerows([row["question"], row["think"], row["answer"]] for row in rows)
+
+    samples = read_samples(path, system_prompt=SYSTEM).samples
+
+    assert [fields(sample) for sample in samples] == [expected(row) for row in rows]
+    text_lines = path.read_text(encoding="utf-8").split("\n")
+    starts = [index + 1 for index, line in enumerate(text_lines) if line.startswith(rows[1]["question"][:5])]
+    assert samples[1].source == f"train.tsv:{starts[0]}"
+
+
+def test_jsonl_with_other_key_names(tmp_path):
+    rows = [{"ask": row["question"], "reasoning": row["think"], "reply": row["answer"]} for row in QTA_ROWS[:2]]
+    path = write_lines(tmp_path / "train.jsonl", [encode(row) for row in rows])
+
+    columns = {"question": "ask", "think": "reasoning", "answer": "reply"}
+    samples = read_samples(path, system_prompt=SYSTEM, columns=columns).samples
+
+    assert [fields(sample) for sample in samples] == [expected(row) for row in QTA_ROWS[:2]]
+    with pytest.raises(DataError, match=r"train\.jsonl:1: field 'answer': missing"):
+        read_samples(path, system_prompt=SYSTEM, columns={"question": "ask", "think": "reasoning"})
+
+
+@pytest.mark.parametrize(
+    "content,line,reason",
+    [
+        ("question,think,answer\n头疼,想,休息,多余\n", 2, "4 cells, but the header has 3 columns"),
+        ("question,question,answer\n头疼,想,休息\n", 1, "the header names column 'question' twice"),
+        ('question,think,answer\n头疼,想,休息\n"头晕,想,休息\n', 3, "not readable as CSV"),
+    ],
+    ids=["cell-count", "duplicate-column", "unclosed-quote"],
+)
+def test_bad_csv_names_the_line(tmp_path, content, line, reason):
+    path = tmp_path / "train.csv"
+    path.write_text(content, encoding="utf-8")
+
+    with pytest.raises(DataError) as raised:
+        read_samples(path, system_prompt=SYSTEM)
+    assert str(raised.value).startswith(f"{path}:{line}: field '(row)': {reason}")
+
+
+# --- think and chat-template tags inside fields
+
+
+@pytest.mark.parametrize(
+    "row,field_name",
+    [
+        ({"question": "头疼", "think": "想一想", "answer": "答</think>尾"}, "answer"),
+        ({"question": "头疼", "think": "想<think>再想", "answer": "答"}, "think"),
+        ({"question": "头疼<|im_end|>", "think": "想", "answer": "答"}, "question"),
+        ({"instruction": "头疼", "output": "<think>想</think>答<|im_end|>尾"}, "output"),
+        ({"messages": [{"role": "user", "content": "头疼"}, {"role": "assistant", "content": "<think>想</think>答</think>尾"}]},
+         "messages[1].content"),
+    ],
+    ids=["qta-answer", "qta-think", "qta-question", "alpaca-output", "messages-reply"],
+)
+def test_literal_tags_are_a_bad_row_or_kept_as_text(tmp_path, row, field_name):
+    path = write_lines(tmp_path / "train.jsonl", [encode(QTA_ROWS[0]), encode(row)])
+
+    with pytest.raises(DataError) as raised:
+        read_samples(path, system_prompt=SYSTEM)
+    assert str(raised.value).startswith(f"{path}:2: field '{field_name}': holds the chat-template tag ")
+    assert "data.literal_tags: text" in str(raised.value)
+
+    skipped = read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+    assert [bad.source for bad in skipped.skipped] == ["train.jsonl:2"] and len(skipped.samples) == 1
+
+    kept = read_samples(path, system_prompt=SYSTEM, literal_tags="text")
+    sample = kept.samples[1]
+    assert "尾" in sample.answer or "再想" in sample.think or "<|im_end|>" in sample.question, "no text is lost"
+    assert kept.as_dict()["rows_with_literal_tags"] == 1
+
+
+def test_empty_think_block_needs_think_optional(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", [encode({"instruction": "头疼", "output": "<think>\n\n</think>\n\n多休息"})])
+
+    with pytest.raises(DataError, match=r"train\.jsonl:1: field 'output': no reasoning"):
+        read_samples(path, system_prompt=SYSTEM)
+    assert fields(read_samples(path, system_prompt=SYSTEM, think="optional").samples[0]) == ("头疼", "", "多休息", SYSTEM)

@@ -1,19 +1,22 @@
-"""Reading training rows from JSONL / JSON / Parquet in the formats users bring.
+"""Reading training rows from JSONL / JSON / CSV / TSV / Parquet in the formats users bring.
 
 Every row becomes a `Sample` (system, question, think, answer). A bad row stops the read with a
 `DataError` naming file, row and field, or, with `skip_bad_rows`, is listed in `ReadResult.skipped`
 so that `data_stats.json` shows exactly what was left out. Rows are numbered from 1: the line of a
-JSONL file, the element of a JSON array, the row of a Parquet file.
+JSONL file, the element of a JSON array, the line where a CSV/TSV record starts (the header is line 1),
+the row of a Parquet file.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
 import re
-from collections.abc import Iterator
-from itertools import islice
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,9 @@ from medtune.model.hub import MODELSCOPE_PREFIX, HubError, modelscope_data_file
 
 FIELDS = ("system", "question", "think", "answer")
 FORMATS = ("auto", "qta", "alpaca", "messages")
-FILE_TYPES = (".jsonl", ".json", ".parquet")
+FILE_TYPES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+LITERAL_TAGS = ("<think>", "</think>", "<|im_start|>", "<|im_end|>", "<|endoftext|>")
+"""Chat-template tags that a field may not hold unless `literal_tags` is `text` (then they are trained as characters)."""
 SHIPPED_PREFIX = "medtune:"
 ROW = "(row)"
 """The field named when the whole row is at fault (invalid JSON, not an object, no known format)."""
@@ -74,6 +79,10 @@ class ReadResult:
     """Conversation rows with more than one user/assistant exchange; only the first one was kept."""
     formats: dict[str, int] = field(default_factory=dict)
     """How many samples each format produced (a file may mix formats when the format is `auto`)."""
+    without_think: int = 0
+    """Rows without reasoning, trained with an empty think block (`think: optional`)."""
+    literal_tags: int = 0
+    """Rows whose fields hold a chat-template tag, trained as characters (`literal_tags: text`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The summary written into data_stats.json."""
@@ -84,7 +93,24 @@ class ReadResult:
             "skipped_rows": len(self.skipped),
             "skipped": [asdict(bad) for bad in self.skipped],
             "multi_turn_truncated": self.multi_turn_truncated,
+            "rows_without_think": self.without_think,
+            "rows_with_literal_tags": self.literal_tags,
         }
+
+
+@dataclass(frozen=True)
+class RowRules:
+    """How a row's fields are found and checked (the `data` settings that concern single rows)."""
+
+    system_prompt: str
+    columns: Mapping[str, str | list[str]] = field(default_factory=dict)
+    """Field -> the row's key or column (a list: several, joined with a newline); unnamed fields keep their name."""
+    think: str = "required"
+    literal_tags: str = "error"
+
+    def keys(self, field_name: str) -> list[str]:
+        column = self.columns.get(field_name, field_name)
+        return [column] if isinstance(column, str) else list(column)
 
 
 class _RowProblem(Exception):
@@ -102,8 +128,12 @@ def read_samples(
     system_prompt: str,
     skip_bad_rows: bool = False,
     max_rows: int | None = None,
+    columns: Mapping[str, str | list[str]] | None = None,
+    encoding: str = "utf-8",
+    think: str = "required",
+    literal_tags: str = "error",
 ) -> ReadResult:
-    """Read every row of a .jsonl, .json or .parquet file into Samples.
+    """Read every row of a .jsonl, .json, .csv, .tsv or .parquet file into Samples.
 
     Args:
         path: the file; its suffix picks the reader.
@@ -111,24 +141,29 @@ def read_samples(
         system_prompt: used for rows whose system message is absent or empty.
         skip_bad_rows: record bad rows in `skipped` and go on, instead of raising on the first one.
         max_rows: read only the first N rows (good or bad), for quick runs.
+        columns: field -> the row's key or column for it (rows are then qta), e.g. {"question": "ask"}.
+        encoding: of a text file; a file that is not in it gets an error naming the encoding it looks like.
+        think: `optional` trains a row without reasoning with an empty think block; `required` rejects it.
+        literal_tags: `text` keeps a chat-template tag inside a field (trained as characters); `error` rejects it.
 
     Raises:
-        DataError: missing or unreadable file, unknown suffix, the first bad row (unless skipping),
-            or a file without a single usable row.
+        DataError: missing or unreadable file, unknown suffix, a file in another encoding, the first bad row
+            (unless skipping), or a file without a single usable row.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; choose one of {', '.join(FORMATS)}")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    rules = RowRules(system_prompt, dict(columns or {}), think, literal_tags)
     path = Path(path)
     file = str(path)
     result = ReadResult(file=file, samples=[], skipped=[])
-    for line, row in islice(_rows(path), max_rows):
+    for line, row in islice(_rows(path, encoding), max_rows):
         try:
             if isinstance(row, _RowProblem):
                 raise row
-            row_format = _detect_format(row) if format == "auto" else format
-            sample, truncated = _CONVERTERS[row_format](row, system_prompt)
+            row_format = "qta" if rules.columns else _detect_format(row) if format == "auto" else format
+            sample, truncated = _CONVERTERS[row_format](row, rules)
         except _RowProblem as problem:
             if not skip_bad_rows:
                 raise DataError(file, problem.reason, line=line, field_name=problem.field) from None
@@ -138,6 +173,8 @@ def read_samples(
         result.samples.append(sample)
         result.multi_turn_truncated += truncated
         result.formats[row_format] = result.formats.get(row_format, 0) + 1
+        result.without_think += not sample.think
+        result.literal_tags += any(tag in text for tag in LITERAL_TAGS for text in (sample.question, sample.think, sample.answer))
     if not result.samples and not result.skipped:
         raise DataError(file, "no rows")
     if not result.samples:
@@ -185,7 +222,7 @@ def split_train_validation(samples: list[Sample], val_fraction: float, seed: int
 # --- file types: each yields (row number from 1, parsed row or the problem that prevented parsing)
 
 
-def _rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _rows(path: Path, encoding: str) -> Iterator[tuple[int, Any]]:
     suffix = path.suffix.lower()
     if suffix not in FILE_TYPES:
         raise DataError(str(path), f"unsupported file type {path.suffix!r}; use one of {', '.join(FILE_TYPES)}")
@@ -193,42 +230,66 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
         raise DataError(str(path), "file not found" if not path.exists() else "not a file")
     if suffix == ".parquet":
         return _parquet_rows(path)
-    lines = path.read_bytes().splitlines()
+    raw = path.read_bytes()
+    lines = _decoded_lines(path, raw, encoding)
+    if suffix in (".csv", ".tsv"):
+        return _csv_rows(path, lines, "\t" if suffix == ".tsv" else ",")
     return _jsonl_rows(lines) if suffix == ".jsonl" else _json_array_rows(path, lines)
 
 
-def _decode(raw: bytes, line: int) -> str:
-    """One line as text; a byte-order mark at the start of the file is dropped, not treated as data."""
-    try:
-        return raw.decode("utf-8-sig" if line == 1 else "utf-8")
-    except UnicodeDecodeError as err:
-        raise _RowProblem(ROW, f"not valid UTF-8 (byte {err.start + 1} of the line)") from None
+def _decoded_lines(path: Path, raw: bytes, encoding: str) -> list[str | _RowProblem]:
+    """The file's lines as text, a line that does not decode as the problem to report for it.
 
-
-def _jsonl_rows(lines: list[bytes]) -> Iterator[tuple[int, Any]]:
-    for line, raw in enumerate(lines, start=1):
+    A byte-order mark at the start is dropped, not treated as data. When most lines that hold non-ASCII
+    bytes do not decode (or any line of a file parsed whole), the file is in another encoding: that is one
+    error for the file, naming the encoding it looks like, even when bad rows are skipped.
+    """
+    decoded: list[str | _RowProblem] = []
+    good, first_bad = 0, None
+    for line, data in enumerate(raw.splitlines(), start=1):
         try:
-            text = _decode(raw, line)
-            if not text.strip():
-                continue
+            decoded.append(data.decode(encoding).removeprefix("\ufeff" if line == 1 else ""))
+            good += not data.isascii()
+        except UnicodeDecodeError as err:
+            first_bad = first_bad or (line, err.start + 1)
+            decoded.append(_RowProblem(ROW, f"not valid {encoding.upper()} (byte {err.start + 1} of the line)"))
+    bad = sum(isinstance(text, _RowProblem) for text in decoded)
+    if bad and (bad > good or path.suffix.lower() != ".jsonl"):
+        line, byte = first_bad
+        reason = f"not valid {encoding.upper()} (byte {byte} of the line); {_encoding_hint(raw, encoding)}"
+        raise DataError(str(path), reason, line=line, field_name=ROW)
+    return decoded
+
+
+def _encoding_hint(raw: bytes, encoding: str) -> str:
+    """What to set, from charset-normalizer's guess at the file's encoding."""
+    from charset_normalizer import from_bytes  # only a file that fails to decode pays the import
+
+    guess = from_bytes(raw).best()
+    if guess is None or guess.encoding.replace("_", "-") == encoding:
+        return "set data.encoding to the file's encoding (e.g. gb18030), or fix the damaged bytes"
+    name = guess.encoding.replace("_", "-")
+    return f"the file looks like {name.upper()}: set data.encoding: {name}"
+
+
+def _jsonl_rows(lines: list[str | _RowProblem]) -> Iterator[tuple[int, Any]]:
+    for line, text in enumerate(lines, start=1):
+        if isinstance(text, _RowProblem):
+            yield line, text
+            continue
+        if not text.strip():
+            continue
+        try:
             yield line, json.loads(text)
         except json.JSONDecodeError as err:
             yield line, _RowProblem(ROW, f"invalid JSON: {err.msg} (column {err.colno})")
-        except _RowProblem as problem:
-            yield line, problem
 
 
-def _json_array_rows(path: Path, lines: list[bytes]) -> Iterator[tuple[int, Any]]:
-    """A JSON file is parsed whole, so an undecodable line or a syntax error makes the whole file unusable."""
+def _json_array_rows(path: Path, lines: list[str]) -> Iterator[tuple[int, Any]]:
+    """A JSON file is parsed whole, so a syntax error makes the whole file unusable."""
     file = str(path)
-    texts = []
-    for line, raw in enumerate(lines, start=1):
-        try:
-            texts.append(_decode(raw, line))
-        except _RowProblem as problem:
-            raise DataError(file, problem.reason, line=line, field_name=problem.field) from None
     try:
-        data = json.loads("\n".join(texts))
+        data = json.loads("\n".join(lines))
     except json.JSONDecodeError as err:
         raise DataError(file, f"invalid JSON: {err.msg} (column {err.colno})", line=err.lineno, field_name=ROW) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -236,6 +297,28 @@ def _json_array_rows(path: Path, lines: list[bytes]) -> Iterator[tuple[int, Any]
     if not isinstance(data, list):
         raise DataError(file, "expected a JSON array of rows, or an object whose single value is that array")
     yield from enumerate(data, start=1)
+
+
+def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[tuple[int, Any]]:
+    """Records under a header row, as {column: cell}; a record may span lines inside quotes."""
+    file = str(path)
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, strict=True)
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise DataError(file, f"the header names column {', '.join(map(repr, twice))} twice", line=1, field_name=ROW)
+        start = reader.line_num + 1
+        for record in reader:
+            line, start = start, reader.line_num + 1
+            if not any(cell.strip() for cell in record):
+                continue
+            if len(record) != len(header):
+                yield line, _RowProblem(ROW, f"{len(record)} cells, but the header has {len(header)} columns")
+                continue
+            yield line, dict(zip(header, record))
+    except csv.Error as err:
+        raise DataError(file, f"not readable as {'TSV' if delimiter == chr(9) else 'CSV'}: {err}", line=reader.line_num, field_name=ROW) from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -294,46 +377,84 @@ def _text(row: dict[str, Any], key: str, *, required: bool, allow_empty: bool = 
     return value.strip()
 
 
-def _split_think(reply: str, field_name: str) -> tuple[str, str]:
-    """Split a leading `<think>...</think>` block off a stripped reply; without one, think is empty."""
+def _field(row: dict[str, Any], field_name: str, rules: RowRules, *, required: bool) -> str:
+    """A Sample field from the row's key(s) for it (`columns`), several joined with a newline; tags checked."""
+    keys = rules.keys(field_name)
+    parts = [_text(row, key, required=required and len(keys) == 1) for key in keys]
+    if required and len(keys) > 1:
+        missing = [key for key in keys if key not in row]
+        if missing:
+            raise _RowProblem(missing[0], "missing")
+        if not any(parts):
+            raise _RowProblem("+".join(keys), "empty")
+    text = "\n".join(part for part in parts if part)
+    _check_tags(text, "+".join(keys), rules)
+    return text
+
+
+_NO_THINK = "set data.think: optional to train rows without reasoning (with an empty think block)"
+
+
+def _check_tags(text: str, label: str, rules: RowRules) -> None:
+    """A chat-template tag in a field is a bad row unless `literal_tags: text` keeps it as characters."""
+    if rules.literal_tags == "text":
+        return
+    tags = [tag for tag in LITERAL_TAGS if tag in text]
+    if tags:
+        raise _RowProblem(label, f"holds the chat-template tag {tags[0]!r}; remove it, or set data.literal_tags: text to "
+                                 "train it as plain characters")
+
+
+def _split_think(reply: str, field_name: str, rules: RowRules) -> tuple[str, str]:
+    """Split a leading `<think>...</think>` block off a stripped reply; tags left in either part are checked."""
     match = _THINK_BLOCK.fullmatch(reply)
     if match is None:
         if reply.startswith("<think>"):
             raise _RowProblem(field_name, "'<think>' is never closed by '</think>'")
-        return "", reply
-    think, answer = match.group(1).strip(), match.group(2).strip()
+        think, answer = "", reply
+    else:
+        think, answer = match.group(1).strip(), match.group(2).strip()
     if not answer:
         raise _RowProblem(field_name, "empty answer after the </think> block")
+    if not think and rules.think == "required":
+        raise _RowProblem(field_name, f"no reasoning: no <think>...</think> block with text before the answer; {_NO_THINK}")
+    _check_tags(think, field_name, rules)
+    _check_tags(answer, field_name, rules)
     return think, answer
 
 
-def _qta_sample(row: Any, system_prompt: str) -> tuple[Sample, bool]:
+def _qta_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     _require_object(row)
-    question = _text(row, "question", required=True)
-    think = _text(row, "think", required=True)
-    answer = _text(row, "answer", required=True)
-    system = _text(row, "system", required=False) or system_prompt
+    question = _field(row, "question", rules, required=True)
+    try:
+        think = _field(row, "think", rules, required=rules.think == "required")
+    except _RowProblem as problem:
+        raise _RowProblem(problem.field, f"{problem.reason}; {_NO_THINK}") from None
+    answer = _field(row, "answer", rules, required=True)
+    system = _field(row, "system", rules, required=False) or rules.system_prompt
     return Sample(question=question, think=think, answer=answer, system=system), False
 
 
-def _alpaca_sample(row: Any, system_prompt: str) -> tuple[Sample, bool]:
+def _alpaca_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     _require_object(row)
     instruction = _text(row, "instruction", required=True)
     extra_input = _text(row, "input", required=False)
-    think, answer = _split_think(_text(row, "output", required=True), "output")
-    system = _text(row, "system", required=False) or system_prompt
+    think, answer = _split_think(_text(row, "output", required=True), "output", rules)
+    system = _text(row, "system", required=False)
+    for label, text in (("instruction", instruction), ("input", extra_input), ("system", system)):
+        _check_tags(text, label, rules)
     question = f"{instruction}\n{extra_input}" if extra_input else instruction
-    return Sample(question=question, think=think, answer=answer, system=system), False
+    return Sample(question=question, think=think, answer=answer, system=system or rules.system_prompt), False
 
 
-def _messages_sample(row: Any, system_prompt: str) -> tuple[Sample, bool]:
+def _messages_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     """OpenAI `messages` or ShareGPT `conversations`: the system message and the first exchange."""
     _require_object(row)
     messages = _chat_messages(row)
     system, question, reply = None, None, None
     for role, content, where in messages:
         if role == "system" and question is None and system is None:
-            system = content
+            system = (content, where)
         elif role == "user" and question is None:
             question = (content, where)
         elif role == "assistant" and question is not None:
@@ -348,9 +469,11 @@ def _messages_sample(row: Any, system_prompt: str) -> tuple[Sample, bool]:
         raise _RowProblem(question[1], "empty")
     if not reply[0]:
         raise _RowProblem(reply[1], "empty")
-    think, answer = _split_think(reply[0], reply[1])
+    for text, where in (question, system or ("", "")):
+        _check_tags(text, where, rules)
+    think, answer = _split_think(reply[0], reply[1], rules)
     exchanges = sum(role != "system" for role, _, _ in messages)
-    sample = Sample(question=question[0], think=think, answer=answer, system=system or system_prompt)
+    sample = Sample(question=question[0], think=think, answer=answer, system=(system and system[0]) or rules.system_prompt)
     return sample, exchanges > 2
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from medtune.config import RunConfig
+from medtune.config import DataConfig, RunConfig
 from medtune.data.batching import TrainingSet
 from medtune.data.formats import DataError, ReadResult, Sample, read_samples, resolve_data_path, split_train_validation
 from medtune.data.render import Encoded, encode_sample
@@ -31,10 +31,11 @@ def percentiles(lengths: list[int]) -> dict[str, float]:
             "p99": float(np.percentile(arr, 99)), "min": int(arr.min()), "max": int(arr.max())}
 
 
-def _read(cfg: RunConfig, spec: str) -> ReadResult:
-    data = cfg.data
+def read_data_file(data: DataConfig, spec: str, max_rows: int | None) -> ReadResult:
+    """One data file read with the run's `data` settings (format, columns, encoding, think, tags, bad rows)."""
     return read_samples(resolve_data_path(spec), format=data.format, system_prompt=data.system_prompt,
-                        skip_bad_rows=data.skip_bad_rows, max_rows=data.max_rows)
+                        skip_bad_rows=data.skip_bad_rows, max_rows=max_rows, columns=data.columns,
+                        encoding=data.encoding, think=data.think, literal_tags=data.literal_tags)
 
 
 def _encode_split(samples: list[Sample], encode, stats: dict[str, Any]) -> tuple[list[Sample], list[Encoded]]:
@@ -60,11 +61,11 @@ def prepare_data(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared
     def encode(sample: Sample) -> Encoded:
         return encode_sample(tokenizer, sample, data.max_length)
 
-    train_read = _read(cfg, data.train)
+    train_read = read_data_file(data, data.train, data.max_rows)
     stats: dict[str, Any] = {"max_length": data.max_length, "files": {"train": train_read.as_dict()},
                              "train": {"source": data.train}}
     if data.validation:
-        val_read = _read(cfg, data.validation)
+        val_read = read_data_file(data, data.validation, data.max_rows)
         stats["files"]["validation"] = val_read.as_dict()
         stats["validation"] = {"source": data.validation}
         train_samples, val_samples = train_read.samples, val_read.samples

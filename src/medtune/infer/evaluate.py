@@ -19,8 +19,9 @@ import torch
 from medtune.config import AugmentConfig
 from medtune.data.augment import Augmenter
 from medtune.data.batching import trained_token_counts
-from medtune.data.formats import DataError, ReadResult, Sample, read_samples, resolve_data_path, split_train_validation
+from medtune.data.formats import DataError, ReadResult, Sample, split_train_validation
 from medtune.data.lexicon import load_lexicon
+from medtune.data.prepare import read_data_file
 from medtune.data.render import encode_sample, prompt_messages
 from medtune.infer.generation import Decoding, Reply
 from medtune.infer.metrics import reply_scores
@@ -46,8 +47,7 @@ def eval_data(run: AdapterRun, data: str | None, limit: int | None) -> EvalData:
     cfg = run.config
 
     def read(spec: str) -> ReadResult:
-        return read_samples(resolve_data_path(spec), format=cfg.data.format, system_prompt=cfg.data.system_prompt,
-                            skip_bad_rows=cfg.data.skip_bad_rows, max_rows=cfg.data.max_rows if data is None else None)
+        return read_data_file(cfg.data, spec, cfg.data.max_rows if data is None else None)
 
     if data is not None:
         result = read(data)

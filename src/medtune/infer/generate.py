@@ -18,7 +18,7 @@ def read_questions(path: Path, system_prompt: str) -> list[Sample]:
     """Rows in any medtune format (their question is used), or JSONL rows holding only `question`
     (and optionally `system`), which the training formats reject for lack of an answer."""
     try:
-        return read_samples(path, system_prompt=system_prompt).samples
+        return read_samples(path, system_prompt=system_prompt, think="optional").samples
     except DataError as err:
         if path.suffix.lower() != ".jsonl" or (err.field, err.reason) not in {("think", "missing"), ("answer", "missing")}:
             raise
