@@ -64,6 +64,11 @@ def _environment(cfg: RunConfig) -> list[Finding]:
             require_package(tracker)
         except TrackerError as err:
             found.append(Finding("error", "trackers", str(err)))
+    from medtune.report.charts import cjk_font  # a missing font costs the report's chart labels, not the run: ok, said
+
+    font = cjk_font()
+    found.append(Finding("ok", "report font", f"CJK font {font} for the charts of zh reports" if font else
+                         "no CJK font: the charts of zh reports keep English labels (install fonts-noto-cjk or fonts-wqy-microhei)"))
     return found
 
 
