@@ -52,9 +52,8 @@ def build_report(
     font = charts.cjk_font()  # also for Chinese run names in English reports
     if lang != "en" and font is None:
         data["warnings"].append({"kind": "no_cjk_font"})
-    coinciding = getattr(charts, "coinciding_curves", None)  # helper of charts.py; absent in older checkouts
     data.update(made_by=made_by, lang=lang, medtune_version=__version__,
-                coinciding={key: [list(pair) for pair in coinciding(versions, key)] for key in CHARTS} if coinciding else {})
+                coinciding={key: [list(pair) for pair in charts.coinciding_curves(versions, key)] for key in CHARTS})
     summary = Summary.model_validate(data)
     summary.insights = insights(summary)
     for insight in summary.insights:

@@ -244,7 +244,7 @@ class Summary(_Strict):
     warnings: list[Warning]
     insights: list[Insight] = Field(default_factory=list)
     coinciding: dict[str, list[list[str]]] = Field(default_factory=dict)
-    """Chart key -> pairs of versions whose mean curves coincide (one line hides the other)."""
+    """Chart key -> pairs of versions whose mean curves coincide within charts.COINCIDE_TOLERANCE of the chart's range."""
     made_by: Literal["compare", "ablate"] = "compare"
     lang: str = "en"
     medtune_version: str | None = None

@@ -139,7 +139,7 @@ WORDING: dict[str, dict[str, str]] = {
         "chart_grad_norm": "Gradient norm (before clipping)",
         "chart_learning_rate": "Learning rate",
         "chart_step": "step",
-        "coinciding_note": "The curves of {first} and {second} coincide within the chart's tolerance: one line hides the other.",
+        "coinciding_note": "The curves of {first} and {second} coincide (within 1% of the chart's range): they are drawn with different dashes and markers so that both stay visible.",
     },
     "zh": {
         "title": "medtune 实验对比报告：{versions}",
@@ -275,7 +275,7 @@ WORDING: dict[str, dict[str, str]] = {
         "chart_grad_norm": "梯度范数（裁剪前）",
         "chart_learning_rate": "学习率",
         "chart_step": "步数",
-        "coinciding_note": "{first} 与 {second} 的曲线在图表容差内重合，一条线遮住了另一条。",
+        "coinciding_note": "{first} 与 {second} 的曲线重合（相差不到图表纵轴范围的 1%）：两条线用不同的虚线样式和标记绘制，以便都能看清。",
     },
 }
 LANGUAGES = tuple(WORDING)
