@@ -182,6 +182,9 @@ def test_swanlab_04_report_diffs_the_trainer_arguments(tmp_path):
     assert diff["train.schedule"] == {"v1": ["linear"], "v2": ["cosine"]}
     assert diff["lora.dropout"] == {"v1": [0.05], "v2": [0.1]}  # mapped from peft_config
     assert not [key for key in diff if key.startswith("hf.peft")]
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    raw = {run["name"]: run["imported_config"]["swanlab_config"] for version in written["versions"] for run in version["runs"]}
+    assert raw["v2-seed1"]["peft_config"] == {"default": {"r": 64, "lora_alpha": 16, "lora_dropout": 0.1}}  # as logged
 
 
 def test_swanlab_04_database_with_pending_wal_is_read_and_left_alone(tmp_path):
