@@ -230,7 +230,10 @@ def _rows(path: Path, encoding: str) -> Iterator[tuple[int, Any]]:
         raise DataError(str(path), "file not found" if not path.exists() else "not a file")
     if suffix == ".parquet":
         return _parquet_rows(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(str(path), f"cannot read the file: {err.strerror}") from None
     lines = _decoded_lines(path, raw, encoding)
     if suffix in (".csv", ".tsv"):
         return _csv_rows(path, lines, "\t" if suffix == ".tsv" else ",")

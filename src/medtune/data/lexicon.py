@@ -12,6 +12,7 @@ copy of `medical.tsv` is a ready starting point for a lexicon of one's own.
 from __future__ import annotations
 
 import argparse
+import re
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
@@ -73,6 +74,10 @@ ICD_BUCKET_MARKERS = (
     "[", "其他", "未特指", "他处", "不明", "和", "或", "、", "的", "与", "伴", "及", "(", "（", "在", "引起", "所致", "有关", "特发于", "累及",
     "除外", "包括",
 )
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+"""Characters no text line holds (TAB is the field separator); a line with one means a binary file."""
 
 
 class LexiconError(ValueError):
@@ -159,6 +164,8 @@ def load_lexicon(name_or_path: str) -> Lexicon:
         raise LexiconError(f"{path}: lexicon file not found (shipped lexicons: {', '.join(SHIPPED_LEXICONS)})") from None
     except IsADirectoryError:
         raise LexiconError(f"{path}: is a folder, expected a lexicon file") from None
+    except OSError as err:
+        raise LexiconError(f"{path}: cannot read the lexicon file: {err.strerror}") from None
     return parse_lexicon(data, str(path))
 
 
@@ -174,6 +181,10 @@ def parse_lexicon(data: bytes, source: str) -> Lexicon:
     for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        control = _CONTROL.search(line.removesuffix("\r"))
+        if control:
+            raise LexiconError(f"{source}:{number}: control character U+{ord(control.group()):04X}; a lexicon is a text file "
+                               "of `term` or `term<TAB>category` lines, not a binary file")
         fields = line.split("\t")
         if len(fields) > 2:
             raise LexiconError(f"{source}:{number}: expected `term` or `term<TAB>category`, found {len(fields)} TAB-separated fields")
