@@ -151,6 +151,7 @@ def _version_facts(version: Version) -> dict[str, Any]:
                 "random_weights": run.summary.get("random_weights"),
                 "last_step": last_step(run),
                 "max_steps": run.max_steps(),
+                "imported_config": run.imported_config,
             }
             for run in version.runs
         ],

@@ -60,7 +60,8 @@ def build_report(
         insight.text = insight_text(insight, w)
 
     chart_words = w if lang == "en" or font else words("en")
-    pngs = charts.draw_charts(versions, {key: chart_words[f"chart_{key}"] for key in CHARTS}, chart_words["chart_step"], font)
+    pngs = charts.draw_charts(versions, {key: chart_words[f"chart_{key}"] for key in CHARTS}, chart_words["chart_step"], font,
+                              chart_words["chart_warmup"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for key, png in pngs.items():

@@ -73,6 +73,8 @@ class RunFacts(_Strict):
     random_weights: bool | None
     last_step: int
     max_steps: int | None
+    imported_config: dict[str, Any] = {}
+    """The foreign config as its source stored it (Run.imported_config); empty for medtune runs."""
 
 
 class VersionFacts(_Strict):

@@ -139,6 +139,7 @@ WORDING: dict[str, dict[str, str]] = {
         "chart_grad_norm": "Gradient norm (before clipping)",
         "chart_learning_rate": "Learning rate",
         "chart_step": "step",
+        "chart_warmup": "warmup",
         "coinciding_note": "The curves of {first} and {second} coincide (within 1% of the chart's range): they are drawn with different dashes and markers so that both stay visible.",
     },
     "zh": {
@@ -275,6 +276,7 @@ WORDING: dict[str, dict[str, str]] = {
         "chart_grad_norm": "梯度范数（裁剪前）",
         "chart_learning_rate": "学习率",
         "chart_step": "步数",
+        "chart_warmup": "预热",
         "coinciding_note": "{first} 与 {second} 的曲线重合（相差不到图表纵轴范围的 1%）：两条线用不同的虚线样式和标记绘制，以便都能看清。",
     },
 }
