@@ -161,9 +161,11 @@ def test_a_repr_that_is_not_python_is_kept_as_text_with_a_note(tmp_path):
 
 
 def test_parse_repr_never_evaluates():
-    value, unreadable = parse_repr("LoraConfig(r=__import__('os').getpid(), target_modules={'v', 'q'}, bias=<Bias.NONE: 'none'>)")
-    assert value == {"r": "__import__('os').getpid()", "target_modules": ["q", "v"], "bias": "none"}
-    assert unreadable == ["__import__('os').getpid()"]
+    value, unreadable = parse_repr("LoraConfig(r=__import__('os').getpid(), target_modules={'v', 'q'}, bias=<Bias.NONE: 'none'>, "
+                                   "note='<kept as written>', init=<function gaussian at 0x7f3a>)")
+    assert value == {"r": "__import__('os').getpid()", "target_modules": ["q", "v"], "bias": "none",
+                     "note": "<kept as written>", "init": "<function gaussian at 0x7f3a>"}
+    assert unreadable == ["__import__('os').getpid()", "<function gaussian at 0x7f3a>"]
 
 
 def test_swanlab_010_offline_run_with_a_lora_config_object(tmp_path):

@@ -12,10 +12,10 @@ import ast
 import re
 from typing import Any
 
-ENUM_REPR = re.compile(r"<[A-Za-z_][\w.]*: ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|-?\d+(?:\.\d+)?)>")
-"""`<PeftType.LORA: 'LORA'>` -> `'LORA'` (an Enum's repr is not Python syntax)."""
-OBJECT_REPR = re.compile(r"<[^<>]*>")
-"""Any other `<...>` (`<function f at 0x7f...>`): not syntax either; stood in for by a name, reported as unreadable."""
+QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+NOT_SYNTAX = re.compile(rf"(?P<quoted>{QUOTED})|<[A-Za-z_][\w.]*: (?P<enum_value>{QUOTED}|-?\d+(?:\.\d+)?)>|(?P<object><[^<>]*>)")
+"""What a repr holds that is not Python syntax, outside quoted strings: an Enum (`<PeftType.LORA: 'LORA'>`, read as
+its value) or another object (`<function f at 0x7f...>`, stood in for by a name and reported as unreadable)."""
 CALL_REPR = re.compile(r"^\s*(?:\{\s*'[^']*'\s*:\s*)?[A-Za-z_]\w*\(")
 
 
@@ -32,18 +32,23 @@ def parse_repr(text: str) -> tuple[Any, list[str]]:
     """
     objects: dict[str, str] = {}
 
-    def stand_in(match: re.Match[str]) -> str:
+    def to_syntax(match: re.Match[str]) -> str:
+        if match.group("quoted") is not None:
+            return match.group(0)
+        if match.group("enum_value") is not None:
+            return match.group("enum_value")
         name = f"_object_repr_{len(objects)}"
         objects[name] = match.group(0)
         return name
 
     try:
-        tree = ast.parse(OBJECT_REPR.sub(stand_in, ENUM_REPR.sub(r"\1", text.strip())), mode="eval")
+        tree = ast.parse(NOT_SYNTAX.sub(to_syntax, text.strip()), mode="eval")
+        unreadable: list[str] = []
+        return _value(tree.body, unreadable, objects), unreadable
     except SyntaxError as err:
         raise ValueError(f"not a Python repr ({err.msg} at column {err.offset})") from None
-    unreadable: list[str] = []
-    value = _value(tree.body, unreadable, objects)
-    return value, unreadable
+    except RecursionError:
+        raise ValueError("not a Python repr (nested too deeply)") from None
 
 
 def _value(node: ast.expr, unreadable: list[str], objects: dict[str, str]) -> Any:
@@ -58,7 +63,7 @@ def _value(node: ast.expr, unreadable: list[str], objects: dict[str, str]) -> An
         return sorted((_value(item, unreadable, objects) for item in node.elts), key=str)  # a set's repr order varies by process
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError):
         text = objects.get(node.id, node.id) if isinstance(node, ast.Name) else ast.unparse(node)
         unreadable.append(text)
         return text
