@@ -15,7 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from medtune.config import AugmentConfig
-from medtune.data.augment import Augmenter, AugmentStats, MaskedTerm, highlight_masks
+from medtune.data.augment import Augmenter, AugmentStats, MaskedTerm
+from medtune.data.preview import highlight_masks
 from medtune.data.formats import Sample
 from medtune.data.lexicon import Lexicon, load_lexicon
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from medtune.config import ConfigError
 from medtune.data.preview import preview, token_pieces
 from tests.conftest import tiny_config
 
@@ -42,5 +43,5 @@ def test_masked_only_shows_only_masked_samples(tmp_path: Path, short_rows_file: 
 
 def test_masked_only_needs_the_augmentation(tmp_path: Path, short_rows_file: Path):
     cfg = tiny_config("v1", tmp_path, short_rows_file)
-    with pytest.raises(ValueError, match="augment.enabled"):
+    with pytest.raises(ConfigError, match="augment.enabled"):
         preview(cfg, n=1, epoch=0, masked_only=True)

@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rich.text import Text
-
 from medtune.config import AugmentConfig
 from medtune.data.formats import Sample
 from medtune.data.lexicon import Lexicon, TermMatch, category_tag, load_lexicon
@@ -190,24 +188,3 @@ class AugmentStats:
             }
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"augmentation stats in the checkpoint are malformed ({type(err).__name__}: {err})") from None
-
-
-def highlight_masks(sample: Sample, masked_terms: list[MaskedTerm]) -> Text:
-    """The fields of an augmented sample that hold masks, each mask highlighted (red: left out of the loss,
-    yellow: kept in it or in the untrained question) and followed by the term it hides, dimmed."""
-    rendered = Text()
-    for field in SAMPLE_FIELDS:
-        field_terms = sorted((term for term in masked_terms if term.field == field), key=lambda term: term.start)
-        if not field_terms:
-            continue
-        text = getattr(sample, field)
-        rendered.append(f"{field}: ", style="bold")
-        cursor = 0
-        for term in field_terms:
-            excluded = (term.start, term.end) in sample.masked.get(field, [])
-            rendered.append(text[cursor : term.start])
-            rendered.append(term.replacement, style="reverse red" if excluded else "reverse yellow")
-            rendered.append(f"«{term.term}»", style="dim")
-            cursor = term.end
-        rendered.append(text[cursor:] + "\n")
-    return rendered

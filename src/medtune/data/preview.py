@@ -7,14 +7,36 @@ from rich.panel import Panel
 from rich.text import Text
 from transformers import PreTrainedTokenizerBase
 
-from medtune.config import RunConfig
-from medtune.data.augment import highlight_masks
+from medtune.config import ConfigError, RunConfig
+from medtune.data.augment import SAMPLE_FIELDS, MaskedTerm
 from medtune.data.batching import step_positions
+from medtune.data.formats import Sample
 from medtune.data.prepare import prepare_data
 from medtune.data.render import IGNORE_INDEX, SPAN_ANSWER, SPAN_PROMPT, SPAN_THINK, Encoded
 
 SPAN_STYLES = {SPAN_PROMPT: "dim", SPAN_THINK: "cyan", SPAN_ANSWER: "green"}
 LEGEND = "dim: prompt (no loss) · cyan: think (loss) · green: answer (loss) · red on white: masked, left out of the loss"
+
+
+def highlight_masks(sample: Sample, masked_terms: list[MaskedTerm]) -> Text:
+    """The fields of an augmented sample that hold masks, each mask highlighted (red: left out of the loss,
+    yellow: kept in it or in the untrained question) and followed by the term it hides, dimmed."""
+    rendered = Text()
+    for field in SAMPLE_FIELDS:
+        field_terms = sorted((term for term in masked_terms if term.field == field), key=lambda term: term.start)
+        if not field_terms:
+            continue
+        text = getattr(sample, field)
+        rendered.append(f"{field}: ", style="bold")
+        cursor = 0
+        for term in field_terms:
+            excluded = (term.start, term.end) in sample.masked.get(field, [])
+            rendered.append(text[cursor : term.start])
+            rendered.append(term.replacement, style="reverse red" if excluded else "reverse yellow")
+            rendered.append(f"«{term.term}»", style="dim")
+            cursor = term.end
+        rendered.append(text[cursor:] + "\n")
+    return rendered
 
 
 def token_pieces(tokenizer: PreTrainedTokenizerBase, input_ids: list[int]) -> list[str]:
@@ -56,12 +78,12 @@ def preview(cfg: RunConfig, n: int, epoch: int, console: Console | None = None, 
     others are skipped, so the masks can be checked without paging through unmasked samples.
 
     Raises:
-        ValueError: `masked_only` while the augmentation is off (nothing could ever be shown).
+        ConfigError: `masked_only` while the augmentation is off (nothing could ever be shown).
     """
     from medtune.model.load import load_tokenizer
 
     if masked_only and not cfg.augment.enabled:
-        raise ValueError("masked_only previews the augmentation's masks, but augment.enabled is false in this config")
+        raise ConfigError("masked_only previews the augmentation's masks, but augment.enabled is false in this config")
     console = console or Console()
     tokenizer = load_tokenizer(cfg.model)
     train = prepare_data(cfg, tokenizer).train
