@@ -20,7 +20,11 @@ from medtune.config import ConfigError, RunConfig, _Strict, compose, dump_config
 from medtune.train.checkpoint import run_complete
 
 console = Console(stderr=True)
-DEFAULT_EXPERIMENT = "experiments/quickstart.yaml"
+DEFAULT_EXPERIMENT = Path("experiments/quickstart.yaml")
+
+
+class RunsFailedError(RuntimeError):
+    """Runs trained in their own processes failed; the message names each with its log."""
 
 
 class ReportSettings(_Strict):
@@ -145,7 +149,21 @@ def train_in_processes(pending: list[PlannedRun], gpus: int, runs_per_gpu: int) 
     for thread in threads:
         thread.join()
     if failures:
-        raise RuntimeError("\n".join(failures))
+        raise RunsFailedError(f"{len(failures)} of {len(pending)} runs failed: " + "; ".join(failures))
+
+
+def find_default_experiment(start: Path | None = None) -> Path:
+    """`experiments/quickstart.yaml` of the project: in the working folder or the nearest parent that has one,
+    else in the checkout medtune was installed from (an editable install)."""
+    start = (start or Path.cwd()).resolve()
+    places = [*(folder / DEFAULT_EXPERIMENT for folder in (start, *start.parents)),
+              Path(__file__).resolve().parents[2] / DEFAULT_EXPERIMENT]
+    for place in places:
+        if place.is_file():
+            console.print(f"experiment: {place}")
+            return place
+    raise ConfigError(f"no experiment file given, and no {DEFAULT_EXPERIMENT} in {start}, its parent folders or "
+                      f"{places[-1].parent.parent}; name one: medtune ablate path/to/experiment.yaml")
 
 
 def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None,
@@ -174,7 +192,7 @@ def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overr
     report_dir = Path(experiment.report_dir)
     summary = build_report([(run.version, run.run_dir) for run in planned], baseline=experiment.baseline,
                            steps=experiment.report.steps, lang=experiment.report.lang, out_dir=report_dir,
-                           phases=experiment.report.phases)
+                           phases=experiment.report.phases, made_by="ablate")
     console.print(f"report: {report_dir / 'report.md'} and {report_dir / 'report.html'}")
     return summary
 

@@ -40,14 +40,9 @@ def v2_untied_run(tmp_path_factory, short_rows_file) -> Path:
 
 @pytest.fixture(scope="session")
 def cli_app() -> typer.Typer:
-    """The four commands registered as `medtune.cli` registers them."""
-    from medtune.infer.commands import chat, eval_command, generate, merge
+    """The `medtune` app, whose error rule turns bad input into one line and its exit code."""
+    from medtune.cli import app
 
-    app = typer.Typer()
-    app.command("chat")(chat)
-    app.command("generate")(generate)
-    app.command("eval")(eval_command)
-    app.command("merge")(merge)
     return app
 
 

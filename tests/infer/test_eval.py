@@ -88,4 +88,4 @@ def test_eval_of_a_checkpoint_gets_its_own_file_and_bad_data_is_named(v1_run, cl
     bad = tmp_path / "val.jsonl"
     bad.write_text('{"question": "头痛", "think": "想", "answer": "多休息"}\n{"question": "发烧", "think": "想"}\n', encoding="utf-8")
     result = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(bad)])
-    assert result.exit_code == 2 and "val.jsonl:2: field 'answer': missing" in result.output
+    assert result.exit_code == 4 and "val.jsonl:2: field 'answer': missing" in result.output

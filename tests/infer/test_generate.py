@@ -89,4 +89,4 @@ def test_generate_command_reports_bad_input_before_loading_the_model(v1_run, cli
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "头痛"}\n{"question": ""}\n', encoding="utf-8")
     result = runner.invoke(cli_app, ["generate", str(v1_run), "-i", str(bad), "-o", str(tmp_path / "a.jsonl")])
-    assert result.exit_code == 2 and "bad.jsonl:2: field 'question': empty" in result.output
+    assert result.exit_code == 4 and "bad.jsonl:2: field 'question': empty" in result.output

@@ -69,5 +69,5 @@ def test_merge_command_refuses_to_overwrite_without_asking(v1_run, cli_app, runn
     first = runner.invoke(cli_app, ["merge", str(v1_run), "-o", str(out)])
     assert first.exit_code == 0 and "RANDOM WEIGHTS" in first.output, first.output
     again = runner.invoke(cli_app, ["merge", str(v1_run), "-o", str(out)])
-    assert again.exit_code == 2 and "already exists; pass --overwrite" in again.output
+    assert again.exit_code == 6 and "already exists; pass --overwrite" in again.output
     assert runner.invoke(cli_app, ["merge", str(v1_run), "-o", str(out), "--checkpoint", "1", "--overwrite"]).exit_code == 0

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
+from medtune.cli import app
 from medtune.report.build import build_report, group_versions
-from medtune.report.command import compare
 from medtune.report.runs import ReportError, Run, version_of
 from medtune.report.schedule import ScheduleSpec, check_schedule, multiplier
 from medtune.report.sources import load_runs
@@ -123,17 +122,10 @@ def test_bad_options_are_explained(make_run, tmp_path):
         build_report([], out_dir=tmp_path / "out")
 
 
-def cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("compare")(compare)
-    app.command("other")(lambda: None)  # with two commands typer keeps `compare` as a subcommand, as in medtune's app
-    return app
-
-
 def test_cli_writes_the_report_and_says_where(make_run, tmp_path):
     a, b, c = make_run("v1", 1), make_run("v1", 2), make_run("v2", 1)
     out = tmp_path / "reports" / "cmp"
-    result = CliRunner().invoke(cli(), ["compare", "--name", f"base={a.folder}", "--name", f"base={b.folder}", str(c.folder),
+    result = CliRunner().invoke(app, ["compare", "--name", f"base={a.folder}", "--name", f"base={b.folder}", str(c.folder),
                                         "--baseline", "base", "--steps", "100,400", "--lang", "zh", "--phases", "0.2,0.6", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert str(out / "report.md") in result.output
@@ -145,8 +137,8 @@ def test_cli_writes_the_report_and_says_where(make_run, tmp_path):
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
-    result = CliRunner().invoke(cli(), ["compare", "--name", "v1", "-o", str(tmp_path / "out")])
-    assert result.exit_code == 1
+    result = CliRunner().invoke(app, ["compare", "--name", "v1", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 7
     assert "error: --name 'v1': expected version=path" in result.output
-    result = CliRunner().invoke(cli(), ["compare", str(tmp_path), "--steps", "100,abc", "-o", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "--steps '100,abc': expected comma-separated numbers" in result.output
+    result = CliRunner().invoke(app, ["compare", str(tmp_path), "--steps", "100,abc", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "'100,abc': expected comma-separated numbers" in result.output

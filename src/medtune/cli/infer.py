@@ -1,7 +1,6 @@
-"""The typer commands `chat`, `generate`, `eval` and `merge`, registered by `medtune.cli`.
+"""`medtune chat`, `generate`, `eval` and `merge`: using a fine-tuned model.
 
 Heavy modules (torch, transformers) are imported inside each command, so `medtune --help` stays fast.
-Bad input is reported as a usage error naming the argument at fault.
 """
 
 from __future__ import annotations
@@ -12,25 +11,12 @@ from typing import Annotated, Optional
 
 import typer
 
-RunArg = Annotated[Path, typer.Argument(help="Run folder (uses its adapter/), or an adapter folder.", show_default=False)]
-CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="Use checkpoints/step-N instead of the final adapter.", min=1)]
-MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Cut each reply after this many tokens.", min=1)]
-GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of Qwen3's thinking-mode sampling (T 0.6, top-p 0.95, top-k 20).")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Questions generated together (left-padded).", min=1)]
+from medtune.cli.options import BatchSizeOpt, CheckpointOpt, GreedyOpt, MaxNewTokensOpt, RunArg
 
 
 class ThinkDisplay(str, Enum):
     show = "show"
     hide = "hide"
-
-
-def _resolve(run: Path, checkpoint: int | None):
-    from medtune.infer.runs import RunNotFoundError, resolve_run
-
-    try:
-        return resolve_run(run, checkpoint)
-    except RunNotFoundError as err:
-        raise typer.BadParameter(str(err), param_hint="RUN") from None
 
 
 def chat(
@@ -39,43 +25,41 @@ def chat(
     think: Annotated[ThinkDisplay, typer.Option("--think", help="Show the reasoning dimmed, or hide it.")] = ThinkDisplay.show,
     greedy: GreedyOpt = False,
     max_new_tokens: MaxNewTokensOpt = 2048,
-    system: Annotated[Optional[str], typer.Option("--system", help="System prompt; default: the one the run trained with.")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="System prompt; default: the one the run trained with.")] = None,
 ) -> None:
     """Chat with a fine-tuned model in the console, reply streamed token by token."""
     from rich.console import Console
 
     from medtune.infer.chat import chat_loop
     from medtune.infer.generation import Decoding
-    from medtune.infer.runs import load_for_inference
+    from medtune.infer.runs import load_for_inference, resolve_run
 
-    loaded = load_for_inference(_resolve(run, checkpoint))
+    loaded = load_for_inference(resolve_run(run, checkpoint))
     system_prompt = system if system is not None else loaded.run.config.data.system_prompt
     chat_loop(loaded, system_prompt, Decoding(greedy=greedy, max_new_tokens=max_new_tokens), think.value, Console())
 
 
 def generate(
     run: RunArg,
-    input_file: Annotated[Path, typer.Option("--input", "-i", help="Questions: JSONL/JSON/Parquet in any medtune format, or JSONL rows with only `question`.", exists=True, dir_okay=False, show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Answers JSONL: source, question, think, answer, finish_reason, new_tokens.", show_default=False)],
+    input_file: Annotated[Path, typer.Option("--input", "-i", metavar="FILE", exists=True, dir_okay=False, show_default=False,
+                                             help="Questions: JSONL/JSON/Parquet in any medtune format, or JSONL rows with only `question`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", show_default=False,
+                                         help="Answers JSONL: source, question, think, answer, finish_reason, new_tokens.")],
     checkpoint: CheckpointOpt = None,
     batch_size: BatchSizeOpt = 8,
     max_new_tokens: MaxNewTokensOpt = 2048,
     greedy: GreedyOpt = False,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed, for repeatable answers.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Sampling seed, for repeatable answers.")] = 0,
 ) -> None:
     """Answer every question of a file in batches; think and answer are kept apart."""
     from transformers import set_seed
 
-    from medtune.data.formats import DataError
     from medtune.infer.generate import answer_rows, read_questions, write_jsonl
     from medtune.infer.generation import Decoding
-    from medtune.infer.runs import load_for_inference
+    from medtune.infer.runs import load_for_inference, resolve_run
 
-    adapter_run = _resolve(run, checkpoint)
-    try:
-        questions = read_questions(input_file, adapter_run.config.data.system_prompt)
-    except DataError as err:
-        raise typer.BadParameter(str(err), param_hint="--input") from None
+    adapter_run = resolve_run(run, checkpoint)
+    questions = read_questions(input_file, adapter_run.config.data.system_prompt)  # bad input stops here, before the model loads
     loaded = load_for_inference(adapter_run)
     set_seed(seed)
     rows = answer_rows(questions, loaded, Decoding(greedy=greedy, max_new_tokens=max_new_tokens), batch_size)
@@ -87,27 +71,25 @@ def generate(
 
 def eval_command(
     run: RunArg,
-    data: Annotated[Optional[str], typer.Option("--data", help="Rows with reference answers (any medtune format, or medtune:<name>); default: the run's own validation rows.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", metavar="FILE|medtune:NAME",
+                                                help="Rows with reference answers (any medtune format); default: the run's own validation rows.")] = None,
     checkpoint: CheckpointOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N rows.", min=1)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=1, help="Evaluate only the first N rows.")] = None,
     max_new_tokens: MaxNewTokensOpt = 2048,
     batch_size: BatchSizeOpt = 8,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Evaluate the base model alone (writes eval.base.json).")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write; default RUN/eval.json (eval.step-N.json, eval.base.json).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
+                                                   help="Where to write; default RUN/eval.json (eval.step-N.json, eval.base.json).")] = None,
 ) -> None:
     """Eval loss, perplexity, BLEU-4, ROUGE-L, think format, term recall and robustness to masked terms (greedy)."""
     import json
 
-    from medtune.data.formats import DataError
     from medtune.infer.evaluate import default_output, eval_data, replies_path, run_eval
     from medtune.infer.generation import Decoding
-    from medtune.infer.runs import load_for_inference
+    from medtune.infer.runs import load_for_inference, resolve_run
 
-    adapter_run = _resolve(run, checkpoint)
-    try:
-        rows = eval_data(adapter_run, data, limit)
-    except DataError as err:
-        raise typer.BadParameter(str(err), param_hint="--data") from None
+    adapter_run = resolve_run(run, checkpoint)
+    rows = eval_data(adapter_run, data, limit)  # bad rows stop here, before the model loads
     target = output or default_output(adapter_run, with_adapter=not no_adapter)
     loaded = load_for_inference(adapter_run, with_adapter=not no_adapter)
     record = run_eval(loaded, rows, Decoding(greedy=True, max_new_tokens=max_new_tokens), batch_size, target)
@@ -118,18 +100,15 @@ def eval_command(
 
 def merge(
     run: RunArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the merged bf16 model.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", show_default=False, help="Folder for the merged bf16 model.")],
     checkpoint: CheckpointOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Merge the adapter into a bf16 copy of the base; the folder loads with transformers and vLLM."""
-    from medtune.infer.merge import MergeError, merge_run
+    from medtune.infer.merge import merge_run
+    from medtune.infer.runs import resolve_run
 
-    adapter_run = _resolve(run, checkpoint)
-    try:
-        merged = merge_run(adapter_run, output, overwrite=overwrite)
-    except MergeError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    adapter_run = resolve_run(run, checkpoint)
+    merged = merge_run(adapter_run, output, overwrite=overwrite)
     warning = " — RANDOM WEIGHTS (tiny model): for pipeline checks only" if adapter_run.random_weights else ""
     typer.echo(f"merged model written to {merged}{warning}")

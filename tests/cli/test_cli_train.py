@@ -1,4 +1,4 @@
-"""The CLI as a user meets it: bad rows, bad configs, an existing run, and --skip-bad-rows."""
+"""`medtune train`, `data preview` and `ablate` as a user meets them: bad rows, bad configs, an existing run, --skip-bad-rows."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def test_bad_row_names_file_line_field_then_skip_reports_it(tmp_path, short_rows
     bad.write_text("\n".join([rows[0], rows[1], json.dumps(broken, ensure_ascii=False), *rows[3:8], "{not json"]) + "\n", encoding="utf-8")
 
     result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, bad)])
-    assert result.exit_code == 2
-    assert "bad.jsonl:3" in result.output and "think" in result.output
+    assert result.exit_code == 4
+    assert result.output.startswith("error: ") and "bad.jsonl:3" in result.output and "think" in result.output
 
     result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, bad), "--skip-bad-rows", "--overwrite"])
     assert result.exit_code == 0, result.output
@@ -41,13 +41,13 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, short_rows_file):
     args = ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, short_rows_file)]
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "--resume" in again.output
+    assert again.exit_code == 6 and "--resume" in again.output
     assert runner.invoke(app, [*args, "--resume"]).exit_code == 0  # complete already: nothing to redo
 
 
 def test_bad_config_is_reported_not_raised(tmp_path):
     result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), "--set", "train.lrr=1"])
-    assert result.exit_code == 2 and "did you mean `lr`" in result.output
+    assert result.exit_code == 3 and "did you mean `lr`" in result.output
 
 
 def test_data_preview_shows_masks_and_the_loss_mask(tmp_path, short_rows_file):

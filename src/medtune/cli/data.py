@@ -1,0 +1,118 @@
+"""`medtune data stats` and `medtune data preview`: the training data as the model will see it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from medtune.cli.core import MedtuneCommand, MedtuneGroup
+from medtune.cli.options import ConfigArg, OverlayOpt, SetOpt, load_cli_config
+
+data_app = typer.Typer(cls=MedtuneGroup, help="Inspect training data as the model will see it.", no_args_is_help=True)
+
+SPLITS = ("train", "validation")
+
+
+@data_app.command("stats", cls=MedtuneCommand)
+def data_stats(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overlay: OverlayOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON (as in a run's data_stats.json).")] = False,
+) -> None:
+    """Read and encode the data as training would; show rows, bad rows, truncation and token lengths."""
+    import json
+
+    from rich.console import Console
+
+    from medtune.data.prepare import prepare_data
+    from medtune.model.load import load_tokenizer
+
+    cfg = load_cli_config(config, overlay, set_)
+    stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
+    if as_json:
+        typer.echo(json.dumps(stats, ensure_ascii=False, indent=2))
+    else:
+        show_stats(stats, Console())
+
+
+@data_app.command("preview", cls=MedtuneCommand)
+def data_preview(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overlay: OverlayOpt = None,
+    n: Annotated[int, typer.Option("--n", metavar="N", min=1, help="How many training samples to show.")] = 5,
+    epoch: Annotated[int, typer.Option("--epoch", metavar="N", min=0, help="Which epoch's augmentation draw to show.")] = 0,
+    masked_only: Annotated[bool, typer.Option("--masked-only", help="Show only samples the augmentation masks (v3), "
+                                                                     "skipping the others.")] = False,
+) -> None:
+    """Show rendered training samples: trained tokens highlighted, masked terms marked, as the model sees them."""
+    from medtune.data.preview import preview
+
+    preview(load_cli_config(config, overlay, set_), n=n, epoch=epoch, masked_only=masked_only)
+
+
+def show_stats(stats: dict[str, Any], console) -> None:
+    """Two tables (files read, then each split as encoded) and the rows behind each count, listed by source.
+
+    Generic over the keys, so a count added to data_stats.json shows up here without a change."""
+    from rich.table import Table
+
+    files = Table(title="files read")
+    file_rows = {split: _flatten(info) for split, info in stats.get("files", {}).items()}
+    file_columns = list(dict.fromkeys(key for row in file_rows.values() for key, value in row.items() if not isinstance(value, list)))
+    for column in ("split", *file_columns):
+        files.add_column(column.replace("_", " "), justify="left" if column in ("split", "file", "formats") else "right")
+    for split, row in file_rows.items():
+        files.add_row(split, *(_cell(row.get(column, "")) for column in file_columns))
+    console.print(files)
+    _list_rows(console, file_rows)
+
+    splits = {split: _flatten(stats[split]) for split in SPLITS if split in stats}
+    table = Table(title=f"splits as encoded (max_length {stats.get('max_length', '?')})")
+    table.add_column("")
+    for split in splits:
+        table.add_column(split, justify="right")
+    names = list(dict.fromkeys(key for row in splits.values() for key, value in row.items() if not isinstance(value, list)))
+    for name in names:
+        table.add_row(name.replace("_", " "), *(_cell(row.get(name, "")) for row in splits.values()))
+    console.print(table)
+    _list_rows(console, splits)
+
+
+def _flatten(stats: dict[str, Any]) -> dict[str, Any]:
+    """{"token_length": {"p50": 1}} -> {"token_length p50": 1}: one cell per number."""
+    flat: dict[str, Any] = {}
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            flat.update({f"{key} {inner}": inner_value for inner, inner_value in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else f"{value:,.1f}"
+    return str(value)
+
+
+def _list_rows(console, rows_by_split: dict[str, dict[str, Any]]) -> None:
+    """The rows behind a count (skipped, truncated, answer cut), so nothing is only a number."""
+    for split, row in rows_by_split.items():
+        for name, items in row.items():
+            if not isinstance(items, list) or not items:
+                continue
+            console.print(f"[bold]{split} {name.replace('_', ' ')}[/] ({len(items)}):")
+            if all(isinstance(item, str) for item in items):
+                console.print("  " + ", ".join(items), markup=False, highlight=False)
+                continue
+            for item in items:
+                bad_row = isinstance(item, dict) and {"source", "field", "reason"} <= item.keys()
+                line = f"{item['source']} field {item['field']!r}: {item['reason']}" if bad_row else str(item)
+                console.print("  " + line, markup=False, highlight=False)

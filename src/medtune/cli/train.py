@@ -1,0 +1,59 @@
+"""`medtune train`, `check` and `ablate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medtune.cli.options import ConfigArg, OverlayOpt, SetOpt, SkipBadRowsOpt, load_cli_config
+
+
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overlay: OverlayOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing run of the same name first.")] = False,
+    skip_bad_rows: SkipBadRowsOpt = False,
+) -> None:
+    """Fine-tune one run from a config; writes <output_dir>/<run_name>/."""
+    from medtune.train.recipe import run
+
+    run_dir = run(load_cli_config(config, overlay, set_), resume=resume, overwrite=overwrite, skip_bad_rows=skip_bad_rows or None)
+    typer.echo(f"run complete: {run_dir}")
+
+
+def check(config: ConfigArg, set_: SetOpt = None, overlay: OverlayOpt = None, skip_bad_rows: SkipBadRowsOpt = False) -> None:
+    """Pre-flight check of a run: environment, run folder, data as training encodes it, schedule; exit 1 on errors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medtune.train.preflight import preflight
+
+    findings = preflight(load_cli_config(config, overlay, set_), skip_bad_rows=skip_bad_rows)
+    table = Table(title=f"medtune check {config}")
+    for column in ("", "check", "finding"):
+        table.add_column(column)
+    style = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "error": "[red]error[/]"}
+    for finding in findings:
+        table.add_row(style[finding.level], finding.check, finding.message)
+    Console(width=160).print(table)
+    if any(finding.level == "error" for finding in findings):
+        raise typer.Exit(1)
+
+
+def ablate(
+    experiment: Annotated[Optional[Path], typer.Argument(
+        help="Experiment YAML (versions x seeds); default: experiments/quickstart.yaml of the project "
+             "(looked for in the working folder and its parents).", metavar="EXPERIMENT", dir_okay=False, show_default=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", metavar="N|LIST", help="A count (3 -> 42,43,44) or a list (1,2,3).")] = None,
+    runs_per_gpu: Annotated[Optional[int], typer.Option("--runs-per-gpu", metavar="N", min=1,
+                                                        help="Runs at once per GPU (default: the experiment's runs_per_gpu, 1).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train every version x seed that is not complete (resuming interrupted ones), then write the report."""
+    from medtune.experiment import find_default_experiment, parse_seeds, run_experiment
+
+    run_experiment(experiment or find_default_experiment(), parse_seeds(seeds) if seeds else None, set_, runs_per_gpu)
