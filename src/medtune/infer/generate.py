@@ -20,7 +20,7 @@ def read_questions(path: Path, system_prompt: str) -> list[Sample]:
     try:
         return read_samples(path, system_prompt=system_prompt, think="optional").samples
     except DataError as err:
-        if path.suffix.lower() != ".jsonl" or (err.field, err.reason) not in {("think", "missing"), ("answer", "missing")}:
+        if path.suffix.lower() != ".jsonl" or (err.field, err.reason) != ("answer", "missing"):
             raise
     return _question_rows(path, system_prompt)
 
