@@ -42,7 +42,8 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, short_rows_file):
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 6 and "--resume" in again.output
-    assert runner.invoke(app, [*args, "--resume"]).exit_code == 0  # complete already: nothing to redo
+    complete = runner.invoke(app, [*args, "--resume"])
+    assert complete.exit_code == 6 and "nothing to resume" in complete.output
 
 
 def test_bad_config_is_reported_not_raised(tmp_path):
