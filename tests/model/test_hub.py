@@ -7,15 +7,17 @@ nothing here reaches the network.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
+import time
 import types
 from pathlib import Path
 
 import pytest
 
 from medtune.data.formats import DataError, read_samples, resolve_data_path
-from medtune.model.hub import OFFLINE_SWITCHES, USE_MODELSCOPE_SWITCHES, HubError, resolve_model_source
+from medtune.model.hub import OFFLINE_SWITCHES, PROBE_TIMEOUT_S, USE_MODELSCOPE_SWITCHES, HubError, resolve_model_source
 
 SHIPPED = "medtune:delicate_medical_r1_val"
 SYSTEM = "你是一个医学专家。"
@@ -63,7 +65,14 @@ def test_local_folder_wins_and_becomes_absolute_even_with_the_switch(fake_models
     assert fake_modelscope.calls == []
 
 
-def test_plain_hub_id_goes_to_hugging_face_without_the_switch(fake_modelscope):
+@pytest.fixture
+def hub_online(monkeypatch):
+    """The Hugging Face hub answers and holds every model asked for (nothing reaches the network)."""
+    monkeypatch.setattr("medtune.model.hub.endpoint_reachable", lambda url, timeout_s=0: True)
+    monkeypatch.setattr("huggingface_hub.repo_exists", lambda repo_id, **kwargs: True)
+
+
+def test_plain_hub_id_goes_to_hugging_face_without_the_switch(fake_modelscope, hub_online):
     assert resolve_model_source("Qwen/Qwen3-1.7B") == "Qwen/Qwen3-1.7B"
     assert fake_modelscope.calls == []
 
@@ -83,14 +92,50 @@ def test_switch_sends_plain_hub_ids_to_modelscope(fake_modelscope, monkeypatch, 
     assert [call["repo_id"] for call in fake_modelscope.calls] == ["Qwen/Qwen3-1.7B"]
 
 
-@pytest.mark.parametrize("name", ["./models/missing", "/no/such/folder", "gpt2"])
-def test_switch_leaves_what_is_not_owner_slash_name_to_transformers(fake_modelscope, monkeypatch, name):
+def test_switch_leaves_a_bare_name_to_hugging_face(fake_modelscope, hub_online, monkeypatch):
     monkeypatch.setenv("USE_MODELSCOPE_HUB", "true")
-    assert resolve_model_source(name) == name
+    assert resolve_model_source("gpt2") == "gpt2"
     assert fake_modelscope.calls == []
 
 
-def test_switch_set_to_zero_is_off(fake_modelscope, monkeypatch):
+@pytest.mark.parametrize("name", ["./models/missing", "/no/such/folder", "~/no/such", "models/Qwen/Qwen3-1.7B"])
+def test_a_missing_path_is_one_error_saying_it_was_read_as_a_local_folder(fake_modelscope, monkeypatch, name):
+    monkeypatch.setenv("USE_MODELSCOPE_HUB", "true")
+    with pytest.raises(HubError, match=rf"^model '{re.escape(name)}': no such folder \(.*\); read as a local folder"):
+        resolve_model_source(name)
+    assert fake_modelscope.calls == []
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "unreachable"])
+def test_offline_a_hub_id_not_in_the_cache_fails_fast_and_says_what_to_use(monkeypatch, offline):
+    if offline == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, the connection is refused
+    started = time.perf_counter()
+    with pytest.raises(HubError) as failed:
+        resolve_model_source("medtune-test/never-downloaded")
+    assert time.perf_counter() - started < PROBE_TIMEOUT_S + 1
+    message = str(failed.value)
+    assert message.startswith("model 'medtune-test/never-downloaded': read as a Hugging Face hub id (there is no local folder")
+    assert ("HF_HUB_OFFLINE=1 forbids" if offline == "HF_HUB_OFFLINE" else "cannot be reached (offline?)") in message
+    assert message.endswith("use --overlay configs/tiny.yaml (the offline tiny model) or set model.name_or_path to a local folder")
+
+
+def test_offline_a_cached_hub_model_loads_from_its_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr("medtune.model.hub.endpoint_reachable", lambda url, timeout_s=0: False)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, revision=None, local_files_only=False: str(tmp_path))
+    assert resolve_model_source("Qwen/Qwen3-1.7B") == str(tmp_path)
+
+
+def test_online_a_hub_id_the_hub_lacks_is_one_error(monkeypatch):
+    monkeypatch.setattr("medtune.model.hub.endpoint_reachable", lambda url, timeout_s=0: True)
+    monkeypatch.setattr("huggingface_hub.repo_exists", lambda repo_id, **kwargs: False)
+    with pytest.raises(HubError, match="read as a Hugging Face hub id .* and the hub has no such model"):
+        resolve_model_source("Qwen/Qwen3-17B-typo")
+
+
+def test_switch_set_to_zero_is_off(fake_modelscope, hub_online, monkeypatch):
     monkeypatch.setenv("MEDTUNE_USE_MODELSCOPE", "0")
     assert resolve_model_source("Qwen/Qwen3-1.7B") == "Qwen/Qwen3-1.7B"
 

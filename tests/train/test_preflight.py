@@ -7,6 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from medtune.cli import app
+from medtune.data.prepare import prepare_data
+from medtune.model.load import load_tokenizer
 from medtune.train.preflight import preflight
 from medtune.train.recipe import run
 from tests.conftest import CONFIGS, tiny_config
@@ -41,9 +43,21 @@ def test_what_would_waste_a_run_is_flagged(tmp_path, short_rows_file):
                       "data.max_length=450")
     found = by_check(preflight(cfg))
     assert ("warn", "train.eval_steps is null: no eval loss during or after training") in found["eval"]
-    assert found["checkpoints"][0][0] == "warn" and "only the end is saved" in found["checkpoints"][0][1]
+    assert found["checkpoints"][0][0] == "warn" and "a crash or a kill" in found["checkpoints"][0][1]
     assert any(level == "warn" and "passes over the training rows: expect overfitting" in message for level, message in found["schedule"])
-    assert any(level == "warn" and "at max_length 450" in message for level, message in found["data"])
+    data = [message for level, message in found["data"] if level == "warn"]
+    stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats["train"]
+    cut_short = stats["truncated"] - stats["answer_cut"]
+    assert cut_short > 0, "the test needs rows cut at max_length that keep part of their answer"
+    assert any(m.startswith(f"{cut_short} of 12 training rows are cut at max_length 450: the end of their answer") for m in data), data
+
+
+def test_a_missing_model_is_reported_under_model_not_data(tmp_path, short_rows_file):
+    cfg = tiny_config("v1", tmp_path, short_rows_file, f"model.name_or_path={tmp_path / 'no-such-model'}")
+    found = by_check(preflight(cfg))
+    (level, message), = found["model"]
+    assert level == "error" and "no such folder" in message and "read as a local folder" in message
+    assert "data" not in found
 
 
 def test_errors_fail_the_cli_and_an_existing_run_is_reported(tmp_path, short_rows_file):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from safetensors.torch import load_file
 
 from medtune.data.batching import micro_batches
 from medtune.model.load import load_base_model
+from medtune.train.checkpoint import LEGACY_STATE_FILE, CheckpointError, list_checkpoints, step_dir
+from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, RunExistsError, run
 from tests.conftest import tiny_config
 
@@ -25,8 +30,11 @@ def test_v2_tiny_run_folder_is_complete_and_only_lora_trains(tmp_path, short_row
     cfg = tiny_config("v2", tmp_path, short_rows_file, "train.max_steps=4", "train.save_steps=2", "train.eval_steps=2")
     run_dir = run(cfg)
     for name in ("config.resolved.yaml", "env.json", "data_stats.json", "metrics.jsonl", "summary.json", "adapter/adapter_model.safetensors",
-                 "checkpoints/step-000002/training_state.pt", "checkpoints/step-000004/adapter_config.json"):
+                 "adapter/tokenizer.json", "checkpoints/step-000002/adapter_config.json", "checkpoints/step-000002/medtune_adapter.json"):
         assert (run_dir / name).exists(), name
+    # only what resume needs: the end is adapter/ (no checkpoint of it), and a complete run keeps no optimizer state
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-000002"]
+    assert not any(p.name.startswith("training_state") or p.name == "tokenizer.json" for p in (run_dir / "checkpoints").rglob("*"))
     records = read_metrics(run_dir)
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
@@ -36,7 +44,10 @@ def test_v2_tiny_run_folder_is_complete_and_only_lora_trains(tmp_path, short_row
     for r in train:
         assert r["loss_think"] is not None and r["loss_answer"] is not None and r["grad_norm"] > 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "complete" and summary["random_weights"] is True and "random weights" in summary["model"]
+    assert summary["status"] == "complete" and summary["random_weights"] is True and "random" in summary["random_weights_note"]
+    model = summary["model"]  # what the model is, apart from whether its weights are random
+    assert model["name_or_path"] == "tiny" and model["architecture"] == "Qwen3ForCausalLM"
+    assert (Path(model["source"]) / "config.json").is_file() and 9e6 < model["parameters"] < 1.1e7 and model["size"] == "9.8M parameters"
     assert summary["embeddings"]["trained_embeddings"] == ["embed_tokens", "lm_head"] and summary["embeddings"]["embeddings_tied"]
 
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
@@ -74,7 +85,7 @@ def test_loss_and_gradients_do_not_depend_on_the_accumulation_split(tmp_path, sh
     assert max(norms) - min(norms) < 1e-4 * norms[0]
 
 
-def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_file, monkeypatch):
+def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_file, monkeypatch, capsys):
     overrides = ("train.max_steps=4", "train.save_steps=2", "train.eval_steps=2")
     full = run(tiny_config("v1", tmp_path / "full", short_rows_file, *overrides))
 
@@ -89,12 +100,18 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_f
         return original_step(self, items)
 
     monkeypatch.setattr(FineTuneRecipe, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match="^interrupted at step 3; the last checkpoint is step 2: resume with --resume$"):
         run(cfg)
+    summary = json.loads((cfg.run_dir() / "summary.json").read_text())
+    assert (summary["status"], summary["step"], summary["stopped_at_step"]) == ("interrupted", 2, 3), "step = what resume continues from"
     monkeypatch.setattr(FineTuneRecipe, "train_step", original_step)
     with pytest.raises(RunExistsError, match="--resume"):
         run(cfg)
+    capsys.readouterr()
     resumed = run(cfg, resume=True)
+    assert f"resuming v1 from step 2 ({step_dir(resumed, 2)})" in capsys.readouterr().err
+    with pytest.raises(RunExistsError, match="holds a complete run .4 steps.: nothing to resume"):
+        run(cfg, resume=True)
 
     def strip(records):
         return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
@@ -119,3 +136,67 @@ def test_v3_run_records_the_realised_augmentation_per_epoch(tmp_path, short_rows
     assert sum(r["masked_samples"] for r in records) > 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["augmentation"]["epochs"] == records
+
+
+def test_ctrl_c_saves_the_step_it_stops_at_and_a_run_without_validation_rows_prints_no_eval_loss(tmp_path, short_rows_file,
+                                                                                               monkeypatch, capsys):
+    cfg = tiny_config("v1", tmp_path, short_rows_file, "data.val_fraction=0", "train.save_steps=10")
+    original_step = FineTuneRecipe.train_step
+
+    def ctrl_c_during_step_1(self, items):
+        if self.step == 0:
+            signal.raise_signal(signal.SIGINT)  # the handler asks to stop; this step still completes
+        return original_step(self, items)
+
+    monkeypatch.setattr(FineTuneRecipe, "train_step", ctrl_c_during_step_1)
+    with pytest.raises(TrainingInterrupted, match="^interrupted at step 1: resume with --resume$"):
+        run(cfg)
+    err = capsys.readouterr().err
+    assert "interrupted at step 1: resume with --resume" in err and "no validation rows" in err and "nan" not in err
+    summary = json.loads((cfg.run_dir() / "summary.json").read_text())
+    assert (summary["status"], summary["step"]) == ("interrupted", 1) and "last_eval" not in summary
+    assert [step for step, _ in list_checkpoints(cfg.run_dir())] == [1]
+    assert not any("eval_loss" in record for record in read_metrics(cfg.run_dir()))
+
+
+def test_a_failed_run_leaves_no_stub_folder_and_bad_data_fails_before_the_model_loads(tmp_path, short_rows_file, monkeypatch):
+    cfg = tiny_config("v1", tmp_path, short_rows_file)
+
+    def fails(self, items):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(FineTuneRecipe, "train_step", fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(cfg)
+    assert not cfg.run_dir().exists(), "nothing was saved: the new run folder goes"
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n', encoding="utf-8")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load before the data is validated")
+
+    monkeypatch.setattr("medtune.train.recipe.load_base_model", no_model)
+    with pytest.raises(Exception, match="bad.jsonl:1") as failed:
+        run(tiny_config("v1", tmp_path, bad))
+    assert not isinstance(failed.value, AssertionError) and not cfg.run_dir().exists()
+
+
+def test_resume_never_runs_a_pickled_training_state(tmp_path, short_rows_file):
+    """An old-format checkpoint whose pickle would run a command: resume refuses it, naming the file, and runs nothing."""
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    cfg = tiny_config("v1", tmp_path, short_rows_file)
+    folder = step_dir(cfg.run_dir(), 2)
+    folder.mkdir(parents=True)
+    (cfg.run_dir() / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
+    torch.save({"step": 2, "optimizer": Exploit()}, folder / LEGACY_STATE_FILE)
+    with pytest.raises(CheckpointError) as refused:
+        run(cfg, resume=True)
+    assert str(refused.value).startswith(f"{folder / LEGACY_STATE_FILE}: cannot read the training state (it asks to call ")
+    assert "system" in str(refused.value) and "\n" not in str(refused.value)
+    assert not marker.exists()

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Literal
+from urllib.parse import urlparse
 
 MODELSCOPE_PREFIX = "modelscope:"
 USE_MODELSCOPE_SWITCHES = ("MEDTUNE_USE_MODELSCOPE", "USE_MODELSCOPE_HUB")
@@ -21,6 +24,10 @@ OFFLINE_SWITCHES = ("MODELSCOPE_OFFLINE", "HF_HUB_OFFLINE")
 MODELSCOPE_INSTALL = "pip install 'medtune[modelscope]'"
 HUB_METADATA_FILES = frozenset({"configuration.json", "dataset_infos.json", "dataset_info.json"})
 """JSON files the hub itself reads in a data set repo; never training data."""
+
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+PROBE_TIMEOUT_S = 3.0
+"""How long a hub id waits to learn the machine is offline (transformers would retry for about 50 s)."""
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _TRUE = {"1", "true", "yes", "on"}
@@ -65,7 +72,8 @@ def resolve_model_source(name_or_path: str, revision: str | None = None) -> str:
     """What `from_pretrained` should receive: a local folder (absolute), a ModelScope snapshot folder, or the hub id.
 
     A local folder wins over the ModelScope switch, as in LLaMA-Factory, so a downloaded copy is never
-    fetched again; a string that is neither a folder nor `owner/name` is passed on for transformers to judge.
+    fetched again. A name that is no folder is read as a local path when it looks like one (see
+    `reads_as_local_path`), else as a hub id, and either way a missing model is one HubError saying which.
     """
     if name_or_path.startswith(MODELSCOPE_PREFIX):
         repo_id = name_or_path.removeprefix(MODELSCOPE_PREFIX)
@@ -77,9 +85,73 @@ def resolve_model_source(name_or_path: str, revision: str | None = None) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path.resolve())
+    if reads_as_local_path(name_or_path):
+        raise HubError(f"model {name_or_path!r}: no such folder ({path.absolute()}); read as a local folder, since a hub id "
+                       "has the form <owner>/<name>")
     if use_modelscope() and is_repo_id(name_or_path):
         return str(modelscope_snapshot(name_or_path, "model", revision=revision))
-    return name_or_path
+    return hugging_face_model(name_or_path, revision)
+
+
+def reads_as_local_path(name: str) -> bool:
+    """`/x`, `./x`, `~/x`, `C:\\x`, `a/b/c`: no hub id looks like these (hub ids are `owner/name` or a bare `name`)."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or ":" in name or name.count("/") > 1
+
+
+def hugging_face_model(repo_id: str, revision: str | None = None) -> str:
+    """A hub id checked before transformers spends a minute retrying: offline, the cached copy or one clear error.
+
+    Offline means HF_HUB_OFFLINE=1, or the hub's endpoint not answering within PROBE_TIMEOUT_S. Returns the
+    hub id (transformers downloads or finds it) or, when the hub cannot be reached, the cached snapshot folder.
+    """
+    from huggingface_hub import repo_exists
+
+    endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT)
+    if env_flag("HF_HUB_OFFLINE"):
+        offline = "HF_HUB_OFFLINE=1 forbids downloading it"
+    elif not endpoint_reachable(endpoint):
+        offline = f"the hub ({endpoint}) cannot be reached (offline?)"
+    elif not repo_exists(repo_id):
+        raise HubError(f"model {repo_id!r}: read as a Hugging Face hub id (there is no local folder of that name), and the hub has "
+                       "no such model (or it is private or gated: log in with `hf auth login`)")
+    else:
+        return repo_id
+    cached = _cached_snapshot(repo_id, revision)
+    if cached is not None:
+        return cached
+    raise HubError(f"model {repo_id!r}: read as a Hugging Face hub id (there is no local folder of that name); it is not in the "
+                   f"local hub cache and {offline}. Offline, use --overlay configs/tiny.yaml (the offline tiny model) or set "
+                   "model.name_or_path to a local folder")
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, revision=revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        return None
+
+
+def endpoint_reachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the URL's host opens within `timeout_s`, name lookup included (run in a thread,
+    since a lookup without network can block far longer than any socket timeout)."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    return bool(result and result[0])
 
 
 def modelscope_data_file(spec: str, file_types: Sequence[str]) -> Path:

@@ -1,12 +1,19 @@
 """Ctrl-C during training: finish the current optimizer step, save a checkpoint, then stop.
 
-A second Ctrl-C stops at once (the run then resumes from its previous checkpoint)."""
+A second Ctrl-C stops at once (the run then resumes from its previous checkpoint). Either way training ends
+in `TrainingInterrupted`, whose message says the step saved and how to resume (summary.json records the
+same), so a command line can print it and exit without a traceback.
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
 from types import FrameType
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C; the message says which step is saved and how to resume."""
 
 
 class GracefulInterrupt:

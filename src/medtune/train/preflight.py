@@ -21,7 +21,7 @@ from medtune.data.formats import DataError
 from medtune.data.prepare import prepare_data
 from medtune.model.hub import HubError
 from medtune.model.load import load_tokenizer
-from medtune.train.checkpoint import holds_run, list_checkpoints, run_complete
+from medtune.train.checkpoint import holds_run, resumable_checkpoint, run_complete
 from medtune.train.schedules import warmup_steps
 from medtune.train.trackers import TrackerError, require_package
 
@@ -45,8 +45,12 @@ def preflight(cfg: RunConfig, skip_bad_rows: bool = False) -> list[Finding]:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"skip_bad_rows": True})})
     findings = [*_environment(cfg), *_run_folder(cfg)]
     try:
-        stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
-    except (DataError, HubError, OSError, ValueError) as err:  # unreadable data, or a tokenizer that cannot be had
+        tokenizer = load_tokenizer(cfg.model)
+    except (HubError, OSError, ValueError) as err:  # no such folder or hub id, offline, or no tokenizer in it
+        return [*findings, Finding("error", "model", str(err))]
+    try:
+        stats = prepare_data(cfg, tokenizer).stats
+    except (DataError, HubError, OSError, ValueError) as err:  # unreadable data, or a data set that cannot be fetched
         return [*findings, Finding("error", "data", str(err))]
     return [*findings, *_data(stats, cfg.data.max_length), *_schedule(cfg, stats["train"]["trained_rows"]),
             _passes(cfg, stats["train"]["token_length"]["mean"])]
@@ -78,9 +82,9 @@ def _run_folder(cfg: RunConfig) -> list[Finding]:
         return [Finding("ok", "run folder", f"{run_dir} (new)")]
     if run_complete(run_dir):
         return [Finding("warn", "run folder", f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again")]
-    checkpoints = list_checkpoints(run_dir)
-    where = f"its last checkpoint is step {checkpoints[-1][0]}" if checkpoints else "it has no checkpoint yet (it would restart)"
-    return [Finding("warn", "run folder", f"{run_dir} holds an interrupted run; {where}: pass --resume or --overwrite")]
+    resumable = resumable_checkpoint(run_dir)
+    where = f"--resume continues from step {resumable[0]}" if resumable else "it has no checkpoint yet (--resume restarts it)"
+    return [Finding("warn", "run folder", f"{run_dir} holds an unfinished run; {where}; --overwrite starts again")]
 
 
 def _data(stats: dict[str, Any], max_length: int) -> list[Finding]:
@@ -94,14 +98,21 @@ def _data(stats: dict[str, Any], max_length: int) -> list[Finding]:
     found.append(Finding("ok", "data", f"{train['trained_rows']:,} training rows, {lengths['mean']:.0f} tokens on average "
                                        f"(p90 {lengths['p90']:.0f}, max {lengths['max']}); {validation['trained_rows']} validation rows"))
     for split, info in (("training", train), ("validation", validation)):
+        cut_short = [source for source in info["truncated_rows"] if source not in set(info["answer_cut_rows"])]
+        if cut_short:
+            found.append(Finding("warn", "data", f"{len(cut_short)} of {info['rows']} {split} rows are cut at max_length {max_length}: "
+                                                 f"the end of their answer is not trained ({_first(cut_short)})"))
         if info["answer_cut"]:
             found.append(Finding("warn", "data", f"{info['answer_cut']} of {info['rows']} {split} rows lose their whole answer at "
-                                                 f"max_length {max_length} and are left out"))
-        elif info["truncated"]:
-            found.append(Finding("warn", "data", f"{info['truncated']} of {info['rows']} {split} rows are cut at max_length {max_length}"))
+                                                 f"max_length {max_length} and are left out ({_first(info['answer_cut_rows'])})"))
     if validation["trained_rows"] == 0:
         found.append(Finding("warn", "eval", "no validation rows: no eval loss will be computed"))
     return found
+
+
+def _first(sources: list[str], shown: int = 3) -> str:
+    more = f" and {len(sources) - shown} more" if len(sources) > shown else ""
+    return ", ".join(sources[:shown]) + more
 
 
 def _passes(cfg: RunConfig, mean_tokens: float) -> Finding:
@@ -127,6 +138,7 @@ def _schedule(cfg: RunConfig, train_rows: int) -> list[Finding]:
     if train.eval_steps is None:
         found.append(Finding("warn", "eval", "train.eval_steps is null: no eval loss during or after training"))
     if train.save_steps >= steps:
-        found.append(Finding("warn", "checkpoints", f"save_steps {train.save_steps} >= {steps} steps: only the end is saved, "
-                                                    "so an interruption loses the whole run"))
+        found.append(Finding("warn", "checkpoints", f"save_steps {train.save_steps} >= {steps} steps: no checkpoint before the end, "
+                                                    "so a crash or a kill (out of memory, power, kill -9) loses the whole run; "
+                                                    "Ctrl-C still saves where it stops"))
     return found

@@ -32,26 +32,29 @@ from medtune.config import RunConfig, dump_config
 from medtune.data.batching import micro_batches, step_positions, to_device, trained_token_counts
 from medtune.data.prepare import prepare_data
 from medtune.data.render import Encoded
-from medtune.model.load import apply_lora, embeddings_tied, load_base_model
+from medtune.model.load import LoadedModel, apply_lora, embeddings_tied, load_base_model, load_tokenizer
 from medtune.model.speed import apply_speed
 from medtune.train import fsdp
 from medtune.train.checkpoint import (
-    STATE_FILE,
+    drop_training_state,
     holds_run,
     list_checkpoints,
     load_training_state,
+    read_summary,
     restore_rng,
+    resumable_checkpoint,
     rng_state,
     save_checkpoint,
+    save_training_state,
 )
 from medtune.train.distributed import init_distributed
-from medtune.train.interrupt import GracefulInterrupt
+from medtune.train.interrupt import GracefulInterrupt, TrainingInterrupted
 from medtune.train.loss import Forwards, causal_lm_loss_sums, summed_loss_over, unweighted
 from medtune.train.metrics import JsonlLogger, MetricLogger, write_atomic, write_json
-from medtune.train.progress import TrainProgress
+from medtune.train.progress import TrainProgress, say, summary_lines
 from medtune.train.schedules import build_scheduler
 
-RANDOM_WEIGHTS_NOTE = "random weights (offline tiny model): losses show the pipeline works, not medical quality"
+RANDOM_WEIGHTS_NOTE = "the base model's weights are random (config flag medtune_random_weights): losses show the pipeline works, not medical quality"
 
 
 class RunExistsError(RuntimeError):
@@ -92,6 +95,15 @@ def hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def describe_model(name_or_path: str, loaded: LoadedModel) -> dict[str, Any]:
+    """What the base model is, whatever its weights: as configured, the folder or hub id it was loaded from, its
+    architecture and size (parameters before LoRA; transformers counts 4-bit weights unpacked)."""
+    parameters = loaded.model.num_parameters()
+    size = f"{parameters / 1e9:.1f}B" if parameters >= 1e9 else f"{parameters / 1e6:.1f}M"
+    return {"name_or_path": name_or_path, "source": loaded.source, "architecture": type(loaded.model).__name__,
+            "parameters": parameters, "size": f"{size} parameters"}
+
+
 def peak_memory_gib(device: torch.device) -> float:
     """Peak accelerator memory on CUDA; peak resident memory of the process on CPU."""
     if device.type == "cuda":
@@ -120,50 +132,73 @@ class FineTuneRecipe:
         self.window = Window()
         self.loggers: list[MetricLogger] = []
         self.augment_stats = None
+        self.resume_from: tuple[int, Path] | None = None  # the checkpoint --resume continues from: (step, folder)
+        self.resume_state: dict[str, Any] | None = None
+        self.saved_step: int | None = None  # the newest checkpoint's step, once there is one
+        self.created_run_dir = False  # this invocation made the run folder (or cleared it): a failure removes it
+        self.started = time.perf_counter()
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self) -> None:
-        self._setup_run_dir()  # first: refuse to clobber an existing run before any slow work
+        self._check_run_dir()  # first: refuse to clobber a run, and read the state to resume, before any slow work
         set_seed(self.cfg.train.seed)
-        self._setup_model()  # the tokenizer comes with the model and is needed to encode the data
-        self._setup_data()
+        self.tokenizer = load_tokenizer(self.cfg.model)
+        self._setup_data()  # before the model: bad data fails in seconds, not after the weights are loaded
+        self._setup_model()
         self._setup_optimizer()
         self._setup_scheduler()  # needs the step count, which `epochs` derives from the data size
-        if self.resume:
+        if self.resume_state is not None:
             self._load_checkpoint()  # after optimizer and scheduler exist, to load their states
+        self._setup_run_dir()  # only now is anything written (or an old run cleared for --overwrite)
         if self.dist.rank > 0:  # same LoRA init everywhere (seeded above), but each process its own dropout
             torch.manual_seed(self.cfg.train.seed * 1009 + self.dist.rank * 7919 + self.step)
         if self.dist.is_main:
             self._setup_logging()  # after resume: drops metrics logged past the checkpoint
         self.dist.barrier()  # the run folder is ready before any process trains
 
-    def _setup_run_dir(self) -> None:
+    def _check_run_dir(self) -> None:
         has_run = holds_run(self.run_dir)
         if has_run and not self.resume and not self.overwrite:
             raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
+        if not self.resume:
+            return
+        summary = read_summary(self.run_dir)
+        if summary.get("status") == "complete":
+            raise RunExistsError(f"{self.run_dir} holds a complete run ({summary.get('step')} steps): nothing to resume; "
+                                 "--overwrite trains it again")
+        self.resume_from = resumable_checkpoint(self.run_dir)
+        if self.resume_from is not None:
+            self.resume_state = load_training_state(self.resume_from[1])
+            self.saved_step = self.resume_from[0]
         if self.dist.is_main:
-            if has_run and not self.resume:
+            say(f"resuming {self.cfg.run_name} from step {self.resume_from[0]} ({self.resume_from[1]})" if self.resume_from else
+                f"--resume: {self.run_dir} has no checkpoint yet, so {self.cfg.run_name} starts from step 0")
+
+    def _setup_run_dir(self) -> None:
+        if self.dist.is_main:
+            has_run = holds_run(self.run_dir)
+            self.created_run_dir = not self.run_dir.exists() or (has_run and self.resume_from is None)
+            if has_run and self.resume_from is None:  # --overwrite, or --resume with nothing saved to resume from
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.run_dir / "config.resolved.yaml", dump_config(self.cfg))
+            write_json(self.run_dir / "env.json", self.env)
+            write_json(self.run_dir / "data_stats.json", self.data_stats)
         self.dist.barrier()
 
     def _setup_model(self) -> None:
         loaded = load_base_model(self.cfg.model, self.cfg.quant, self.device, fsdp=self.fsdp)
-        self.tokenizer, self.random_weights, self.model_source = loaded.tokenizer, loaded.random_weights, loaded.source
+        self.random_weights, self.model_facts = loaded.random_weights, describe_model(self.cfg.model.name_or_path, loaded)
         self.tied_before = embeddings_tied(loaded.model)
         self.model = apply_lora(loaded.model, self.cfg.lora, self.cfg.train.gradient_checkpointing)
         self.speed_plan = apply_speed(self.model, self.cfg.speed, self.cfg.train, self.device)
-        checkpoints = list_checkpoints(self.run_dir) if self.resume else []
-        if checkpoints:  # checkpoints hold whole tensors: load them before FSDP shards the layers
-            set_peft_model_state_dict(self.model, load_file(checkpoints[-1][1] / "adapter_model.safetensors"))
+        if self.resume_from is not None:  # checkpoints hold whole tensors: load them before FSDP shards the layers
+            set_peft_model_state_dict(self.model, load_file(self.resume_from[1] / "adapter_model.safetensors"))
         if self.fsdp:
             fsdp.shard_decoder_layers(self.model, self.dist, self.device)
         self.model.train()
-        if self.dist.is_main:
-            write_json(self.run_dir / "env.json", {"versions": library_versions(), "python": sys.version.split()[0],
-                                                   "hardware": hardware(self.device), "speed": self.speed_plan.as_dict(),
-                                                   "processes": self.dist.world_size, "batch": self._batch_layout()})
+        self.env = {"versions": library_versions(), "python": sys.version.split()[0], "hardware": hardware(self.device),
+                    "speed": self.speed_plan.as_dict(), "processes": self.dist.world_size, "batch": self._batch_layout()}
 
     def _batch_layout(self) -> dict[str, Any]:
         train = self.cfg.train
@@ -178,8 +213,6 @@ class FineTuneRecipe:
             from medtune.data.augment import AugmentStats
 
             self.augment_stats = AugmentStats()
-        if self.dist.is_main:
-            write_json(self.run_dir / "data_stats.json", self.data_stats)
 
     def _setup_optimizer(self) -> None:
         train = self.cfg.train
@@ -205,11 +238,8 @@ class FineTuneRecipe:
         self.scheduler = build_scheduler(self.optimizer, train, self.max_steps)
 
     def _load_checkpoint(self) -> None:
-        checkpoints = list_checkpoints(self.run_dir)
-        if not checkpoints:
-            return  # nothing saved yet: the run starts from step 0
-        step, folder = checkpoints[-1]  # its adapter weights were loaded in _setup_model
-        state = load_training_state(folder)
+        """The training state read in _check_run_dir; the checkpoint's adapter weights were loaded in _setup_model."""
+        state, self.resume_state = self.resume_state, None
         if self.fsdp:
             fsdp.load_full_optimizer_state(self.optimizer, state["optimizer"])
         else:
@@ -270,14 +300,26 @@ class FineTuneRecipe:
 
     # ---- the loop ----------------------------------------------------------------------------
     def train(self) -> None:
-        train = self.cfg.train
         self._write_summary("running")
+        try:
+            self._train_loop()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self._record_stop("interrupted")) from None
+        except Exception:
+            self._record_stop("failed")
+            raise
+        self._finish()
+
+    def _train_loop(self) -> None:
+        train = self.cfg.train
         with TrainProgress(self.cfg.run_name, self.max_steps, self.step, show=self.dist.is_main) as progress, GracefulInterrupt() as interrupt:
             b = self._batch_layout()
             passes = (f"packed into rows of up to {b['packed_row_tokens']:,} tokens" if "packed_row_tokens" in b else
                       f"in up to {b['micro_batches_per_process']} micro-batches of {b['per_device_batch_size']} each")
             progress.note(f"batch: {b['global_batch']} samples per optimizer step = {b['processes']} process(es) x "
                           f"{b['samples_per_process']} samples, {passes} (parallelism: {b['parallelism']})")
+            if not self.val_encoded:
+                progress.note("no validation rows: no eval loss will be computed")
             while self.step < self.max_steps:
                 epoch_before = self.samples_consumed // len(self.train_set)
                 started = time.perf_counter()
@@ -292,17 +334,36 @@ class FineTuneRecipe:
                     progress.update(self.step, record)
                 else:
                     progress.update(self.step)
-                if train.eval_steps and (self.step % train.eval_steps == 0 or self.step == self.max_steps):
-                    progress.note(f"eval_loss {self.evaluate()['eval_loss']:.4f}")
+                at_end = self.step == self.max_steps
+                if train.eval_steps and self.val_encoded and (self.step % train.eval_steps == 0 or at_end):
+                    progress.note(f"step {self.step}: eval_loss {self.evaluate()['eval_loss']:.4f}")
                 if self.augment_stats is not None and self.samples_consumed // len(self.train_set) > epoch_before:
                     self._log({"step": self.step, "epoch": self._epoch(), "augment": self.augment_stats.epoch_summary(epoch_before)})
-                if self.step % train.save_steps == 0 or self.step == self.max_steps:
-                    self.save_checkpoint()
-                elif interrupt.requested:
+                if at_end:  # the end is saved as adapter/ by _finish, with no optimizer state: nothing is left to resume
+                    break
+                if self.step % train.save_steps == 0 or interrupt.requested:
                     self.save_checkpoint()
                 if interrupt.requested:
-                    raise KeyboardInterrupt(f"stopped at step {self.step}; continue with --resume")
-        self._finish()
+                    raise KeyboardInterrupt
+
+    def _record_stop(self, status: str) -> str:
+        """After Ctrl-C or an error: summary.json records the step saved (what --resume continues from); a run
+        folder this invocation made, with nothing saved in it, is removed. Returns the line said to the user."""
+        saved = self.saved_step
+        if saved is None and self.created_run_dir:
+            if self.dist.is_main:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            message = f"{status} at step {self.step}, before the first checkpoint: nothing was saved, and {self.run_dir} was removed"
+        elif saved is None:
+            self._write_summary(status)
+            message = f"{status} at step {self.step}, before the first checkpoint: --resume starts {self.cfg.run_name} again from step 0"
+        else:
+            self._write_summary(status)
+            last = "" if saved == self.step else f"; the last checkpoint is step {saved}"
+            message = f"{status} at step {self.step}{last}: resume with --resume"
+        if self.dist.is_main:
+            say(message)
+        return message
 
     def _epoch(self) -> float:
         return round(self.samples_consumed / len(self.train_set), 4)
@@ -332,9 +393,7 @@ class FineTuneRecipe:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Token-weighted loss over the whole validation set (dropout off), sharded across processes."""
-        if not self.val_encoded:
-            return {"eval_loss": float("nan")}
+        """Token-weighted loss over the whole (non-empty) validation set (dropout off), sharded across processes."""
         self.model.eval()
         train = self.cfg.train
         sums = summed_loss_over(self.model, self.dist.shard(self.val_encoded), batch_size=train.per_device_batch_size,
@@ -351,10 +410,15 @@ class FineTuneRecipe:
         return record
 
     # ---- saving --------------------------------------------------------------------------------
-    def _save_adapter(self, folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
-        """`weights`: the trained tensors gathered whole under FSDP; None = PEFT reads them from the model."""
+    def _save_adapter(self, folder: Path, weights: dict[str, torch.Tensor] | None, with_tokenizer: bool) -> None:
+        """`weights`: the trained tensors gathered whole under FSDP; None = PEFT reads them from the model.
+
+        The tokenizer (11 MB for Qwen3, never changed by training) goes into adapter/ only: medtune loads a
+        checkpoint with its base model's tokenizer.
+        """
         self.model.save_pretrained(folder, state_dict=weights)
-        self.tokenizer.save_pretrained(folder)
+        if with_tokenizer:
+            self.tokenizer.save_pretrained(folder)
         shutil.copy(self.run_dir / "config.resolved.yaml", folder / "config.resolved.yaml")
         write_json(folder / "medtune_adapter.json", self._adapter_facts())
 
@@ -379,10 +443,11 @@ class FineTuneRecipe:
                  "augment_stats": self.augment_stats.state_dict() if self.augment_stats is not None else None}
 
         def write(folder: Path) -> None:
-            self._save_adapter(folder, weights)
-            torch.save(state, folder / STATE_FILE)
+            self._save_adapter(folder, weights, with_tokenizer=False)
+            save_training_state(folder, state)
 
         save_checkpoint(self.run_dir, self.step, write, self.cfg.train.save_total_limit)
+        self.saved_step = self.step
 
     def _finish(self) -> None:
         weights = fsdp.full_trainable_state(self.model) if self.fsdp else None  # collectives: every process joins
@@ -392,24 +457,34 @@ class FineTuneRecipe:
         final = self.run_dir / "adapter"
         tmp = final.with_name("adapter.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self._save_adapter(tmp, weights)
+        self._save_adapter(tmp, weights, with_tokenizer=True)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         if self.augment_stats is not None:
             self._log({"step": self.step, "epoch": self._epoch(), "augment": self.augment_stats.epoch_summary(self.samples_consumed // len(self.train_set))})
         self._write_summary("complete")
+        for _, folder in list_checkpoints(self.run_dir):  # a complete run is not resumed: its optimizer state is dead weight
+            drop_training_state(folder)
+        for line in summary_lines(read_summary(self.run_dir), str(final)):
+            say(line)
 
     def _write_summary(self, status: str, last_train: dict[str, Any] | None = None) -> None:
+        """`step` is the steps done while running or complete; after a stop, the step saved (0 if none), which
+        --resume continues from, with `stopped_at_step` beside it."""
         if not self.dist.is_main:
             return
         summary_path = self.run_dir / "summary.json"
         previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        stopped = status in ("interrupted", "failed")
         summary = {
-            **previous,
-            "status": status, "run_name": self.cfg.run_name, "step": self.step, "max_steps": self.max_steps,
-            "model": self.model_source if not self.random_weights else f"tiny ({RANDOM_WEIGHTS_NOTE})",
-            "random_weights": self.random_weights, "optimizer": self.optimizer_name, "device": str(self.device),
+            **{key: value for key, value in previous.items() if key not in ("stopped_at_step", "random_weights_note")},
+            "status": status, "run_name": self.cfg.run_name, "step": (self.saved_step or 0) if stopped else self.step,
+            **({"stopped_at_step": self.step} if stopped else {}), "max_steps": self.max_steps,
+            "model": self.model_facts, "random_weights": self.random_weights,
+            **({"random_weights_note": RANDOM_WEIGHTS_NOTE} if self.random_weights else {}),
+            "optimizer": self.optimizer_name, "device": str(self.device),
             "tokens_seen": self.tokens_seen, "train_seconds": round(self.elapsed, 2),
+            "wall_seconds": round(time.perf_counter() - self.started, 2),
             "tokens_per_s": self.tokens_seen / self.elapsed if self.elapsed else None,
             "trainable_parameters": sum(p.numel() for p in self.trainable_params),
             "embeddings": self._adapter_facts(),
