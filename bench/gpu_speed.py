@@ -11,12 +11,20 @@ runs every stage below in its own process and prints the table; each stage can a
     unsloth VERSION              (c) unsloth on the same workload (import unsloth first, own process)
     head                         the fused lm_head + cross-entropy against the checkpointed chunks it replaced
     profile VERSION [VARIANT..]  one medtune step under torch.profiler: device busy time against wall time, kernels by kind
+    multigpu VERSION [VARIANT]   medtune on one GPU or on `--nproc` GPUs (`--parallelism`), optionally each GPU capped
+                                 at `--cap-gib`: tokens/s, per-rank peaks, status ok/oom, the losses of the timed steps
     report                       the table from results.jsonl
 
 `--size` picks the Qwen3 size that `prepare` builds (1.7b, 4b, 8b, 14b, 32b) and `--nproc N` runs the medtune
 stages under torchrun on N GPUs (data parallel; the `fsdp` variant shards the decoder layers), e.g.
 
     python bench/gpu_speed.py all --size 8b --nproc 2 --stages prepare medtune:v2:auto,fsdp
+
+Multi-GPU scaling against one GPU in the same call: `prepare:SIZE` builds a size, and
+`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT]` (PARALLELISM: none = one process on one GPU, ddp, fsdp)
+runs one setting, e.g.
+
+    python bench/gpu_speed.py all --nproc 2 --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
 
 Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
 medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;
@@ -72,6 +80,9 @@ VARIANTS: dict[str, list[str]] = {
     "per_sample": ["speed.packed_attention=per_sample", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
     "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
 }
+
+BUILT_IN_BF16 = {"14b", "32b"}  # drawn in bf16: in fp32 they would not fit one GPU (smaller sizes as in earlier calls)
+PARALLELISMS = ("none", "ddp", "fsdp")  # of the multigpu stage: one process on one GPU, or under torchrun
 
 # Larger Qwen3 sizes for the multi-GPU stages, as their model cards' config.json give them (the rest as 1.7B's).
 QWEN3_SIZES: dict[str, dict[str, Any]] = {
@@ -176,8 +187,10 @@ def timed_steps(run_step, train_set, seed: int, warmup: int, steps: int) -> dict
     cuda = torch.cuda.is_available()
     for step in range(warmup):
         run_step(step_items(train_set, step, seed))
+    before_timed = None
     if cuda:
         torch.cuda.synchronize()
+        before_timed = torch.cuda.max_memory_allocated() / 2**30  # loading and warm-up included
         torch.cuda.reset_peak_memory_stats()
     seconds, tokens, all_items = [], [], []
     for step in range(warmup, warmup + steps):
@@ -194,6 +207,7 @@ def timed_steps(run_step, train_set, seed: int, warmup: int, steps: int) -> dict
     if cuda:
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+        result["peak_before_timed_gib"] = before_timed
     return result
 
 
@@ -353,6 +367,58 @@ def stage_medtune(args: argparse.Namespace) -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def stage_multigpu(args: argparse.Namespace) -> None:
+    """One setting on one GPU (`--parallelism none`) or under torchrun (`ddp`, `fsdp`), each GPU optionally capped at
+    `--cap-gib` for the whole process (loading included) through torch's per-process memory fraction.
+
+    Rank 0 records tokens/s of the whole step, every rank's peak and the loss of each timed step (the same for any
+    process count: the step's math does not depend on it). A rank that runs out of memory records `status: oom`
+    with its own peak and ends the launch (torchrun stops the other ranks, which would wait in a collective).
+    """
+    import torch
+
+    variant = args.variants[0] if args.variants else "auto"
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        if args.cap_gib:
+            total = torch.cuda.get_device_properties(local_rank).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), local_rank)
+    record = {"kind": "multigpu", "version": args.version, "variant": variant, "size": args.size, "parallelism": args.parallelism,
+              "processes": int(os.environ.get("WORLD_SIZE", "1")), "cap_gib": args.cap_gib, "overrides": VARIANTS[variant]}
+    parallelism = ["train.parallelism=fsdp"] if args.parallelism == "fsdp" else []
+    losses: list[float] = []
+    try:
+        started = time.perf_counter()
+        recipe = medtune_recipe(args.version, args, *VARIANTS[variant], *parallelism)
+        setup_s = time.perf_counter() - started
+
+        def run_step(items: list) -> None:
+            loss, tokens = recipe.window.loss, recipe.window.tokens
+            recipe.train_step(items)
+            losses.append((recipe.window.loss - loss) / (recipe.window.tokens - tokens))
+
+        timing = timed_steps(run_step, recipe.train_set, recipe.cfg.train.seed, args.warmup, args.steps)
+    except (torch.OutOfMemoryError, RuntimeError) as error:  # NCCL reports its own allocations' failures as RuntimeError
+        if not isinstance(error, torch.OutOfMemoryError) and "out of memory" not in str(error):
+            raise
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        emit(args, {**record, "status": "oom", "rank": rank, "peak_gib": {str(rank): peak}, "message": str(error).splitlines()[0]})
+        os._exit(3)  # not a clean shutdown: the other ranks wait in a collective that will never come
+    peaks = {key: timing.pop(key, None) for key in ("peak_gib", "peak_reserved_gib", "peak_before_timed_gib")}
+    every_rank = [peaks]
+    if recipe.dist.enabled:
+        every_rank = [None] * recipe.dist.world_size
+        torch.distributed.all_gather_object(every_rank, peaks)
+    if recipe.dist.is_main:
+        config = recipe.model.get_base_model().config
+        per_rank = {key: {str(r): ranks[key] for r, ranks in enumerate(every_rank)} for key in peaks}
+        emit(args, {**speed_record(args, "medtune", args.version, variant, timing, recipe.cfg, config), **record, "status": "ok",
+                    **per_rank, "losses": losses[args.warmup:], "setup_s": setup_s, "plan": recipe.speed_plan.as_dict()})
+    recipe.cleanup()
 
 
 KERNEL_KINDS = [  # first match wins; lower-case substrings of kernel names
@@ -583,7 +649,7 @@ def stage_prepare(args: argparse.Namespace) -> None:
     config = Qwen3Config(**values, medtune_random_weights=True)
     torch.manual_seed(0)
     with torch.device(compute_device()):
-        model = Qwen3ForCausalLM(config)
+        model = Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16) if not args.tiny and args.size in BUILT_IN_BF16 else Qwen3ForCausalLM(config)
     model.to(torch.bfloat16).save_pretrained(target)
     AutoTokenizer.from_pretrained(shipped_tokenizer_dir()).save_pretrained(target)
     print(f"random-weight Qwen3 ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters) -> {target}", flush=True)
@@ -640,9 +706,40 @@ def report(records: list[dict[str, Any]]) -> str:
             kinds = ", ".join(f"{k} {v:.3f}" for k, v in r["kernel_seconds_by_kind"].items())
             lines.append(f"| {r['version']} | {r['variant']} | {r['tokens']:,} | {r['wall_s']:.3f} | {r['device_busy_s']:.3f} | "
                          f"{1 - r['device_busy_s'] / r['wall_s']:.0%} | {r['kernels']:,} | {kinds} |")
+    lines += multigpu_report([r for r in records if r["kind"] == "multigpu"])
     errors = [r for r in records if r["kind"] == "error"]
     lines += [f"\nstage failed: {r['stage']} ({r['message']})" for r in errors]
     return "\n".join(lines)
+
+
+def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
+    """Scaling against one GPU running the same size, version and variant (uncapped) in the same results file."""
+    if not records:
+        return []
+    lines = ["\nmulti-GPU: tokens/s of the whole step and per-GPU peaks (timed steps), against one GPU with the same settings",
+             "| size | version | variant | parallelism | GPUs | cap GiB | status | tokens/s | speed-up | efficiency | peak GiB per GPU | "
+             "largest peak / one GPU's | peak incl. loading | losses of the timed steps |",
+             "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | --- | --- |"]
+
+    def one_gpu(r: dict[str, Any]) -> dict[str, Any] | None:
+        return next((b for b in records if b["status"] == "ok" and b["parallelism"] == "none" and not b["cap_gib"]
+                     and (b["size"], b["version"], b["variant"]) == (r["size"], r["version"], r["variant"])), None)
+
+    def per_gpu(values: dict[str, float | None] | None) -> str:
+        return ", ".join(f"{v:.1f}" for _, v in sorted(values.items()) if v is not None) or "-" if values else "-"
+
+    for r in records:
+        base, ok = one_gpu(r), r["status"] == "ok"
+        speedup = r["tokens_per_s"] / base["tokens_per_s"] if ok and base else None
+        largest = max((v for v in (r.get("peak_gib") or {}).values() if v is not None), default=None)
+        base_peak = max((v for v in (base.get("peak_gib") or {}).values() if v is not None), default=None) if base else None
+        cells = [r["size"], r["version"], r["variant"], r["parallelism"], str(r["processes"]), str(r["cap_gib"] or "-"), r["status"],
+                 f"{r['tokens_per_s']:,.0f}" if ok else "-", f"{speedup:.2f}x" if speedup else "-",
+                 f"{speedup / r['processes']:.0%}" if speedup else "-", per_gpu(r.get("peak_gib")),
+                 f"{largest / base_peak:.0%}" if largest and base_peak else "-", per_gpu(r.get("peak_before_timed_gib")),
+                 ", ".join(f"{v:.4f}" for v in r.get("losses", [])) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 # ---- orchestration -----------------------------------------------------------------------------
@@ -662,6 +759,27 @@ def expand_stages(stages: list[str], nproc: int) -> list[str]:
     return expanded
 
 
+def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[str]:
+    """The command line of one stage: `name:version:variant,...`, `prepare:SIZE`, or
+    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT]` (torchrun with --nproc processes unless PARALLELISM is none)."""
+    size, parallelism, options = args.size, "none", []
+    if name == "prepare" and rest:
+        size, rest = rest[0], []
+    if name == "multigpu":
+        if len(rest) < 3 or rest[2] not in PARALLELISMS:
+            raise SystemExit(f"stage multigpu:{':'.join(rest)}: expected multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT], "
+                             f"PARALLELISM one of {', '.join(PARALLELISMS)}")
+        size, version, parallelism, *more = rest
+        caps = [part.removeprefix("cap") for part in more if part.startswith("cap")]
+        variants = [part for part in more if not part.startswith("cap")]
+        options = ["--parallelism", parallelism, *(["--cap-gib", caps[0]] if caps else [])]
+        rest = [version, *variants]
+    distributed = args.nproc > 1 and (name == "medtune" or parallelism != "none")
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"] if distributed else [])
+    return [*launcher, __file__, name, *rest[:1], *(rest[1].split(",") if len(rest) > 1 else []), "--work", args.work, "--out", args.out,
+            "--warmup", str(args.warmup), "--steps", str(args.steps), "--size", size, *options] + (["--tiny"] if args.tiny else [])
+
+
 def stage_all(args: argparse.Namespace) -> None:
     """Each stage in its own process (unsloth must own its interpreter); a failing stage is recorded and skipped."""
     deadline = time.monotonic() + args.budget_s
@@ -671,11 +789,7 @@ def stage_all(args: argparse.Namespace) -> None:
         if left < 30:
             emit(args, {"kind": "error", "stage": stage, "message": "skipped: time budget spent"})
             continue
-        launcher = [sys.executable]
-        if name == "medtune" and args.nproc > 1:
-            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-        command = [*launcher, __file__, name, *rest[:1], *(rest[1].split(",") if len(rest) > 1 else []), "--work", args.work,
-                   "--out", args.out, "--warmup", str(args.warmup), "--steps", str(args.steps), "--size", args.size] + (["--tiny"] if args.tiny else [])
+        command = stage_command(name, rest, args)
         env = dict(os.environ)
         if name == "unsloth" and args.unsloth_site:
             env["PYTHONPATH"] = os.pathsep.join([args.unsloth_site, env.get("PYTHONPATH", "")])
@@ -693,7 +807,7 @@ def stage_all(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["all", "prepare", "check", "reference", "medtune", "unsloth", "head", "profile", "report"])
+    parser.add_argument("stage", choices=["all", "prepare", "check", "reference", "medtune", "unsloth", "head", "profile", "multigpu", "report"])
     parser.add_argument("version", nargs="?", choices=["v1", "v2"])
     parser.add_argument("variants", nargs="*", help=f"medtune variants, in order: {', '.join(VARIANTS)} (default auto)")
     parser.add_argument("--work", default="/tmp/medtune-bench", help="model and run folders")
@@ -706,13 +820,15 @@ def main() -> None:
     parser.add_argument("--unsloth-site", help="for `all`: folder put first on PYTHONPATH of the unsloth stage only")
     parser.add_argument("--size", choices=list(QWEN3_SIZES), default="1.7b", help="Qwen3 size built by `prepare` and trained by the stages")
     parser.add_argument("--nproc", type=int, default=1, help="for `all`: medtune stages run under torchrun with this many processes (GPUs)")
+    parser.add_argument("--parallelism", choices=PARALLELISMS, default="none", help="for `multigpu`: one process, or DDP / FSDP under torchrun")
+    parser.add_argument("--cap-gib", type=float, help="for `multigpu`: each process may use at most this much GPU memory")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.stage == "report":
         print(report(read_results(Path(args.out) / "results.jsonl")))
         return
-    if args.stage in ("check", "reference", "medtune", "unsloth", "profile") and args.version is None:
+    if args.stage in ("check", "reference", "medtune", "unsloth", "profile", "multigpu") and args.version is None:
         parser.error(f"{args.stage} needs a version: v1 or v2")
     if unknown := set(args.variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")

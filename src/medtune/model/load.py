@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from medtune.config import LoraSettings, ModelConfig, QuantConfig
@@ -94,8 +95,13 @@ def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torc
 
 
 def embeddings_tied(model: PreTrainedModel) -> bool:
+    """One matrix for embed_tokens and lm_head; under FSDP, one shard (a DTensor has no data pointer of its own)."""
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
-    return out is not None and inp.weight.data_ptr() == out.weight.data_ptr()
+
+    def storage(weight: torch.Tensor) -> int:
+        return (weight.to_local() if isinstance(weight, DTensor) else weight).data_ptr()
+
+    return out is not None and storage(inp.weight) == storage(out.weight)
 
 
 def apply_lora(model: PreTrainedModel, cfg: LoraSettings, gradient_checkpointing: bool) -> PeftModel:

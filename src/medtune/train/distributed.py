@@ -3,17 +3,27 @@
 The global batch (`per_device_batch_size x gradient_accumulation_steps` of the config) stays the same whatever
 the number of processes, so a run resumes on more or fewer GPUs with the same math. Each process divides its
 loss sums by the token count of the *whole* step (known to all: every process builds the step's sample list)
-and gradients are summed across processes once per step, so the update equals one process's on that batch.
+and gradients are *summed* across processes once per step, so the update equals one process's on that batch.
+
+The sum is torch's DistributedDataParallel with a summing communication hook (its default hook averages): it
+all-reduces gradients in buckets while the backward pass of the step's last micro-batch still runs, and not at
+all in the earlier ones (`no_sync`). Several machines are torchrun's job (`--nnodes`, a rendezvous endpoint);
+nothing here depends on how many there are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from medtune.train.loss import LossSums, causal_lm_loss_sums
 
 T = TypeVar("T")
 
@@ -54,23 +64,6 @@ class DistContext:
             dist.all_reduce(tensor, op=op)
         return tensor
 
-    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum every trainable gradient across processes in one flat buffer per dtype (one collective each)."""
-        if not self.enabled:
-            return
-        by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
-        for param in params:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)  # a shard may not touch a parameter; others still send theirs
-            by_dtype.setdefault(param.grad.dtype, []).append(param)
-        for group in by_dtype.values():
-            flat = torch.cat([p.grad.reshape(-1) for p in group])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in group:
-                p.grad.copy_(flat[offset : offset + p.grad.numel()].view_as(p.grad))
-                offset += p.grad.numel()
-
     def batch_layout(self, per_device_batch_size: int, gradient_accumulation_steps: int) -> dict[str, int]:
         """How one optimizer step's samples divide over processes and micro-batches (without packing; packing fills
         rows of up to speed.packed_row_tokens tokens instead, so it may need fewer or more)."""
@@ -86,6 +79,64 @@ class DistContext:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class _LossModule(nn.Module):
+    """The micro-batch loss as a module, for DDP to wrap: the loss runs the backbone and the fused head
+    (train/loss.py) rather than the model's forward, and DDP arms its gradient reduction in its own forward."""
+
+    def __init__(self, model: nn.Module, chunk_tokens: int) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, batch: dict[str, Any]) -> LossSums:
+        return causal_lm_loss_sums(self.model, batch, self.chunk_tokens)
+
+
+def _sum_hook(group, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations, which this module's are
+    """All-reduce a bucket of gradients (dist.GradBucket) as a plain SUM; DDP's own hook divides by the process
+    count first. Returns a Future of the summed bucket."""
+    return dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+class MicroBatchLoss:
+    """The loss sums of one micro-batch, with the gradient reduction its backward pass owes the step.
+
+    Under data parallelism (several processes, not FSDP) the loss runs inside torch's DDP, which sums gradients
+    across processes in the backward pass of the step's last micro-batch (`last=True`) and accumulates locally
+    in the others (`no_sync`). Processes may run different numbers of micro-batches (packing), since only the
+    last one communicates; each must run at least one (`check_global_batch`). One process, or FSDP (whose hooks
+    reduce-scatter each layer's gradients): the plain loss.
+    """
+
+    def __init__(self, model: nn.Module, ctx: DistContext, chunk_tokens: int, data_parallel: bool) -> None:
+        self.loss = _LossModule(model, chunk_tokens)
+        self.ddp: DistributedDataParallel | None = None
+        if data_parallel and ctx.enabled:
+            frozen = [name for name, p in self.loss.named_parameters() if not p.requires_grad]
+            buffers = [name for name, _ in self.loss.named_buffers()]
+            # DDP then neither broadcasts the frozen (4-bit) base nor syncs buffers on every forward; at construction
+            # it broadcasts rank 0's trainable weights, so every process starts from the same LoRA init.
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.loss, frozen + buffers)
+            device = ctx.device()
+            self.ddp = DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None,
+                                               gradient_as_bucket_view=True)  # no second copy of the gradients
+            self.ddp.register_comm_hook(None, _sum_hook)
+
+    def __call__(self, batch: dict[str, Any], last: bool) -> LossSums:
+        if self.ddp is None:
+            return self.loss(batch)
+        with contextlib.nullcontext() if last else self.ddp.no_sync():  # no_sync needs only the forward inside
+            return self.ddp(batch)
+
+
+def check_global_batch(samples_per_step: int, ctx: DistContext) -> None:
+    """Every process needs a sample of each step: its backward pass joins the step's gradient reduction."""
+    if samples_per_step < ctx.world_size:
+        raise ValueError(f"train.per_device_batch_size x train.gradient_accumulation_steps = {samples_per_step} samples per "
+                         f"optimizer step, fewer than the {ctx.world_size} processes: every process needs at least one sample "
+                         "per step; raise either, or launch fewer processes")
 
 
 def init_distributed() -> DistContext:

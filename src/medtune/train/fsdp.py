@@ -12,9 +12,12 @@ all-gathers mixed dtypes, keeps parameter names (the adapter state dict stays PE
 Params4bit after each all-gather through `fix_4bit_weight_quant_state_from_module`. The 4-bit storage dtype
 still follows the compute dtype (model/load.py), the layout FSDP-QLoRA is documented with.
 
-Only decoder layers are sharded (they hold almost all weights). Embeddings, final norm and lm_head stay
-whole on every process: the fused loss reads `lm_head.weight` outside any forward (train/loss.py) and small
-Qwen3 sizes tie it to the embeddings. Trained ones among them (`lora.modules_to_save`) are summed like DDP.
+Decoder layers are sharded (they hold almost all weights), one unit each, gathered for its forward and again
+for its backward. Embeddings, final norm and lm_head stay whole on every process: the fused loss reads
+`lm_head.weight` outside any forward (train/loss.py), small Qwen3 sizes tie it to the embeddings, and a
+sharded copy of weights that the whole step uses would only add its shard to the gathered whole. Trained
+ones among them (`lora.modules_to_save`) are summed across processes after the backward pass. PEFT's frozen
+originals of those trained modules are never used in training: they are one unit that is never gathered.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -34,13 +38,15 @@ from medtune.train.distributed import DistContext
 Batch = dict[str, Any]
 
 
-def shard_decoder_layers(model: nn.Module, ctx: DistContext, device: torch.device) -> None:
-    """Shard every decoder layer of a PEFT-wrapped causal LM in place; call after LoRA, before the optimizer.
+def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> None:
+    """Shard the decoder layers (and PEFT's unused originals) of a PEFT-wrapped causal LM in place; call after
+    LoRA, before the optimizer.
 
     The backbone becomes the FSDP root (with its own weights ignored, i.e. left whole), so one root drives
     the layers' all-gathers and waits for their reduce-scatters at the end of each backward pass.
     """
-    backbone = model.get_base_model().model
+    causal_lm = model.get_base_model()
+    backbone = causal_lm.model
     # Each process keeps a chunk of its own copy, so the copies must be equal: take rank 0's values rather than
     # trust that every process drew the same LoRA init from its seed.
     for param in model.parameters():
@@ -50,11 +56,22 @@ def shard_decoder_layers(model: nn.Module, ctx: DistContext, device: torch.devic
     layers = list(backbone.layers)
     for layer in layers:
         fully_shard(layer, mesh=mesh)
-    in_layers = {id(p) for layer in layers for p in layer.parameters()}
-    fully_shard(backbone, mesh=mesh, ignored_params={p for p in backbone.parameters() if id(p) not in in_layers})
-    for module in [*layers, backbone]:  # losses are already divided by the whole step's tokens: sum, not mean
+    originals = [m.original_module for m in causal_lm.modules() if isinstance(m, ModulesToSaveWrapper)]
+    if originals:
+        fully_shard(originals, mesh=mesh)  # one unit: tied originals share a weight
+    in_units = {id(p) for module in [*layers, *originals] for p in module.parameters()}
+    fully_shard(backbone, mesh=mesh, ignored_params={p for p in backbone.parameters() if id(p) not in in_units})
+    for module in [*layers, *originals, backbone]:  # losses are already divided by the whole step's tokens: sum, not mean
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM, and x1 needs no scaling
+
+
+def sum_whole_gradients(params: list[nn.Parameter]) -> None:
+    """Sum the gradients of the trained weights FSDP leaves whole across processes, in place: trained embeddings,
+    a few large tensors, so no flat copy. FSDP has reduce-scattered the sharded ones in the backward pass."""
+    for param in params:
+        if not is_sharded(param) and param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
 
 
 def is_sharded(param: torch.Tensor) -> bool:

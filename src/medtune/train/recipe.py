@@ -47,9 +47,9 @@ from medtune.train.checkpoint import (
     save_checkpoint,
     save_training_state,
 )
-from medtune.train.distributed import init_distributed
+from medtune.train.distributed import MicroBatchLoss, check_global_batch, init_distributed
 from medtune.train.interrupt import GracefulInterrupt, TrainingInterrupted
-from medtune.train.loss import Forwards, causal_lm_loss_sums, summed_loss_over, unweighted
+from medtune.train.loss import Forwards, summed_loss_over, unweighted
 from medtune.train.metrics import JsonlLogger, MetricLogger, write_atomic, write_json
 from medtune.train.progress import TrainProgress, say, summary_lines
 from medtune.train.schedules import build_scheduler
@@ -124,6 +124,7 @@ class FineTuneRecipe:
         self.dist = init_distributed()
         self.device = self.dist.device()
         self.fsdp = cfg.train.parallelism == "fsdp" and self.dist.enabled  # one process: nothing to shard across
+        check_global_batch(cfg.train.samples_per_step(), self.dist)
         self.forwards: Forwards = partial(fsdp.even_forwards, ctx=self.dist) if self.fsdp else unweighted
         self.step = 0
         self.samples_consumed = 0
@@ -195,7 +196,8 @@ class FineTuneRecipe:
         if self.resume_from is not None:  # checkpoints hold whole tensors: load them before FSDP shards the layers
             set_peft_model_state_dict(self.model, load_file(self.resume_from[1] / "adapter_model.safetensors"))
         if self.fsdp:
-            fsdp.shard_decoder_layers(self.model, self.dist, self.device)
+            fsdp.shard_model(self.model, self.dist, self.device)
+        self.micro_batch_loss = MicroBatchLoss(self.model, self.dist, self.cfg.train.loss_chunk_tokens, data_parallel=not self.fsdp)
         self.model.train()
         self.env = {"versions": library_versions(), "python": sys.version.split()[0], "hardware": hardware(self.device),
                     "speed": self.speed_plan.as_dict(), "processes": self.dist.world_size, "batch": self._batch_layout()}
@@ -279,11 +281,13 @@ class FineTuneRecipe:
         batches = micro_batches(self.dist.shard(items), train.per_device_batch_size, self.cfg.row_tokens(), train.packing,
                                 self.tokenizer.pad_token_id)
         sums = torch.zeros(3, device=self.device)  # loss, think, answer
-        for batch, weight in self.forwards(batches):
-            loss = causal_lm_loss_sums(self.model, to_device(batch, self.device), train.loss_chunk_tokens)
+        passes = self.forwards(batches)
+        for index, (batch, weight) in enumerate(passes):  # gradients are reduced in the last pass's backward
+            loss = self.micro_batch_loss(to_device(batch, self.device), last=index == len(passes) - 1)
             (loss.total * weight / step_tokens).backward()
             sums += weight * torch.stack([loss.total.detach(), loss.think, loss.answer])
-        self.dist.sum_gradients([p for p in self.trainable_params if not fsdp.is_sharded(p)])  # FSDP summed the sharded ones
+        if self.fsdp:
+            fsdp.sum_whole_gradients(self.trainable_params)  # trained embeddings; FSDP reduced the sharded layers
         max_norm = train.max_grad_norm if train.max_grad_norm is not None else float("inf")
         clip = fsdp.clip_grad_norm_ if self.fsdp else torch.nn.utils.clip_grad_norm_
         grad_norm = float(clip(self.trainable_params, max_norm))  # device sync
