@@ -54,31 +54,28 @@ def data_preview(
 
 
 def show_stats(stats: dict[str, Any], console) -> None:
-    """Two tables (files read, then each split as encoded) and the rows behind each count, listed by source.
+    """Two tables (the files read, then each split as encoded) and the rows behind each count, listed by source.
 
     Generic over the keys, so a count added to data_stats.json shows up here without a change."""
+    files = {split: _flatten(info) for split, info in stats.get("files", {}).items()}
+    splits = {split: _flatten(stats[split]) for split in SPLITS if split in stats}
+    for title, columns in (("files read", files), (f"splits as encoded (max_length {stats.get('max_length', '?')})", splits)):
+        console.print(_table(title, columns))
+        _list_rows(console, columns)
+
+
+def _table(title: str, columns: dict[str, dict[str, Any]]):
+    """One column per split, one row per number; lists are left to `_list_rows`."""
     from rich.table import Table
 
-    files = Table(title="files read")
-    file_rows = {split: _flatten(info) for split, info in stats.get("files", {}).items()}
-    file_columns = list(dict.fromkeys(key for row in file_rows.values() for key, value in row.items() if not isinstance(value, list)))
-    for column in ("split", *file_columns):
-        files.add_column(column.replace("_", " "), justify="left" if column in ("split", "file", "formats") else "right")
-    for split, row in file_rows.items():
-        files.add_row(split, *(_cell(row.get(column, "")) for column in file_columns))
-    console.print(files)
-    _list_rows(console, file_rows)
-
-    splits = {split: _flatten(stats[split]) for split in SPLITS if split in stats}
-    table = Table(title=f"splits as encoded (max_length {stats.get('max_length', '?')})")
+    table = Table(title=title)
     table.add_column("")
-    for split in splits:
-        table.add_column(split, justify="right")
-    names = list(dict.fromkeys(key for row in splits.values() for key, value in row.items() if not isinstance(value, list)))
+    for split in columns:
+        table.add_column(split, justify="right", overflow="fold")
+    names = dict.fromkeys(key for column in columns.values() for key, value in column.items() if not isinstance(value, list))
     for name in names:
-        table.add_row(name.replace("_", " "), *(_cell(row.get(name, "")) for row in splits.values()))
-    console.print(table)
-    _list_rows(console, splits)
+        table.add_row(name.replace("_", " "), *(_cell(column.get(name, "")) for column in columns.values()))
+    return table
 
 
 def _flatten(stats: dict[str, Any]) -> dict[str, Any]:
@@ -104,15 +101,18 @@ def _cell(value: Any) -> str:
 
 def _list_rows(console, rows_by_split: dict[str, dict[str, Any]]) -> None:
     """The rows behind a count (skipped, truncated, answer cut), so nothing is only a number."""
+    from rich.padding import Padding
+    from rich.text import Text
+
     for split, row in rows_by_split.items():
         for name, items in row.items():
             if not isinstance(items, list) or not items:
                 continue
             console.print(f"[bold]{split} {name.replace('_', ' ')}[/] ({len(items)}):")
             if all(isinstance(item, str) for item in items):
-                console.print("  " + ", ".join(items), markup=False, highlight=False)
+                console.print(Padding(Text(", ".join(items)), (0, 0, 0, 2)))
                 continue
             for item in items:
                 bad_row = isinstance(item, dict) and {"source", "field", "reason"} <= item.keys()
                 line = f"{item['source']} field {item['field']!r}: {item['reason']}" if bad_row else str(item)
-                console.print("  " + line, markup=False, highlight=False)
+                console.print(Padding(Text(line), (0, 0, 0, 2)))

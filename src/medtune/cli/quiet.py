@@ -1,5 +1,6 @@
 """What libraries print on their own (bitsandbytes' kernel notices, transformers' deprecation warnings) is
-hidden unless `medtune --verbose`: a user sees medtune's own lines. Progress bars of downloads stay."""
+hidden unless `medtune --verbose`: a user sees medtune's own lines. The progress bars of downloads and of
+loading weights stay: they show that a long step is moving."""
 
 from __future__ import annotations
 
