@@ -10,7 +10,7 @@ import pytest
 
 from medtune.report.analysis import Version
 from medtune.report.charts import COINCIDE_TOLERANCE, CJK_FONTS, build_figure, cjk_font, coinciding_curves, draw_chart
-from medtune.report.runs import Run
+from medtune.report.runs import Run, Source
 
 MAX_STEPS = 400
 
@@ -28,7 +28,7 @@ def make_version(name: str, shift: float = 0.0, seeds: int = 1, warmup_ratio: fl
                     "learning_rate": 2e-4} for step, loss in zip(steps, loss_curve(steps, shift + 0.001 * seed))]
         config = {"train": {"schedule": "cosine", "lr": 2e-4, "max_steps": MAX_STEPS, "warmup_ratio": warmup_ratio,
                             "max_grad_norm": max_grad_norm}}
-        runs.append(Run(f"{name}-seed{seed + 1}", records, config, {}, {}, "test"))
+        runs.append(Run(f"{name}-seed{seed + 1}", records, config, {}, {}, Source("medtune_run", "runs/test")))
     return Version(name, runs)
 
 

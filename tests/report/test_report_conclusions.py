@@ -3,23 +3,29 @@ or none where the data cannot decide. Runs are built in memory and analysed with
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from medtune.report.analysis import DEFAULT_PHASE_BOUNDS, Version, analyse
+from medtune.report.build import group_versions
 from medtune.report.document import build_document, insight_text
 from medtune.report.insights import insights
 from medtune.report.render import to_html, to_markdown
-from medtune.report.runs import Run
+from medtune.report.runs import Run, Source
 from medtune.report.schema import Summary
 from medtune.report.stats import relative_change
 from medtune.report.wording import words
 
 STEPS = np.arange(1, 101)
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def make_run(name: str, loss: np.ndarray, steps: np.ndarray = STEPS, warmup_ratio: float = 0.0, max_steps: int = 100,
@@ -37,7 +43,7 @@ def make_run(name: str, loss: np.ndarray, steps: np.ndarray = STEPS, warmup_rati
         records.append({"step": int(steps[-1]), "eval_loss": eval_loss})
     config = {"model": {"name_or_path": "tiny"}, "data": {"max_length": 512},
               "train": {"lr": 2e-4, "schedule": "linear", "warmup_ratio": warmup_ratio, "max_steps": max_steps, "max_grad_norm": 0.3, **train}}
-    return Run(name, records, config, {"max_steps": max_steps, "random_weights": False}, {}, f"memory {name}")
+    return Run(name, records, config, {"max_steps": max_steps, "random_weights": False}, {}, Source("medtune_run", f"runs/{name}"))
 
 
 def summarise(versions: list[Version], steps: list[int] | None = None, lang: str = "en", made_by: str = "compare") -> tuple[Summary, str]:
@@ -190,16 +196,21 @@ def test_coinciding_curves_are_noted_under_their_chart():
 
 
 ALLOWED_LATIN = {"medtune", "summary", "json", "Welch", "transformers", "get_scheduler", "tiny", "fonts", "noto", "cjk", "wqy",
-                 "microhei", "ablate", "seeds", "name", "runs", "seed", "linear", "cosine", "constant", "memory", "n.s"}
+                 "microhei", "ablate", "seeds", "name", "runs", "seed", "linear", "cosine", "constant", "n.s",
+                 "SwanLab", "TensorBoard", "HF", "Trainer", "TrainingArguments", "LoRA", "Python", "repr", "pickle"}
+"""Names of tools, formats and options that Chinese text keeps as they are."""
 
 
 def english_words(markdown: str, summary: Summary) -> list[str]:
-    """Latin words of a report that are not names, keys, numbers or the few technical terms kept in Chinese text."""
-    names = {summary.baseline, *summary.names, *(run.name for version in summary.versions for run in version.runs),
-             *(run.source for version in summary.versions for run in version.runs)}
+    """Latin words of a report that are not names, keys, paths, numbers or the few technical terms kept in Chinese text."""
+    runs = [run for version in summary.versions for run in version.runs]
+    paths = {run.source.path for run in runs}
+    quoted = {value for run in runs for note in run.notes for value in note.fields.values() if isinstance(value, str)}  # paths, keys, values
+    settings = {str(value) for row in summary.config_diff for values in row.values.values() for value in values}
+    names = {summary.baseline, *summary.names, *(run.name for run in runs), *paths, *quoted, *settings}
     text = markdown
-    for name in sorted(names, key=len, reverse=True):
-        text = text.replace(name, " ")
+    for name in sorted(names, key=len, reverse=True):  # whole words only: the key `optim` is not part of train.optimizer
+        text = re.sub(rf"(?<![\w.]){re.escape(name)}(?![\w])", " ", text)
     words_ = re.findall(r"[A-Za-z][A-Za-z_.]*[A-Za-z]", text)
     return [word for word in words_ if word not in ALLOWED_LATIN and "_" not in word and "." not in word and len(word) > 1
             and not re.fullmatch(r"v\d+|e|p|n|sd", word)]
@@ -216,6 +227,65 @@ def test_chinese_report_has_no_english_sentences():
     assert english_words(markdown, summary) == []
     english, _ = summarise(versions, steps=[10, 10, 50], lang="en")
     assert len(english_words(_, english)) > 50  # the check does find English where there is some
+
+
+def write_run_folder(run: Run, folder: Path) -> Path:
+    """A medtune run folder of the run, without summary.json and eval.json (so the report notes both missing)."""
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in run.records), encoding="utf-8")
+    (folder / "config.resolved.yaml").write_text(yaml.safe_dump({"run_name": run.name, **run.config}), encoding="utf-8")
+    return folder
+
+
+def swanlab04_with_foreign_settings(swanlog: Path) -> Path:
+    """The committed SwanLab 0.4 log (LoraConfig(...) text configs), one run's repr holding a function and its
+    optimizer and schedule unknown to medtune, so that the importer has something to say about them."""
+    shutil.copytree(FIXTURES / "swanlab04" / "swanlog", swanlog)
+    config_path = sorted(swanlog.glob("run-*/files/config.yaml"))[0]
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    lora = config["peft_config"]["value"]["default"]
+    assert lora.startswith("LoraConfig(") and "init_lora_weights=True" in lora  # the text form SwanLab 0.4 stores
+    config["peft_config"]["value"]["default"] = lora.replace("init_lora_weights=True", "init_lora_weights=<function gaussian at 0x7f3a>")
+    config["optim"] = {"desc": "", "sort": 16, "value": "adafactor"}
+    config["lr_scheduler_type"]["value"] = "polynomial"
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return swanlog
+
+
+def trainer_checkpoint(folder: Path) -> Path:
+    """An HF Trainer checkpoint: trainer_state.json with an epoch counter, TrainingArguments with epochs and a
+    `constant` schedule given a warmup, and PEFT's adapter_config.json."""
+    folder.mkdir(parents=True)
+    history = [{"step": int(step), "epoch": round(step / 40, 4), "loss": float(1.0 + 2.0 * np.exp(-step / 30)),
+                "grad_norm": 0.25 + 0.01 * (step % 3), "learning_rate": 1e-4} for step in range(5, 81, 5)]
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}), encoding="utf-8")
+    args = {"run_name": "hf-seed1", "learning_rate": 1e-4, "lr_scheduler_type": "constant", "warmup_steps": 5, "max_steps": -1,
+            "num_train_epochs": 3, "max_grad_norm": 0.3, "optim": "adamw_torch"}
+    (folder / "training_args.json").write_text(json.dumps(args), encoding="utf-8")
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}), encoding="utf-8")
+    return folder
+
+
+def test_chinese_report_of_imported_runs_words_sources_and_notes_in_chinese(tmp_path):
+    base = baseline_loss()
+    specs = [("medtune", write_run_folder(make_run(f"m-seed{seed}", base + 0.01 * seed), tmp_path / f"m-seed{seed}")) for seed in (1, 2)]
+    specs += [("swanlab", swanlab04_with_foreign_settings(tmp_path / "swanlog")), ("trainer", trainer_checkpoint(tmp_path / "hf" / "checkpoint-80"))]
+    versions = group_versions(specs)
+    summary, markdown = summarise(versions, lang="zh")
+    notes = {run.name: {note.code for note in run.notes} for version in summary.versions for run in version.runs}
+    assert notes["m-seed1"] == {"missing_file"}
+    assert {"tracker_no_summary", "repr_not_literal", "schedule_unknown", "optimizer_unknown"} <= notes["v1-seed1"]
+    assert {"trainer_no_summary", "planned_from_epochs", "constant_ignores_warmup"} <= notes["hf-seed1"]
+    assert english_words(markdown, summary) == []
+    runs_table = markdown.split("## 运行")[1].split("\n\n")[1].splitlines()[2:]
+    assert len(runs_table) == 5
+    for row in runs_table:
+        source, notes_cell = row.split(" | ")[2], row.split(" | ")[-1]
+        assert re.search(r"[\u4e00-\u9fff]", source) and re.search(r"[\u4e00-\u9fff]", notes_cell), row
+    assert "计划步数 120 由 train.epochs 估算：3 轮 × 每轮 40 步（第 80 步记录的轮数为 2）" in markdown
+    english, english_markdown = summarise(versions, lang="en")
+    found = english_words(english_markdown.split("## Runs")[1].split("## ")[0], english)
+    assert {"carry", "literal", "counterpart", "planned"} <= set(found)  # the check does find English in this table
 
 
 def test_a_renamed_summary_key_fails_validation():

@@ -8,12 +8,14 @@ import re
 import shutil
 import subprocess
 from string import Formatter
+from typing import get_args
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from medtune.report.build import build_report
+from medtune.report.runs import NoteCode, SourceKind
 from medtune.report.wording import WORDING
 
 NUMBER = re.compile(r"(?<![\w.])([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)(%?)")
@@ -110,6 +112,13 @@ def test_wording_tables_have_the_same_keys_and_fields():
     for key in english:
         fields = {name for _, name, _, _ in Formatter().parse(english[key]) if name}
         assert fields == {name for _, name, _, _ in Formatter().parse(chinese[key]) if name}, key
+
+
+def test_every_source_kind_and_note_code_has_words():
+    codes = {f"source_{kind}" for kind in get_args(SourceKind)} | {f"note_{code}" for code in get_args(NoteCode)}
+    assert codes <= WORDING["en"].keys()  # the same keys in zh: test above
+    worded = {key for key in WORDING["en"] if key.startswith(("source_", "note_")) and key not in ("note_at_file", "note_at_key")}
+    assert worded == codes  # no words left for a code that is gone
 
 
 def test_run_names_are_escaped(make_run, tmp_path):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from medtune.cli import app
 from medtune.report.build import build_report, group_versions
-from medtune.report.runs import ReportError, Run, version_of
+from medtune.report.runs import ReportError, Run, Source, version_of
 from medtune.report.schedule import ScheduleSpec, check_schedule, multiplier
 from medtune.report.sources import load_runs
 
@@ -64,7 +64,7 @@ def test_logged_lr_that_does_not_follow_the_config_is_flagged(make_run, tmp_path
 
 
 def test_schedule_check_says_why_it_could_not_check():
-    run = Run("r", [{"step": 1, "loss": 1.0, "learning_rate": 1e-4}], {"train": {"schedule": "polynomial", "lr": 1e-4}}, {}, {}, "test")
+    run = Run("r", [{"step": 1, "loss": 1.0, "learning_rate": 1e-4}], {"train": {"schedule": "polynomial", "lr": 1e-4}}, {}, {}, Source("medtune_run", "runs/r"))
     assert check_schedule(run, 0.01)["reason"] == "unknown_schedule"
     run.config = {"train": {"schedule": "cosine", "lr": 1e-4}}
     assert check_schedule(run, 0.01)["reason"] == "no_total"

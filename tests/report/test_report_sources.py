@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from medtune.report.build import build_report
+from medtune.report.runs import Note
 from medtune.report.schedule import check_schedule
 from medtune.report.sources import load_runs
 
@@ -73,7 +74,7 @@ def test_trainer_state_without_training_args_json(hf_run):
     assert dict(zip(steps.tolist(), losses.tolist())) == logged(history, "loss")
     assert run.series("eval_loss")[0].tolist() == [6, 12]
     assert run.max_steps() == HF_STEPS and run.name == "out"
-    assert any("training_args.bin is a pickle" in note for note in run.notes)
+    assert Note("training_args_pickle", {"file": str(root / "out" / f"checkpoint-{HF_STEPS}")}) in run.notes
     assert check_schedule(run, 0.01) == {"checked": False, "reason": "no_schedule", "schedule": None}
 
 
@@ -114,14 +115,14 @@ def test_tensorboard_summary_writer_without_trainer_args(tmp_path):
     (run,) = load_runs(tmp_path)
     np.testing.assert_allclose(run.series("loss")[1], [3.0 / s for s in range(1, 6)], rtol=1e-6)
     assert run.series("eval_loss")[0].tolist() == [5]
-    assert "no `args` text summary: config unknown" in run.notes
+    assert Note("no_args_summary", {"file": str(tmp_path / "plain")}) in run.notes
 
 
 @pytest.mark.skipif(not swanlab_available(), reason="swanlab is not installed (pip install 'medtune[swanlab]')")
 def test_swanlab_010_offline_run_from_the_trainer(hf_run):
     root, _, history = hf_run
     (run,) = load_runs(root / "swanlog")
-    assert run.source.startswith("SwanLab run file")
+    assert run.source.kind == "swanlab_run_file"
     assert run.name == "hf-seed1"
     for key in ("loss", "grad_norm", "learning_rate", "eval_loss"):
         steps, values = run.series(key)
@@ -142,7 +143,7 @@ def test_swanlab_010_unfinished_record_file_is_read_up_to_the_last_complete_reco
     steps, values = run.series("loss")
     assert 0 < len(steps) < HF_STEPS
     assert dict(zip(steps.tolist(), values.tolist())) == {s: v for s, v in logged(history, "loss").items() if s in steps}
-    assert any("incomplete record" in note for note in run.notes)
+    assert [note.fields["file"] for note in run.notes if note.code == "incomplete_record"] == [str(record_file)]
 
 
 @pytest.mark.skipif(not swanlab_available(), reason="swanlab is not installed (pip install 'medtune[swanlab]')")
@@ -180,11 +181,12 @@ def test_swanlab_04_report_diffs_the_trainer_arguments(tmp_path):
     summary = build_report([FIXTURES / "swanlab04" / "swanlog"], out_dir=tmp_path / "out")
     diff = {row["key"]: row["values"] for row in summary["config_diff"]}
     assert diff["train.schedule"] == {"v1": ["linear"], "v2": ["cosine"]}
-    assert diff["lora.dropout"] == {"v1": [0.05], "v2": [0.1]}  # mapped from peft_config
+    assert diff["lora.dropout"] == {"v1": [0.05], "v2": [0.1]}  # mapped from peft_config's LoraConfig(...) text
+    assert diff["lora.modules_to_save"] == {"v1": [[]], "v2": [["lm_head"]]}
     assert not [key for key in diff if key.startswith("hf.peft")]
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     raw = {run["name"]: run["imported_config"]["swanlab_config"] for version in written["versions"] for run in version["runs"]}
-    assert raw["v2-seed1"]["peft_config"] == {"default": {"r": 64, "lora_alpha": 16, "lora_dropout": 0.1}}  # as logged
+    assert raw["v2-seed1"]["peft_config"] == {"default": load_fixture_script().lora_repr("v2-seed1")}  # the text, as logged
 
 
 def test_swanlab_04_database_with_pending_wal_is_read_and_left_alone(tmp_path):

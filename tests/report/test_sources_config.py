@@ -5,6 +5,7 @@ SwanLab 0.10, trainer_state.json and TensorBoard; and the safe parsing of the re
 from __future__ import annotations
 
 import json
+import runpy
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from medtune.report.runs import Run, flatten
+from medtune.report.runs import Note, Run, flatten
 from medtune.report.sources import load_runs
 from medtune.report.sources.python_repr import parse_repr
 
@@ -20,15 +21,9 @@ STEPS_PER_EPOCH = 136
 EPOCHS = 3
 LOGGED_STEPS = range(8, 2 * STEPS_PER_EPOCH + 1, 8)  # 17 logs per epoch; the run stops after 2 of its 3 epochs
 TARGETS = "{'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'}"
-PEFT_013_REPR = (  # PEFT 0.13 (SwanLab 0.4's time): str(LoraConfig), as SwanLab stores what JSON cannot hold;
-    # DROPOUT and MODULES stand for each version's values
-    "LoraConfig(peft_type=<PeftType.LORA: 'LORA'>, auto_mapping=None, base_model_name_or_path='Qwen/Qwen3-1.7B', "
-    "revision=None, task_type='CAUSAL_LM', inference_mode=False, r=64, target_modules=" + TARGETS + ", lora_alpha=16, "
-    "lora_dropout=DROPOUT, fan_in_fan_out=False, bias='none', use_rslora=False, modules_to_save=MODULES, "
-    "init_lora_weights=True, layers_to_transform=None, layers_pattern=None, rank_pattern={}, alpha_pattern={}, "
-    "megatron_config=None, megatron_core='megatron.core', loftq_config={}, use_dora=False, layer_replication=None, "
-    "runtime_config=LoraRuntimeConfig(ephemeral_gpu_offload=False))"
-)
+PEFT_013_REPR = runpy.run_path(str(Path(__file__).parent / "fixtures" / "make_swanlab04.py"))["PEFT_013_REPR"]
+"""str(LoraConfig) of PEFT 0.13 (SwanLab 0.4's time), as SwanLab stores what JSON cannot hold; DROPOUT and MODULES
+stand for each version's values."""
 PEFT_021_REPR = (  # PEFT 0.21
     "LoraConfig(task_type='CAUSAL_LM', peft_type=<PeftType.LORA: 'LORA'>, auto_mapping=None, peft_version='0.21.2', "
     "base_model_name_or_path=None, revision=None, inference_mode=False, r=64, target_modules=" + TARGETS + ", "
@@ -112,7 +107,8 @@ def assert_mapped(run: Run, dropout: float, modules_to_save: list[str]) -> None:
     assert {key: run.setting(key) for key in expected} == expected
     assert run.setting("train.max_steps") is None and run.setting("data.max_length") is None  # a model config's max_length is generation's
     assert run.max_steps() == EPOCHS * STEPS_PER_EPOCH == 408
-    assert f"planned steps 408 = train.epochs 3 x 136 steps per epoch (logged epoch 2 at step {2 * STEPS_PER_EPOCH})" in run.notes
+    assert Note("planned_from_epochs", {"planned": 408, "epochs": EPOCHS, "steps_per_epoch": STEPS_PER_EPOCH,
+                                        "epoch": 2, "step": 2 * STEPS_PER_EPOCH}) in run.notes
 
 
 @pytest.mark.parametrize("lora_repr", [PEFT_013_REPR, PEFT_021_REPR], ids=["peft-0.13", "peft-0.21"])
@@ -124,13 +120,13 @@ def test_swanlab_04_run_with_a_lora_config_repr_and_epochs(tmp_path, lora_repr):
         v1, v2 = sorted(load_runs(tmp_path / "swanlog"), key=lambda run: run.name)
     finally:
         writer.close()
-    assert (v1.name, v2.name) == ("v1-seed1", "v2-seed1") and v1.source.startswith("SwanLab local log")
+    assert (v1.name, v2.name) == ("v1-seed1", "v2-seed1") and v1.source.kind == "swanlab_local_log"
     assert_mapped(v1, 0.05, [])
     assert_mapped(v2, 0.1, ["lm_head"])
     assert differing_keys(v1, v2) == {"lora.dropout": (0.05, 0.1), "lora.modules_to_save": ([], ["lm_head"])}
     assert v1.setting("hf.peft.use_dora") is False and v1.setting("hf.peft.runtime_config") == {"ephemeral_gpu_offload": False}
     assert v2.imported_config["swanlab_config"]["peft_config"]["default"] == configs["v2-seed1"]["peft_config"]["default"]
-    assert not [note for note in v1.notes if "config.yaml" in note]  # everything in the repr was read
+    assert not [note for note in v1.notes if "file" in note.fields]  # everything in the repr was read
 
 
 def test_unreadable_parts_of_a_repr_are_named_and_kept(tmp_path):
@@ -141,10 +137,10 @@ def test_unreadable_parts_of_a_repr_are_named_and_kept(tmp_path):
     writer.close()
     (run,) = load_runs(tmp_path / "swanlog")
     (config_path,) = (tmp_path / "swanlog").glob("run-*/files/config.yaml")
-    assert f"{config_path}: peft_config: `<function gaussian at 0x7f3a>` is not a literal value; kept as text" in run.notes
+    assert Note("repr_not_literal", {"file": str(config_path), "key": "peft_config", "text": "<function gaussian at 0x7f3a>"}) in run.notes
     assert run.setting("hf.peft.init_lora_weights") == "<function gaussian at 0x7f3a>"
     assert run.setting("lora.dropout") == 0.05  # the rest of the repr still maps
-    assert f"{config_path}: lr_scheduler_type 'polynomial' has no medtune counterpart; the logged LR cannot be checked against it" in run.notes
+    assert Note("schedule_unknown", {"file": str(config_path), "key": "lr_scheduler_type", "value": "polynomial"}) in run.notes
     assert run.setting("train.schedule") == "polynomial"
 
 
@@ -156,8 +152,9 @@ def test_a_repr_that_is_not_python_is_kept_as_text_with_a_note(tmp_path):
     (run,) = load_runs(tmp_path / "swanlog")
     assert run.setting("hf.peft_config") == "LoraConfig(r=64, lora_alpha=16,"
     assert run.setting("lora.r") is None
-    assert any(note.endswith(": peft_config: not a Python repr ('(' was never closed at column 11); kept as text under hf.peft_config")
-               for note in run.notes), run.notes
+    (config_path,) = (tmp_path / "swanlog").glob("run-*/files/config.yaml")
+    assert Note("repr_syntax", {"file": str(config_path), "key": "peft_config", "error": "'(' was never closed", "column": 11,
+                                "kept_under": "hf.peft_config"}) in run.notes, run.notes
 
 
 def test_parse_repr_never_evaluates():
@@ -183,7 +180,7 @@ def test_swanlab_010_offline_run_with_a_lora_config_object(tmp_path):
         swanlab.log({tag: values[step] for tag, values in series.items()}, step=step)
     swanlab.finish()
     (run,) = load_runs(tmp_path / "swanlog")
-    assert run.source.startswith("SwanLab run file")
+    assert run.source.kind == "swanlab_run_file"
     assert_mapped(run, 0.1, ["lm_head"])
 
 
@@ -204,7 +201,8 @@ def test_trainer_state_with_training_args_model_and_adapter_config(tmp_path):
     (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     (run,) = load_runs(tmp_path / "out")
     assert run.name == "v2-seed1"
-    assert run.max_steps() == 408 and run.planned_steps()[1] == "summary.max_steps"  # the Trainer's own count
+    assert run.max_steps() == run.counted_steps() == 408  # the Trainer's own count
+    assert not [note for note in run.notes if note.code == "planned_from_epochs"]
     del state["max_steps"]  # a trainer_state without it: the epoch counter decides
     (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     (run,) = load_runs(tmp_path / "out")
@@ -240,7 +238,7 @@ def test_epochs_without_an_epoch_counter_are_noted(tmp_path):
                                                              "num_train_epochs": 2, "max_steps": -1, "warmup_steps": 5}))
     (run,) = load_runs(tmp_path / "trainer_state.json")
     assert run.max_steps() is None
-    assert "planned steps unknown: train.epochs is 2 but no epoch counter was logged" in run.notes
+    assert Note("planned_unknown", {"epochs": 2}) in run.notes
     # HF's `constant` never warms up, whatever warmup_steps says
     assert (run.setting("train.schedule"), run.setting("train.warmup_steps"), run.setting("train.warmup_ratio")) == ("constant", None, 0.0)
-    assert f"{tmp_path}: lr_scheduler_type 'constant' ignores warmup_steps/warmup_ratio; read as no warmup" in run.notes
+    assert Note("constant_ignores_warmup", {"file": str(tmp_path), "key": "lr_scheduler_type"}) in run.notes

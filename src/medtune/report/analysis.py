@@ -9,7 +9,7 @@ summary.json; the Markdown/HTML documents are made from it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -146,8 +146,8 @@ def _version_facts(version: Version) -> dict[str, Any]:
         "runs": [
             {
                 "name": run.name,
-                "source": run.source,
-                "notes": run.notes,
+                "source": asdict(run.source),
+                "notes": [asdict(note) for note in run.notes],
                 "random_weights": run.summary.get("random_weights"),
                 "last_step": last_step(run),
                 "max_steps": run.max_steps(),

@@ -84,7 +84,7 @@ def group_versions(specs: Sequence[RunSpec]) -> list[Version]:
         version, path = (spec[0], Path(spec[1])) if isinstance(spec, tuple) else (None, Path(spec))
         for run in load_runs(path):
             if not len(run.series("loss")[0]):
-                raise ReportError(f"{run.source}: no training loss logged, nothing to compare")
+                raise ReportError(f"{run.source.path}: no training loss logged, nothing to compare")
             grouped.setdefault(version or version_of(run.name), []).append(run)
     return [Version(name, runs) for name, runs in grouped.items()]
 

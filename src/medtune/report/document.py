@@ -12,7 +12,7 @@ from typing import Any
 
 from medtune.report.analysis import PHASES
 from medtune.report.insights import verdict
-from medtune.report.schema import Comparison, Described, Insight, Summarised, Summary
+from medtune.report.schema import Comparison, Described, Insight, NoteFacts, SourceFacts, Summarised, Summary
 
 CHARTS = ("loss", "eval_loss", "grad_norm", "learning_rate")
 MISSING = "—"
@@ -88,9 +88,14 @@ def stat(described: Described, fmt: Callable[[float | None], str]) -> str:
         return MISSING
     if described.ci95 is None:
         return fmt(described.mean)
-    if described.ci95 <= 1e-9 * abs(described.mean):  # identical in every run (e.g. a scheduled LR)
+    if _same_in_every_run(described):
         return f"{fmt(described.mean)} (n={described.n})"
     return f"{fmt(described.mean)} ± {fmt(described.ci95).lstrip('+')} (n={described.n})"
+
+
+def _same_in_every_run(described: Described) -> bool:
+    """Several runs with one value (e.g. a scheduled LR, or the step it was logged at)."""
+    return described.mean is not None and described.ci95 is not None and described.ci95 <= 1e-9 * abs(described.mean)
 
 
 def change(comparison: Comparison, fmt_diff: Callable[[float | None], str] = signed_loss) -> str:
@@ -194,7 +199,7 @@ def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
             texts.append(w[key].format(first=warning.original, second=warning.duplicate, version=warning.versions[0],
                                        other=warning.versions[1]))
         elif warning.kind in ("planned_steps", "last_steps", "setting"):
-            values = w["list_sep"].join(f"{name}: {_setting_value(found, w)}" for name, found in warning.values.items())
+            values = w["list_sep"].join(w["labelled"].format(label=name, text=_setting_value(found, w)) for name, found in warning.values.items())
             texts.append(w[f"warn_{warning.kind}"].format(values=values, key=getattr(warning, "key", "")))
         elif warning.kind == "repeated_rows":
             texts.append(w["warn_repeated_rows"].format(step=warning.step, same_as=warning.same_as))
@@ -221,7 +226,8 @@ def _method_section(summary: Summary, w: dict[str, str]) -> list[Block]:
 def _runs_section(summary: Summary, w: dict[str, str]) -> list[Block]:
     flags = {True: w["yes"], False: w["no"], None: w["unknown"]}
     rows = [
-        [version.name, run.name, run.source, step(run.last_step), step(run.max_steps), flags[run.random_weights], "; ".join(run.notes)]
+        [version.name, run.name, source_text(run.source, w), step(run.last_step), step(run.max_steps), flags[run.random_weights],
+         w["part_sep"].join(note_text(note, w) for note in run.notes)]
         for version in summary.versions
         for run in version.runs
     ]
@@ -234,6 +240,22 @@ def _runs_section(summary: Summary, w: dict[str, str]) -> list[Block]:
     else:
         blocks.append(Paragraph(w["noise_unknown"]))
     return blocks
+
+
+def source_text(source: SourceFacts, w: dict[str, str]) -> str:
+    """Where a run was read from, in the report's language."""
+    return w[f"source_{source.kind}"].format(path=source.path)
+
+
+def note_text(note: NoteFacts, w: dict[str, str]) -> str:
+    """A run's note in the report's language, after the file (and config key) it is about."""
+    fields = {key: w["list_sep"].join(map(str, value)) if isinstance(value, list) else value for key, value in note.fields.items()}
+    text = w[f"note_{note.code}"].format(**fields)
+    if "key" in fields:
+        return w["note_at_key"].format(file=fields["file"], key=fields["key"], note=text)
+    if "file" in fields:
+        return w["note_at_file"].format(file=fields["file"], note=text)
+    return text
 
 
 def _setting_value(values: list[Any], w: dict[str, str]) -> str:
@@ -267,7 +289,7 @@ def _metric_rows(table: Any, names: list[str], baseline: str, w: dict[str, str])
         for name in names:
             used = [found for found in row.steps_used[name] if found != row.step]
             if used:
-                notes.append(w["nearest_note"].format(step=row.step, version=name, used=", ".join(map(str, used))))
+                notes.append(w["nearest_note"].format(step=row.step, version=name, used=w["list_sep"].join(map(str, used))))
     return headers, rows, notes
 
 
@@ -322,7 +344,9 @@ def _grad_section(summary: Summary, w: dict[str, str], names: list[str]) -> list
 
 
 def _at_step(values: Summarised, steps: Summarised, name: str, w: dict[str, str]) -> str:
-    return f"{stat(values.values[name], lr)} {w['at_step_paren'].format(step=stat(steps.values[name], step))}"
+    logged_at = steps.values[name]
+    at = step(logged_at.mean) if _same_in_every_run(logged_at) else stat(logged_at, step)  # n is said by the value already
+    return f"{stat(values.values[name], lr)} {w['at_step_paren'].format(step=at)}"
 
 
 def _lr_section(summary: Summary, w: dict[str, str], names: list[str]) -> list[Block]:
@@ -331,7 +355,7 @@ def _lr_section(summary: Summary, w: dict[str, str], names: list[str]) -> list[B
     for name in names:
         checks = rates.schedule_check[name]
         rows.append([
-            name, "; ".join(sorted({_schedule_text(check, w) for check in checks.values()})),
+            name, w["part_sep"].join(sorted({_schedule_text(check, w) for check in checks.values()})),
             _at_step(rates.first_logged, rates.first_logged_step, name, w),
             _at_step(rates.largest_logged, rates.largest_logged_step, name, w),
             _at_step(rates.mid, rates.mid_step, name, w),
@@ -359,7 +383,7 @@ def _checks_text(checks: dict[str, Any], w: dict[str, str]) -> str:
     if all(check.checked and check.matches for check in checks.values()) and len(conventions) == 1:
         worst = max(checks.values(), key=lambda check: check.max_deviation)
         return _check_text(worst, w)
-    return "; ".join(f"{run}: {_check_text(check, w)}" for run, check in checks.items())
+    return w["part_sep"].join(w["labelled"].format(label=run, text=_check_text(check, w)) for run, check in checks.items())
 
 
 def _check_text(check: Any, w: dict[str, str]) -> str:
@@ -387,7 +411,7 @@ def _advantages_section(summary: Summary, w: dict[str, str], names: list[str]) -
         for name in names:
             comparison = entry.vs_baseline.get(name)
             value = stat(entry.values[name], fmt)
-            cells.append(value if comparison is None or comparison.diff is None else f"{value} ({trend(comparison, fmt_diff)})")
+            cells.append(value if comparison is None or comparison.diff is None else w["with_aside"].format(value=value, aside=trend(comparison, fmt_diff)))
         best = getattr(entry, "best", None)
         rows.append(cells + [_best(best, w) if best is not None else w["not_ranked"]])
     return [Heading(w["advantages_heading"]), Table([w["col_criterion"], *names, w["col_best"]], rows), Paragraph(w["advantages_note"])]
@@ -401,11 +425,12 @@ def _convergence_row(summary: Summary, names: list[str], baseline: str, w: dict[
         value = stat(window_loss, loss) if window_loss else MISSING
         pair = convergence.pairs.get(name)
         if name == baseline:
-            cells.append(f"{value} ({w['reference']})")
+            cells.append(w["with_aside"].format(value=value, aside=w["reference"]))
         elif pair is None:
             cells.append(value)
         else:
-            cells.append(f"{value} ({trend(pair)}; {w['share_lower'].format(share=pct(pair.share_lower))})")
+            aside = w["part_sep"].join((trend(pair), w["share_lower"].format(share=pct(pair.share_lower))))
+            cells.append(w["with_aside"].format(value=value, aside=aside))
     return cells + [_best(convergence.best, w)]
 
 

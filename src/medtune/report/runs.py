@@ -11,15 +11,41 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 SEED_SUFFIX = re.compile(r"(?:-seed\d+|_s\d+)$")
+SourceKind = Literal["medtune_run", "swanlab_run_file", "swanlab_local_log", "tensorboard", "trainer_state"]
+"""What a run was read from; the report words each kind as `source_<kind>` (wording.py)."""
+NoteCode = Literal[
+    "missing_file", "planned_from_epochs", "planned_unknown", "tracker_no_summary", "trainer_no_summary",
+    "no_training_args", "training_args_pickle", "no_args_summary", "config_not_recognised", "incomplete_record",
+    "adapters_other", "not_lora_config", "repr_syntax", "repr_too_deep", "repr_not_literal",
+    "schedule_unknown", "constant_ignores_warmup", "optimizer_unknown",
+]
+"""What the report may say about a run's input; each code is worded as `note_<code>` (wording.py)."""
 
 
 class ReportError(ValueError):
     """An input run cannot be read or the report cannot be built; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a run was read from, as data, so that the report words it in its own language."""
+
+    kind: SourceKind
+    path: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something a run's input lacks or that could not be mapped, as data: `code` picks the words, `fields` fill
+    them. A `file` field (and a `key` field, the config key concerned) say where; the report puts them first."""
+
+    code: NoteCode
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,8 +62,8 @@ class Run:
     config: dict[str, Any]
     summary: dict[str, Any]
     eval: dict[str, Any]
-    source: str
-    notes: list[str] = field(default_factory=list)
+    source: Source
+    notes: list[Note] = field(default_factory=list)
     imported_config: dict[str, Any] = field(default_factory=dict)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -60,21 +86,28 @@ class Run:
         return node
 
     def max_steps(self) -> int | None:
-        """Planned optimizer steps (see `planned_steps`), or None when nothing says."""
-        return self.planned_steps()[0]
+        """Planned optimizer steps: the trainer's own count, or else the estimate from epochs; None when nothing says."""
+        counted = self.counted_steps()
+        if counted is not None:
+            return counted
+        estimate = self.steps_from_epochs()
+        return estimate["planned"] if estimate else None
 
-    def planned_steps(self) -> tuple[int | None, str]:
-        """Planned optimizer steps and what they come from: the trainer's own count (summary), the config's
-        `train.max_steps`, or `train.epochs` x the steps per epoch the logged epoch counter shows."""
-        for value, basis in ((self.summary.get("max_steps"), "summary.max_steps"), (self.setting("train.max_steps"), "train.max_steps")):
+    def counted_steps(self) -> int | None:
+        """Planned steps as a count: the trainer's own (summary.json's `max_steps`), or the config's `train.max_steps`."""
+        for value in (self.summary.get("max_steps"), self.setting("train.max_steps")):
             if _count(value):
-                return value, basis
+                return value
+        return None
+
+    def steps_from_epochs(self) -> dict[str, Any] | None:
+        """`train.epochs` x the steps per epoch that the logged epoch counter shows, with the numbers it comes from
+        (`planned`, `epochs`, `steps_per_epoch`, and the counter's `epoch` at `step`); None when either is missing."""
         epochs, counter = self.setting("train.epochs"), self._epoch_counter()
         if not is_number(epochs) or epochs <= 0 or counter is None:
-            return None, ""
+            return None
         step, epoch = counter
-        planned = round(epochs * step / epoch)
-        return planned, f"train.epochs {epochs:g} x {step / epoch:.4g} steps per epoch (logged epoch {epoch:g} at step {step})"
+        return {"planned": round(epochs * step / epoch), "epochs": epochs, "steps_per_epoch": step / epoch, "epoch": epoch, "step": step}
 
     def _epoch_counter(self) -> tuple[int, float] | None:
         """(step, epoch) of the latest record with a positive epoch: the smallest relative error when epochs are rounded."""

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medtune.report.runs import NoteCode, SourceKind
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -66,10 +68,24 @@ class MetricTable(_Strict):
     repeated: list[RepeatedRow]
 
 
+class SourceFacts(_Strict):
+    """Where a run was read from (runs.Source): worded as `source_<kind>` with its path."""
+
+    kind: SourceKind
+    path: str
+
+
+class NoteFacts(_Strict):
+    """Something a run's input lacks or that could not be mapped (runs.Note): worded as `note_<code>` filled by `fields`."""
+
+    code: NoteCode
+    fields: dict[str, Any]
+
+
 class RunFacts(_Strict):
     name: str
-    source: str
-    notes: list[str]
+    source: SourceFacts
+    notes: list[NoteFacts]
     random_weights: bool | None
     last_step: int
     max_steps: int | None

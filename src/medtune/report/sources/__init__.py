@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtune.report.runs import ReportError, Run
+from medtune.report.runs import Note, ReportError, Run
 from medtune.report.sources.medtune_run import is_run_folder, load_run_folder
 from medtune.report.sources.swanlog import is_swanlog, load_swanlog
 from medtune.report.sources.tfevents import is_event_folder, load_event_folders
@@ -22,12 +22,13 @@ def load_runs(path: Path) -> list[Run]:
 
 def _note_planned_steps(run: Run) -> None:
     """Say how planned steps were worked out when only epochs were given, or that they could not be."""
-    planned, basis = run.planned_steps()
-    epochs = run.setting("train.epochs")
-    if planned is not None and basis.startswith("train.epochs"):  # estimated, not a count the trainer wrote
-        run.notes.append(f"planned steps {planned} = {basis}")
-    elif planned is None and epochs is not None:
-        run.notes.append(f"planned steps unknown: train.epochs is {epochs} but no epoch counter was logged")
+    if run.counted_steps() is not None:
+        return
+    estimate, epochs = run.steps_from_epochs(), run.setting("train.epochs")
+    if estimate is not None:  # estimated, not a count the trainer wrote
+        run.notes.append(Note("planned_from_epochs", estimate))
+    elif epochs is not None:
+        run.notes.append(Note("planned_unknown", {"epochs": epochs}))
 
 
 def _load(path: Path) -> list[Run]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from medtune.report.runs import is_number
-from medtune.report.sources.python_repr import looks_like_call_repr, parse_repr
+from medtune.report.runs import Note, is_number
+from medtune.report.sources.python_repr import NotARepr, looks_like_call_repr, parse_repr
 
 FOREIGN_SECTION = "hf"
 """Config section for foreign keys without a medtune counterpart (`hf.optim`, `hf.peft.use_dora`): kept, so that a
 difference in them still shows in the versions table."""
+KEPT_UNDER = f"{FOREIGN_SECTION}.peft_config"
+"""Where a LoRA config that cannot be mapped onto `lora.*` (or the adapters not mapped) is kept."""
 TRAINING_ARGS_TO_CONFIG = {
     "run_name": "run_name",
     "output_dir": "output_dir",
@@ -73,44 +75,46 @@ def is_training_args(values: dict[str, Any]) -> bool:
     return "learning_rate" in values and "lr_scheduler_type" in values
 
 
-def config_from_hf(values: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+def config_from_hf(values: dict[str, Any], file: str) -> tuple[dict[str, Any], list[Note]]:
     """TrainingArguments (as `to_dict()` gives them) to medtune's nested config keys, and notes on what has no counterpart.
 
     `values` may also hold the model's config and a `peft_config`, as HF's SwanLab callback merges them in;
-    keys without a medtune counterpart go under `hf.`; `where` (the file they came from) starts every note.
+    keys without a medtune counterpart go under `hf.`; every note names `file`, where the values came from.
     """
     rest = dict(values)
     config: dict[str, Any] = {}
-    notes: list[str] = []
+    notes: list[Note] = []
     for hf_key, dotted in TRAINING_ARGS_TO_CONFIG.items():
         if rest.get(hf_key) is not None:
             _put(config, dotted, rest.pop(hf_key))
     if config.get("train", {}).get("max_grad_norm") == 0:
         config["train"]["max_grad_norm"] = None  # HF's 0 and medtune's null both mean no clipping
     _map_length(rest, config)
-    _map_schedule(rest, config, notes, where)
-    _map_optimizer(rest, config, notes, where)
+    _map_schedule(rest, config, notes, file)
+    _map_optimizer(rest, config, notes, file)
     _map_precision(rest, config)
     if "peft_config" in rest:
-        map_lora(rest.pop("peft_config"), config, notes, f"{where}: peft_config")
+        map_lora(rest.pop("peft_config"), config, notes, {"file": file, "key": "peft_config"})
     for key, value in rest.items():
         _put(config, f"{FOREIGN_SECTION}.{key}", value)
     return config, notes
 
 
-def map_lora(value: Any, config: dict[str, Any], notes: list[str], where: str) -> None:
-    """A PEFT adapter config into `lora.*`: a dict (adapter_config.json), `{adapter: config}`, or their repr strings."""
+def map_lora(value: Any, config: dict[str, Any], notes: list[Note], where: dict[str, str]) -> None:
+    """A PEFT adapter config into `lora.*`: a dict (adapter_config.json), `{adapter: config}`, or their repr strings.
+
+    `where` (`file`, and `key` when the config is one key of that file) starts every note's fields."""
     value = _parsed(value, notes, where)
     if isinstance(value, dict) and value and "r" not in value:  # {adapter name: config}, as PeftModel.peft_config
         name = "default" if "default" in value else next(iter(value))
         if len(value) > 1:
-            notes.append(f"{where}: adapters {', '.join(value)}: lora.* are those of {name!r}, the others under {FOREIGN_SECTION}.peft_config")
-            _put(config, f"{FOREIGN_SECTION}.peft_config", {key: item for key, item in value.items() if key != name})
+            notes.append(Note("adapters_other", {**where, "adapters": list(value), "chosen": name, "kept_under": KEPT_UNDER}))
+            _put(config, KEPT_UNDER, {key: item for key, item in value.items() if key != name})
         value = _parsed(value[name], notes, where)
     if not isinstance(value, dict):
         if not looks_like_call_repr(value):  # a repr that failed to parse has its note already
-            notes.append(f"{where}: expected a LoRA config, got {str(value)[:80]!r}; kept under {FOREIGN_SECTION}.peft_config")
-        _put(config, f"{FOREIGN_SECTION}.peft_config", value)
+            notes.append(Note("not_lora_config", {**where, "value": str(value)[:80], "kept_under": KEPT_UNDER}))
+        _put(config, KEPT_UNDER, value)
         return
     for peft_key, value_of_key in value.items():
         if peft_key in ("target_modules", "modules_to_save"):
@@ -118,16 +122,17 @@ def map_lora(value: Any, config: dict[str, Any], notes: list[str], where: str) -
         _put(config, LORA_TO_CONFIG.get(peft_key, f"{FOREIGN_SECTION}.peft.{peft_key}"), value_of_key)
 
 
-def _parsed(value: Any, notes: list[str], where: str) -> Any:
+def _parsed(value: Any, notes: list[Note], where: dict[str, str]) -> Any:
     """A repr string read into dicts (see python_repr); anything else, or a string that is no repr, as it is."""
     if not looks_like_call_repr(value):
         return value
     try:
         parsed, unreadable = parse_repr(value)
-    except ValueError as err:
-        notes.append(f"{where}: {err}; kept as text under {FOREIGN_SECTION}.peft_config")
+    except NotARepr as err:
+        notes.append(Note("repr_syntax", {**where, "error": err.syntax, "column": err.column, "kept_under": KEPT_UNDER}) if err.syntax
+                     else Note("repr_too_deep", {**where, "kept_under": KEPT_UNDER}))
         return value
-    notes.extend(f"{where}: `{text}` is not a literal value; kept as text" for text in unreadable)
+    notes.extend(Note("repr_not_literal", {**where, "text": text}) for text in unreadable)
     return parsed
 
 
@@ -156,26 +161,26 @@ def _map_length(rest: dict[str, Any], config: dict[str, Any]) -> None:
         _put(config, "data.max_length", rest.pop("max_length"))
 
 
-def _map_schedule(rest: dict[str, Any], config: dict[str, Any], notes: list[str], where: str) -> None:
+def _map_schedule(rest: dict[str, Any], config: dict[str, Any], notes: list[Note], file: str) -> None:
     if rest.get("lr_scheduler_type") is None:
         return
     name = str(rest.pop("lr_scheduler_type")).removeprefix("SchedulerType.").lower()
     schedule = SCHEDULE_NAMES.get(name)
     if schedule is None:
-        notes.append(f"{where}: lr_scheduler_type {name!r} has no medtune counterpart; the logged LR cannot be checked against it")
+        notes.append(Note("schedule_unknown", {"file": file, "key": "lr_scheduler_type", "value": name}))
     _put(config, "train.schedule", schedule or name)
     warmup = config.get("train", {})
     if name == "constant" and (warmup.get("warmup_steps") or warmup.get("warmup_ratio")):
-        notes.append(f"{where}: lr_scheduler_type 'constant' ignores warmup_steps/warmup_ratio; read as no warmup")
+        notes.append(Note("constant_ignores_warmup", {"file": file, "key": "lr_scheduler_type"}))
         warmup.pop("warmup_steps", None)
         warmup["warmup_ratio"] = 0.0
 
 
-def _map_optimizer(rest: dict[str, Any], config: dict[str, Any], notes: list[str], where: str) -> None:
+def _map_optimizer(rest: dict[str, Any], config: dict[str, Any], notes: list[Note], file: str) -> None:
     if rest.get("optim") is not None:
         name = str(rest.pop("optim")).removeprefix("OptimizerNames.").lower()
         if name not in OPTIMIZER_NAMES:
-            notes.append(f"{where}: optim {name!r} has no medtune counterpart; kept by its HF name")
+            notes.append(Note("optimizer_unknown", {"file": file, "key": "optim", "value": name}))
         _put(config, "train.optimizer", OPTIMIZER_NAMES.get(name, name))
     if is_number(rest.get("adam_beta1")) and is_number(rest.get("adam_beta2")):
         _put(config, "train.betas", [rest.pop("adam_beta1"), rest.pop("adam_beta2")])

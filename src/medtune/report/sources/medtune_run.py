@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from medtune.report.runs import ReportError, Run, parse_json_object, read_json_object
+from medtune.report.runs import Note, ReportError, Run, Source, parse_json_object, read_json_object
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -27,11 +27,11 @@ def load_run_folder(folder: Path) -> Run:
         raise ReportError(f"{config_path}: invalid YAML: {err}") from None
     if not isinstance(config, dict):
         raise ReportError(f"{config_path}: expected a mapping of config keys, got {type(config).__name__}")
-    notes: list[str] = []
+    notes: list[Note] = []
     summary = _optional_json(folder / "summary.json", notes)
     evaluation = _optional_json(folder / "eval.json", notes)
     name = config.get("run_name") or summary.get("run_name") or folder.name
-    return Run(str(name), records, config, summary, evaluation, f"medtune run folder {folder}", notes)
+    return Run(str(name), records, config, summary, evaluation, Source("medtune_run", str(folder)), notes)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -51,9 +51,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-
-def _optional_json(path: Path, notes: list[str]) -> dict[str, Any]:
+def _optional_json(path: Path, notes: list[Note]) -> dict[str, Any]:
     if not path.is_file():
-        notes.append(f"no {path.name}")
+        notes.append(Note("missing_file", {"name": path.name}))
         return {}
     return read_json_object(path)

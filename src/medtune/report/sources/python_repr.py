@@ -19,6 +19,15 @@ its value) or another object (`<function f at 0x7f...>`, stood in for by a name 
 CALL_REPR = re.compile(r"^\s*(?:\{\s*'[^']*'\s*:\s*)?[A-Za-z_]\w*\(")
 
 
+class NotARepr(ValueError):
+    """A text that is not a Python repr: `syntax` is Python's own message and `column` where it points, or both None
+    when the text is nested too deeply to parse."""
+
+    def __init__(self, syntax: str | None = None, column: int | None = None) -> None:
+        self.syntax, self.column = syntax, column
+        super().__init__(f"not a Python repr ({syntax} at column {column})" if syntax else "not a Python repr (nested too deeply)")
+
+
 def looks_like_call_repr(value: Any) -> bool:
     """A string that starts as `LoraConfig(` or `{'default': LoraConfig(` (whether or not the rest is well formed)."""
     return isinstance(value, str) and bool(CALL_REPR.match(value))
@@ -28,7 +37,7 @@ def parse_repr(text: str) -> tuple[Any, list[str]]:
     """The value a repr describes, and the texts of its parts that are not literals (kept as strings in the value).
 
     Raises:
-        ValueError: the text is not Python syntax even after the enum reprs are replaced.
+        NotARepr: the text is not Python syntax even after the enum reprs are replaced.
     """
     objects: dict[str, str] = {}
 
@@ -46,9 +55,9 @@ def parse_repr(text: str) -> tuple[Any, list[str]]:
         unreadable: list[str] = []
         return _value(tree.body, unreadable, objects), unreadable
     except SyntaxError as err:
-        raise ValueError(f"not a Python repr ({err.msg} at column {err.offset})") from None
+        raise NotARepr(err.msg, err.offset) from None
     except RecursionError:
-        raise ValueError("not a Python repr (nested too deeply)") from None
+        raise NotARepr() from None
 
 
 def _value(node: ast.expr, unreadable: list[str], objects: dict[str, str]) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from medtune.report.runs import ReportError, Run
+from medtune.report.runs import Note, ReportError, Run, Source
 from medtune.report.sources.hf import config_from_hf, is_training_args, records_from_points
 
 DASHBOARD_DB = "runs.swanlab"
@@ -46,15 +46,15 @@ def _load_run_dir(run_dir: Path) -> Run:
     database = run_dir.parent / DASHBOARD_DB
     if record_files and (_swanlab_reader_available() or not database.is_file()):
         name, points, notes = _read_record_file(record_files[0])
-        source = f"SwanLab run file {record_files[0]}"
+        source = Source("swanlab_run_file", str(record_files[0]))
     elif database.is_file():
         (name, points), notes = _read_dashboard_logs(run_dir, database), []
-        source = f"SwanLab local log {run_dir}"
+        source = Source("swanlab_local_log", str(run_dir))
     else:
         raise ReportError(f"{run_dir}: neither a run-<id>.swanlab record file nor {database} to name its metrics")
     config_path = run_dir / "files" / "config.yaml"
     logged_config = _read_config(config_path)
-    notes.append("SwanLab logs carry no summary.json (random_weights unknown) and no eval.json")
+    notes.append(Note("tracker_no_summary", {"tracker": "SwanLab"}))
     imported: dict[str, Any] = {}
     if is_training_args(logged_config):  # HF's SwanLab callback: TrainingArguments, the model config and peft_config
         config, mapping_notes = config_from_hf(logged_config, str(config_path))
@@ -63,7 +63,7 @@ def _load_run_dir(run_dir: Path) -> Run:
     else:
         config = logged_config
         if not all(isinstance(config.get(section), dict) for section in ("train", "lora")):  # medtune's own config is nested
-            notes.append(f"{config_path}: neither HF TrainingArguments nor a medtune config; its keys are shown as logged")
+            notes.append(Note("config_not_recognised", {"file": str(config_path)}))
     records = records_from_points(points)
     if not records:
         raise ReportError(f"{run_dir}: no scalar metrics logged")
@@ -130,7 +130,7 @@ def _swanlab_reader_available() -> bool:
     return True
 
 
-def _read_record_file(path: Path) -> tuple[str, list[tuple[str, int, float]], list[str]]:
+def _read_record_file(path: Path) -> tuple[str, list[tuple[str, int, float]], list[Note]]:
     """Scalars of a record file, up to its last complete record (a running or crashed run ends mid-record)."""
     if not _swanlab_reader_available():
         raise ReportError(f"{path}: reading SwanLab >= 0.8 run files needs the swanlab package (pip install 'medtune[swanlab]')")
@@ -154,7 +154,7 @@ def _read_record_file(path: Path) -> tuple[str, list[tuple[str, int, float]], li
             elif record.HasField("scalar"):
                 points.append((record.scalar.key, int(record.scalar.step), float(record.scalar.value.number)))
     except (DataStoreError, AssertionError, DecodeError) as err:
-        notes.append(f"{path.name} ends in an incomplete record ({err}); read up to the last complete one (run unfinished or crashed?)")
+        notes.append(Note("incomplete_record", {"file": str(path), "error": str(err)}))
     finally:
         reader.close()
     return name, points, notes

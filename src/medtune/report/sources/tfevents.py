@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medtune.report.runs import ReportError, Run, parse_json_object
+from medtune.report.runs import Note, ReportError, Run, Source, parse_json_object
 from medtune.report.sources.hf import config_from_hf, records_from_points
 
 EVENT_GLOB = "events.out.tfevents.*"
@@ -41,17 +41,17 @@ def _load_folder(folder: Path) -> Run:
     points = [(tag, event.step, float(event.value)) for tag in tags["scalars"] for event in accumulator.Scalars(tag)]
     if not points:
         raise ReportError(f"{folder}: no scalars in the TensorBoard event files")
-    notes = ["TensorBoard logs carry no summary.json (random_weights unknown) and no eval.json"]
+    notes = [Note("tracker_no_summary", {"tracker": "TensorBoard"})]
     texts = {name: _text_summary(accumulator, folder, name) for name in TEXT_SUMMARIES if f"{name}/text_summary" in tags["tensors"]}
     config: dict[str, Any] = {}
     if "args" in texts:
         # merged as HF's SwanLab callback merges them, so both importers map the same dict
-        config, mapping_notes = config_from_hf({**texts.get("model_config", {}), **texts["args"]}, f"{folder}: `args` text summary")
+        config, mapping_notes = config_from_hf({**texts.get("model_config", {}), **texts["args"]}, str(folder))
         notes.extend(mapping_notes)
     else:
-        notes.append("no `args` text summary: config unknown")
+        notes.append(Note("no_args_summary", {"file": str(folder)}))
     name = config.get("run_name") or folder.name
-    return Run(str(name), records_from_points(points), config, {}, {}, f"TensorBoard events {folder}", notes, texts)
+    return Run(str(name), records_from_points(points), config, {}, {}, Source("tensorboard", str(folder)), notes, texts)
 
 
 def _text_summary(accumulator: Any, folder: Path, name: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medtune.report.runs import ReportError, Run, read_json_object
+from medtune.report.runs import Note, ReportError, Run, Source, read_json_object
 from medtune.report.sources.hf import config_from_hf, map_lora
 
 STATE_FILE = "trainer_state.json"
@@ -42,19 +42,19 @@ def load_trainer_state(state_path: Path) -> Run:
             raise ReportError(f"{state_path}: log_history[{index}] is not an object with an integer `step`")
         records.append(entry)
     folder = state_path.parent
-    notes = ["HF Trainer checkpoints carry no summary.json (random_weights unknown)"]
+    notes = [Note("trainer_no_summary")]
     imported = {name: read_json_object(folder / file) for name, file in CONFIG_FILES.items() if (folder / file).is_file()}
     # merged as HF's SwanLab callback merges them, so every importer maps the same dict
     config, mapping_notes = config_from_hf({**imported.get("model_config", {}), **imported.get("training_args", {})}, str(folder))
     notes.extend(mapping_notes)
     if "training_args" not in imported:
-        reason = "training_args.bin is a pickle and is not read" if (folder / "training_args.bin").is_file() else "no training_args"
-        notes.append(f"{reason}: schedule, LR and clipping threshold unknown (save TrainingArguments.to_dict() as training_args.json)")
+        pickled = (folder / "training_args.bin").is_file()
+        notes.append(Note("training_args_pickle" if pickled else "no_training_args", {"file": str(folder)}))
     if "adapter_config" in imported:
-        map_lora(imported["adapter_config"], config, notes, str(folder / CONFIG_FILES["adapter_config"]))
+        map_lora(imported["adapter_config"], config, notes, {"file": str(folder / CONFIG_FILES["adapter_config"])})
     summary = {"max_steps": state["max_steps"]} if isinstance(state.get("max_steps"), int) else {}
     evaluation = read_json_object(folder / "eval.json") if (folder / "eval.json").is_file() else {}
     run_folder = folder.parent if _CHECKPOINT.search(folder.name) else folder
     name = config.get("run_name") or run_folder.name
-    return Run(str(name), records, config, summary, evaluation, f"HF trainer_state {state_path}", notes, imported)
+    return Run(str(name), records, config, summary, evaluation, Source("trainer_state", str(state_path)), notes, imported)
 
