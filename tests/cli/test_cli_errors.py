@@ -131,3 +131,14 @@ def test_an_unexpected_error_keeps_its_traceback(monkeypatch):
     result = runner.invoke(app, ["check", str(CONFIGS / "v1.yaml")])
     assert result.exit_code == 1 and isinstance(result.exception, ZeroDivisionError)
     assert exit_code_for(ZeroDivisionError()) is None
+
+
+def test_ctrl_c_prints_what_training_saved_and_exits_130(monkeypatch):
+    import medtune.train.recipe as recipe
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted at step 22: resume with --resume")
+
+    monkeypatch.setattr(recipe, "run", interrupted)
+    result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml")])
+    assert result.exit_code == 130 and result.output.strip() == "interrupted at step 22: resume with --resume"

@@ -26,7 +26,8 @@ class MedtuneCommand(TyperCommand):
 
 
 class MedtuneGroup(TyperGroup):
-    """Runs every command; medtune's own errors become one line and their exit code, others keep the traceback."""
+    """Runs every command; medtune's own errors become one line and their exit code, others keep the traceback;
+    Ctrl-C exits with 130 after printing what the command says about it."""
 
     def get_params(self, ctx: Any) -> list:
         return _help_matches_parsing(super().get_params(ctx))
@@ -40,3 +41,7 @@ class MedtuneGroup(TyperGroup):
                 raise
             typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code) from None
+        except KeyboardInterrupt as interrupt:  # training's says which step it saved and how to resume
+            if str(interrupt):
+                typer.secho(str(interrupt), fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(130) from None

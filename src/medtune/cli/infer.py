@@ -1,4 +1,4 @@
-"""`medtune chat`, `generate`, `eval` and `merge`: using a fine-tuned model.
+"""`medtune chat`, `generate`, `eval`, `merge`, `export` and `serve`: using a fine-tuned model.
 
 Heavy modules (torch, transformers) are imported inside each command, so `medtune --help` stays fast.
 """
@@ -112,3 +112,57 @@ def merge(
     merged = merge_run(adapter_run, output, overwrite=overwrite)
     warning = " — RANDOM WEIGHTS (tiny model): for pipeline checks only" if adapter_run.random_weights else ""
     typer.echo(f"merged model written to {merged}{warning}")
+
+
+class GgufQuant(str, Enum):
+    f16 = "f16"
+    bf16 = "bf16"
+    q8_0 = "q8_0"
+
+
+class ServeBackend(str, Enum):
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+ModelRunArg = Annotated[Path, typer.Argument(help="Run folder (uses its adapter/), an adapter folder, or a merged model folder.",
+                                             metavar="RUN", show_default=False)]
+
+
+def export(
+    run: ModelRunArg,
+    gguf: Annotated[Path, typer.Option("--gguf", metavar="FILE.gguf", show_default=False,
+                                       help="The GGUF file to write; FILE.Modelfile (for Ollama) is written beside it.")],
+    quant: Annotated[GgufQuant, typer.Option("--quant", help="Weight type: f16, bf16, or q8_0 (8-bit, half the size).")] = GgufQuant.q8_0,
+    checkpoint: CheckpointOpt = None,
+    system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="System prompt for the Modelfile; default: the one the run trained with.")] = None,
+) -> None:
+    """Write a GGUF for llama.cpp and Ollama (the adapter merged in), with an Ollama Modelfile beside it."""
+    from medtune.infer.export import check_gguf_path, export as export_gguf, load_source
+
+    check_gguf_path(gguf)
+    source = load_source(run, checkpoint)
+    written, modelfile = export_gguf(source, gguf, quant.value, system)
+    warning = " — RANDOM WEIGHTS (tiny model): for pipeline checks only" if source.random_weights else ""
+    typer.echo(f"GGUF ({quant.value}) written to {written}, Ollama Modelfile to {modelfile}{warning}")
+
+
+def serve(
+    run: ModelRunArg,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 opens it to the network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    think: Annotated[ThinkDisplay, typer.Option("--think", help="Return the reasoning in reasoning_content, or leave it out.")] = ThinkDisplay.show,
+    checkpoint: CheckpointOpt = None,
+    backend: Annotated[ServeBackend, typer.Option("--backend", help="transformers, or vllm (installed separately; serves a merged folder).")] = ServeBackend.transformers,
+) -> None:
+    """OpenAI-compatible server (/v1/chat/completions, /v1/models) with a chat page at /; one request generates at a time."""
+    import uvicorn
+
+    from medtune.infer.runs import RANDOM_WEIGHTS_WARNING
+    from medtune.infer.serve import create_app, load_served_model
+
+    served = load_served_model(run, checkpoint, backend.value)
+    if served.random_weights:
+        typer.secho(f"WARNING: {RANDOM_WEIGHTS_WARNING}", fg=typer.colors.RED, err=True)
+    typer.echo(f"serving {served.name} on http://{host}:{port}/ (API: http://{host}:{port}/v1, model id {served.name!r})")
+    uvicorn.run(create_app(served, think.value), host=host, port=port, log_level="info")

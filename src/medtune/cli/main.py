@@ -10,7 +10,7 @@ import typer
 from medtune.cli.core import MedtuneCommand, MedtuneGroup
 from medtune.cli.data import data_app
 from medtune.cli.errors import exit_codes_help
-from medtune.cli.infer import chat, eval_command, generate, merge
+from medtune.cli.infer import chat, eval_command, export, generate, merge, serve
 from medtune.cli.quiet import VERBOSE_ENV, quiet_libraries
 from medtune.cli.report import compare
 from medtune.cli.train import ablate, check, train
@@ -18,8 +18,8 @@ from medtune.cli.train import ablate, check, train
 
 def _show_version(value: bool) -> None:
     """The version of medtune and of the libraries that decide its numbers, read without importing them."""
-    from importlib.metadata import PackageNotFoundError, version
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     if not value:
         return
@@ -55,7 +55,7 @@ def global_options(
         quiet_libraries()
 
 
-for command in (train, check, ablate, compare, chat, generate, merge):
+for command in (train, check, ablate, compare, chat, generate, merge, export, serve):
     app.command(cls=MedtuneCommand)(command)
 app.command("eval", cls=MedtuneCommand)(eval_command)
 app.add_typer(data_app, name="data")
