@@ -8,6 +8,7 @@ import typer
 
 from medtune.cli.core import MedtuneCommand, MedtuneGroup
 from medtune.cli.options import ConfigArg, OverlayOpt, SetOpt, load_cli_config
+from medtune.cli.tables import columns_table, flatten
 
 data_app = typer.Typer(cls=MedtuneGroup, help="Inspect training data as the model will see it.", no_args_is_help=True)
 
@@ -57,46 +58,11 @@ def show_stats(stats: dict[str, Any], console) -> None:
     """Two tables (the files read, then each split as encoded) and the rows behind each count, listed by source.
 
     Generic over the keys, so a count added to data_stats.json shows up here without a change."""
-    files = {split: _flatten(info) for split, info in stats.get("files", {}).items()}
-    splits = {split: _flatten(stats[split]) for split in SPLITS if split in stats}
+    files = {split: flatten(info) for split, info in stats.get("files", {}).items()}
+    splits = {split: flatten(stats[split]) for split in SPLITS if split in stats}
     for title, columns in (("files read", files), (f"splits as encoded (max_length {stats.get('max_length', '?')})", splits)):
-        console.print(_table(title, columns))
+        console.print(columns_table(title, columns))
         _list_rows(console, columns)
-
-
-def _table(title: str, columns: dict[str, dict[str, Any]]):
-    """One column per split, one row per number; lists are left to `_list_rows`."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("")
-    for split in columns:
-        table.add_column(split, justify="right", overflow="fold")
-    names = dict.fromkeys(key for column in columns.values() for key, value in column.items() if not isinstance(value, list))
-    for name in names:
-        table.add_row(name.replace("_", " "), *(_cell(column.get(name, "")) for column in columns.values()))
-    return table
-
-
-def _flatten(stats: dict[str, Any]) -> dict[str, Any]:
-    """{"token_length": {"p50": 1}} -> {"token_length p50": 1}: one cell per number."""
-    flat: dict[str, Any] = {}
-    for key, value in stats.items():
-        if isinstance(value, dict):
-            flat.update({f"{key} {inner}": inner_value for inner, inner_value in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value.is_integer() else f"{value:,.1f}"
-    return str(value)
 
 
 def _list_rows(console, rows_by_split: dict[str, dict[str, Any]]) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtune.cli.options import BatchSizeOpt, CheckpointOpt, GreedyOpt, MaxNewTokensOpt, RunArg
+from medtune.cli.tables import columns_table, flatten
 
 
 class ThinkDisplay(str, Enum):
@@ -82,7 +83,7 @@ def eval_command(
                                                    help="Where to write; default RUN/eval.json (eval.step-N.json, eval.base.json).")] = None,
 ) -> None:
     """Eval loss, perplexity, BLEU-4, ROUGE-L, think format, term recall and robustness to masked terms (greedy)."""
-    import json
+    from rich.console import Console
 
     from medtune.infer.evaluate import default_output, eval_data, replies_path, run_eval
     from medtune.infer.generation import Decoding
@@ -93,8 +94,7 @@ def eval_command(
     target = output or default_output(adapter_run, with_adapter=not no_adapter)
     loaded = load_for_inference(adapter_run, with_adapter=not no_adapter)
     record = run_eval(loaded, rows, Decoding(greedy=True, max_new_tokens=max_new_tokens), batch_size, target)
-    shown = {key: value for key, value in record.items() if not isinstance(value, dict)}
-    typer.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+    Console().print(columns_table(f"eval of {adapter_run.output_dir}", {record["checkpoint"]: flatten(record)}))
     typer.echo(f"written: {target} (every reply: {replies_path(target)})")
 
 
