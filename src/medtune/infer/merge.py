@@ -7,18 +7,20 @@ with vLLM or anything else that reads Hugging Face checkpoints.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medtune.config import QuantConfig
 from medtune.model.load import default_device, embeddings_tied, load_adapter, load_base_model
 from medtune.infer.runs import AdapterRun
 
 MERGE_QUANT = QuantConfig(mode="none", compute_dtype="bf16")
+MERGE_FACTS_FILE = "medtune_merge.json"
 
 
 class MergeError(RuntimeError):
@@ -50,21 +52,33 @@ def check_embeddings(merged: PreTrainedModel, run: AdapterRun) -> bool:
     return False
 
 
-def merge_run(run: AdapterRun, output: Path, overwrite: bool = False) -> Path:
-    """Merge and write `output` through a temporary sibling folder renamed into place."""
-    if output.exists() and not overwrite:
-        raise MergeError(f"{output} already exists; pass --overwrite to replace it")
+def merged_model(run: AdapterRun) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The adapter folded into a bf16 copy of the base, in memory (what `merge` saves and `export` converts)."""
     loaded = load_base_model(run.base_model_config(), MERGE_QUANT, default_device())
     merged = load_adapter(loaded.model, run.adapter_dir).merge_and_unload()
-    tied = check_embeddings(merged, run)
-    merged.config.tie_word_embeddings = tied
+    merged.config.tie_word_embeddings = check_embeddings(merged, run)
     merged.config.use_cache = True  # training turned it off; a served model wants it
+    return merged, loaded.tokenizer
+
+
+def merge_run(run: AdapterRun, output: Path, overwrite: bool = False) -> Path:
+    """Merge and write `output` through a temporary sibling folder renamed into place.
+
+    Beside the model goes `medtune_merge.json` (which adapter, the system prompt the run trained with), so
+    `export` and `serve` of the merged folder still know the run's system prompt.
+    """
+    if output.exists() and not overwrite:
+        raise MergeError(f"{output} already exists; pass --overwrite to replace it")
+    merged, tokenizer = merged_model(run)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)  # left over by an interrupted merge
     try:
         merged.save_pretrained(staging)  # writes generation_config.json (the base's sampling defaults) too
-        loaded.tokenizer.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        facts = {"adapter": str(run.adapter_dir), "step": run.facts["step"], "random_weights": run.random_weights,
+                 "system_prompt": run.config.data.system_prompt}
+        (staging / MERGE_FACTS_FILE).write_text(json.dumps(facts, ensure_ascii=False, indent=2), encoding="utf-8")
         if output.exists():
             shutil.rmtree(output)
         os.replace(staging, output)

@@ -1,0 +1,208 @@
+"""`medtune serve`: the openai client against a real server on 127.0.0.1, bad requests, queueing, the chat page."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+from openai import BadRequestError, NotFoundError, OpenAI
+
+from medtune.infer.generation import Decoding, Messages
+from medtune.infer.serve import ChatRequest, Completion, ServedModel, _field_path, create_app, load_served_model
+from medtune.model.tiny import tiny_model_dir
+
+SYSTEM = "你是医生。"
+
+
+class ScriptedBackend:
+    """Replies `<think>\\n想想 Q\\n</think>\\n\\n回答 Q` for question Q, a few characters at a time, and records how
+    many generations ran at once and what each was shown."""
+
+    def __init__(self) -> None:
+        self.active = self.most_active = 0
+        self.seen: list[Messages] = []
+
+    async def generate(self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion) -> AsyncIterator[str]:
+        self.seen.append(messages)
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        question = messages[-1]["content"]
+        reply = f"<think>\n想想 {question}\n</think>\n\n回答 {question}"
+        try:
+            pieces = [reply[i:i + 3] for i in range(0, len(reply), 3)][: decoding.max_new_tokens]
+            for piece in pieces:
+                await asyncio.sleep(0.002)
+                yield piece
+        finally:
+            self.active -= 1
+        done.prompt_tokens, done.completion_tokens = 7, len(pieces)
+        done.finish_reason = "length" if len(pieces) < -(-len(reply) // 3) else "stop"
+
+
+@contextmanager
+def serving(served: ServedModel, think: str = "show") -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, stopped on exit."""
+    server = uvicorn.Server(uvicorn.Config(create_app(served, think), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[tuple[str, ScriptedBackend]]:
+    backend = ScriptedBackend()
+    with serving(ServedModel(backend, "med", SYSTEM, random_weights=False, max_tokens_limit=4096)) as url:
+        yield url, backend
+
+
+def client(url: str) -> OpenAI:
+    return OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_reasoning_and_answer_come_apart_streamed_or_not(scripted):
+    url, backend = scripted
+    openai = client(url)
+    reply = openai.chat.completions.create(model="med", messages=[{"role": "user", "content": "头痛"}])
+    message = reply.choices[0].message
+    assert (message.content, message.model_extra["reasoning_content"]) == ("回答 头痛", "想想 头痛")
+    assert reply.choices[0].finish_reason == "stop" and reply.usage.prompt_tokens == 7
+    assert backend.seen[-1][0] == {"role": "system", "content": SYSTEM}, "the trained system prompt goes first"
+
+    chunks = list(openai.chat.completions.create(model="med", messages=[{"role": "user", "content": "头痛"}], stream=True,
+                                                 stream_options={"include_usage": True}))
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    assert deltas[0].role == "assistant"
+    assert "".join(d.model_extra.get("reasoning_content") or "" for d in deltas) == "想想 头痛"
+    assert "".join(d.content or "" for d in deltas) == "回答 头痛"
+    assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
+    models = openai.models.list().data
+    assert [m.id for m in models] == ["med"]
+
+
+def test_concurrent_requests_are_queued_and_never_interleaved(scripted):
+    url, backend = scripted
+    openai = client(url)
+    questions = [f"问题{i}" for i in range(6)]
+
+    def ask(question: str, stream: bool) -> tuple[str, str]:
+        messages = [{"role": "system", "content": "s"}, {"role": "user", "content": question}]
+        if not stream:
+            message = openai.chat.completions.create(model="med", messages=messages).choices[0].message
+            return message.model_extra["reasoning_content"], message.content
+        deltas = [c.choices[0].delta for c in openai.chat.completions.create(model="med", messages=messages, stream=True)]
+        return "".join(d.model_extra.get("reasoning_content") or "" for d in deltas), "".join(d.content or "" for d in deltas)
+
+    backend.most_active = 0
+    with ThreadPoolExecutor(len(questions)) as pool:
+        replies = list(pool.map(ask, questions, [i % 2 == 0 for i in range(len(questions))]))
+    assert replies == [(f"想想 {q}", f"回答 {q}") for q in questions]
+    assert backend.most_active == 1, "one generation at a time"
+
+
+BAD_REQUESTS = [
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature", "less than or equal to 2"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_p": 0}, "top_p", "greater than 0"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}, "max_tokens", "more than the model's context (4096 tokens)"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n", "only 1 is supported"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": ["\n"]}, "stop", "stop strings are not supported"),
+    ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {}}, "logit_bias", "unknown or unsupported field"),
+    ({"messages": [{"role": "doctor", "content": "x"}]}, "messages[0].role", "'system', 'user' or 'assistant'"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, "messages", "last message must be a user message"),
+    ({"messages": []}, "messages", "at least 1 item"),
+    ({}, "messages", "Field required"),
+]
+
+
+@pytest.mark.parametrize(("body", "param", "message"), BAD_REQUESTS, ids=[b[1] + "-" + b[2][:12] for b in BAD_REQUESTS])
+def test_bad_requests_get_a_400_naming_the_field(body, param, message, scripted):
+    url, _ = scripted
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and message in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_the_server_keeps_serving_after_bad_requests(scripted):
+    url, _ = scripted
+    broken = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}, timeout=30)
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+    with pytest.raises(NotFoundError, match="'gpt-4' is not served here"):
+        client(url).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(BadRequestError, match="temperature"):
+        client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "x"}], temperature=-1)
+    reply = client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "还在吗"}], max_tokens=3)
+    assert reply.choices[0].finish_reason == "length"
+    assert httpx.get(f"{url}/v1/chat/completions", timeout=30).json()["error"]["message"] == "Method Not Allowed"
+
+
+def test_think_hide_leaves_the_reasoning_out():
+    with serving(ServedModel(ScriptedBackend(), "med", None, False, 4096), think="hide") as url:
+        message = client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "q"}]).choices[0].message
+        deltas = [c.choices[0].delta for c in client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "q"}], stream=True)]
+    assert message.content == "回答 q" and "reasoning_content" not in (message.model_extra or {})
+    assert not any((d.model_extra or {}).get("reasoning_content") for d in deltas) and "".join(d.content or "" for d in deltas) == "回答 q"
+
+
+def test_request_fields_map_onto_decoding():
+    def request(**fields) -> ChatRequest:
+        return ChatRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}], **fields)
+
+    assert request().decoding(8192) == Decoding()
+    assert request(temperature=0, max_tokens=5).decoding(8192) == Decoding(greedy=True, max_new_tokens=5)
+    assert request(temperature=1.0, top_k=5, max_completion_tokens=9).decoding(8192) == Decoding(temperature=1.0, top_k=5, max_new_tokens=9)
+    assert request().decoding(100).max_new_tokens == 100
+    assert request(presence_penalty=0.0, n=1).messages[0].text() == "ab"
+    assert _field_path(("body", "messages", 1, "role")) == "messages[1].role"
+
+
+def test_real_tiny_model_served_with_the_openai_client():
+    """The transformers backend on a merged folder (the tiny model): greedy replies are the same whether asked
+    alone or three at once, so queued requests never share or mix their output."""
+    served = load_served_model(tiny_model_dir())
+    assert served.random_weights
+    with serving(served) as url:
+        openai = client(url)
+        ask = dict(model=served.name, messages=[{"role": "user", "content": "头痛怎么办？"}], max_tokens=6, temperature=0)
+        alone = openai.chat.completions.create(**ask)
+        assert alone.choices[0].finish_reason == "length" and alone.usage.completion_tokens == 6
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(lambda _: openai.chat.completions.create(**ask), range(3)))
+        streamed = list(openai.chat.completions.create(**ask, stream=True))
+    text = lambda m: (m.model_extra.get("reasoning_content") or "") + (m.content or "")  # noqa: E731
+    assert all(text(r.choices[0].message) == text(alone.choices[0].message) for r in together)
+    assert "".join(text(c.choices[0].delta) for c in streamed) == text(alone.choices[0].message)
+    assert streamed[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
+def test_chat_page_in_headless_chromium(scripted, tmp_path):
+    """The page asks the question of its `?q=` link, streams the reply, folds the thinking and shows the answer."""
+    url, _ = scripted
+    page = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", f"{url}/?q=发烧"],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout
+    assert '<div class="turn user">发烧</div>' in page
+    assert '<details><summary>thinking…</summary><div class="reasoning">想想 发烧</div></details>' in page, page[-2000:]
+    assert '<div class="answer">回答 发烧</div>' in page and 'data-done="true"' in page and ">med<" in page
