@@ -131,4 +131,4 @@ def test_chat_command_on_the_tiny_model_with_piped_stdin(v1_run, cli_app, runner
 
 def test_chat_command_names_a_missing_checkpoint(v1_run, cli_app, runner):
     result = runner.invoke(cli_app, ["chat", str(v1_run), "--checkpoint", "7"], input="")
-    assert result.exit_code == 6 and "no checkpoint at step 7; saved steps: 1, 2" in result.output
+    assert result.exit_code == 6 and "no checkpoint at step 7; saved steps: 1" in result.output

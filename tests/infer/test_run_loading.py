@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medtune.infer.runs import RunNotFoundError, describe, load_for_inference, resolve_run
-from medtune.train.checkpoint import STATE_FILE
+from medtune.train.checkpoint import STATE_JSON_FILE
 
 
 def test_missing_run_folder(tmp_path):
@@ -20,7 +20,7 @@ def test_unfinished_run_lists_its_checkpoints(tmp_path):
         folder = tmp_path / "checkpoints" / f"step-{step:06d}"
         folder.mkdir(parents=True)
         (folder / "adapter_config.json").write_text("{}")
-        (folder / STATE_FILE).write_bytes(b"")
+        (folder / STATE_JSON_FILE).write_bytes(b"")
     with pytest.raises(RunNotFoundError, match=r"no final adapter.*saved checkpoints: 3, 6"):
         resolve_run(tmp_path)
     with pytest.raises(RunNotFoundError, match=r"no checkpoint at step 5; saved steps: 3, 6"):

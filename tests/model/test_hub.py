@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import sys
 import time
 import types
@@ -316,3 +317,18 @@ def test_package_prefix_resolves_an_installed_package_folder():
     assert resolve_model_source("package:medtune") == str(Path(medtune.__file__).parent.resolve())
     with pytest.raises(HubError, match="no installed package 'no_such_pkg_xyz'"):
         resolve_model_source("package:no_such_pkg_xyz")
+
+
+def test_the_offline_probe_goes_through_the_proxy_the_environment_names(monkeypatch):
+    """Behind a proxy the hub's host is reached through it: a listening proxy counts as online, none as offline."""
+    from medtune.model.hub import endpoint_reachable
+
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        for name in ("https_proxy", "NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert endpoint_reachable("https://hub.example")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert not endpoint_reachable("https://hub.example")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import urlparse
+from urllib.request import getproxies, proxy_bypass
 
 MODELSCOPE_PREFIX = "modelscope:"
 USE_MODELSCOPE_SWITCHES = ("MEDTUNE_USE_MODELSCOPE", "USE_MODELSCOPE_HUB")
@@ -135,9 +136,12 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
 
 
 def endpoint_reachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the URL's host opens within `timeout_s`, name lookup included (run in a thread,
-    since a lookup without network can block far longer than any socket timeout)."""
-    parsed = urlparse(url)
+    """Whether a TCP connection to the URL's host (or to the proxy the environment routes it through) opens within
+    `timeout_s`, name lookup included (run in a thread: a lookup without network can block far longer than any
+    socket timeout)."""
+    target = urlparse(url)
+    proxy = None if proxy_bypass(target.hostname or "") else getproxies().get(target.scheme)
+    parsed = urlparse(proxy if proxy and "://" in proxy else f"http://{proxy}") if proxy else target
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     result: list[bool] = []
 
