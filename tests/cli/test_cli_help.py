@@ -16,7 +16,7 @@ from medtune.config import ConfigError
 from tests.conftest import CONFIGS, REPO
 
 runner = CliRunner(env={"COLUMNS": "200"})
-COMMANDS = [["train"], ["check"], ["ablate"], ["compare"], ["chat"], ["generate"], ["eval"], ["merge"],
+COMMANDS = [["train"], ["check"], ["ablate"], ["compare"], ["chat"], ["generate"], ["eval"], ["merge"], ["export"], ["serve"],
             ["data", "stats"], ["data", "preview"], []]
 
 

@@ -149,8 +149,8 @@ def export(
 
 def serve(
     run: ModelRunArg,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 opens it to the network).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on (0.0.0.0 opens it to the network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="Port to listen on.")] = 8000,
     think: Annotated[ThinkDisplay, typer.Option("--think", help="Return the reasoning in reasoning_content, or leave it out.")] = ThinkDisplay.show,
     checkpoint: CheckpointOpt = None,
     backend: Annotated[ServeBackend, typer.Option("--backend", help="transformers, or vllm (installed separately; serves a merged folder).")] = ServeBackend.transformers,
