@@ -126,6 +126,7 @@ BAD_REQUESTS = [
     ({"messages": [{"role": "user", "content": "x"}], "stop": ["\n"]}, "stop", "stop strings are not supported"),
     ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {}}, "logit_bias", "unknown or unsupported field"),
     ({"messages": [{"role": "doctor", "content": "x"}]}, "messages[0].role", "'system', 'user' or 'assistant'"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content", "only text parts"),
     ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, "messages", "last message must be a user message"),
     ({"messages": []}, "messages", "at least 1 item"),
     ({}, "messages", "Field required"),
@@ -170,7 +171,7 @@ def test_request_fields_map_onto_decoding():
     assert request(temperature=0, max_tokens=5).decoding(8192) == Decoding(greedy=True, max_new_tokens=5)
     assert request(temperature=1.0, top_k=5, max_completion_tokens=9).decoding(8192) == Decoding(temperature=1.0, top_k=5, max_new_tokens=9)
     assert request().decoding(100).max_new_tokens == 100
-    assert request(presence_penalty=0.0, n=1).messages[0].text() == "ab"
+    assert request(presence_penalty=0.0, n=1).messages[0].content == "ab"
     assert _field_path(("body", "messages", 1, "role")) == "messages[1].role"
 
 
@@ -206,3 +207,12 @@ def test_chat_page_in_headless_chromium(scripted, tmp_path):
     assert '<div class="turn user">发烧</div>' in page
     assert '<details><summary>thinking…</summary><div class="reasoning">想想 发烧</div></details>' in page, page[-2000:]
     assert '<div class="answer">回答 发烧</div>' in page and 'data-done="true"' in page and ">med<" in page
+
+
+def test_serve_command_refuses_what_does_not_fit_before_loading(cli_app, runner, tmp_path):
+    merged = runner.invoke(cli_app, ["serve", str(tiny_model_dir()), "--checkpoint", "1"])
+    assert merged.exit_code == 6 and "--checkpoint applies to a run folder; this is a merged model folder" in merged.output
+    run_folder = runner.invoke(cli_app, ["serve", str(tmp_path), "--backend", "vllm"])
+    assert run_folder.exit_code == 6 and "--backend vllm serves a merged folder" in run_folder.output
+    missing = runner.invoke(cli_app, ["serve", str(tmp_path / "nope")])
+    assert missing.exit_code == 6 and "no such run folder" in missing.output

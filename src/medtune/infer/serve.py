@@ -55,23 +55,24 @@ class ApiError(Exception):
 # ---------------------------------------------------------------- the request, as OpenAI's API defines it
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str
     reasoning_content: str | None = None
     """Accepted on assistant turns (clients echo it back) and not shown to the model: past reasoning is
     dropped from the history, as the Qwen3 chat template does."""
     name: str | None = None
 
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_joined(cls, content: Any) -> Any:
+        """OpenAI's list-of-parts form, joined: text is the only kind of part this model reads."""
+        if not isinstance(content, list):
+            return content
+        if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
+            raise ValueError('only text parts ({"type": "text", "text": "..."}) are supported')
+        return "".join(part["text"] for part in content)
 
 
 class StreamOptions(BaseModel):
@@ -332,7 +333,7 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
         if request.model is not None and request.model != served.name:
             raise ApiError(404, f"model: {request.model!r} is not served here; this server serves {served.name!r}", "model", "not_found_error")
         decoding = request.decoding(served.max_tokens_limit)
-        messages = [{"role": message.role, "content": message.text()} for message in request.messages]
+        messages = [{"role": message.role, "content": message.content} for message in request.messages]
         if messages[0]["role"] != "system" and served.system_prompt:
             messages.insert(0, {"role": "system", "content": served.system_prompt})
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
