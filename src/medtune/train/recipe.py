@@ -161,6 +161,7 @@ class FineTuneRecipe:
         has_run = holds_run(self.run_dir)
         if has_run and not self.resume and not self.overwrite:
             raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
+        self.found_run_dir = (self.run_dir.exists(), has_run)  # seen by every process before the main one writes
         if not self.resume:
             return
         summary = read_summary(self.run_dir)
@@ -176,9 +177,9 @@ class FineTuneRecipe:
                 f"--resume: {self.run_dir} has no checkpoint yet, so {self.cfg.run_name} starts from step 0")
 
     def _setup_run_dir(self) -> None:
+        existed, has_run = self.found_run_dir
+        self.created_run_dir = not existed or (has_run and self.resume_from is None)
         if self.dist.is_main:
-            has_run = holds_run(self.run_dir)
-            self.created_run_dir = not self.run_dir.exists() or (has_run and self.resume_from is None)
             if has_run and self.resume_from is None:  # --overwrite, or --resume with nothing saved to resume from
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -365,7 +366,7 @@ class FineTuneRecipe:
             self._write_summary(status)
             last = "" if saved == self.step else f"; the last checkpoint is step {saved}"
             message = f"{status} at step {self.step}{last}: resume with --resume"
-        if self.dist.is_main:
+        if self.dist.is_main and status == "failed":  # an interruption's message is TrainingInterrupted's, for the caller
             say(message)
         return message
 
@@ -440,6 +441,7 @@ class FineTuneRecipe:
         weights = fsdp.full_trainable_state(self.model) if self.fsdp else None  # collectives: every process joins
         optimizer = fsdp.full_optimizer_state(self.optimizer) if self.fsdp else self.optimizer.state_dict()
         if not self.dist.is_main:
+            self.saved_step = self.step  # rank 0 writes it; every process knows what resume continues from
             return
         state = {"step": self.step, "samples_consumed": self.samples_consumed, "tokens_seen": self.tokens_seen,
                  "elapsed": self.elapsed, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
