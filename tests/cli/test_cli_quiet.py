@@ -8,7 +8,7 @@ import sys
 
 from tests.conftest import CONFIGS
 
-NOISE = ("Warning", "kernels-community", "progress.py:", "warnings.warn")
+NOISE = ("FutureWarning", "UserWarning", "DeprecationWarning", "warnings.warn", "kernels-community", "progress.py:")
 
 
 def test_quiet_libraries_hides_other_packages_but_not_medtune():
