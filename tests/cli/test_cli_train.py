@@ -63,3 +63,15 @@ def test_ablate_takes_runs_per_gpu_of_at_least_one():
     result = runner.invoke(app, ["ablate", str(CONFIGS.parent / "experiments" / "quickstart.yaml"), "--runs-per-gpu", "0"])
     assert result.exit_code == 2
     assert "--runs-per-gpu" in result.output
+
+
+def test_check_skip_bad_rows_turns_the_bad_row_error_into_a_warning(tmp_path, short_rows_file):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(short_rows_file.read_text(encoding="utf-8") + '{"question": "头痛"}\n', encoding="utf-8")
+    args = ["check", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, data)]
+    wide = CliRunner(env={"COLUMNS": "200"})
+    stopped = wide.invoke(app, args)
+    assert stopped.exit_code == 1 and "rows.jsonl:17: field 'think': missing" in stopped.output
+    skipped = wide.invoke(app, [*args, "--skip-bad-rows"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "1 bad rows skipped" in skipped.output and "rows.jsonl:17" in skipped.output
