@@ -17,7 +17,7 @@ from tests.conftest import CONFIGS, REPO
 
 runner = CliRunner(env={"COLUMNS": "200"})
 COMMANDS = [["train"], ["check"], ["ablate"], ["compare"], ["chat"], ["generate"], ["eval"], ["merge"], ["export"], ["serve"],
-            ["data", "stats"], ["data", "preview"], []]
+            ["data"], ["data", "stats"], ["data", "preview"], []]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "medtune")
