@@ -62,7 +62,7 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path, short_rows_f
     config_file = tmp_path / "two.yaml"
     config_file.write_text(dump_config(cfg), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "medtune.cli", "train", str(config_file)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     parallel = cfg.run_dir()

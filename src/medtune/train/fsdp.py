@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import bitsandbytes as bnb
 import torch
 import torch.distributed as dist
 from peft.utils import ModulesToSaveWrapper
@@ -52,6 +53,11 @@ def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> Non
     for param in model.parameters():
         if param.requires_grad:
             dist.broadcast(param.data, src=0)
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            # In eval mode on a CPU, bitsandbytes repacks a 4-bit weight in place for inference and flags its quant
+            # state; under FSDP the next all-gather refills the original layout while the flag stays: wrong weights.
+            module.support_avx512bf16_for_cpu = False
     mesh = init_device_mesh(device.type, (ctx.world_size,))
     layers = list(backbone.layers)
     for layer in layers:
@@ -114,9 +120,16 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
 
 
 def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every trained parameter whole, by its usual name; a collective: call on every process."""
-    return {name: (p.full_tensor() if is_sharded(p) else p).detach().cpu()
-            for name, p in model.named_parameters() if p.requires_grad}
+    """Every trained parameter whole, under each of its names as in a state dict (tied embeddings trained in full
+    are one weight with two names, and PEFT reads both); a collective: call on every process."""
+    whole: dict[int, torch.Tensor] = {}
+    state = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if p.requires_grad:
+            if id(p) not in whole:
+                whole[id(p)] = (p.full_tensor() if is_sharded(p) else p).detach().cpu()
+            state[name] = whole[id(p)]
+    return state
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
