@@ -128,3 +128,26 @@ def test_only_the_newest_checkpoint_keeps_its_training_state(tmp_path):
     assert sorted(p.name for p in older.iterdir()) == ["adapter_model.safetensors"]
     (tmp_path / "checkpoints" / "step-000008.tmp").mkdir()  # a checkpoint cut short by a crash is never resumed
     assert resumable_checkpoint(tmp_path)[0] == 6
+
+
+def test_a_bitsandbytes_8bit_optimizer_resumes_exactly(tmp_path):
+    """CUDA's default optimizer: its state nests a quantization dict (8-bit moments, maps, absmax) under each parameter."""
+    import bitsandbytes as bnb
+
+    def loss(params):
+        return sum((p ** 2).sum() for p in params)
+
+    params = [torch.nn.Parameter(torch.randn(4096, 8)), torch.nn.Parameter(torch.randn(8))]  # 4,096+ elements: 8-bit moments
+    optimizer = bnb.optim.AdamW8bit(params, lr=1e-2)
+    loss(params).backward()
+    optimizer.step()
+    save_training_state(tmp_path, {"optimizer": optimizer.state_dict()})
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = bnb.optim.AdamW8bit(copies, lr=1e-2)
+    resumed.load_state_dict(load_training_state(tmp_path)["optimizer"])
+    assert_same(resumed.state_dict(), optimizer.state_dict())
+    for opt, group in ((optimizer, params), (resumed, copies)):
+        opt.zero_grad()
+        loss(group).backward()
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, copies))
