@@ -209,7 +209,7 @@ def test_ambiguous_data_set_lists_the_candidates(fake_modelscope, files, listed)
 
 def test_data_set_without_data_files_says_so(fake_modelscope):
     (fake_modelscope.root / "o" / "medical").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"holds no \.jsonl/\.json/\.parquet file"):
+    with pytest.raises(DataError, match=r"holds no \.jsonl/\.json/\.csv/\.tsv/\.parquet file"):
         resolve_data_path("modelscope:o/medical")
 
 
