@@ -15,11 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from medtune.config import ConfigError, ModelConfig, QuantConfig, RunConfig, dump_config
 from medtune.model.load import load_base_model
 from medtune.train.checkpoint import step_dir
+from medtune.train.fsdp import full_optimizer_state, load_full_optimizer_state
 from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, run
 from tests.conftest import tiny_config
@@ -82,6 +87,47 @@ def test_fsdp_two_processes_resume_a_single_process_run_and_train_what_it_trains
     assert_same_adapter(single / "adapter", sharded / "adapter")
     # FSDP's checkpoint is a single process's: whole adapter tensors under PEFT's names, both names of the tied embeddings
     assert_same_adapter(step_dir(single, 2), step_dir(sharded, 2))
+
+
+def _optimizer_state_round_trip(rank: int, init_file: str) -> None:
+    """One AdamW step over a sharded (DTensor) and a whole weight on each of two processes, against one process."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(6, 4, generator=generator), torch.randn(3, generator=generator)]
+    grads = [torch.randn(6, 4, generator=generator), torch.randn(3, generator=generator)]
+    one = [nn.Parameter(w.clone()) for w in weights]
+    reference = torch.optim.AdamW(one, lr=0.1)
+    for param, grad in zip(one, grads):
+        param.grad = grad.clone()
+    reference.step()
+
+    def sharded_optimizer() -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+        params = [nn.Parameter(distribute_tensor(weights[0], mesh, [Shard(0)])), nn.Parameter(weights[1].clone())]
+        return torch.optim.AdamW(params, lr=0.1), params
+
+    optimizer, params = sharded_optimizer()
+    params[0].grad, params[1].grad = distribute_tensor(grads[0], mesh, [Shard(0)]), grads[1].clone()
+    optimizer.step()
+    gathered = full_optimizer_state(optimizer)  # a single process's state_dict, moments whole
+    expected = reference.state_dict()
+    assert gathered["param_groups"] == expected["param_groups"]
+    for index, moments in expected["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(gathered["state"][index][key], moments[key]), (index, key)
+
+    fresh, fresh_params = sharded_optimizer()  # resuming on two processes: each takes its shard of the moments
+    load_full_optimizer_state(fresh, expected)
+    local = fresh.state[fresh_params[0]]["exp_avg"]
+    assert isinstance(local, DTensor) and torch.equal(local.full_tensor(), expected["state"][0]["exp_avg"])
+    assert torch.equal(fresh.state[fresh_params[1]]["exp_avg_sq"], expected["state"][1]["exp_avg_sq"])
+    dist.destroy_process_group()
+
+
+def test_optimizer_state_is_gathered_whole_and_sharded_again_on_load(tmp_path):
+    """Checkpoints hold a single process's optimizer state under FSDP, and resume shards it again (a complete run
+    keeps no training state, so the end-to-end test above cannot read the one FSDP writes)."""
+    torch.multiprocessing.spawn(_optimizer_state_round_trip, args=(str(tmp_path / "rendezvous"),), nprocs=2)
 
 
 def test_parallelism_is_validated(tmp_path, short_rows_file):
