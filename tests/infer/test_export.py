@@ -22,10 +22,14 @@ from medtune.model.tiny import tiny_model_dir
 
 # How far the GGUF's logits may be from the merged model's (both computed in fp32), as a share of the largest logit.
 BOUNDS = {
-    "bf16": 1e-5,  # the merged model is bf16: the file holds the very same bits (norms in F32), so only summation order differs
-    "f16": 1e-3,  # bf16 -> f16 is exact in f16's normal range; only weights under 2^-14 lose bits
-    "q8_0": 0.05,  # each weight rounded to 1/254 of its 32-block's largest: ~1% of the logits here, ~3% through SmolLM2's 30 layers
+    "bf16": 1e-5,  # the merged model is bf16: the file holds the very same bits (norms in F32); measured 0
+    "f16": 1e-5,  # bf16 -> f16 is exact in f16's normal range; only weights under 2^-14 lose bits; measured 2.5e-7
+    "q8_0": 0.05,  # each weight rounded to 1/254 of its 32-block's largest: measured 1.1% on the tiny model's 2 layers
 }
+SMOLLM2_Q8_0_RMS = 0.04
+"""Through SmolLM2's 30 layers the q8_0 roundings add up: measured 2.2% of the logits' RMS (largest single logit 4.9%)."""
+SMOLLM2_SAME_NEXT_TOKEN = 0.9
+"""Measured 95% of positions; ties between near-equal logits may flip."""
 QUESTION = [{"role": "system", "content": REFERENCE_SYSTEM_PROMPT}, {"role": "user", "content": "头痛三天了，伴有恶心，体温 37.8 度，怎么办？"}]
 
 
@@ -113,9 +117,10 @@ def test_smollm2_real_weights_export_as_llama(tmp_path):
     with torch.no_grad():
         reference = source.model(torch.tensor([ids])).logits
     exported = gguf_logits(out, ids, source.model.config.head_dim)
-    assert (exported - reference).abs().max() <= BOUNDS["q8_0"] * reference.abs().max()
+    rms = (exported - reference).norm() / reference.norm()
+    assert 0 < rms <= SMOLLM2_Q8_0_RMS, f"q8_0 logits differ by {rms:.2%} RMS"
     agree = (exported.argmax(-1) == reference.argmax(-1)).float().mean()
-    assert agree >= 0.9, f"next-token choice agrees on only {agree:.0%} of positions"
+    assert agree >= SMOLLM2_SAME_NEXT_TOKEN, f"next-token choice agrees on only {agree:.0%} of positions"
     facts = metadata(out)
     assert facts["general.architecture"] == "llama" and facts["tokenizer.ggml.pre"] == "gpt-2"
     assert facts["llama.rope.freq_base"] == pytest.approx(100000.0)

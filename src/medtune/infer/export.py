@@ -187,9 +187,9 @@ def gguf_tensors(model: PreTrainedModel, arch: Architecture) -> Iterator[tuple[s
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ExportError(f"tensor {hf_name} has no GGUF name for {arch.gguf_arch.name.lower()}")
-        if arch.permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
+        if arch.permute_qk and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
             tensor = _permute_rotary_rows(tensor, config.num_attention_heads)
-        elif arch.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
+        elif arch.permute_qk and hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
             tensor = _permute_rotary_rows(tensor, config.num_key_value_heads)
         yield name, tensor
 
