@@ -119,9 +119,9 @@ class MicroBatchLoss:
             # DDP then neither broadcasts the frozen (4-bit) base nor syncs buffers on every forward; at construction
             # it broadcasts rank 0's trainable weights, so every process starts from the same LoRA init.
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.loss, frozen + buffers)
-            device = ctx.device()
-            self.ddp = DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None,
-                                               gradient_as_bucket_view=True)  # no second copy of the gradients
+            # device_ids=None: the recipe moves each batch to the device, so DDP's input copying (and a CPU-only
+            # difference from the GPU path) is left out; gradient_as_bucket_view: no second copy of the gradients.
+            self.ddp = DistributedDataParallel(self.loss, device_ids=None, gradient_as_bucket_view=True)
             self.ddp.register_comm_hook(None, _sum_hook)
 
     def __call__(self, batch: dict[str, Any], last: bool) -> LossSums:
