@@ -216,3 +216,15 @@ def test_serve_command_refuses_what_does_not_fit_before_loading(cli_app, runner,
     assert run_folder.exit_code == 6 and "--backend vllm serves a merged folder" in run_folder.output
     missing = runner.invoke(cli_app, ["serve", str(tmp_path / "nope")])
     assert missing.exit_code == 6 and "no such run folder" in missing.output
+
+
+def test_a_client_leaving_mid_stream_frees_the_model(scripted):
+    url, backend = scripted
+    long_question = "长" * 3000  # a reply of ~2000 pieces: seconds of streaming
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30,
+                      json={"messages": [{"role": "user", "content": long_question}], "stream": True}) as response:
+        next(response.iter_lines())  # the first event, then the client goes away
+    started = time.monotonic()
+    reply = client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "下一个"}])
+    assert reply.choices[0].message.content == "回答 下一个"
+    assert time.monotonic() - started < 3, "the abandoned reply was generated to the end first"
