@@ -152,7 +152,9 @@ def test_export_command_from_a_run_writes_gguf_and_modelfile(v2_run, merged_dir,
     """RUN as a run folder merges in memory: the same weights as the merged folder `medtune merge` saves."""
     result = runner.invoke(cli_app, ["export", str(v2_run), "--gguf", str(tmp_path / "run" / "medtune.gguf"), "--quant", "bf16"])
     assert result.exit_code == 0 and "RANDOM WEIGHTS" in result.output, result.output
-    in_memory, saved = load_source(v2_run).model.state_dict(), load_model_folder(merged_dir).model.state_dict()
+    merged = load_model_folder(merged_dir)
+    assert merged.system_prompt == resolve_run(v2_run).config.data.system_prompt and merged.random_weights, "from medtune_merge.json"
+    in_memory, saved = load_source(v2_run).model.state_dict(), merged.model.state_dict()
     assert in_memory.keys() == saved.keys() and all(torch.equal(in_memory[k], saved[k]) for k in saved)
     assert metadata(tmp_path / "run" / "medtune.gguf")["general.name"] == v2_run.name
     modelfile = (tmp_path / "run" / "medtune.Modelfile").read_text(encoding="utf-8")
