@@ -13,11 +13,13 @@ Params4bit after each all-gather through `fix_4bit_weight_quant_state_from_modul
 still follows the compute dtype (model/load.py), the layout FSDP-QLoRA is documented with.
 
 Decoder layers are sharded (they hold almost all weights), one unit each, gathered for its forward and again
-for its backward. Embeddings, final norm and lm_head stay whole on every process: the fused loss reads
-`lm_head.weight` outside any forward (train/loss.py), small Qwen3 sizes tie it to the embeddings, and a
-sharded copy of weights that the whole step uses would only add its shard to the gathered whole. Trained
-ones among them (`lora.modules_to_save`) are summed across processes after the backward pass. PEFT's frozen
-originals of those trained modules are never used in training: they are one unit that is never gathered.
+for its backward. lm_head and the final norm stay whole on every process: the fused loss reads
+`lm_head.weight` outside any forward (train/loss.py), and a sharded copy of a weight that the whole step uses
+would only add its shard to the gathered whole. A trained lm_head (`lora.modules_to_save`) is summed across
+processes after the backward pass. A trained input embedding not tied to lm_head (Qwen3 8B and larger) is a
+unit of its own, used at the two ends of the step only, so its gradient and moments are sharded; a tied one
+(small Qwen3 sizes) stays whole with lm_head. PEFT's frozen originals of trained modules are never used in
+training: they are one unit that is never gathered.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ Batch = dict[str, Any]
 
 
 def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> None:
-    """Shard the decoder layers (and PEFT's unused originals) of a PEFT-wrapped causal LM in place; call after
-    LoRA, before the optimizer.
+    """Shard the decoder layers, PEFT's unused originals and an untied trained input embedding of a PEFT-wrapped
+    causal LM in place; call after LoRA, before the optimizer.
 
     The backbone becomes the FSDP root (with its own weights ignored, i.e. left whole), so one root drives
     the layers' all-gathers and waits for their reduce-scatters at the end of each backward pass.
@@ -65,11 +67,29 @@ def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> Non
     originals = [m.original_module for m in causal_lm.modules() if isinstance(m, ModulesToSaveWrapper)]
     if originals:
         fully_shard(originals, mesh=mesh)  # one unit: tied originals share a weight
-    in_units = {id(p) for module in [*layers, *originals] for p in module.parameters()}
+    embeddings = untied_trained_input_embeddings(causal_lm)
+    for embedding in embeddings:
+        fully_shard(embedding, mesh=mesh)
+    units = [*layers, *originals, *embeddings]
+    in_units = {id(p) for module in units for p in module.parameters()}
     fully_shard(backbone, mesh=mesh, ignored_params={p for p in backbone.parameters() if id(p) not in in_units})
-    for module in [*layers, *originals, backbone]:  # losses are already divided by the whole step's tokens: sum, not mean
+    for module in [*units, backbone]:  # losses are already divided by the whole step's tokens: sum, not mean
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM, and x1 needs no scaling
+
+
+def untied_trained_input_embeddings(causal_lm: nn.Module) -> list[nn.Module]:
+    """The trained copies of the input embeddings (`lora.modules_to_save`) that share no weight with lm_head.
+
+    Each is a unit of its own, gathered only for its forward and its backward pass, so its gradient and optimizer
+    moments are sharded too (2 x 622M weights on Qwen3-8B). lm_head stays whole (the loss reads it outside any
+    forward), and so does an embedding tied to it.
+    """
+    wrapper = causal_lm.get_input_embeddings()
+    if not isinstance(wrapper, ModulesToSaveWrapper):
+        return []
+    head = {id(p) for p in causal_lm.get_output_embeddings().parameters()}
+    return [trained for trained in wrapper.modules_to_save.values() if not any(id(p) in head for p in trained.parameters())]
 
 
 def sum_whole_gradients(params: list[nn.Parameter]) -> None:
