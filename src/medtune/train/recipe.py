@@ -228,12 +228,17 @@ class FineTuneRecipe:
         self.optimizer_name = name
         kwargs = dict(lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         if name == "adamw":
-            self.optimizer = torch.optim.AdamW(params, **kwargs)
+            self.optimizer = torch.optim.AdamW(params, foreach=self.foreach_optimizer(), **kwargs)
         else:
             import bitsandbytes as bnb
 
             cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
             self.optimizer = cls(params, **kwargs)
+
+    def foreach_optimizer(self) -> bool:
+        """torch AdamW's multi-tensor kernels, except under FSDP, where sharded (DTensor) and whole (lm_head) parameters
+        cannot share one kernel. Set explicitly, so CPU tests take the path CUDA takes by default."""
+        return not self.fsdp
 
     def _setup_scheduler(self) -> None:
         train = self.cfg.train
@@ -247,6 +252,9 @@ class FineTuneRecipe:
             fsdp.load_full_optimizer_state(self.optimizer, state["optimizer"])
         else:
             self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer_name == "adamw":  # load_state_dict restores the saving process's choice; this process's holds
+            for group in self.optimizer.param_groups:
+                group["foreach"] = self.foreach_optimizer()
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         self.step, self.samples_consumed = state["step"], state["samples_consumed"]
