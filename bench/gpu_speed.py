@@ -77,6 +77,12 @@ VARIANTS: dict[str, list[str]] = {
     "row_ckpt75": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.75"],
     "row_ckpt85": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.85"],
     "row_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=1.0"],
+    # the memory levers, for calibrating the memory model (model/memory.py): recomputed share and row size
+    "row_ckpt0": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.0"],
+    "row8k_ckpt50": ["speed.fused_lora=true", "speed.packed_row_tokens=8192", "speed.checkpoint_fraction=0.5"],
+    "row8k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=8192", "speed.checkpoint_fraction=1.0"],
+    "row4k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=4096", "speed.checkpoint_fraction=1.0"],
+    "row2k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=2048", "speed.checkpoint_fraction=1.0"],
     "per_sample": ["speed.packed_attention=per_sample", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
     "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
 }
