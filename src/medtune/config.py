@@ -304,18 +304,19 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def read_yaml_mapping(path: Path, kind: str = "config") -> dict[str, Any]:
-    """A YAML file whose top level is a mapping; every failure is a ConfigError naming the file."""
+def read_yaml_mapping(path: Path, kind: str = "config", error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (a config, an experiment, a run's or a tracker's config); every
+    failure is an `error` naming the file, so each reader keeps its own exit code."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: {kind} file not found") from None
+        raise error(f"{path}: {kind} file not found") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        raise error(f"{path}: invalid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+        raise error(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 

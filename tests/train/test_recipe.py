@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from medtune.data.batching import micro_batches
 from medtune.model.load import load_base_model
-from medtune.train.checkpoint import LEGACY_STATE_FILE, CheckpointError, list_checkpoints, step_dir
+from medtune.run_folder import LEGACY_STATE_FILE, RunFolder
+from medtune.train.checkpoint import CheckpointError
 from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, RunExistsError, run
 from tests.conftest import tiny_config
@@ -109,7 +110,7 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_f
         run(cfg)
     capsys.readouterr()
     resumed = run(cfg, resume=True)
-    assert f"resuming v1 from step 2 ({step_dir(resumed, 2)})" in capsys.readouterr().err
+    assert f"resuming v1 from step 2 ({RunFolder(resumed).checkpoint(2)})" in capsys.readouterr().err
     with pytest.raises(RunExistsError, match="holds a complete run .4 steps.: nothing to resume"):
         run(cfg, resume=True)
 
@@ -155,7 +156,7 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_a_run_without_validation_rows_pri
     assert "no validation rows" in err and "nan" not in err
     summary = json.loads((cfg.run_dir() / "summary.json").read_text())
     assert (summary["status"], summary["step"]) == ("interrupted", 1) and "last_eval" not in summary
-    assert [step for step, _ in list_checkpoints(cfg.run_dir())] == [1]
+    assert [step for step, _ in RunFolder(cfg.run_dir()).list_checkpoints()] == [1]
     assert not any("eval_loss" in record for record in read_metrics(cfg.run_dir()))
 
 
@@ -191,7 +192,7 @@ def test_resume_never_runs_a_pickled_training_state(tmp_path, short_rows_file):
             return os.system, (f"touch {marker}",)
 
     cfg = tiny_config("v1", tmp_path, short_rows_file)
-    folder = step_dir(cfg.run_dir(), 2)
+    folder = RunFolder(cfg.run_dir()).checkpoint(2)
     folder.mkdir(parents=True)
     (cfg.run_dir() / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
     torch.save({"step": 2, "optimizer": Exploit()}, folder / LEGACY_STATE_FILE)

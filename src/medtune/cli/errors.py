@@ -29,7 +29,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(6, "a run, checkpoint or output folder: exists already, missing, unusable",
              ("medtune.train.recipe:RunExistsError", "medtune.train.checkpoint:CheckpointError",
               "medtune.infer.runs:RunNotFoundError", "medtune.infer.merge:MergeError", "medtune.infer.export:ExportError",
-              "medtune.infer.serve:ServeError")),
+              "medtune.infer.serve:ServeError", "medtune.run_folder:RunFolderError")),
     ExitCode(7, "the inputs of a report (run folders, logs)", ("medtune.report.runs:ReportError",)),
     ExitCode(8, "an experiment tracker (swanlab, tensorboard, wandb)", ("medtune.train.trackers:TrackerError",)),
     ExitCode(9, "`ablate`: runs failed (each named with its log)", ("medtune.experiment:RunsFailedError",)),

@@ -21,7 +21,7 @@ from medtune.data.formats import DataError
 from medtune.data.prepare import prepare_data
 from medtune.model.hub import HubError
 from medtune.model.load import load_tokenizer
-from medtune.train.checkpoint import holds_run, resumable_checkpoint, run_complete
+from medtune.run_folder import RunFolder
 from medtune.train.schedules import warmup_steps
 from medtune.train.trackers import TrackerError, require_package
 
@@ -78,11 +78,12 @@ def _environment(cfg: RunConfig) -> list[Finding]:
 
 def _run_folder(cfg: RunConfig) -> list[Finding]:
     run_dir = cfg.run_dir()
-    if not holds_run(run_dir):
+    folder = RunFolder(run_dir)
+    if not folder.holds_run():
         return [Finding("ok", "run folder", f"{run_dir} (new)")]
-    if run_complete(run_dir):
+    if folder.run_complete():
         return [Finding("warn", "run folder", f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again")]
-    resumable = resumable_checkpoint(run_dir)
+    resumable = folder.resumable_checkpoint()
     where = f"--resume continues from step {resumable[0]}" if resumable else "it has no checkpoint yet (--resume restarts it)"
     return [Finding("warn", "run folder", f"{run_dir} holds an unfinished run; {where}; --overwrite starts again")]
 

@@ -9,7 +9,6 @@ checkpoints every `save_steps` with exact resume (`--resume`), metrics.jsonl plu
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -34,15 +33,20 @@ from medtune.data.prepare import prepare_data
 from medtune.data.render import Encoded
 from medtune.model.load import LoadedModel, apply_lora, embeddings_tied, load_base_model, load_tokenizer
 from medtune.model.speed import apply_speed
+from medtune.run_folder import (
+    ADAPTER_FACTS_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    CONFIG_FILE,
+    RunFolder,
+    staging,
+    write_atomic,
+    write_json,
+)
 from medtune.train import fsdp
 from medtune.train.checkpoint import (
     drop_training_state,
-    holds_run,
-    list_checkpoints,
     load_training_state,
-    read_summary,
     restore_rng,
-    resumable_checkpoint,
     rng_state,
     save_checkpoint,
     save_training_state,
@@ -50,7 +54,7 @@ from medtune.train.checkpoint import (
 from medtune.train.distributed import MicroBatchLoss, check_global_batch, init_distributed
 from medtune.train.interrupt import GracefulInterrupt, TrainingInterrupted
 from medtune.train.loss import Forwards, summed_loss_over, unweighted
-from medtune.train.metrics import JsonlLogger, MetricLogger, write_atomic, write_json
+from medtune.train.metrics import JsonlLogger, MetricLogger
 from medtune.train.progress import TrainProgress, say, summary_lines
 from medtune.train.schedules import build_scheduler
 
@@ -158,17 +162,17 @@ class FineTuneRecipe:
         self.dist.barrier()  # the run folder is ready before any process trains
 
     def _check_run_dir(self) -> None:
-        has_run = holds_run(self.run_dir)
+        has_run = RunFolder(self.run_dir).holds_run()
         if has_run and not self.resume and not self.overwrite:
             raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
         self.found_run_dir = (self.run_dir.exists(), has_run)  # seen by every process before the main one writes
         if not self.resume:
             return
-        summary = read_summary(self.run_dir)
+        summary = RunFolder(self.run_dir).read_summary()
         if summary.get("status") == "complete":
             raise RunExistsError(f"{self.run_dir} holds a complete run ({summary.get('step')} steps): nothing to resume; "
                                  "--overwrite trains it again")
-        self.resume_from = resumable_checkpoint(self.run_dir)
+        self.resume_from = RunFolder(self.run_dir).resumable_checkpoint()
         if self.resume_from is not None:
             self.resume_state = load_training_state(self.resume_from[1])
             self.saved_step = self.resume_from[0]
@@ -183,9 +187,10 @@ class FineTuneRecipe:
             if has_run and self.resume_from is None:  # --overwrite, or --resume with nothing saved to resume from
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.run_dir / "config.resolved.yaml", dump_config(self.cfg))
-            write_json(self.run_dir / "env.json", self.env)
-            write_json(self.run_dir / "data_stats.json", self.data_stats)
+            folder = RunFolder(self.run_dir)
+            write_atomic(folder.config, dump_config(self.cfg))
+            write_json(folder.env, self.env)
+            write_json(folder.data_stats, self.data_stats)
         self.dist.barrier()
 
     def _setup_model(self) -> None:
@@ -195,7 +200,7 @@ class FineTuneRecipe:
         self.model = apply_lora(loaded.model, self.cfg.lora, self.cfg.train.gradient_checkpointing)
         self.speed_plan = apply_speed(self.model, self.cfg.speed, self.cfg.train, self.device)
         if self.resume_from is not None:  # checkpoints hold whole tensors: load them before FSDP shards the layers
-            set_peft_model_state_dict(self.model, load_file(self.resume_from[1] / "adapter_model.safetensors"))
+            set_peft_model_state_dict(self.model, load_file(self.resume_from[1] / ADAPTER_WEIGHTS_FILE))
         if self.fsdp:
             fsdp.shard_model(self.model, self.dist, self.device)
         self.micro_batch_loss = MicroBatchLoss(self.model, self.dist, self.cfg.train.loss_chunk_tokens, data_parallel=not self.fsdp)
@@ -264,7 +269,7 @@ class FineTuneRecipe:
             self.augment_stats.load_state_dict(state["augment_stats"])
 
     def _setup_logging(self) -> None:
-        self.loggers = [JsonlLogger(self.run_dir / "metrics.jsonl", resume_step=self.step if self.resume else None)]
+        self.loggers = [JsonlLogger(RunFolder(self.run_dir).metrics, resume_step=self.step if self.resume else None)]
         if self.cfg.train.report_to:
             from medtune.train.trackers import build_trackers
 
@@ -432,8 +437,8 @@ class FineTuneRecipe:
         self.model.save_pretrained(folder, state_dict=weights)
         if with_tokenizer:
             self.tokenizer.save_pretrained(folder)
-        shutil.copy(self.run_dir / "config.resolved.yaml", folder / "config.resolved.yaml")
-        write_json(folder / "medtune_adapter.json", self._adapter_facts())
+        shutil.copy(RunFolder(self.run_dir).config, folder / CONFIG_FILE)
+        write_json(folder / ADAPTER_FACTS_FILE, self._adapter_facts())
 
     def _adapter_facts(self) -> dict[str, Any]:
         """What chat/merge need beyond PEFT's own config: the base's source and how embeddings were trained."""
@@ -468,8 +473,8 @@ class FineTuneRecipe:
         self.dist.barrier()
         if not self.dist.is_main:
             return
-        final = self.run_dir / "adapter"
-        tmp = final.with_name("adapter.tmp")
+        final = RunFolder(self.run_dir).adapter
+        tmp = staging(final)
         shutil.rmtree(tmp, ignore_errors=True)
         self._save_adapter(tmp, weights, with_tokenizer=True)
         shutil.rmtree(final, ignore_errors=True)
@@ -477,9 +482,10 @@ class FineTuneRecipe:
         if self.augment_stats is not None:
             self._log({"step": self.step, "epoch": self._epoch(), "augment": self.augment_stats.epoch_summary(self.samples_consumed // len(self.train_set))})
         self._write_summary("complete")
-        for _, folder in list_checkpoints(self.run_dir):  # a complete run is not resumed: its optimizer state is dead weight
+        # a complete run is not resumed: its optimizer state is dead weight
+        for _, folder in RunFolder(self.run_dir).list_checkpoints():
             drop_training_state(folder)
-        for line in summary_lines(read_summary(self.run_dir), str(final)):
+        for line in summary_lines(RunFolder(self.run_dir).read_summary(), str(final)):
             say(line)
 
     def _write_summary(self, status: str, last_train: dict[str, Any] | None = None) -> None:
@@ -487,8 +493,8 @@ class FineTuneRecipe:
         --resume continues from, with `stopped_at_step` beside it."""
         if not self.dist.is_main:
             return
-        summary_path = self.run_dir / "summary.json"
-        previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary_path = RunFolder(self.run_dir).summary
+        previous = RunFolder(self.run_dir).read_summary()
         stopped = status in ("interrupted", "failed")
         summary = {
             **{key: value for key, value in previous.items() if key not in ("stopped_at_step", "random_weights_note")},
