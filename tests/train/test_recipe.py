@@ -139,6 +139,18 @@ def test_v3_run_records_the_realised_augmentation_per_epoch(tmp_path, short_rows
     assert summary["augmentation"]["epochs"] == records
 
 
+def test_an_augmented_run_that_ends_with_an_epoch_logs_that_epoch_once(tmp_path, short_rows_file):
+    """12 train rows, 2 per step, one epoch: its record is logged at step 6, and the end adds none (there is no
+    epoch 1 to summarise)."""
+    cfg = tiny_config("v3", tmp_path, short_rows_file, "augment.probability=0.5", "train.max_steps=null", "train.epochs=1",
+                      "train.eval_steps=6", "train.save_steps=6", "train.logging_steps=6")
+    run_dir = run(cfg)
+    records = [(r["step"], r["augment"]) for r in read_metrics(run_dir) if "augment" in r]
+    assert [(step, record["epoch"], record["samples"]) for step, record in records] == [(6, 0, 12)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["augmentation"]["epochs"] == [records[0][1]]
+
+
 def test_ctrl_c_saves_the_step_it_stops_at_and_a_run_without_validation_rows_prints_no_eval_loss(tmp_path, short_rows_file,
                                                                                                monkeypatch, capsys):
     cfg = tiny_config("v1", tmp_path, short_rows_file, "data.val_fraction=0", "train.save_steps=10")

@@ -104,7 +104,7 @@ def embeddings_tied(model: PreTrainedModel) -> bool:
     return out is not None and storage(inp.weight) == storage(out.weight)
 
 
-def apply_lora(model: PreTrainedModel, cfg: LoraSettings, gradient_checkpointing: bool) -> PeftModel:
+def apply_lora(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
     """Freeze the base, add LoRA adapters, and train `modules_to_save` in full.
 
     A tied embed_tokens/lm_head pair trained in full stays one matrix (`tied_embeddings: keep`), so the
@@ -116,8 +116,6 @@ def apply_lora(model: PreTrainedModel, cfg: LoraSettings, gradient_checkpointing
     keep_tied = tied and cfg.tied_embeddings == "keep" and bool(trained_embeddings)
     if tied and trained_embeddings and cfg.tied_embeddings == "untie":
         log.warning("embed_tokens and lm_head are tied in the base model; training them as two untied copies (tied_embeddings: untie)")
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_config = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
-from medtune.config import SpeedConfig, TrainConfig
+from medtune.config import SpeedConfig
 from medtune.model.lora_fused import install_fused_lora
 
 log = logging.getLogger(__name__)
@@ -214,17 +214,19 @@ def _install_liger(causal_lm: PreTrainedModel) -> None:
 
 
 # ---- the entry point ---------------------------------------------------------------------------
-def apply_speed(model: nn.Module, cfg: SpeedConfig, train: TrainConfig, device: torch.device) -> SpeedPlan:
+def apply_speed(model: nn.Module, cfg: SpeedConfig, device: torch.device, *, packing: bool,
+                gradient_checkpointing: bool) -> SpeedPlan:
     """Apply the levers of `cfg` to a PEFT-wrapped causal LM in place and say what was applied.
 
-    Call after LoRA (the fused MLP calls the LoRA-wrapped projections) and after gradient checkpointing
-    was enabled (the share of checkpointed layers is set here).
+    Call after LoRA: the fused MLP calls the LoRA-wrapped projections. `packing`: batches are packed rows, whose
+    attention must stay inside each sample. `gradient_checkpointing`: activation checkpointing is on, for the
+    share of decoder layers `cfg.checkpoint_fraction` says; this is the one place that turns it on.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone, plan = causal_lm.model, SpeedPlan()
     if cfg.fused_lora:
         plan.fused_lora_modules, plan.fused_base_modules = install_fused_lora(model)
-    if not train.packing:
+    if not packing:
         plan.packed_attention = "unused (train.packing is off)"
     else:
         _install_packed_attention(causal_lm, cfg.packed_attention, device, plan)
@@ -244,7 +246,9 @@ def apply_speed(model: nn.Module, cfg: SpeedConfig, train: TrainConfig, device: 
 
     layers = backbone.layers
     plan.decoder_layers = len(layers)
-    if train.gradient_checkpointing:
+    if gradient_checkpointing:
+        # non-reentrant: gradients reach the LoRA weights inside a layer whose input needs none
+        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         plan.checkpointed_layers = round(cfg.checkpoint_fraction * len(layers))
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index < plan.checkpointed_layers
