@@ -1,8 +1,13 @@
 """Host memory of loading the 4-bit base model under FSDP: whole in every process, or each process's shard only.
 
 Builds a random-weight Qwen3 whose decoder layers hold nearly all weights (small vocabulary), then starts
---processes gloo processes on the CPU for each way of loading and records, per process, the growth of its peak
-resident memory (ru_maxrss) over the load and the bytes of 4-bit weight storage it holds afterwards:
+--processes gloo processes on the CPU for each way of loading and records, per process, how much its private
+(anonymous) resident memory grew at most during the load, sampled every millisecond from /proc (Linux), its peak
+resident memory including the checkpoint pages transformers maps (shared by all processes through the page
+cache), and the bytes of 4-bit weight storage it holds after the load. glibc keeps freed blocks of up to 32 MB in
+its heap once it has freed one of that size, so resident memory then stays at its high-water mark whatever the load
+frees; --mmap-threshold (MALLOC_MMAP_THRESHOLD_, default 128 KiB, 0 for glibc's own sliding threshold) has every
+larger block mapped and unmapped on its own, so resident memory follows the memory in use:
     PYTHONPATH=src python bench/fsdp_load_memory.py --work /tmp/fsdp-load --out bench/results/DATE-fsdp-load/results.jsonl
 `whole` is what every process loaded before each process kept only its own shard (`load_base_model(fsdp=True)`
 outside a process group); `own_shard` is what a torchrun launch with `train.parallelism: fsdp` loads now.
@@ -12,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import re
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
 from medtune.config import ModelConfig, QuantConfig
 from medtune.model.load import WEIGHT_SHARD, load_base_model
@@ -29,20 +37,19 @@ MIB = 2**20
 
 def build_model(folder: Path, layers: int, hidden: int, intermediate: int) -> None:
     """A random Qwen3 in bf16 with a 1,024-token vocabulary, so its decoder layers hold nearly all weights."""
-    if (folder / "config.json").exists():
+    if (folder / "tokenizer_config.json").exists():  # written last
         return
     base = json.loads((shipped_tokenizer_dir() / "config.json").read_text())
     for unused in ("transformers_version", "torch_dtype", "dtype"):
         base.pop(unused, None)
     base.update(vocab_size=1024, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                 num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128, head_dim=128,
-                tie_word_embeddings=False, medtune_random_weights=True, layer_types=None, max_window_layers=layers)
+                tie_word_embeddings=False, medtune_random_weights=True, bos_token_id=None, eos_token_id=None, layer_types=None, max_window_layers=layers)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     Qwen3ForCausalLM(Qwen3Config(**base)).save_pretrained(folder)
     torch.set_default_dtype(torch.float32)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (folder / name).write_bytes((shipped_tokenizer_dir() / name).read_bytes())
+    AutoTokenizer.from_pretrained(shipped_tokenizer_dir()).save_pretrained(folder)
 
 
 def four_bit_bytes(model: torch.nn.Module) -> int:
@@ -58,21 +65,43 @@ def four_bit_bytes(model: torch.nn.Module) -> int:
     return held
 
 
+def status_mib(field: str) -> float:
+    """A memory line of /proc/self/status (Linux), in MiB."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1)) / 1024
+
+
+def peak_private_growth(work: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, float]:
+    """Run `work` while a thread samples the private resident memory; returns its result and the largest growth."""
+    before, peak, done = status_mib("RssAnon"), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.001):
+            peak[0] = max(peak[0], status_mib("RssAnon") - before)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(peak[0], status_mib("RssAnon") - before)
+
+
 def measure(rank: int, folder: str, way: str, processes: int, init_file: str, results: str) -> None:
     torch.set_num_threads(1)
     join = lambda: dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=processes)  # noqa: E731
     if way == "own_shard":
         join()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    model = load_base_model(ModelConfig(name_or_path=folder), QuantConfig(), torch.device("cpu"), fsdp=True).model
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model, growth = peak_private_growth(
+        lambda: load_base_model(ModelConfig(name_or_path=folder), QuantConfig(), torch.device("cpu"), fsdp=True).model)
     if way == "whole":
         join()
-    layer_bytes = sum(p.numel() * 2 for name, p in model.named_parameters() if ".layers." in name)  # as bf16
-    record = {"way": way, "rank": rank, "processes": processes, "peak_rss_before_load_mib": round(before / MIB, 1),
-              "peak_rss_growth_over_load_mib": round((after - before) / MIB, 1),
-              "four_bit_held_mib": round(four_bit_bytes(model) / MIB, 1),
-              "decoder_layers_bf16_mib": round(layer_bytes / MIB, 1)}
+    checkpoint = sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))
+    record = {"way": way, "rank": rank, "processes": processes, "private_peak_growth_mib": round(growth, 1),
+              "rss_peak_mib": round(status_mib("VmHWM"), 1), "four_bit_held_mib": round(four_bit_bytes(model) / MIB, 1),
+              "checkpoint_bf16_mib": round(checkpoint / MIB, 1)}
     dist.barrier()
     with open(results, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -87,7 +116,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--intermediate", type=int, default=4096)
+    parser.add_argument("--mmap-threshold", type=int, default=128 * 1024, help="bytes; 0 = glibc's default")
     args = parser.parse_args()
+    if args.mmap_threshold:  # read by glibc when each spawned process starts
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
 
     folder = args.work / f"qwen3-{args.layers}x{args.hidden}x{args.intermediate}"
     build_model(folder, args.layers, args.hidden, args.intermediate)
@@ -99,7 +131,8 @@ def main() -> None:
         rendezvous.unlink(missing_ok=True)
         torch.multiprocessing.spawn(measure, args=(str(folder), way, args.processes, str(rendezvous), str(results)),
                                     nprocs=args.processes)
-        lines += [json.dumps({**json.loads(line), "model": folder.name, "commit": commit})
+        lines += [json.dumps({**json.loads(line), "model": folder.name, "mmap_threshold": args.mmap_threshold or "glibc default",
+                              "commit": commit})
                   for line in sorted(results.read_text().splitlines())]
     text = "".join(line + "\n" for line in lines)
     print(text, end="")
