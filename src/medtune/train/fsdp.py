@@ -20,6 +20,13 @@ processes after the backward pass. A trained input embedding not tied to lm_head
 unit of its own, used at the two ends of the step only, so its gradient and moments are sharded; a tied one
 (small Qwen3 sizes) stays whole with lm_head. PEFT's frozen originals of trained modules are never used in
 training: they are one unit that is never gathered.
+
+No process holds the whole 4-bit model, not even while loading: each quantizes every weight as transformers reads
+it, keeps only the chunk FSDP will give it and drops the rest (model/load.py, `keep_own_shards`), so host and GPU
+memory at load time are one whole weight plus this process's chunks. Until `shard_layer` puts the chunks in place,
+the layers hold placeholders of the weights' shapes. Rank 0 loading and broadcasting after sharding
+(`set_model_state_dict(broadcast_from_rank0=True)`) would still put the whole 4-bit model on rank 0's GPU, and
+quantizing only one's own rows would need the whole weight's block scales (double quantization takes their mean).
 """
 
 from __future__ import annotations
