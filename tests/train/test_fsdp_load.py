@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import transformers.modeling_utils
 from peft import PeftModel
 from torch import nn
 
 from medtune.config import LoraSettings, ModelConfig, QuantConfig
-from medtune.model.load import WEIGHT_SHARD, apply_lora, load_base_model
+from medtune.model.load import WEIGHT_SHARD, WHOLE_MODEL_WARMUP, apply_lora, keep_own_shards, load_base_model
 from medtune.train.distributed import DistContext
 from medtune.train.fsdp import is_sharded, shard_model
 
@@ -91,3 +92,12 @@ def _whole_and_sharded_loads(rank: int, init_file: str) -> None:
 
 def test_each_process_loads_only_its_shard_and_trains_what_a_whole_load_trains(tmp_path):
     torch.multiprocessing.spawn(_whole_and_sharded_loads, args=(str(tmp_path / "rendezvous"),), nprocs=PROCESSES)
+
+
+def test_the_whole_model_gpu_warmup_is_left_out_while_a_process_loads_its_shard():
+    """transformers allocates the whole model's bytes on the GPU before loading it (CPU runs skip that); kept, the
+    whole model would be back in every GPU's load peak. A rename upstream would silently bring it back: fail here."""
+    warmup = getattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP)
+    with keep_own_shards(rank=0, processes=2):
+        assert getattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP)(None, {"model.norm.weight": "cuda:0"}, None) is None
+    assert getattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP) is warmup

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -103,6 +104,8 @@ def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torc
     return LoadedModel(model, load_tokenizer(model_cfg), source, is_random_weights(model.config))
 
 
+WHOLE_MODEL_WARMUP = "caching_allocator_warmup"
+"""transformers.modeling_utils' function that allocates the whole model's bytes on each GPU before loading."""
 WEIGHT_SHARD = "medtune_weight_shard"
 """The attribute of a bitsandbytes Linear4bit that holds its `WeightShard` between loading and FSDP sharding."""
 
@@ -129,8 +132,13 @@ def keep_own_shards(rank: int, processes: int) -> Iterator[None]:
     values before train/fsdp.py swaps in the chunk. Every process quantizes each whole weight, as a single process
     would, so the chunks and the quantization state (kept whole on the module, as bitsandbytes does) are bitwise
     those of a whole load.
+
+    transformers' caching-allocator warm-up is left out meanwhile: before reading any weight it allocates the whole
+    model's bytes on the GPU at once, which would put the whole model in the GPU peak again and fail under a memory
+    cap smaller than the model. Without it the GPU cache grows by one weight's chunk at a time.
     """
     import bitsandbytes as bnb
+    import transformers.modeling_utils
 
     def keep_own_chunk(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> torch.nn.Parameter | None:
         if not (isinstance(module, bnb.nn.Linear4bit) and name == "weight" and isinstance(param, bnb.nn.Params4bit)
@@ -144,11 +152,11 @@ def keep_own_shards(rank: int, processes: int) -> Iterator[None]:
                                  compress_statistics=param.compress_statistics, quant_type=param.quant_type,
                                  quant_storage=param.quant_storage, module=module, bnb_quantized=True)
 
-    handle = register_module_parameter_registration_hook(keep_own_chunk)
-    try:
+    with contextlib.ExitStack() as stack:
+        if hasattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP):  # an optimisation transformers may drop or rename
+            stack.enter_context(mock.patch.object(transformers.modeling_utils, WHOLE_MODEL_WARMUP, lambda *args: None))
+        stack.callback(register_module_parameter_registration_hook(keep_own_chunk).remove)
         yield
-    finally:
-        handle.remove()
 
 
 def embeddings_tied(model: PreTrainedModel) -> bool:
