@@ -8,7 +8,7 @@ cache), and the bytes of 4-bit weight storage it holds after the load. glibc kee
 its heap once it has freed one of that size, so resident memory then stays at its high-water mark whatever the load
 frees; --mmap-threshold (MALLOC_MMAP_THRESHOLD_, default 128 KiB, 0 for glibc's own sliding threshold) has every
 larger block mapped and unmapped on its own, so resident memory follows the memory in use:
-    PYTHONPATH=src python bench/fsdp_load_memory.py --work /tmp/fsdp-load --out bench/results/DATE-fsdp-load/results.jsonl
+    PYTHONPATH=src python bench/fsdp_load_memory.py --work DIR --out bench/results/DATE-fsdp-load/results.jsonl
 `whole` is what every process loaded before each process kept only its own shard (`load_base_model(fsdp=True)`
 outside a process group); `own_shard` is what a torchrun launch with `train.parallelism: fsdp` loads now.
 """
@@ -44,7 +44,8 @@ def build_model(folder: Path, layers: int, hidden: int, intermediate: int) -> No
         base.pop(unused, None)
     base.update(vocab_size=1024, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                 num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128, head_dim=128,
-                tie_word_embeddings=False, medtune_random_weights=True, bos_token_id=None, eos_token_id=None, layer_types=None, max_window_layers=layers)
+                tie_word_embeddings=False, medtune_random_weights=True, bos_token_id=None, eos_token_id=None,
+                layer_types=None, max_window_layers=layers)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     Qwen3ForCausalLM(Qwen3Config(**base)).save_pretrained(folder)
@@ -91,7 +92,9 @@ def peak_private_growth(work: Callable[[], torch.nn.Module]) -> tuple[torch.nn.M
 
 def measure(rank: int, folder: str, way: str, processes: int, init_file: str, results: str) -> None:
     torch.set_num_threads(1)
-    join = lambda: dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=processes)  # noqa: E731
+    def join() -> None:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=processes)
+
     if way == "own_shard":
         join()
     model, growth = peak_private_growth(
@@ -131,8 +134,8 @@ def main() -> None:
         rendezvous.unlink(missing_ok=True)
         torch.multiprocessing.spawn(measure, args=(str(folder), way, args.processes, str(rendezvous), str(results)),
                                     nprocs=args.processes)
-        lines += [json.dumps({**json.loads(line), "model": folder.name, "mmap_threshold": args.mmap_threshold or "glibc default",
-                              "commit": commit})
+        threshold = args.mmap_threshold or "glibc default"
+        lines += [json.dumps({**json.loads(line), "model": folder.name, "mmap_threshold": threshold, "commit": commit})
                   for line in sorted(results.read_text().splitlines())]
     text = "".join(line + "\n" for line in lines)
     print(text, end="")

@@ -67,7 +67,8 @@ def _whole_and_sharded_loads(rank: int, init_file: str) -> None:
     whole_bytes = sum(m.weight.untyped_storage().nbytes() for m in whole_layers.values())
     kept = 0
     for name, module in own_layers.items():
-        assert module.weight.untyped_storage().nbytes() == module.weight.element_size(), name  # a one-element placeholder
+        placeholder = module.weight  # the whole shape, one element of storage
+        assert placeholder.untyped_storage().nbytes() == placeholder.element_size(), name
         assert module.weight.shape == whole_layers[name].weight.shape, name
         shard = getattr(module, WEIGHT_SHARD)
         expected = torch.chunk(whole_layers[name].weight.data, PROCESSES)[rank]
@@ -99,5 +100,6 @@ def test_the_whole_model_gpu_warmup_is_left_out_while_a_process_loads_its_shard(
     whole model would be back in every GPU's load peak. A rename upstream would silently bring it back: fail here."""
     warmup = getattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP)
     with keep_own_shards(rank=0, processes=2):
-        assert getattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP)(None, {"model.norm.weight": "cuda:0"}, None) is None
+        left_out = getattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP)
+        assert left_out(None, {"model.norm.weight": "cuda:0"}, None) is None  # the real one fails reading the model
     assert getattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP) is warmup

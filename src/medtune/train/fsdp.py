@@ -22,11 +22,12 @@ unit of its own, used at the two ends of the step only, so its gradient and mome
 training: they are one unit that is never gathered.
 
 No process holds the whole 4-bit model, not even while loading: each quantizes every weight as transformers reads
-it, keeps only the chunk FSDP will give it and drops the rest (model/load.py, `keep_own_shards`), so host and GPU
-memory at load time are one whole weight plus this process's chunks. Until `shard_layer` puts the chunks in place,
-the layers hold placeholders of the weights' shapes. Rank 0 loading and broadcasting after sharding
-(`set_model_state_dict(broadcast_from_rank0=True)`) would still put the whole 4-bit model on rank 0's GPU, and
-quantizing only one's own rows would need the whole weight's block scales (double quantization takes their mean).
+it, keeps only the chunk FSDP will give it and drops the rest (model/load.py, `keep_own_shards`), so the 4-bit
+weights take one whole weight plus this process's chunks of host and GPU memory at load time. Until `shard_layer`
+puts the chunks in place, the layers hold placeholders of the weights' shapes. Rank 0 loading and broadcasting after
+sharding (`set_model_state_dict(broadcast_from_rank0=True)`) would still put the whole 4-bit model on rank 0's GPU,
+and quantizing only one's own rows would need the whole weight's block scales (double quantization takes their
+mean).
 """
 
 from __future__ import annotations
@@ -100,18 +101,19 @@ def shard_layer(layer: nn.Module, mesh: DeviceMesh) -> None:
     loaded: dict[nn.Module, WeightShard] = {module: vars(module).pop(WEIGHT_SHARD) for module in layer.modules()
                                             if WEIGHT_SHARD in vars(module)}
     for module in loaded:
-        placeholder = module.weight
-        module.weight = nn.Parameter(torch.empty(placeholder.shape, dtype=placeholder.dtype, device="meta"), requires_grad=False)
+        shape, dtype = module.weight.shape, module.weight.dtype
+        module.weight = nn.Parameter(torch.empty(shape, dtype=dtype, device="meta"), requires_grad=False)
     fully_shard(layer, mesh=mesh)
     for module, shard in loaded.items():
         meta: DTensor = module.weight
-        if (shard.rank, shard.processes, shard.local.shape) != (mesh.get_local_rank(), mesh.size(), meta.to_local().shape):
+        fsdp_keeps = (mesh.get_local_rank(), mesh.size(), meta.to_local().shape)
+        if (shard.rank, shard.processes, shard.local.shape) != fsdp_keeps:
             raise RuntimeError(f"FSDP: a 4-bit weight was loaded as chunk {shard.rank} of {shard.processes} "
-                               f"({tuple(shard.local.shape)}), but FSDP keeps chunk {mesh.get_local_rank()} of {mesh.size()} "
-                               f"({tuple(meta.to_local().shape)}) on this process")
-        local = DTensor.from_local(shard.local, meta.device_mesh, meta.placements, run_check=False, shape=meta.shape,
-                                   stride=meta.stride())
-        module.load_state_dict({"weight": local}, strict=False, assign=True)
+                               f"({tuple(shard.local.shape)}), but FSDP keeps chunk {fsdp_keeps[0]} of {fsdp_keeps[1]} "
+                               f"({tuple(fsdp_keeps[2])}) on this process")
+        filled = DTensor.from_local(shard.local, meta.device_mesh, meta.placements, run_check=False, shape=meta.shape,
+                                    stride=meta.stride())
+        module.load_state_dict({"weight": filled}, strict=False, assign=True)
 
 
 def untied_trained_input_embeddings(causal_lm: nn.Module) -> list[nn.Module]:
