@@ -34,7 +34,7 @@ def trained_model(fsdp_loaded: nn.Module, ctx: DistContext) -> PeftModel:
     """LoRA on every projection with the same non-zero values on every process (B starts at zero, which would leave
     A without a gradient), sharded by FSDP."""
     torch.manual_seed(0)
-    model = apply_lora(fsdp_loaded, LoraSettings(dropout=0.0), gradient_checkpointing=False)
+    model = apply_lora(fsdp_loaded, LoraSettings(dropout=0.0))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
