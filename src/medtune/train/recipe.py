@@ -33,6 +33,7 @@ from medtune.data.batching import micro_batches, step_positions, to_device, trai
 from medtune.data.prepare import prepare_data
 from medtune.data.render import Encoded
 from medtune.model.load import LoadedModel, apply_lora, embeddings_tied, load_base_model, load_tokenizer
+from medtune.model.memory_plan import plan_for_run
 from medtune.model.speed import apply_speed
 from medtune.train import fsdp
 from medtune.train.checkpoint import (
@@ -145,6 +146,7 @@ class FineTuneRecipe:
         set_seed(self.cfg.train.seed)
         self.tokenizer = load_tokenizer(self.cfg.model)
         self._setup_data()  # before the model: bad data fails in seconds, not after the weights are loaded
+        self._plan_memory()  # before the model too: a run that cannot fit stops here, not out of memory at step 3
         self._setup_model()
         self._setup_optimizer()
         self._setup_scheduler()  # needs the step count, which `epochs` derives from the data size
@@ -183,7 +185,7 @@ class FineTuneRecipe:
             if has_run and self.resume_from is None:  # --overwrite, or --resume with nothing saved to resume from
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.run_dir / "config.resolved.yaml", dump_config(self.cfg))
+            write_atomic(self.run_dir / "config.resolved.yaml", dump_config(self.configured))
             write_json(self.run_dir / "env.json", self.env)
             write_json(self.run_dir / "data_stats.json", self.data_stats)
         self.dist.barrier()
@@ -201,13 +203,25 @@ class FineTuneRecipe:
         self.micro_batch_loss = MicroBatchLoss(self.model, self.dist, self.cfg.train.loss_chunk_tokens, data_parallel=not self.fsdp)
         self.model.train()
         self.env = {"versions": library_versions(), "python": sys.version.split()[0], "hardware": hardware(self.device),
-                    "speed": self.speed_plan.as_dict(), "processes": self.dist.world_size, "batch": self._batch_layout()}
+                    "speed": self.speed_plan.as_dict(), "memory_plan": self.memory_plan.as_dict(), "processes": self.dist.world_size,
+                    "batch": self._batch_layout()}
 
     def _batch_layout(self) -> dict[str, Any]:
         train = self.cfg.train
         layout = self.dist.batch_layout(train.per_device_batch_size, train.gradient_accumulation_steps)
         packed = {"packed_row_tokens": self.cfg.row_tokens()} if train.packing else {}
         return {**layout, **packed, "parallelism": train.parallelism if self.dist.enabled else "none"}
+
+    def _plan_memory(self) -> None:
+        """The levers that fit speed.memory_budget (model/memory_plan.py): self.cfg becomes the config with them; the
+        config as written stays `self.configured`, which config.resolved.yaml records."""
+        steps = self.cfg.train.total_steps(len(self.train_set))
+        lengths = [len(encoded) for encoded in self.train_set.encoded]
+        self.configured = self.cfg
+        self.memory_plan, self.cfg = plan_for_run(self.cfg, lengths, steps, self.device, self.dist.world_size, self.fsdp)
+        if self.dist.is_main:
+            for line in self.memory_plan.lines():
+                say(line)
 
     def _setup_data(self) -> None:
         prepared = prepare_data(self.cfg, self.tokenizer)
