@@ -288,11 +288,12 @@ class SpeedConfig(_Strict):
         "side stream (model/offload.py). auto = only when the memory plan needs it.",
     )
 
-    @field_validator("memory_budget")
+    @field_validator("memory_budget", mode="before")
     @classmethod
-    def _budget_is_auto_or_a_size(cls, value: str) -> str:
+    def _budget_is_auto_or_a_size(cls, value: Any) -> str:
+        """A bare number is refused with the units, not read as bytes or GiB."""
         if value != "auto":
-            parse_memory_size(value)
+            parse_memory_size(str(value))
         return value
 
 
