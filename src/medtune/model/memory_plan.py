@@ -235,7 +235,7 @@ def device_budget(device: Any) -> tuple[float, str]:
     import torch
 
     free, total = torch.cuda.mem_get_info(device)
-    fraction = torch.cuda.get_per_process_memory_fraction(device) if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0
+    fraction = memory_fraction(device)
     room = min(free, fraction * total - torch.cuda.memory_reserved(device))
     capped = f", capped at {fraction * total / GIB:.1f} GiB for this process" if fraction < 1 else ""
     return room * (1 - AUTO_MARGIN), f"speed.memory_budget auto: {free / GIB:.1f} GiB free on {device}{capped}, less a {AUTO_MARGIN:.0%} margin"
@@ -295,7 +295,24 @@ def plan_for_run(cfg: RunConfig, lengths: list[int], steps: int, device: Any, pr
     settings = MemorySettings.from_run(cfg, liger=liger_installed(), processes=processes)
     plan, levers = plan_memory(cfg, shape, settings, run_rows(cfg, lengths, steps, processes), budget_bytes, budget)
     if training and levers.expandable_segments:
-        import torch
-
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")  # before the model's first allocation
+        expandable_segments(device)
     return plan, with_levers(cfg, levers)
+
+
+def expandable_segments(device: Any) -> None:
+    """Turn on the allocator's expandable segments before the model's first allocation, keeping a per-process memory
+    fraction set earlier (newer torch parses it among the same allocator settings)."""
+    import torch
+
+    fraction = memory_fraction(device)
+    torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    if memory_fraction(device) != fraction:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
+def memory_fraction(device: Any) -> float:
+    """This process's memory fraction (torch.cuda.set_per_process_memory_fraction); torch before 2.6 cannot tell: 1."""
+    import torch
+
+    query = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    return query(device) if query is not None else 1.0
