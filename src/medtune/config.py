@@ -229,6 +229,17 @@ class TrainConfig(_Strict):
         return "paged_adamw_8bit" if device_type == "cuda" and not fsdp else "adamw"
 
 
+MEMORY_SIZE_UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_memory_size(text: str) -> int:
+    """`20GiB`, `8GB`, `512MiB`, `1.5 GiB` -> bytes; anything else (no unit, another unit, zero) is a ValueError."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*", text)
+    if match is None or match.group(2) not in MEMORY_SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"expected a size such as 20GiB, 8GB or 512MiB (units: {', '.join(MEMORY_SIZE_UNITS)}), got {text!r}")
+    return int(float(match.group(1)) * MEMORY_SIZE_UNITS[match.group(2)])
+
+
 class SpeedConfig(_Strict):
     """GPU speed levers (`model/speed.py`). None changes the math; each falls back cleanly where it is unsupported."""
 
@@ -265,6 +276,25 @@ class SpeedConfig(_Strict):
         "dequantized in one kernel, and only the dropout mask kept for the backward pass instead of a dropped-out copy of "
         "the input. Same math as PEFT's forward; any device. false = PEFT's own forward.",
     )
+    memory_budget: str = Field(
+        "auto", description="GPU memory training plans to fit (model/memory_plan.py): auto = the device's free memory "
+        "(within a per-process cap, if one is set) less a margin, or a size such as 20GiB, 8GB, 512MiB. Levers not set "
+        "explicitly are changed, cheapest first, until the predicted peak fits; a run that cannot fit stops before "
+        "training. No planning on CPU.",
+    )
+    offload_activations: bool | Literal["auto"] = Field(
+        "auto", description="Move the tensors decoder layers save for the backward pass (with every layer recomputed: "
+        "just their inputs) to pinned host memory in the forward pass and back in the backward pass, copied on a "
+        "side stream (model/offload.py). auto = only when the memory plan needs it.",
+    )
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget_is_auto_or_a_size(cls, value: Any) -> str:
+        """A bare number is refused with the units, not read as bytes or GiB."""
+        if value != "auto":
+            parse_memory_size(str(value))
+        return value
 
 
 class RunConfig(_Strict):

@@ -9,7 +9,8 @@ None of them changes what is computed:
   matmuls run in bf16 on their fp32 weights instead of casting every activation to fp32;
 - fused kernels: Liger's RMSNorm, SwiGLU and RoPE kernels, one pass each and fewer saved activations;
 - selective checkpointing: only a share of the decoder layers recompute their activations;
-- fused LoRA: each LoRA projection, its 4-bit base matmul included, as one autograd function (`model/lora_fused.py`).
+- fused LoRA: each LoRA projection, its 4-bit base matmul included, as one autograd function (`model/lora_fused.py`);
+- activation offloading: saved activations of the decoder layers in pinned host memory (`model/offload.py`).
 Each lever reports what it did in a `SpeedPlan`; `auto` turns a lever on only where it works, so CPU runs
 (and CI) take the same code path with the portable variant.
 """
@@ -32,6 +33,7 @@ from transformers import AttentionInterface, PreTrainedModel
 
 from medtune.config import SpeedConfig
 from medtune.model.lora_fused import install_fused_lora
+from medtune.model.offload import install_activation_offload
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class SpeedPlan:
     decoder_layers: int = 0
     fused_lora_modules: int = 0
     fused_base_modules: int = 0  # of which the 4-bit base matmul is in the same function
+    offload_activations: bool = False
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -252,6 +255,13 @@ def apply_speed(model: nn.Module, cfg: SpeedConfig, device: torch.device, *, pac
         plan.checkpointed_layers = round(cfg.checkpoint_fraction * len(layers))
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index < plan.checkpointed_layers
+
+    if cfg.offload_activations is True:  # auto was resolved by the memory plan (model/memory_plan.py)
+        if device.type == "cuda":
+            install_activation_offload(backbone)
+            plan.offload_activations = True
+        else:
+            plan.notes.append("offload_activations true -> false: the activations are in host memory already (no GPU)")
 
     for note in plan.notes:
         log.warning(note)

@@ -31,6 +31,7 @@ from medtune.data.batching import TrainingSet, micro_batches, step_positions, to
 from medtune.data.prepare import prepare_data
 from medtune.data.render import Encoded
 from medtune.model.load import LoadedModel, apply_lora, embeddings_tied, load_base_model, load_tokenizer
+from medtune.model.memory_plan import MemoryPlan, plan_for_run
 from medtune.model.speed import SpeedPlan, apply_speed
 from medtune.run_folder import (
     ADAPTER_FACTS_FILE,
@@ -118,7 +119,8 @@ class FineTuneRecipe:
     """QLoRA supervised fine-tuning of a causal LM on question/think/answer consultations."""
 
     def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, skip_bad_rows: bool | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = cfg  # with the memory plan's levers once planned
+        self.configured = cfg  # as the user wrote it: what config.resolved.yaml records
         if skip_bad_rows is not None:
             cfg.data.skip_bad_rows = skip_bad_rows
         self.run_dir = cfg.run_dir()
@@ -148,6 +150,7 @@ class FineTuneRecipe:
         self.model_facts: dict[str, Any] = {}  # summary.json's `model`
         self.random_weights = False
         self.tied_before = False  # the base model's embeddings were tied, before LoRA
+        self.memory_plan: MemoryPlan | None = None
         self.speed_plan: SpeedPlan | None = None
         self.micro_batch_loss: MicroBatchLoss | None = None
         self.env: dict[str, Any] = {}
@@ -166,6 +169,7 @@ class FineTuneRecipe:
         set_seed(self.cfg.train.seed)
         self.tokenizer = load_tokenizer(self.cfg.model)
         self._setup_data()  # before the model: bad data fails in seconds, not after the weights are loaded
+        self._plan_memory()  # before the model too: a run that cannot fit stops here, not out of memory at step 3
         self._setup_model()
         self._setup_optimizer()
         self._setup_scheduler()  # needs the step count, which `epochs` derives from the data size
@@ -205,7 +209,7 @@ class FineTuneRecipe:
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             folder = RunFolder(self.run_dir)
-            write_atomic(folder.config, dump_config(self.cfg))
+            write_atomic(folder.config, dump_config(self.configured))
             write_json(folder.env, self.env)
             write_json(folder.data_stats, self.data_stats)
         self.dist.barrier()
@@ -227,13 +231,25 @@ class FineTuneRecipe:
         self.micro_batch_loss = self.parallel.wrap(self.model, train.loss_chunk_tokens)
         self.model.train()
         self.env = {"versions": library_versions(), "python": sys.version.split()[0], "hardware": hardware(self.device),
-                    "speed": self.speed_plan.as_dict(), "processes": self.dist.world_size, "batch": self._batch_layout()}
+                    "speed": self.speed_plan.as_dict(), "memory_plan": self.memory_plan.as_dict(), "processes": self.dist.world_size,
+                    "batch": self._batch_layout()}
 
     def _batch_layout(self) -> dict[str, Any]:
         train = self.cfg.train
         layout = self.dist.batch_layout(train.per_device_batch_size, train.gradient_accumulation_steps)
         packed = {"packed_row_tokens": self.cfg.row_tokens()} if train.packing else {}
         return {**layout, **packed, "parallelism": self.parallel.name}
+
+    def _plan_memory(self) -> None:
+        """The levers that fit speed.memory_budget (model/memory_plan.py): self.cfg becomes the config with them; the
+        config as written stays `self.configured`, which config.resolved.yaml records."""
+        steps = self.cfg.train.total_steps(len(self.train_set))
+        lengths = [len(encoded) for encoded in self.train_set.encoded]
+        self.memory_plan, self.cfg = plan_for_run(self.cfg, lengths, steps, self.device, self.dist.world_size,
+                                                    self.parallel.shards_weights)
+        if self.dist.is_main:
+            for line in self.memory_plan.lines():
+                say(line)
 
     def _setup_optimizer(self) -> None:
         train = self.cfg.train
