@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medtune.config import ModelConfig, QuantConfig, SpeedConfig, TrainConfig, load_config
+from medtune.config import ModelConfig, QuantConfig, SpeedConfig, load_config
 from medtune.data.batching import micro_batches
 from medtune.data.prepare import prepare_data
 from medtune.model.load import apply_lora, load_base_model
@@ -57,8 +57,8 @@ def tiny_step():
         torch.manual_seed(0)
         loaded = load_base_model(ModelConfig(name_or_path="tiny"), QuantConfig(mode="none"), CPU)
         cfg = load_config(CONFIGS / "v2.yaml", ["lora.dropout=0.0"], overlays=[CONFIGS / "tiny.yaml"])
-        model = apply_lora(loaded.model, cfg.lora, gradient_checkpointing=True)
-        apply_speed(model, SpeedConfig(checkpoint_fraction=1.0), TrainConfig(), CPU)
+        model = apply_lora(loaded.model, cfg.lora)
+        apply_speed(model, SpeedConfig(checkpoint_fraction=1.0), CPU, packing=True, gradient_checkpointing=True)
         model.train()
         return model
 
@@ -113,6 +113,6 @@ def test_evaluation_saves_nothing_and_the_wrapper_is_transparent():
 
 def test_apply_speed_skips_offloading_on_cpu_with_a_note():
     loaded = load_base_model(ModelConfig(name_or_path="tiny"), QuantConfig(), CPU)
-    model = apply_lora(loaded.model, load_config(CONFIGS / "v1.yaml", overlays=[CONFIGS / "tiny.yaml"]).lora, gradient_checkpointing=True)
-    plan = apply_speed(model, SpeedConfig(offload_activations=True), TrainConfig(), CPU)
+    model = apply_lora(loaded.model, load_config(CONFIGS / "v1.yaml", overlays=[CONFIGS / "tiny.yaml"]).lora)
+    plan = apply_speed(model, SpeedConfig(offload_activations=True), CPU, packing=True, gradient_checkpointing=True)
     assert plan.offload_activations is False and any("offload_activations true -> false" in note for note in plan.notes)
