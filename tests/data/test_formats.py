@@ -288,6 +288,8 @@ def _bad_rows(qta: dict) -> dict[str, tuple[bytes, str, str]]:
         ),
         "no-assistant": (encode({"messages": [{"role": "user", "content": "头疼"}]}), "messages", "no assistant message"),
         "unclosed-think": (encode({"instruction": "头疼", "output": "<think>想一想"}), "output", "never closed"),
+        "text-before-think": (encode({"instruction": "头疼", "output": "好的。<think>想</think>答"}), "output",
+                              "text before '<think>': the think block must open the reply"),
     }
 
 
@@ -533,6 +535,13 @@ def test_literal_tags_are_a_bad_row_or_kept_as_text(tmp_path, row, field_name):
     sample = kept.samples[1]
     assert "尾" in sample.answer or "再想" in sample.think or "<|im_end|>" in sample.question, "no text is lost"
     assert kept.as_dict()["rows_with_literal_tags"] == 1
+
+
+def test_a_reply_whose_think_block_the_template_opened_reads_like_qwen3s_template(tmp_path):
+    """Qwen3's thinking-only templates write `<think>` into the prompt, so their replies start inside the block."""
+    path = write_lines(tmp_path / "train.jsonl", [encode({"instruction": "头疼", "output": "想一想\n</think>\n\n多休息"})])
+
+    assert fields(read_samples(path, system_prompt=SYSTEM).samples[0]) == ("头疼", "想一想", "多休息", SYSTEM)
 
 
 def test_empty_think_block_needs_think_optional(tmp_path):

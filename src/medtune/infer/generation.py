@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from medtune.data.render import TURN_END
+from medtune.data.reply import TURN_END, ReplyParts, split_reply
 
-THINK_START, THINK_END = "<think>", "</think>"
 Messages = list[dict[str, str]]
 
 
@@ -57,29 +56,20 @@ class Reply:
     """Tokens generated, the closing <|im_end|> included."""
 
     @property
+    def parts(self) -> ReplyParts:
+        return split_reply(self.text)
+
+    @property
     def think(self) -> str:
-        return split_reply(self.text)[0]
+        return self.parts.think
 
     @property
     def answer(self) -> str:
-        return split_reply(self.text)[1]
+        return self.parts.answer
 
 
 def turn_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.convert_tokens_to_ids(TURN_END)
-
-
-def split_reply(text: str) -> tuple[str, str]:
-    """(think, answer) of a reply. Without `</think>` the whole reply is think if it opened a think block
-    (it was cut or never closed it), else answer."""
-    body = text.lstrip()
-    opened = body.startswith(THINK_START)
-    if opened:
-        body = body[len(THINK_START) :]
-    think, closed, answer = body.partition(THINK_END)
-    if not closed:
-        return (body.strip(), "") if opened else ("", body.strip())
-    return think.strip(), answer.strip()
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:
