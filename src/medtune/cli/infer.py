@@ -90,7 +90,7 @@ def eval_command(
     from medtune.infer.runs import load_for_inference, resolve_run
 
     adapter_run = resolve_run(run, checkpoint)
-    rows = eval_data(adapter_run, data, limit)  # bad rows stop here, before the model loads
+    rows = eval_data(adapter_run.config, data, limit)  # bad rows stop here, before the model loads
     target = output or default_output(adapter_run, with_adapter=not no_adapter)
     loaded = load_for_inference(adapter_run, with_adapter=not no_adapter)
     record = run_eval(loaded, rows, Decoding(greedy=True, max_new_tokens=max_new_tokens), batch_size, target)

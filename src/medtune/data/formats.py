@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -197,23 +196,6 @@ def resolve_data_path(spec: str) -> Path:
     if name not in shipped:
         raise DataError(spec, f"no shipped data set {name!r}; shipped: {', '.join(SHIPPED_PREFIX + n for n in sorted(shipped))}")
     return Path(str(shipped[name]))
-
-
-def split_train_validation(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out a seeded random `val_fraction` of the samples; both splits keep the file order.
-
-    At least one sample goes to validation (when `val_fraction` > 0 and there are two or more) and at
-    least one stays for training, so a small file still gets an eval loss.
-    """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if val_fraction == 0 or len(samples) < 2:
-        return list(samples), []
-    val_count = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
-    val_indices = set(random.Random(seed).sample(range(len(samples)), val_count))
-    train = [sample for index, sample in enumerate(samples) if index not in val_indices]
-    validation = [sample for index, sample in enumerate(samples) if index in val_indices]
-    return train, validation
 
 
 # --- file types: each yields (row number from 1, parsed row or the problem that prevented parsing)
