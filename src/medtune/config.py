@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REFERENCE_SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给出带有思考的回答。"
+DEFAULT_SEED = 42
+"""train.seed's default; `ablate --seeds N` counts up from it."""
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -190,7 +192,7 @@ class TrainConfig(_Strict):
     gradient_accumulation_steps: int = Field(4, gt=0)
     max_steps: int | None = Field(400, gt=0)
     epochs: float | None = Field(None, gt=0)
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     gradient_checkpointing: bool = True
     packing: bool = Field(True, description="Pack a step's samples into rows; attention stays inside each sample.")
     loss_chunk_tokens: int = Field(1024, gt=0, description="Tokens per chunk of the fused lm_head + cross-entropy.")

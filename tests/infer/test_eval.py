@@ -15,7 +15,8 @@ from medtune.data.prepare import prepare_data
 from medtune.data.render import encode_sample
 from medtune.infer import evaluate as evaluate_module
 from medtune.infer.evaluate import eval_data, evaluate, loss_over, mask_questions
-from medtune.infer.generation import Decoding, Reply
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import Reply
 from medtune.infer.runs import load_for_inference, resolve_run
 from tests.conftest import CONFIGS
 

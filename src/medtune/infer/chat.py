@@ -13,7 +13,8 @@ from rich.console import Console
 from transformers import TextIteratorStreamer
 
 from medtune.data.reply import split_reply
-from medtune.infer.generation import Decoding, Messages, decode_reply, prompt_text
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import Messages, decode_reply, prompt_text
 from medtune.infer.runs import InferenceModel, describe
 
 ThinkMode = Literal["show", "hide"]

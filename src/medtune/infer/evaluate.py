@@ -23,7 +23,8 @@ from medtune.data.formats import DataError, Sample
 from medtune.data.lexicon import load_lexicon
 from medtune.data.render import encode_sample, prompt_messages
 from medtune.data.split import read_data_file, split_rows
-from medtune.infer.generation import Decoding, Reply
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import Reply
 from medtune.infer.metrics import reply_scores
 from medtune.infer.progress import generate_with_progress
 from medtune.infer.runs import AdapterRun, InferenceModel

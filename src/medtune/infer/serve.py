@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.exceptions import HTTPException
 
 from medtune.data.reply import THINK_END, THINK_START, TURN_END, split_reply
-from medtune.infer.generation import Decoding, Messages, prompt_text, turn_end_id
+from medtune.infer.decoding import Decoding, turn_end_id
+from medtune.infer.generation import Messages, prompt_text
 from medtune.model.tiny import is_random_weights
 
 ThinkMode = Literal["show", "hide"]
