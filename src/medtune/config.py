@@ -47,7 +47,7 @@ class QuantConfig(_Strict):
     )
 
 
-class LoraSettings(_Strict):
+class LoraConfig(_Strict):
     r: int = Field(64, gt=0)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -238,7 +238,8 @@ class SpeedConfig(_Strict):
         "auto",
         description="How attention stays inside each sample of a packed row: varlen = one flash-attention call over the "
         "row (CUDA), per_sample = one SDPA call per sample (any device), mask = the model's own attention with the "
-        "block-diagonal mask transformers builds from position_ids. auto = varlen where it works, else per_sample.",
+        "block-diagonal mask transformers builds from position_ids. auto = varlen where it works; else mask on CUDA "
+        "(3.7x faster there than per_sample, bench/RESULTS.md) and per_sample elsewhere.",
     )
     mixed_precision: Literal["auto", "bf16", "none"] = Field(
         "auto",
@@ -274,7 +275,7 @@ class RunConfig(_Strict):
     output_dir: str = "runs"
     model: ModelConfig = Field(default_factory=ModelConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

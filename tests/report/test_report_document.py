@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from medtune.report.build import build_report
-from medtune.report.runs import NoteCode, SourceKind
+from medtune.report.inputs import NoteCode, SourceKind
 from medtune.report.settings import LANGUAGES
 from medtune.report.wording import WORDING
 

@@ -50,8 +50,10 @@ def data_preview(
 ) -> None:
     """Show rendered training samples: trained tokens highlighted, masked terms marked, as the model sees them."""
     from medtune.data.preview import preview
+    from medtune.model.load import load_tokenizer
 
-    preview(load_cli_config(config, overlay, set_), n=n, epoch=epoch, masked_only=masked_only)
+    cfg = load_cli_config(config, overlay, set_)
+    preview(cfg, load_tokenizer(cfg.model), n=n, epoch=epoch, masked_only=masked_only)
 
 
 def show_stats(stats: dict[str, Any], console) -> None:

@@ -55,6 +55,6 @@ def ablate(
     set_: SetOpt = None,
 ) -> None:
     """Train every version x seed that is not complete (resuming interrupted ones), then write the report."""
-    from medtune.experiment import find_default_experiment, parse_seeds, run_experiment
+    from medtune.ablate import find_default_experiment, parse_seeds, run_experiment
 
     run_experiment(experiment or find_default_experiment(), parse_seeds(seeds) if seeds else None, set_, runs_per_gpu)

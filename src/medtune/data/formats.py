@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.data.reply import CHAT_TAGS, THINK_END, THINK_START, split_reply
-from medtune.model.hub import MODELSCOPE_PREFIX, HubError, modelscope_data_file
+from medtune.hub import MODELSCOPE_PREFIX, HubError, modelscope_data_file
 
 FIELDS = ("system", "question", "think", "answer")
 FORMATS = ("auto", "qta", "alpaca", "messages")

@@ -71,21 +71,21 @@ def token_view(tokenizer: PreTrainedTokenizerBase, encoded: Encoded) -> Text:
     return view
 
 
-def preview(cfg: RunConfig, n: int, epoch: int, console: Console | None = None, masked_only: bool = False) -> None:
+def preview(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, n: int, epoch: int, console: Console | None = None,
+            masked_only: bool = False) -> None:
     """Show the first `n` samples of the given epoch in training order, augmentation applied as in training.
 
     With `masked_only`, the first `n` samples of the epoch that the augmentation masks (v3 previews): the
     others are skipped, so the masks can be checked without paging through unmasked samples.
 
+    `tokenizer` is the run's (`model.load.load_tokenizer(cfg.model)`), loaded by the caller.
+
     Raises:
         ConfigError: `masked_only` while the augmentation is off (nothing could ever be shown).
     """
-    from medtune.model.load import load_tokenizer
-
     if masked_only and not cfg.augment.enabled:
         raise ConfigError("masked_only previews the augmentation's masks, but augment.enabled is false in this config")
     console = console or Console()
-    tokenizer = load_tokenizer(cfg.model)
     train = prepare_data(cfg, tokenizer).train
     console.print(LEGEND)
     shown = 0

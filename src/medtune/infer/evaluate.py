@@ -25,9 +25,9 @@ from medtune.data.render import encode_sample, prompt_messages
 from medtune.data.split import read_data_file, split_rows
 from medtune.infer.decoding import Decoding
 from medtune.infer.generation import Reply
-from medtune.infer.metrics import reply_scores
-from medtune.infer.progress import generate_with_progress
+from medtune.infer.generation_progress import generate_with_progress
 from medtune.infer.runs import AdapterRun, InferenceModel
+from medtune.infer.scores import reply_scores
 from medtune.train.loss import summed_loss_over
 from medtune.train.metrics import write_atomic, write_json
 

@@ -9,7 +9,7 @@ from typing import Any
 from medtune.data.formats import DataError, Sample, read_samples
 from medtune.data.render import prompt_messages
 from medtune.infer.decoding import Decoding
-from medtune.infer.progress import generate_with_progress
+from medtune.infer.generation_progress import generate_with_progress
 from medtune.infer.runs import InferenceModel
 from medtune.train.metrics import write_atomic
 

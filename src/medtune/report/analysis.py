@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from medtune.report.runs import Run, flatten, numeric_leaves
+from medtune.report.inputs import Run, flatten, numeric_leaves
 from medtune.report.schedule import check_schedule, configured_warmup
-from medtune.report.settings import DEFAULT_PHASE_BOUNDS
 from medtune.report.stats import (
     ALPHA,
     CONFIDENCE,

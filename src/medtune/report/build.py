@@ -11,10 +11,10 @@ from typing import Any, Literal
 from medtune import __version__
 from medtune.report.analysis import Version, analyse
 from medtune.report.document import CHARTS, build_document, insight_text
+from medtune.report.inputs import ReportError, Run, version_of
 from medtune.report.insights import insights
+from medtune.report.markup import to_html, to_markdown
 from medtune.report.schema import Summary
-from medtune.report.render import to_html, to_markdown
-from medtune.report.runs import ReportError, Run, version_of
 from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS
 from medtune.report.sources import load_runs
 from medtune.report.wording import words

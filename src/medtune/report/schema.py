@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medtune.report.runs import NoteCode, SourceKind
+from medtune.report.inputs import NoteCode, SourceKind
 from medtune.report.settings import DEFAULT_LANGUAGE
 
 

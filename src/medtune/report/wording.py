@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medtune.report.runs import ReportError
+from medtune.report.inputs import ReportError
 from medtune.report.settings import LANGUAGES
 
 WORDING: dict[str, dict[str, str]] = {

@@ -19,7 +19,7 @@ import torch
 from medtune.config import RunConfig
 from medtune.data.formats import DataError
 from medtune.data.prepare import prepare_data
-from medtune.model.hub import HubError
+from medtune.hub import HubError
 from medtune.model.load import load_tokenizer
 from medtune.train.checkpoint import holds_run, resumable_checkpoint, run_complete
 from medtune.train.schedules import warmup_steps

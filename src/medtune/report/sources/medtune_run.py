@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from medtune.report.runs import Note, ReportError, Run, Source, parse_json_object, read_json_object
+from medtune.report.inputs import Note, ReportError, Run, Source, parse_json_object, read_json_object
 
 METRICS_FILE = "metrics.jsonl"
 

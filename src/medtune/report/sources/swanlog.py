@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from medtune.report.runs import Note, ReportError, Run, Source
+from medtune.report.inputs import Note, ReportError, Run, Source
 from medtune.report.sources.hf import config_from_hf, is_training_args, records_from_points
 
 DASHBOARD_DB = "runs.swanlab"

@@ -1,4 +1,4 @@
-"""Scores for generated replies: pure functions of strings, checked by hand in tests/infer/test_metrics.py.
+"""Scores for generated replies: pure functions of strings, checked by hand in tests/infer/test_scores.py.
 
 BLEU-4 and ROUGE-L compare the *answer* of a reply with the reference answer, never the think block.
 Text is split the way Chinese is usually scored: every character is a token, except that a run of ASCII

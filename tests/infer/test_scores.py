@@ -9,7 +9,7 @@ import pytest
 
 from medtune.data.lexicon import parse_lexicon
 from medtune.infer.generation import Reply
-from medtune.infer.metrics import corpus_bleu, found_terms, lcs_length, reply_scores, rouge_l, score_tokens, think_format
+from medtune.infer.scores import corpus_bleu, found_terms, lcs_length, reply_scores, rouge_l, score_tokens, think_format
 
 
 def test_tokens_are_characters_except_latin_and_digit_runs():
