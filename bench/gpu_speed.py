@@ -12,8 +12,16 @@ runs every stage below in its own process and prints the table; each stage can a
     head                         the fused lm_head + cross-entropy against the checkpointed chunks it replaced
     profile VERSION [VARIANT..]  one medtune step under torch.profiler: device busy time against wall time, kernels by kind
     multigpu VERSION [VARIANT]   medtune on one GPU or on `--nproc` GPUs (`--parallelism`), optionally each GPU capped
-                                 at `--cap-gib`: tokens/s, per-rank peaks, status ok/oom, the losses of the timed steps
+                                 at `--memory-cap`: tokens/s, per-rank peaks, status ok/oom, the losses of the timed steps
+    memory VERSION [VARIANT]     one stack (`--stack`) under a per-process cap (`--memory-cap`): status ok/oom, peak,
+                                 tokens/s; for medtune also the memory plan (`speed.memory_budget: auto`) and its prediction
     report                       the table from results.jsonl
+
+`--memory-cap GIB` caps every stage's process (medtune, unsloth, reference alike) through
+torch.cuda.set_per_process_memory_fraction before anything is allocated, as a GPU of that size would. A memory table
+runs each stack under each cap in its own process: `memory:STACK:SIZE:VERSION:capGIB[:VARIANT]`, e.g.
+
+    python bench/gpu_speed.py all --stages prepare:8b memory:medtune:8b:v1:cap24 memory:unsloth:8b:v1:cap24
 
 `--size` picks the Qwen3 size that `prepare` builds (1.7b, 4b, 8b, 14b, 32b) and `--nproc N` runs the medtune
 stages under torchrun on N GPUs (data parallel; the `fsdp` variant shards the decoder layers), e.g.
@@ -77,6 +85,12 @@ VARIANTS: dict[str, list[str]] = {
     "row_ckpt75": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.75"],
     "row_ckpt85": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.85"],
     "row_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=1.0"],
+    # the memory levers, for calibrating the memory model (model/memory.py): recomputed share and row size
+    "row_ckpt0": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.0"],
+    "row8k_ckpt50": ["speed.fused_lora=true", "speed.packed_row_tokens=8192", "speed.checkpoint_fraction=0.5"],
+    "row8k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=8192", "speed.checkpoint_fraction=1.0"],
+    "row4k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=4096", "speed.checkpoint_fraction=1.0"],
+    "row2k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=2048", "speed.checkpoint_fraction=1.0"],
     "per_sample": ["speed.packed_attention=per_sample", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
     "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
 }
@@ -221,6 +235,18 @@ def speed_record(args, stack: str, version: str, variant: str, timing: dict[str,
             "model_tflops_per_step": flops / timing["timed_steps"] / 1e12, "mfu": mfu, "versions": versions(), **extra}
 
 
+def cap_memory(args: argparse.Namespace, device_index: int = 0) -> bool:
+    """`--memory-cap`: this process may reserve at most that much GPU memory (call before anything is allocated).
+    Returns whether a cap was set: on a CPU it is ignored (and recorded so)."""
+    import torch
+
+    if not args.memory_cap or not torch.cuda.is_available():
+        return False
+    total = torch.cuda.get_device_properties(device_index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap * 2**30 / total), device_index)
+    return True
+
+
 # ---- (a) the reference stack -------------------------------------------------------------------
 def reference_model(cfg, args: argparse.Namespace, dropout: float):
     """transformers + PEFT + bitsandbytes NF4 (double quant, bf16 compute), prepare_model_for_kbit_training with
@@ -291,8 +317,8 @@ def optimizer_for(params, cfg):
     return torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
 
 
-def loop_stack(args: argparse.Namespace, stack: str, model, cfg, tokenizer, train_set, config) -> None:
-    """(a) and (c): the same Trainer-style loop around their own model."""
+def loop_step(model, cfg, tokenizer):
+    """(a) and (c): one step of the same Trainer-style loop around their own model."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -305,20 +331,31 @@ def loop_stack(args: argparse.Namespace, stack: str, model, cfg, tokenizer, trai
         optimizer.zero_grad(set_to_none=True)
 
     model.train()
-    timing = timed_steps(run_step, train_set, cfg.train.seed, args.warmup, args.steps)
+    return run_step
+
+
+def loop_stack(args: argparse.Namespace, stack: str, model, cfg, tokenizer, train_set, config) -> None:
+    timing = timed_steps(loop_step(model, cfg, tokenizer), train_set, cfg.train.seed, args.warmup, args.steps)
     emit(args, speed_record(args, stack, args.version, "default", timing, cfg, config))
 
 
-def stage_reference(args: argparse.Namespace) -> None:
+def reference_stack(args: argparse.Namespace):
+    """(model, cfg, tokenizer, training set, model config) of (a)."""
     cfg = run_config(args.version, args)
     tokenizer, train_set = workload(cfg)
     model = reference_model(cfg, args, cfg.lora.dropout)
-    loop_stack(args, "reference", model, cfg, tokenizer, train_set, model.get_base_model().config)
+    return model, cfg, tokenizer, train_set, model.get_base_model().config
+
+
+def stage_reference(args: argparse.Namespace) -> None:
+    cap_memory(args)
+    model, cfg, tokenizer, train_set, config = reference_stack(args)
+    loop_stack(args, "reference", model, cfg, tokenizer, train_set, config)
 
 
 # ---- (c) unsloth -------------------------------------------------------------------------------
-def stage_unsloth(args: argparse.Namespace) -> None:
-    import unsloth  # noqa: F401  (first: it patches transformers, peft and bitsandbytes on import)
+def unsloth_stack(args: argparse.Namespace):
+    """(model, cfg, tokenizer, training set, model config) of (c); the caller imported unsloth first."""
     import torch
     from unsloth import FastLanguageModel
 
@@ -329,7 +366,14 @@ def stage_unsloth(args: argparse.Namespace) -> None:
         model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules),
         modules_to_save=list(cfg.lora.modules_to_save) or None, use_gradient_checkpointing="unsloth", bias="none", random_state=cfg.train.seed)
     tokenizer, train_set = workload(cfg)
-    loop_stack(args, "unsloth", model, cfg, tokenizer, train_set, model.config)
+    return model, cfg, tokenizer, train_set, model.config
+
+
+def stage_unsloth(args: argparse.Namespace) -> None:
+    import unsloth  # noqa: F401  (first: it patches transformers, peft and bitsandbytes on import)
+
+    cap_memory(args)
+    loop_stack(args, "unsloth", *unsloth_stack(args))
 
 
 # ---- (b) medtune -------------------------------------------------------------------------------
@@ -351,6 +395,7 @@ def stage_medtune(args: argparse.Namespace) -> None:
 
     import torch
 
+    cap_memory(args)
     for variant in args.variants or ["auto"]:
         started = time.perf_counter()
         recipe = medtune_recipe(args.version, args, *VARIANTS[variant])
@@ -371,7 +416,7 @@ def stage_medtune(args: argparse.Namespace) -> None:
 
 def stage_multigpu(args: argparse.Namespace) -> None:
     """One setting on one GPU (`--parallelism none`) or under torchrun (`ddp`, `fsdp`), each GPU optionally capped at
-    `--cap-gib` for the whole process (loading included) through torch's per-process memory fraction.
+    `--memory-cap` for the whole process (loading included) through torch's per-process memory fraction.
 
     Rank 0 records tokens/s of the whole step, every rank's peak and the loss of each timed step (the same for any
     process count: the step's math does not depend on it). A rank that runs out of memory records `status: oom`
@@ -384,11 +429,9 @@ def stage_multigpu(args: argparse.Namespace) -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local_rank)
-        if args.cap_gib:
-            total = torch.cuda.get_device_properties(local_rank).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib * 2**30 / total), local_rank)
+        cap_memory(args, local_rank)
     record = {"kind": "multigpu", "version": args.version, "variant": variant, "size": args.size, "parallelism": args.parallelism,
-              "processes": int(os.environ.get("WORLD_SIZE", "1")), "cap_gib": args.cap_gib, "overrides": VARIANTS[variant]}
+              "processes": int(os.environ.get("WORLD_SIZE", "1")), "cap_gib": args.memory_cap, "overrides": VARIANTS[variant]}
     parallelism = ["train.parallelism=fsdp"] if args.parallelism == "fsdp" else []
     losses: list[float] = []
     try:
@@ -419,6 +462,42 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         emit(args, {**speed_record(args, "medtune", args.version, variant, timing, recipe.cfg, config), **record, "status": "ok",
                     **per_rank, "losses": losses[args.warmup:], "setup_s": setup_s, "plan": recipe.speed_plan.as_dict()})
     recipe.cleanup()
+
+
+def stage_memory(args: argparse.Namespace) -> None:
+    """One stack (`--stack`) under `--memory-cap`: loading, warm-up and timed steps all under the cap. An out-of-memory
+    error anywhere is recorded as `status: oom` with the peak reached, not a failed stage. medtune runs its defaults
+    (`speed.memory_budget: auto` plans for the capped device) and records the plan and its predicted peak."""
+    if args.stack == "unsloth":
+        import unsloth  # noqa: F401  (first: it patches transformers, peft and bitsandbytes on import)
+    import torch
+
+    variant = args.variants[0] if args.variants else "auto"
+    capped = cap_memory(args)
+    record: dict[str, Any] = {"kind": "memory", "stack": args.stack, "size": args.size, "version": args.version, "variant": variant,
+                              "cap_gib": args.memory_cap, "cap_applied": capped,
+                              **({} if capped or not args.memory_cap else {"note": "cap ignored: no GPU"})}
+    try:
+        if args.stack == "medtune":
+            recipe = medtune_recipe(args.version, args, *VARIANTS[variant])
+            record.update(predicted_peak_gib=recipe.memory_plan.predicted_peak_gib, plan=recipe.memory_plan.as_dict(),
+                          speed=recipe.speed_plan.as_dict())
+            run_step, train_set, cfg, config = recipe.train_step, recipe.train_set, recipe.cfg, recipe.model.get_base_model().config
+        else:
+            model, cfg, tokenizer, train_set, config = (unsloth_stack if args.stack == "unsloth" else reference_stack)(args)
+            run_step = loop_step(model, cfg, tokenizer)
+        timing = timed_steps(run_step, train_set, cfg.train.seed, args.warmup, args.steps)
+    except torch.OutOfMemoryError as error:
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        emit(args, {**record, "status": "oom", "peak_gib": peak, "tokens_per_s": None, "message": str(error).splitlines()[0]})
+        return
+    except Exception as error:  # medtune's plan that cannot fit the cap stops before training: recorded, not a crash
+        if type(error).__name__ != "MemoryBudgetError":
+            raise
+        emit(args, {**record, "status": "does not fit", "peak_gib": None, "tokens_per_s": None, "message": str(error)})
+        return
+    emit(args, {**speed_record(args, args.stack, args.version, variant, timing, cfg, config), **record, "status": "ok",
+                "peak_gib": timing.get("peak_gib"), "peak_reserved_gib": timing.get("peak_reserved_gib")})
 
 
 KERNEL_KINDS = [  # first match wins; lower-case substrings of kernel names
@@ -707,6 +786,7 @@ def report(records: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['version']} | {r['variant']} | {r['tokens']:,} | {r['wall_s']:.3f} | {r['device_busy_s']:.3f} | "
                          f"{1 - r['device_busy_s'] / r['wall_s']:.0%} | {r['kernels']:,} | {kinds} |")
     lines += multigpu_report([r for r in records if r["kind"] == "multigpu"])
+    lines += memory_report([r for r in records if r["kind"] == "memory"])
     errors = [r for r in records if r["kind"] == "error"]
     lines += [f"\nstage failed: {r['stage']} ({r['message']})" for r in errors]
     return "\n".join(lines)
@@ -742,6 +822,26 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def memory_report(records: list[dict[str, Any]]) -> list[str]:
+    """Stack x size/version x cap: status, peak, tokens/s, and medtune's predicted peak and the levers its plan set."""
+    if not records:
+        return []
+    lines = ["\nunder a per-process memory cap: status, peak GiB allocated / reserved (timed steps; at the failure for oom), "
+             "tokens/s, medtune's prediction and plan",
+             "| size | version | cap GiB | stack | status | peak GiB | tokens/s | predicted GiB | levers planned |",
+             "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- |"]
+    order = {stack: index for index, stack in enumerate(STACKS)}
+    for r in sorted(records, key=lambda r: (r["size"], r["version"], -(r["cap_gib"] or 0), order[r["stack"]])):
+        peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f}" + (
+            f" / {r['peak_reserved_gib']:.1f}" if r.get("peak_reserved_gib") is not None else "")
+        cap = f"{r['cap_gib']:g}" + ("" if r.get("cap_applied") else " (not applied)") if r["cap_gib"] else "-"
+        levers = ", ".join(f"{change['lever']} {change['value']}" for change in (r.get("plan") or {}).get("levers", [])) or "-"
+        predicted = f"{r['predicted_peak_gib']:.1f}" if r.get("predicted_peak_gib") is not None else "-"
+        speed = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "-"
+        lines.append(f"| {r['size']} | {r['version']} | {cap} | {STACKS[r['stack']]} | {r['status']} | {peak} | {speed} | {predicted} | {levers} |")
+    return lines
+
+
 # ---- orchestration -----------------------------------------------------------------------------
 DEFAULT_STAGES = ["prepare", "medtune:v2:auto,row_ckpt85,row_ckpt100,auto", "unsloth:v2", "reference:v2", "medtune:v1:auto,row_ckpt85,row_ckpt100,auto",
                   "unsloth:v1", "reference:v1", "check:v1", "check:v2", "head", "medtune:v2:before,+varlen,+bf16,+liger,peft_lora,peft_row"]
@@ -760,11 +860,21 @@ def expand_stages(stages: list[str], nproc: int) -> list[str]:
 
 
 def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[str]:
-    """The command line of one stage: `name:version:variant,...`, `prepare:SIZE`, or
-    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT]` (torchrun with --nproc processes unless PARALLELISM is none)."""
+    """The command line of one stage: `name:version:variant,...`, `prepare:SIZE`,
+    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT]` (torchrun with --nproc processes unless PARALLELISM is none),
+    or `memory:STACK:SIZE:VERSION:capGIB[:VARIANT]`. `--memory-cap` goes to every stage but prepare and report."""
     size, parallelism, options = args.size, "none", []
+    if args.memory_cap and name not in ("prepare", "report"):
+        options = ["--memory-cap", str(args.memory_cap)]
     if name == "prepare" and rest:
         size, rest = rest[0], []
+    if name == "memory":
+        if len(rest) < 4 or rest[0] not in STACKS or not rest[3].startswith("cap"):
+            raise SystemExit(f"stage memory:{':'.join(rest)}: expected memory:STACK:SIZE:VERSION:capGIB[:VARIANT], STACK one of "
+                             f"{', '.join(STACKS)}")
+        stack, size, version, cap, *variants = rest
+        options = ["--stack", stack, "--memory-cap", cap.removeprefix("cap")]
+        rest = [version, *variants]
     if name == "multigpu":
         if len(rest) < 3 or rest[2] not in PARALLELISMS:
             raise SystemExit(f"stage multigpu:{':'.join(rest)}: expected multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT], "
@@ -772,7 +882,7 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
         size, version, parallelism, *more = rest
         caps = [part.removeprefix("cap") for part in more if part.startswith("cap")]
         variants = [part for part in more if not part.startswith("cap")]
-        options = ["--parallelism", parallelism, *(["--cap-gib", caps[0]] if caps else [])]
+        options = ["--parallelism", parallelism, *(["--memory-cap", caps[0]] if caps else [])]
         rest = [version, *variants]
     distributed = args.nproc > 1 and (name == "medtune" or parallelism != "none")
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"] if distributed else [])
@@ -791,7 +901,7 @@ def stage_all(args: argparse.Namespace) -> None:
             continue
         command = stage_command(name, rest, args)
         env = dict(os.environ)
-        if name == "unsloth" and args.unsloth_site:
+        if (name == "unsloth" or name == "memory" and rest[0] == "unsloth") and args.unsloth_site:
             env["PYTHONPATH"] = os.pathsep.join([args.unsloth_site, env.get("PYTHONPATH", "")])
         print(f"\n=== {stage} ({left:.0f} s left)", flush=True)
         started = time.monotonic()
@@ -807,7 +917,8 @@ def stage_all(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["all", "prepare", "check", "reference", "medtune", "unsloth", "head", "profile", "multigpu", "report"])
+    parser.add_argument("stage", choices=["all", "prepare", "check", "reference", "medtune", "unsloth", "head", "profile", "multigpu", "memory",
+                                          "report"])
     parser.add_argument("version", nargs="?", choices=["v1", "v2"])
     parser.add_argument("variants", nargs="*", help=f"medtune variants, in order: {', '.join(VARIANTS)} (default auto)")
     parser.add_argument("--work", default="/tmp/medtune-bench", help="model and run folders")
@@ -821,14 +932,16 @@ def main() -> None:
     parser.add_argument("--size", choices=list(QWEN3_SIZES), default="1.7b", help="Qwen3 size built by `prepare` and trained by the stages")
     parser.add_argument("--nproc", type=int, default=1, help="for `all`: medtune stages run under torchrun with this many processes (GPUs)")
     parser.add_argument("--parallelism", choices=PARALLELISMS, default="none", help="for `multigpu`: one process, or DDP / FSDP under torchrun")
-    parser.add_argument("--cap-gib", type=float, help="for `multigpu`: each process may use at most this much GPU memory")
+    parser.add_argument("--memory-cap", "--cap-gib", dest="memory_cap", type=float, metavar="GIB",
+                        help="each stage's process may reserve at most this much GPU memory (ignored on CPU)")
+    parser.add_argument("--stack", choices=list(STACKS), default="medtune", help="for `memory`: the stack to run under the cap")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.stage == "report":
         print(report(read_results(Path(args.out) / "results.jsonl")))
         return
-    if args.stage in ("check", "reference", "medtune", "unsloth", "profile", "multigpu") and args.version is None:
+    if args.stage in ("check", "reference", "medtune", "unsloth", "profile", "multigpu", "memory") and args.version is None:
         parser.error(f"{args.stage} needs a version: v1 or v2")
     if unknown := set(args.variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")

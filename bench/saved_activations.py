@@ -30,7 +30,7 @@ def saved_bytes_per_token_layer(fused: bool, tokens: int, layers: int) -> float:
     model.save_pretrained("/tmp/medtune-saved-activations")
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
     model = Qwen3ForCausalLM.from_pretrained("/tmp/medtune-saved-activations", quantization_config=quant, device_map={"": "cpu"})
-    peft_model = apply_lora(model, LoraConfig(r=64, alpha=16, dropout=0.1), gradient_checkpointing=False)
+    peft_model = apply_lora(model, LoraConfig(r=64, alpha=16, dropout=0.1))
     if fused:
         install_fused_lora(peft_model)
     peft_model.train()

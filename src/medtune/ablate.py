@@ -20,7 +20,7 @@ from medtune.config import (
     DEFAULT_SEED, ConfigError, RunConfig, _Strict, compose, dump_config, read_yaml_mapping, validate,
 )
 from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS, Language
-from medtune.train.checkpoint import run_complete
+from medtune.run_folder import RunFolder
 
 console = Console(stderr=True)
 DEFAULT_EXPERIMENT = Path("experiments/quickstart.yaml")
@@ -67,11 +67,15 @@ class PlannedRun:
     def run_dir(self) -> Path:
         return self.config.run_dir()
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
     def status(self) -> str:
         """complete / resume / new, read from the run folder."""
-        if run_complete(self.run_dir):
+        if self.folder.run_complete():
             return "complete"
-        return "resume" if (self.run_dir / "config.resolved.yaml").exists() else "new"
+        return "resume" if self.folder.config.exists() else "new"
 
 
 def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
@@ -101,7 +105,7 @@ def plan_runs(experiment: Experiment, root: Path, seeds: list[int] | None = None
 
 def check_unchanged(run: PlannedRun) -> None:
     """A run folder trained with another config must not be silently continued or counted as done."""
-    stored = run.run_dir / "config.resolved.yaml"
+    stored = run.folder.config
     if stored.exists() and stored.read_text(encoding="utf-8") != dump_config(run.config):
         raise ConfigError(f"{stored}: this run was started with a different config; delete the folder or rename the "
                           "experiment's output_dir to train it afresh")
@@ -138,12 +142,12 @@ def train_in_processes(pending: list[PlannedRun], gpus: int, runs_per_gpu: int) 
             run.run_dir.mkdir(parents=True, exist_ok=True)
             config_file = run.run_dir.parent / f".{run.config.run_name}.requested.yaml"
             config_file.write_text(dump_config(run.config), encoding="utf-8")
-            console.print(f"GPU {device}: {run.config.run_name} (log: {run.run_dir / 'train.log'})")
-            with (run.run_dir / "train.log").open("a", encoding="utf-8") as log:
+            console.print(f"GPU {device}: {run.config.run_name} (log: {run.folder.train_log})")
+            with run.folder.train_log.open("a", encoding="utf-8") as log:
                 done = subprocess.run([sys.executable, "-m", "medtune.cli", "train", str(config_file), "--resume"],
                                       stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(device)})
             if done.returncode != 0:
-                failures.append(f"{run.config.run_name} failed (exit {done.returncode}); see {run.run_dir / 'train.log'}")
+                failures.append(f"{run.config.run_name} failed (exit {done.returncode}); see {run.folder.train_log}")
 
     slots = min(gpus * runs_per_gpu, len(pending))
     threads = [threading.Thread(target=worker, args=(slot % gpus,)) for slot in range(slots)]
@@ -173,7 +177,7 @@ def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overr
                    runs_per_gpu: int | None = None) -> dict[str, Any]:
     """Train what is missing, then write the report; returns the report's summary."""
     from medtune.model.load import model_source
-    from medtune.report.build import build_report
+    from medtune.report.build import HTML_FILE, MARKDOWN_FILE, build_report
     from medtune.train.recipe import run as train_run
 
     experiment, root = load_experiment(path)
@@ -196,7 +200,7 @@ def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overr
     summary = build_report([(run.version, run.run_dir) for run in planned], baseline=experiment.baseline,
                            steps=experiment.report.steps, lang=experiment.report.lang, out_dir=report_dir,
                            phases=experiment.report.phases, made_by="ablate")
-    console.print(f"report: {report_dir / 'report.md'} and {report_dir / 'report.html'}")
+    console.print(f"report: {report_dir / MARKDOWN_FILE} and {report_dir / HTML_FILE}")
     return summary
 
 

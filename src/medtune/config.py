@@ -231,6 +231,17 @@ class TrainConfig(_Strict):
         return "paged_adamw_8bit" if device_type == "cuda" and not fsdp else "adamw"
 
 
+MEMORY_SIZE_UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_memory_size(text: str) -> int:
+    """`20GiB`, `8GB`, `512MiB`, `1.5 GiB` -> bytes; anything else (no unit, another unit, zero) is a ValueError."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*", text)
+    if match is None or match.group(2) not in MEMORY_SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"expected a size such as 20GiB, 8GB or 512MiB (units: {', '.join(MEMORY_SIZE_UNITS)}), got {text!r}")
+    return int(float(match.group(1)) * MEMORY_SIZE_UNITS[match.group(2)])
+
+
 class SpeedConfig(_Strict):
     """GPU speed levers (`model/speed.py`). None changes the math; each falls back cleanly where it is unsupported."""
 
@@ -268,6 +279,25 @@ class SpeedConfig(_Strict):
         "dequantized in one kernel, and only the dropout mask kept for the backward pass instead of a dropped-out copy of "
         "the input. Same math as PEFT's forward; any device. false = PEFT's own forward.",
     )
+    memory_budget: str = Field(
+        "auto", description="GPU memory training plans to fit (model/memory_plan.py): auto = the device's free memory "
+        "(within a per-process cap, if one is set) less a margin, or a size such as 20GiB, 8GB, 512MiB. Levers not set "
+        "explicitly are changed, cheapest first, until the predicted peak fits; a run that cannot fit stops before "
+        "training. No planning on CPU.",
+    )
+    offload_activations: bool | Literal["auto"] = Field(
+        "auto", description="Move the tensors decoder layers save for the backward pass (with every layer recomputed: "
+        "just their inputs) to pinned host memory in the forward pass and back in the backward pass, copied on a "
+        "side stream (model/offload.py). auto = only when the memory plan needs it.",
+    )
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget_is_auto_or_a_size(cls, value: Any) -> str:
+        """A bare number is refused with the units, not read as bytes or GiB."""
+        if value != "auto":
+            parse_memory_size(str(value))
+        return value
 
 
 class RunConfig(_Strict):
@@ -307,18 +337,19 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def read_yaml_mapping(path: Path, kind: str = "config") -> dict[str, Any]:
-    """A YAML file whose top level is a mapping; every failure is a ConfigError naming the file."""
+def read_yaml_mapping(path: Path, kind: str = "config", error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (a config, an experiment, a run's or a tracker's config); every
+    failure is an `error` naming the file, so each reader keeps its own exit code."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: {kind} file not found") from None
+        raise error(f"{path}: {kind} file not found") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        raise error(f"{path}: invalid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+        raise error(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 

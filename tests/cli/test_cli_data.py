@@ -1,4 +1,5 @@
-"""`medtune data stats`: tables a person reads, every count backed by the rows behind it; --json for scripts."""
+"""`medtune data stats`: tables a person reads, every count backed by the rows behind it; --json for scripts.
+`medtune data preview`: a panel per sample, masks shown with the terms they hide."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import re
 from typer.testing import CliRunner
 
 from medtune.cli import app
+from medtune.cli.data import PREVIEW_LEGEND, highlight_masks
+from medtune.config import AugmentConfig
+from medtune.data.augment import Augmenter
+from medtune.data.formats import Sample
+from medtune.data.lexicon import Lexicon
 from tests.conftest import CONFIGS
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -47,3 +53,27 @@ def test_preview_masked_only_needs_the_augmentation(short_rows_file):
     on = runner.invoke(app, [*args, str(CONFIGS / "v3.yaml"), "--masked-only", "--set", "augment.probability=1.0"])
     assert on.exit_code == 0, on.output
     assert on.output.count("masked terms:") == 1
+
+
+def test_preview_shows_a_panel_per_sample_with_its_masks(short_rows_file):
+    args = ["data", "preview", str(CONFIGS / "v3.yaml"), "--overlay", str(CONFIGS / "tiny.yaml"),
+            "--set", f"data.train={short_rows_file}", "--set", "augment.probability=0.3",
+            "--set", "augment.fields=[question,think,answer]"]
+    every = runner.invoke(app, [*args, "--n", "8"])
+    masked = runner.invoke(app, [*args, "--n", "2", "--masked-only"])
+    assert every.exit_code == 0 and masked.exit_code == 0, every.output + masked.output
+    assert every.output.startswith(PREVIEW_LEGEND[:40]) and every.output.count("tokens ·") == 8
+    assert every.output.count("masked terms:") < 8, "some samples of the plain preview are unmasked"
+    assert masked.output.count("masked terms:") == masked.output.count("tokens ·") == 2
+    all_of_them = runner.invoke(app, [*args, "--n", "100", "--masked-only"])
+    assert re.search(r"^\d+ of the \d+ samples of epoch 0 have masked terms$", all_of_them.output, re.MULTILINE)
+
+
+def test_highlight_shows_each_mask_and_the_term_it_hides():
+    sample = Sample(question="头痛三天", think="考虑头痛", answer="头痛合并发热时，阿司匹林可退热。", source="hand-made:1")
+    lexicon = Lexicon({"头痛": "symptom", "阿司匹林": "drug"}, "test")
+    augmenter = Augmenter(AugmentConfig(enabled=True, probability=1.0, fields=["answer"]), lexicon, seed=7)
+    masked, terms = augmenter.apply(sample, epoch=0, index=0)
+    assert terms, "the sample must have a masked term"
+    plain = highlight_masks(masked, terms).plain
+    assert plain.startswith("answer: ") and all(f"{t.replacement}«{t.term}»" in plain for t in terms)

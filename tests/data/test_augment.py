@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -16,9 +17,10 @@ from pydantic import ValidationError
 
 from medtune.config import AugmentConfig
 from medtune.data.augment import Augmenter, AugmentStats, MaskedTerm
-from medtune.data.preview import highlight_masks
+from medtune.data.batching import TrainingSet
 from medtune.data.formats import Sample
 from medtune.data.lexicon import Lexicon, load_lexicon
+from medtune.data.render import Encoded
 
 LEXICON = Lexicon({"头痛": "symptom", "发热": "symptom", "阿司匹林": "drug", "脑电图": "examination", "偏头痛": "disease"}, "test")
 SAMPLE = Sample(
@@ -269,10 +271,37 @@ def test_stats_summarise_each_epoch_and_survive_a_state_round_trip():
         restored.load_state_dict({"epochs": [{"epoch": 0}]})
 
 
-def test_highlight_shows_each_mask_and_the_term_it_hides():
-    masked, terms = augmenter(probability=1.0, fields=["answer"]).apply(SAMPLE, 0, 0)
-    plain = highlight_masks(masked, terms).plain
-    assert plain.startswith("answer: ") and all(f"{t.replacement}«{t.term}»" in plain for t in terms)
+def test_the_training_set_counts_what_it_draws_and_checkpoints_its_counts():
+    """Drawn samples are counted per epoch; the counts travel in the set's state_dict, and an unaugmented set
+    answers None for each summary and ignores a checkpoint's counts."""
+    samples = [SAMPLE, dataclasses.replace(SAMPLE, source="hand-made:2")]
+
+    def encode(sample: Sample) -> Encoded:
+        ids = [ord(character) for character in sample.answer]  # the answer's text itself, masks included
+        return Encoded(ids, ids, [2] * len(ids))
+
+    def training_set(augment: Augmenter | None) -> TrainingSet:
+        return TrainingSet(samples, [encode(sample) for sample in samples], encode, augment.apply if augment else None)
+
+    augmented = training_set(augmenter(probability=1.0, fields=["answer"]))
+    positions = [(0, 0), (0, 1), (1, 1)]
+    items = augmented.draw(positions)
+    assert items == [encode(augmented.augment(samples[index], epoch, index)[0]) for epoch, index in positions]
+    assert items[0] != augmented.encoded[0], "the drawn sample is the augmented one"
+    assert [augmented.augmentation_epoch(epoch)["samples"] for epoch in (0, 1)] == [2, 1]
+    assert augmented.augmentation_summary() == {"epochs": [augmented.augmentation_epoch(epoch) for epoch in (0, 1)]}
+
+    resumed = training_set(augmenter(probability=1.0, fields=["answer"]))
+    resumed.load_state_dict(json.loads(json.dumps(augmented.state_dict())))
+    assert resumed.augmentation_summary() == augmented.augmentation_summary()
+    with pytest.raises(ValueError, match="augmentation stats in the checkpoint are malformed"):
+        resumed.load_state_dict({})  # augmentation on, but the checkpoint holds no counts
+
+    plain = training_set(None)
+    assert plain.draw([(0, 1), (0, 0)]) == [plain.encoded[1], plain.encoded[0]]
+    assert plain.augmentation_epoch(0) is None and plain.augmentation_summary() is None
+    plain.load_state_dict(augmented.state_dict())
+    assert plain.state_dict() == {"augment_stats": None} and plain.augmentation_summary() is None
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,13 @@
-"""`data preview`: whole characters in the token view, and the masked-only view of the augmentation."""
+"""`data preview`'s choice of samples: whole characters per token, and the masked-only view of the augmentation."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from medtune.config import ConfigError
-from medtune.data.preview import preview, token_pieces
+from medtune.data.preview import preview_samples, token_pieces
 from tests.conftest import tiny_config
 
 
@@ -25,23 +24,22 @@ def test_characters_split_across_tokens_are_shown_whole(tokenizer):
     assert not any("\ufffd" in piece for piece in pieces)
 
 
-def _render(cfg, tokenizer, **kwargs) -> str:
-    console = Console(record=True, width=200, color_system=None)
-    preview(cfg, tokenizer, console=console, **kwargs)
-    return console.export_text()
-
-
 def test_masked_only_shows_only_masked_samples(tmp_path: Path, short_rows_file: Path, tokenizer):
-    cfg = tiny_config("v3", tmp_path, short_rows_file, "augment.probability=0.3", "augment.fields=[question,think,answer]")
+    cfg = tiny_config("v3", tmp_path, short_rows_file, "augment.probability=0.3",
+                      "augment.fields=[question,think,answer]")
 
-    every = _render(cfg, tokenizer, n=8, epoch=0)
-    masked = _render(cfg, tokenizer, n=2, epoch=0, masked_only=True)
+    every = preview_samples(cfg, tokenizer, n=8, epoch=0)
+    masked = preview_samples(cfg, tokenizer, n=2, epoch=0, masked_only=True)
 
-    assert every.count("masked terms:") < every.count("tokens ·"), "some samples of the plain preview are unmasked"
-    assert masked.count("masked terms:") == masked.count("tokens ·") == 2
+    assert len(every.samples) == 8 and every.epoch_size == 12
+    assert any(item.augmented is None and not item.masked_terms for item in every.samples), "some samples are unmasked"
+    assert len(masked.samples) == 2 and all(item.masked_terms and item.augmented for item in masked.samples)
+    first_masked = next(item for item in every.samples if item.masked_terms)
+    assert masked.samples[0] == first_masked, "the masked-only view skips, it does not draw anew"
+    assert first_masked.augmented != first_masked.sample
 
 
 def test_masked_only_needs_the_augmentation(tmp_path: Path, short_rows_file: Path, tokenizer):
     cfg = tiny_config("v1", tmp_path, short_rows_file)
     with pytest.raises(ConfigError, match="augment.enabled"):
-        preview(cfg, tokenizer, n=1, epoch=0, masked_only=True)
+        preview_samples(cfg, tokenizer, n=1, epoch=0, masked_only=True)

@@ -60,15 +60,22 @@ def test_read_questions_accepts_question_only_rows_and_medtune_formats(tmp_path,
     alpaca.write_text('{"instruction": "头痛怎么办？", "output": "多休息"}\n', encoding="utf-8")
     assert read_questions(alpaca, SYSTEM)[0].question == "头痛怎么办？"
     assert len(read_questions(short_rows_file, SYSTEM)) == 16
+    table = tmp_path / "q.csv"  # one reader for every file type: question-only rows are not a JSONL special case
+    table.write_text("question,system\n头痛怎么办？,\n发烧,你是儿科医生。\n", encoding="utf-8")
+    assert [(r.question, r.system, r.source) for r in read_questions(table, SYSTEM)] == [
+        ("头痛怎么办？", SYSTEM, "q.csv:2"), ("发烧", "你是儿科医生。", "q.csv:3")]
 
 
-def test_read_questions_names_file_line_and_field(tmp_path):
+@pytest.mark.parametrize("line, error", [
+    ('{"question": 3}', r"field 'question': wrong type"),
+    ('{"system": "你是儿科医生。", "think": ""}', r"field 'question': missing"),
+    ('{"text": "发烧"}', r"field '\(row\)': no known format \(keys: text\)"),
+    ('{"question": "咳嗽"', r"field '\(row\)': invalid JSON"),
+])
+def test_read_questions_names_file_line_and_field_as_the_data_reader_does(tmp_path, line, error):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "头痛"}\n{"question": 3}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'question': wrong type"):
-        read_questions(bad, SYSTEM)
-    bad.write_text('{"question": "头痛"}\n{"text": "发烧"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'question': missing"):
+    bad.write_text('{"question": "头痛"}\n' + line + '\n{"question": "发烧"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: " + error):
         read_questions(bad, SYSTEM)
 
 

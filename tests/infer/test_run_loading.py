@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medtune.infer.runs import RunNotFoundError, describe, load_for_inference, resolve_run
-from medtune.train.checkpoint import STATE_JSON_FILE
+from medtune.run_folder import STATE_JSON_FILE
 
 
 def test_missing_run_folder(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medtune.config import ModelConfig, QuantConfig, SpeedConfig, TrainConfig, load_config
+from medtune.config import ModelConfig, QuantConfig, SpeedConfig, load_config
 from medtune.data.batching import micro_batches
 from medtune.data.render import Encoded
 from medtune.model.load import apply_lora, load_base_model
@@ -15,12 +15,16 @@ from medtune.train.loss import causal_lm_loss_sums
 from tests.conftest import CONFIGS
 
 CPU = torch.device("cpu")
+TRAINING = {"packing": True, "gradient_checkpointing": True}  # the training defaults apply_speed is given
 
 
 def tiny_nf4_lora(dropout: float):
     loaded = load_base_model(ModelConfig(name_or_path="tiny"), QuantConfig(), CPU)
     cfg = load_config(CONFIGS / "v1.yaml", [f"lora.dropout={dropout}"], overlays=[CONFIGS / "tiny.yaml"])
-    model = apply_lora(loaded.model, cfg.lora, gradient_checkpointing=True)
+    model = apply_lora(loaded.model, cfg.lora)
+    # As under activation checkpointing in training: the layers' inputs need gradients, so bitsandbytes' CPU matmul
+    # is the dequantize-then-matmul one the fused function reproduces, not its lower-precision inference kernel.
+    model.get_base_model().enable_input_require_grads()
     torch.manual_seed(3)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # B starts at zero, which would hide A's gradient and the adapter's output
@@ -75,9 +79,9 @@ def test_backward_uses_the_forward_dropout_mask():
 
 def test_checkpoint_recompute_replays_the_dropout_mask(batch):
     model = tiny_nf4_lora(0.3)
-    apply_speed(model, SpeedConfig(checkpoint_fraction=0.0), TrainConfig(), CPU)
+    apply_speed(model, SpeedConfig(checkpoint_fraction=0.0), CPU, **TRAINING)
     kept_loss, kept = loss_and_grads(model, batch, seed=5)
-    apply_speed(model, SpeedConfig(checkpoint_fraction=1.0), TrainConfig(), CPU)
+    apply_speed(model, SpeedConfig(checkpoint_fraction=1.0), CPU, **TRAINING)
     recomputed_loss, recomputed = loss_and_grads(model, batch, seed=5)
     assert recomputed_loss == kept_loss
     for name, grad in kept.items():
@@ -101,7 +105,7 @@ def test_cached_block_scales_dequantize_as_bitsandbytes():
 def test_unquantized_base_keeps_its_own_matmul(batch):
     loaded = load_base_model(ModelConfig(name_or_path="tiny"), QuantConfig(mode="none"), CPU)
     cfg = load_config(CONFIGS / "v1.yaml", ["lora.dropout=0.0"], overlays=[CONFIGS / "tiny.yaml"])
-    model = apply_lora(loaded.model, cfg.lora, gradient_checkpointing=True)
+    model = apply_lora(loaded.model, cfg.lora)
     for name, param in model.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.05)

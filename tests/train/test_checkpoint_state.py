@@ -10,18 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from medtune.train.checkpoint import (
-    LEGACY_STATE_FILE,
-    STATE_JSON_FILE,
-    STATE_TENSORS_FILE,
-    CheckpointError,
-    list_checkpoints,
-    load_training_state,
-    resumable_checkpoint,
-    rng_state,
-    save_checkpoint,
-    save_training_state,
-)
+from medtune.run_folder import LEGACY_STATE_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, RunFolder
+from medtune.train.checkpoint import CheckpointError, load_training_state, rng_state, save_checkpoint, save_training_state
 
 
 def assert_same(a, b, where="state"):
@@ -121,13 +111,13 @@ def test_only_the_newest_checkpoint_keeps_its_training_state(tmp_path):
 
     for step in (2, 4, 6):
         save_checkpoint(tmp_path, step, write, keep_last=2)
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 6]
-    step, folder = resumable_checkpoint(tmp_path)
+    run = RunFolder(tmp_path)
+    assert [step for step, _ in run.list_checkpoints()] == [4, 6]
+    step, folder = run.resumable_checkpoint()
     assert step == 6 and (folder / STATE_TENSORS_FILE).exists()
-    older = list_checkpoints(tmp_path)[0][1]
+    older = run.list_checkpoints()[0][1]
     assert sorted(p.name for p in older.iterdir()) == ["adapter_model.safetensors"]
-    (tmp_path / "checkpoints" / "step-000008.tmp").mkdir()  # a checkpoint cut short by a crash is never resumed
-    assert resumable_checkpoint(tmp_path)[0] == 6
+    assert not any(tmp_path.rglob("*.tmp"))  # the staging folders were renamed into place
 
 
 def test_a_bitsandbytes_8bit_optimizer_resumes_exactly(tmp_path):

@@ -24,7 +24,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from medtune.config import ConfigError, ModelConfig, QuantConfig, RunConfig, dump_config
 from medtune.model.load import load_base_model
-from medtune.train.checkpoint import step_dir
+from medtune.run_folder import RunFolder
 from medtune.train.fsdp import full_optimizer_state, load_full_optimizer_state
 from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, run
@@ -87,7 +87,7 @@ def test_fsdp_two_processes_resume_a_single_process_run_and_train_what_it_trains
         assert a.get("eval_tokens") == b.get("eval_tokens")
     assert_same_adapter(single / "adapter", sharded / "adapter")
     # FSDP's checkpoint is a single process's: whole adapter tensors under PEFT's names
-    assert_same_adapter(step_dir(single, 2), step_dir(sharded, 2))
+    assert_same_adapter(RunFolder(single).checkpoint(2), RunFolder(sharded).checkpoint(2))
 
 
 def _optimizer_state_round_trip(rank: int, init_file: str) -> None:

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from medtune.data.batching import micro_batches
 from medtune.model.load import load_base_model
-from medtune.train.checkpoint import LEGACY_STATE_FILE, CheckpointError, list_checkpoints, step_dir
+from medtune.run_folder import LEGACY_STATE_FILE, RunFolder
+from medtune.train.checkpoint import CheckpointError
 from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, RunExistsError, run
 from tests.conftest import tiny_config
@@ -109,7 +110,7 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_f
         run(cfg)
     capsys.readouterr()
     resumed = run(cfg, resume=True)
-    assert f"resuming v1 from step 2 ({step_dir(resumed, 2)})" in capsys.readouterr().err
+    assert f"resuming v1 from step 2 ({RunFolder(resumed).checkpoint(2)})" in capsys.readouterr().err
     with pytest.raises(RunExistsError, match="holds a complete run .4 steps.: nothing to resume"):
         run(cfg, resume=True)
 
@@ -138,6 +139,18 @@ def test_v3_run_records_the_realised_augmentation_per_epoch(tmp_path, short_rows
     assert summary["augmentation"]["epochs"] == records
 
 
+def test_an_augmented_run_that_ends_with_an_epoch_logs_that_epoch_once(tmp_path, short_rows_file):
+    """12 train rows, 2 per step, one epoch: its record is logged at step 6, and the end adds none (there is no
+    epoch 1 to summarise)."""
+    cfg = tiny_config("v3", tmp_path, short_rows_file, "augment.probability=0.5", "train.max_steps=null", "train.epochs=1",
+                      "train.eval_steps=6", "train.save_steps=6", "train.logging_steps=6")
+    run_dir = run(cfg)
+    records = [(r["step"], r["augment"]) for r in read_metrics(run_dir) if "augment" in r]
+    assert [(step, record["epoch"], record["samples"]) for step, record in records] == [(6, 0, 12)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["augmentation"]["epochs"] == [records[0][1]]
+
+
 def test_ctrl_c_saves_the_step_it_stops_at_and_a_run_without_validation_rows_prints_no_eval_loss(tmp_path, short_rows_file,
                                                                                                monkeypatch, capsys):
     cfg = tiny_config("v1", tmp_path, short_rows_file, "data.val_fraction=0", "train.save_steps=10")
@@ -155,7 +168,7 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_a_run_without_validation_rows_pri
     assert "no validation rows" in err and "nan" not in err
     summary = json.loads((cfg.run_dir() / "summary.json").read_text())
     assert (summary["status"], summary["step"]) == ("interrupted", 1) and "last_eval" not in summary
-    assert [step for step, _ in list_checkpoints(cfg.run_dir())] == [1]
+    assert [step for step, _ in RunFolder(cfg.run_dir()).list_checkpoints()] == [1]
     assert not any("eval_loss" in record for record in read_metrics(cfg.run_dir()))
 
 
@@ -191,7 +204,7 @@ def test_resume_never_runs_a_pickled_training_state(tmp_path, short_rows_file):
             return os.system, (f"touch {marker}",)
 
     cfg = tiny_config("v1", tmp_path, short_rows_file)
-    folder = step_dir(cfg.run_dir(), 2)
+    folder = RunFolder(cfg.run_dir()).checkpoint(2)
     folder.mkdir(parents=True)
     (cfg.run_dir() / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
     torch.save({"step": 2, "optimizer": Exploit()}, folder / LEGACY_STATE_FILE)

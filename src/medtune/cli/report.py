@@ -42,10 +42,10 @@ def compare(
                                         help="Fractions of training that end the warmup and the early phase of the grad-norm analysis.")] = _PHASES,
 ) -> None:
     """Compare experiment versions: loss, eval loss, gradient stability, LR schedule, with seeds' statistics."""
-    from medtune.report.build import build_report, parse_name_option
+    from medtune.report.build import HTML_FILE, MARKDOWN_FILE, SUMMARY_FILE, build_report, parse_name_option
 
     specs = [*(runs or []), *(parse_name_option(item) for item in name or [])]
     summary = build_report(specs, baseline=baseline, out_dir=out, steps=_numbers(steps, int, "--steps") or None,
                            lang=lang.value, phases=_numbers(phases, float, "--phases"))
     versions = ", ".join(version["name"] for version in summary["versions"])
-    typer.echo(f"Compared {versions}: report in {out / 'report.md'} and {out / 'report.html'}, numbers in {out / 'summary.json'}")
+    typer.echo(f"Compared {versions}: report in {out / MARKDOWN_FILE} and {out / HTML_FILE}, numbers in {out / SUMMARY_FILE}")

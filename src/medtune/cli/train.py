@@ -25,14 +25,35 @@ def train(
     typer.echo(f"run complete: {run_dir}")
 
 
-def check(config: ConfigArg, set_: SetOpt = None, overlay: OverlayOpt = None, skip_bad_rows: SkipBadRowsOpt = False) -> None:
-    """Pre-flight check of a run: environment, run folder, data as training encodes it, schedule; exit 1 on errors."""
+def _memory_size(value: Optional[str]) -> Optional[str]:
+    from medtune.config import parse_memory_size
+
+    if value is not None:
+        try:
+            parse_memory_size(value)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+    return value
+
+
+def check(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    overlay: OverlayOpt = None,
+    skip_bad_rows: SkipBadRowsOpt = False,
+    gpu_memory: Annotated[Optional[str], typer.Option(
+        "--gpu-memory", metavar="SIZE", callback=_memory_size,
+        help="Predict the training peak on a GPU of this size (24GiB, 8GB) and plan the levers, without loading weights; "
+             "default: this machine's GPU, if any.")] = None,
+) -> None:
+    """Pre-flight check of a run: environment, run folder, data as training encodes it, schedule, GPU memory plan;
+    exit 1 on errors."""
     from rich.console import Console
     from rich.table import Table
 
     from medtune.train.preflight import preflight
 
-    findings = preflight(load_cli_config(config, overlay, set_), skip_bad_rows=skip_bad_rows)
+    findings = preflight(load_cli_config(config, overlay, set_), skip_bad_rows=skip_bad_rows, gpu_memory=gpu_memory)
     table = Table(title=f"medtune check {config}")
     for column in ("", "check", "finding"):
         table.add_column(column)

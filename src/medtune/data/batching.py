@@ -11,12 +11,16 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from medtune.data.augment import AugmentStats, MaskedTerm
 from medtune.data.formats import Sample
 from medtune.data.render import IGNORE_INDEX, SPAN_ANSWER, SPAN_THINK, Encoded
+
+AUGMENT_STATS_KEY = "augment_stats"  # in a checkpoint's training state
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -38,21 +42,58 @@ def step_positions(samples_consumed: int, count: int, n: int, seed: int) -> list
 
 @dataclass
 class TrainingSet:
-    """Training samples with their plain encodings; `encode_at` applies augmentation when there is one."""
+    """Training samples with their plain encodings and, when augmentation is on, the counts of what it masked.
+
+    `encode_at` applies the augmentation, a pure function of (epoch, index); `draw` does so for the samples a
+    run trains on and counts them, so the augmentation statistics belong to the set: it saves, restores and
+    summarises them, and answers None for each while augmentation is off.
+    """
 
     samples: list[Sample]
     encoded: list[Encoded]
     encode: Callable[[Sample], Encoded]
-    augment: Callable[[Sample, int, int], tuple[Sample, list]] | None = None
+    augment: Callable[[Sample, int, int], tuple[Sample, list[MaskedTerm]]] | None = None
+    augment_stats: AugmentStats | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.augment_stats = AugmentStats() if self.augment is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def encode_at(self, epoch: int, index: int) -> tuple[Encoded, list]:
+    def encode_at(self, epoch: int, index: int) -> tuple[Encoded, list[MaskedTerm]]:
         if self.augment is None:
             return self.encoded[index], []
         sample, masked_terms = self.augment(self.samples[index], epoch, index)
         return (self.encode(sample) if masked_terms else self.encoded[index]), masked_terms
+
+    def draw(self, positions: list[tuple[int, int]]) -> list[Encoded]:
+        """The samples at (epoch, index) positions (`step_positions`) as trained on, counted in the statistics."""
+        items = []
+        for epoch, index in positions:
+            encoded, masked_terms = self.encode_at(epoch, index)
+            if self.augment_stats is not None:
+                self.augment_stats.record(epoch, masked_terms)
+            items.append(encoded)
+        return items
+
+    def augmentation_epoch(self, epoch: int) -> dict[str, Any] | None:
+        """What the augmentation did in one epoch drawn (a metrics.jsonl record's `augment`)."""
+        return self.augment_stats.epoch_summary(epoch) if self.augment_stats is not None else None
+
+    def augmentation_summary(self) -> dict[str, Any] | None:
+        """What the augmentation did in every epoch drawn so far (summary.json's `augmentation`)."""
+        return self.augment_stats.state_dict() if self.augment_stats is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The set's part of a checkpoint's training state: the augmentation statistics (the draw order needs nothing
+        saved: it follows from the samples consumed)."""
+        return {AUGMENT_STATS_KEY: self.augmentation_summary()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from a checkpoint's training state (whose statistics are ignored while augmentation is off)."""
+        if self.augment_stats is not None:
+            self.augment_stats.load_state_dict(state.get(AUGMENT_STATS_KEY))
 
 
 def trained_token_counts(items: list[Encoded]) -> tuple[int, int, int]:

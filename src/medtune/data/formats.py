@@ -103,6 +103,7 @@ class RowRules:
     """Field -> the row's key or column (a list: several, joined with a newline); unnamed fields keep their name."""
     think: str = "required"
     literal_tags: str = "error"
+    answer: str = "required"
 
     def keys(self, field_name: str) -> list[str]:
         column = self.columns.get(field_name, field_name)
@@ -128,6 +129,7 @@ def read_samples(
     encoding: str = "utf-8",
     think: str = "required",
     literal_tags: str = "error",
+    answer: str = "required",
 ) -> ReadResult:
     """Read every row of a .jsonl, .json, .csv, .tsv or .parquet file into Samples.
 
@@ -141,6 +143,7 @@ def read_samples(
         encoding: of a text file; a file that is not in it gets an error naming the encoding it looks like.
         think: `optional` trains a row without reasoning with an empty think block; `required` rejects it.
         literal_tags: `text` keeps a chat-template tag inside a field (trained as characters); `error` rejects it.
+        answer: `optional` reads a question/think/answer row without an answer (a prompts file for generation).
 
     Raises:
         DataError: missing or unreadable file, unknown suffix, a file in another encoding, the first bad row
@@ -150,7 +153,7 @@ def read_samples(
         raise ValueError(f"unknown data format {format!r}; choose one of {', '.join(FORMATS)}")
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
-    rules = RowRules(system_prompt, dict(columns or {}), think, literal_tags)
+    rules = RowRules(system_prompt, dict(columns or {}), think, literal_tags, answer)
     path = Path(path)
     file = str(path)
     result = ReadResult(file=file, samples=[], skipped=[])
@@ -182,7 +185,7 @@ def read_samples(
 
 def resolve_data_path(spec: str) -> Path:
     """`medtune:<name>` is a file shipped with the package; `modelscope:<owner>/<name>[/<file>]` a data set
-    file fetched into the ModelScope cache (see `model.hub`); anything else is a path (`~` expanded)."""
+    file fetched into the ModelScope cache (see `hub.py`); anything else is a path (`~` expanded)."""
     if spec.startswith(MODELSCOPE_PREFIX):
         try:
             return modelscope_data_file(spec.removeprefix(MODELSCOPE_PREFIX), FILE_TYPES)
@@ -413,7 +416,7 @@ def _qta_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
         think = _field(row, "think", rules, required=rules.think == "required")
     except _RowProblem as problem:
         raise _RowProblem(problem.field, f"{problem.reason}; {_NO_THINK}") from None
-    answer = _field(row, "answer", rules, required=True)
+    answer = _field(row, "answer", rules, required=rules.answer == "required")
     system = _field(row, "system", rules, required=False) or rules.system_prompt
     return Sample(question=question, think=think, answer=answer, system=system), False
 

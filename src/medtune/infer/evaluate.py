@@ -28,8 +28,8 @@ from medtune.infer.generation import Reply
 from medtune.infer.generation_progress import generate_with_progress
 from medtune.infer.runs import AdapterRun, InferenceModel
 from medtune.infer.scores import reply_scores
+from medtune.run_folder import RunFolder, write_atomic, write_json
 from medtune.train.loss import summed_loss_over
-from medtune.train.metrics import write_atomic, write_json
 
 SCORES = ("bleu4", "rouge_l", "think_compliance", "term_recall")
 MASK_SEED = 0
@@ -128,9 +128,7 @@ def _reply_row(sample: Sample, reply: Reply, masked: bool) -> dict[str, Any]:
 
 def default_output(run: AdapterRun, with_adapter: bool) -> Path:
     """eval.json for the final adapter, eval.step-000400.json for a checkpoint, eval.base.json without adapter."""
-    if not with_adapter:
-        return run.output_dir / "eval.base.json"
-    return run.output_dir / ("eval.json" if run.checkpoint == "adapter" else f"eval.{run.checkpoint}.json")
+    return RunFolder(run.output_dir).evaluation(run.checkpoint if with_adapter else None)
 
 
 def run_eval(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_size: int, output: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from medtune.infer.decoding import Decoding
 from medtune.infer.merge import MERGE_FACTS_FILE, merged_model
 from medtune.infer.runs import AdapterRun, resolve_run
 from medtune.model.tiny import is_random_weights
-from medtune.train.metrics import write_atomic
+from medtune.run_folder import ADAPTER_DIR, is_adapter_folder, write_atomic
 
 QUANT_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
 FILE_TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
@@ -80,7 +80,7 @@ class ExportSource:
 
 def is_model_folder(path: Path) -> bool:
     """A merged (or any transformers) model folder rather than a run or adapter folder."""
-    return (path / "config.json").is_file() and not (path / "adapter_config.json").is_file()
+    return (path / "config.json").is_file() and not is_adapter_folder(path)
 
 
 def merge_facts(path: Path) -> dict:
@@ -100,7 +100,7 @@ def load_model_folder(path: Path) -> ExportSource:
 
 def run_model_name(run: AdapterRun) -> str:
     """The name a run's model goes by (GGUF general.name, the served model id): the run, plus the checkpoint if not final."""
-    return run.output_dir.name if run.checkpoint == "adapter" else f"{run.output_dir.name}-{run.checkpoint}"
+    return run.output_dir.name if run.checkpoint == ADAPTER_DIR else f"{run.output_dir.name}-{run.checkpoint}"
 
 
 def load_source(path: Path, checkpoint: int | None = None) -> ExportSource:

@@ -17,10 +17,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medtune.config import ConfigError, ModelConfig, QuantConfig, RunConfig, load_config
 from medtune.model.load import default_device, load_adapter, load_base_model
-from medtune.train.checkpoint import list_checkpoints, step_dir
+from medtune.run_folder import ADAPTER_CONFIG_FILE, ADAPTER_DIR, ADAPTER_FACTS_FILE, CONFIG_FILE, RunFolder, is_adapter_folder
 
-FACTS_FILE = "medtune_adapter.json"
-CONFIG_FILE = "config.resolved.yaml"
 RANDOM_WEIGHTS_WARNING = "random weights (offline tiny model): outputs are noise and show only that the pipeline works"
 
 
@@ -63,12 +61,8 @@ class InferenceModel:
         return next(self.model.parameters()).device
 
 
-def _is_adapter_dir(folder: Path) -> bool:
-    return (folder / "adapter_config.json").is_file()
-
-
 def _checkpoint_steps(run_dir: Path) -> str:
-    steps = [str(step) for step, _ in list_checkpoints(run_dir)]
+    steps = [str(step) for step, _ in RunFolder(run_dir).list_checkpoints()]
     return ", ".join(steps) if steps else "none"
 
 
@@ -82,24 +76,25 @@ def resolve_run(path: str | Path, checkpoint: int | None = None) -> AdapterRun:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise RunNotFoundError(f"{path}: no such run folder or adapter folder")
+    run_folder = RunFolder(path)
     if checkpoint is not None:
-        folder = step_dir(path, checkpoint)
-        if not _is_adapter_dir(folder):
+        folder = run_folder.checkpoint(checkpoint)
+        if not is_adapter_folder(folder):
             raise RunNotFoundError(f"{path}: no checkpoint at step {checkpoint}; saved steps: {_checkpoint_steps(path)}")
         adapter_dir, output_dir, name = folder, path, folder.name
-    elif _is_adapter_dir(path / "adapter"):
-        adapter_dir, output_dir, name = path / "adapter", path, "adapter"
-    elif _is_adapter_dir(path):
+    elif is_adapter_folder(run_folder.adapter):
+        adapter_dir, output_dir, name = run_folder.adapter, path, ADAPTER_DIR
+    elif is_adapter_folder(path):
         adapter_dir, output_dir, name = path, path, path.name
     else:
         raise RunNotFoundError(
-            f"{path}: no final adapter (adapter/adapter_config.json) — the run may still be training or have stopped early; "
-            f"saved checkpoints: {_checkpoint_steps(path)} (pick one with --checkpoint N)"
+            f"{path}: no final adapter ({ADAPTER_DIR}/{ADAPTER_CONFIG_FILE}) — the run may still be training or "
+            f"have stopped early; saved checkpoints: {_checkpoint_steps(path)} (pick one with --checkpoint N)"
         )
-    for required in (FACTS_FILE, CONFIG_FILE):
+    for required in (ADAPTER_FACTS_FILE, CONFIG_FILE):
         if not (adapter_dir / required).is_file():
             raise RunNotFoundError(f"{adapter_dir}: no {required}; medtune loads adapters trained by `medtune train`")
-    facts = json.loads((adapter_dir / FACTS_FILE).read_text(encoding="utf-8"))
+    facts = json.loads((adapter_dir / ADAPTER_FACTS_FILE).read_text(encoding="utf-8"))
     try:
         config = load_config(adapter_dir / CONFIG_FILE)
     except ConfigError as err:

@@ -5,13 +5,18 @@ All transformers / peft / bitsandbytes calls live here, so upstream keyword rena
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
+import torch.distributed as dist
 from peft import LoraConfig as PeftLoraConfig, PeftModel, get_peft_model
 from torch.distributed.tensor import DTensor
+from torch.nn.modules.module import register_module_parameter_registration_hook
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from medtune.config import LoraConfig, ModelConfig, QuantConfig
@@ -67,7 +72,9 @@ def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torc
     """Load weights exactly as a user with hub access would; quantize to 4-bit when asked.
 
     With `fsdp` the 4-bit weights are stored in the compute dtype (bf16 on CUDA) instead of uint8, the
-    FSDP-QLoRA layout: FSDP shards them like the layer's other weights (see train/fsdp.py).
+    FSDP-QLoRA layout: FSDP shards them like the layer's other weights (see train/fsdp.py). With `fsdp` in a
+    process group of several processes, each process also keeps only its own shard of every 4-bit weight
+    (`keep_own_shards`), so no process ever holds the whole quantized model.
     """
     source = model_source(model_cfg)
     compute_dtype = resolve_dtype(quant_cfg.compute_dtype, device)
@@ -87,11 +94,69 @@ def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torc
             bnb_4bit_quant_storage=compute_dtype if fsdp else torch.uint8,
         )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    processes = dist.get_world_size() if dist.is_initialized() else 1
+    sharded = fsdp and quant_cfg.mode != "none" and processes > 1
+    with keep_own_shards(dist.get_rank(), processes) if sharded else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quant_cfg.mode == "none":
         model.to(device)
     model.config.use_cache = False
     return LoadedModel(model, load_tokenizer(model_cfg), source, is_random_weights(model.config))
+
+
+WHOLE_MODEL_WARMUP = "caching_allocator_warmup"
+"""transformers.modeling_utils' function that allocates the whole model's bytes on each GPU before loading."""
+WEIGHT_SHARD = "medtune_weight_shard"
+"""The attribute of a bitsandbytes Linear4bit that holds its `WeightShard` between loading and FSDP sharding."""
+
+
+@dataclass(frozen=True)
+class WeightShard:
+    """This process's part of a 4-bit weight loaded for FSDP: chunk `rank` of `processes` along dim 0 of the packed
+    storage, cut as FSDP2 cuts it (torch.chunk), for train/fsdp.py to put in place once the layer is sharded."""
+
+    local: torch.Tensor
+    rank: int
+    processes: int
+
+
+@contextlib.contextmanager
+def keep_own_shards(rank: int, processes: int) -> Iterator[None]:
+    """While loading, keep only this process's chunk of each 4-bit weight that bitsandbytes quantized.
+
+    transformers reads, quantizes and registers the weights one at a time; as each quantized weight is registered
+    on its Linear4bit, this process's chunk is copied aside (`WEIGHT_SHARD`) and the whole weight is dropped, so
+    host and GPU memory hold one whole weight at a time plus this process's chunks. The weight registered instead
+    is a placeholder of the same shape, dtype, device and quantization state whose storage is one element: PEFT
+    reads its device, dtype and quantization settings to place and build the LoRA layers, and nothing reads its
+    values before train/fsdp.py swaps in the chunk. Every process quantizes each whole weight, as a single process
+    would, so the chunks and the quantization state (kept whole on the module, as bitsandbytes does) are bitwise
+    those of a whole load.
+
+    transformers' caching-allocator warm-up is left out meanwhile: before reading any weight it allocates the whole
+    model's bytes on the GPU at once, which would put the whole model in the GPU peak again and fail under a memory
+    cap smaller than the model. Without it the GPU cache grows by one weight's chunk at a time.
+    """
+    import bitsandbytes as bnb
+    import transformers.modeling_utils
+
+    def keep_own_chunk(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> torch.nn.Parameter | None:
+        if not (isinstance(module, bnb.nn.Linear4bit) and name == "weight" and isinstance(param, bnb.nn.Params4bit)
+                and param.bnb_quantized and not param.is_meta):
+            return None
+        chunks = torch.chunk(param.data, processes, dim=0)
+        local = chunks[rank].clone() if rank < len(chunks) else param.data.new_empty((0, *param.shape[1:]))
+        setattr(module, WEIGHT_SHARD, WeightShard(local, rank, processes))
+        return bnb.nn.Params4bit(param.data.new_empty(1).expand(param.shape), requires_grad=False,
+                                 quant_state=param.quant_state, blocksize=param.blocksize,
+                                 compress_statistics=param.compress_statistics, quant_type=param.quant_type,
+                                 quant_storage=param.quant_storage, module=module, bnb_quantized=True)
+
+    with contextlib.ExitStack() as stack:
+        if hasattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP):  # an optimisation transformers may drop or rename
+            stack.enter_context(mock.patch.object(transformers.modeling_utils, WHOLE_MODEL_WARMUP, lambda *args: None))
+        stack.callback(register_module_parameter_registration_hook(keep_own_chunk).remove)
+        yield
 
 
 def embeddings_tied(model: PreTrainedModel) -> bool:
@@ -104,7 +169,7 @@ def embeddings_tied(model: PreTrainedModel) -> bool:
     return out is not None and storage(inp.weight) == storage(out.weight)
 
 
-def apply_lora(model: PreTrainedModel, cfg: LoraConfig, gradient_checkpointing: bool) -> PeftModel:
+def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     """Freeze the base, add LoRA adapters, and train `modules_to_save` in full.
 
     A tied embed_tokens/lm_head pair trained in full stays one matrix (`tied_embeddings: keep`), so the
@@ -116,8 +181,6 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig, gradient_checkpointing: 
     keep_tied = tied and cfg.tied_embeddings == "keep" and bool(trained_embeddings)
     if tied and trained_embeddings and cfg.tied_embeddings == "untie":
         log.warning("embed_tokens and lm_head are tied in the base model; training them as two untied copies (tied_embeddings: untie)")
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_config = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

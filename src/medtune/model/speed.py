@@ -9,7 +9,8 @@ None of them changes what is computed:
   matmuls run in bf16 on their fp32 weights instead of casting every activation to fp32;
 - fused kernels: Liger's RMSNorm, SwiGLU and RoPE kernels, one pass each and fewer saved activations;
 - selective checkpointing: only a share of the decoder layers recompute their activations;
-- fused LoRA: each LoRA projection, its 4-bit base matmul included, as one autograd function (`model/lora_fused.py`).
+- fused LoRA: each LoRA projection, its 4-bit base matmul included, as one autograd function (`model/lora_fused.py`);
+- activation offloading: saved activations of the decoder layers in pinned host memory (`model/offload.py`).
 Each lever reports what it did in a `SpeedPlan`; `auto` turns a lever on only where it works, so CPU runs
 (and CI) take the same code path with the portable variant.
 """
@@ -30,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
-from medtune.config import SpeedConfig, TrainConfig
+from medtune.config import SpeedConfig
 from medtune.model.lora_fused import install_fused_lora
+from medtune.model.offload import install_activation_offload
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class SpeedPlan:
     decoder_layers: int = 0
     fused_lora_modules: int = 0
     fused_base_modules: int = 0  # of which the 4-bit base matmul is in the same function
+    offload_activations: bool = False
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -214,17 +217,19 @@ def _install_liger(causal_lm: PreTrainedModel) -> None:
 
 
 # ---- the entry point ---------------------------------------------------------------------------
-def apply_speed(model: nn.Module, cfg: SpeedConfig, train: TrainConfig, device: torch.device) -> SpeedPlan:
+def apply_speed(model: nn.Module, cfg: SpeedConfig, device: torch.device, *, packing: bool,
+                gradient_checkpointing: bool) -> SpeedPlan:
     """Apply the levers of `cfg` to a PEFT-wrapped causal LM in place and say what was applied.
 
-    Call after LoRA (the fused MLP calls the LoRA-wrapped projections) and after gradient checkpointing
-    was enabled (the share of checkpointed layers is set here).
+    Call after LoRA: the fused MLP calls the LoRA-wrapped projections. `packing`: batches are packed rows, whose
+    attention must stay inside each sample. `gradient_checkpointing`: activation checkpointing is on, for the
+    share of decoder layers `cfg.checkpoint_fraction` says; this is the one place that turns it on.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone, plan = causal_lm.model, SpeedPlan()
     if cfg.fused_lora:
         plan.fused_lora_modules, plan.fused_base_modules = install_fused_lora(model)
-    if not train.packing:
+    if not packing:
         plan.packed_attention = "unused (train.packing is off)"
     else:
         _install_packed_attention(causal_lm, cfg.packed_attention, device, plan)
@@ -244,10 +249,19 @@ def apply_speed(model: nn.Module, cfg: SpeedConfig, train: TrainConfig, device: 
 
     layers = backbone.layers
     plan.decoder_layers = len(layers)
-    if train.gradient_checkpointing:
+    if gradient_checkpointing:
+        # non-reentrant: gradients reach the LoRA weights inside a layer whose input needs none
+        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         plan.checkpointed_layers = round(cfg.checkpoint_fraction * len(layers))
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index < plan.checkpointed_layers
+
+    if cfg.offload_activations is True:  # auto was resolved by the memory plan (model/memory_plan.py)
+        if device.type == "cuda":
+            install_activation_offload(backbone)
+            plan.offload_activations = True
+        else:
+            plan.notes.append("offload_activations true -> false: the activations are in host memory already (no GPU)")
 
     for note in plan.notes:
         log.warning(note)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +17,11 @@ from medtune.report.schema import Summary
 from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS
 from medtune.report.sources import load_runs
 from medtune.report.wording import words
-from medtune.train.metrics import write_atomic
+from medtune.run_folder import write_atomic, write_json
 
 DEFAULT_OUT_DIR = Path("reports") / "compare"
+MARKDOWN_FILE, HTML_FILE, SUMMARY_FILE = "report.md", "report.html", "summary.json"
+"""The report folder's files besides the charts (`<chart>.png`)."""
 RunSpec = str | Path | tuple[str, str | Path]
 """A run path (its version comes from its run name, less any -seed<N>/_s<N>) or (version, path)."""
 MadeBy = Literal["compare", "ablate"]
@@ -69,10 +70,10 @@ def build_report(
         write_atomic(out / f"{key}.png", png)
     summary.charts = {key: f"{key}.png" for key in pngs}
     blocks = build_document(summary, w, summary.charts)
-    write_atomic(out / "report.md", to_markdown(blocks).encode("utf-8"))
-    write_atomic(out / "report.html", to_html(blocks, out, lang).encode("utf-8"))
+    write_atomic(out / MARKDOWN_FILE, to_markdown(blocks).encode("utf-8"))
+    write_atomic(out / HTML_FILE, to_html(blocks, out, lang).encode("utf-8"))
     written = json_ready(summary.model_dump(mode="json"))
-    write_atomic(out / "summary.json", (json.dumps(written, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    write_json(out / SUMMARY_FILE, written)
     return written
 
 

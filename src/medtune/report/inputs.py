@@ -6,7 +6,6 @@ Records use the metrics.jsonl key names of docs/DESIGN.md (`step`, `loss`, `grad
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from medtune import run_folder
 
 SEED_SUFFIX = re.compile(r"(?:-seed\d+|_s\d+)$")
 SourceKind = Literal["medtune_run", "swanlab_run_file", "swanlab_local_log", "tensorboard", "trainer_state"]
@@ -150,16 +151,10 @@ def numeric_leaves(tree: Any) -> dict[str, float]:
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON file that must hold an object; errors name the file and line."""
-    return parse_json_object(path.read_text(encoding="utf-8"), str(path))
+    """A JSON file that must hold an object; a ReportError names the file and line."""
+    return run_folder.read_json_object(path, error=ReportError)
 
 
 def parse_json_object(text: str, where: str, first_line: int = 1) -> dict[str, Any]:
-    """Text that must be one JSON object, found in `where` from line `first_line` on; errors say `where:line:`."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{where}:{first_line + err.lineno - 1}: not valid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{where}:{first_line}: expected a JSON object, got {type(data).__name__}")
-    return data
+    """Text that must be one JSON object, found in `where` from line `first_line` on; a ReportError says `where:line:`."""
+    return run_folder.parse_json_object(text, where, first_line, error=ReportError)

@@ -27,56 +27,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-STATE_TENSORS_FILE = "training_state.safetensors"
-STATE_JSON_FILE = "training_state.json"
-LEGACY_STATE_FILE = "training_state.pt"
+from medtune.run_folder import LEGACY_STATE_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, RunFolder, staging
+
 STATE_FORMAT = "medtune training state"
 STATE_VERSION = 1
-STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _TAGS = ("$tensor", "$ndarray", "$tuple", "$int_keys")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint's training state cannot be read; the message names the file and what to do."""
-
-
-def step_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step-{step:06d}"
-
-
-def holds_run(run_dir: Path) -> bool:
-    """A run has trained (or started to) in this folder: training there again needs --resume or --overwrite."""
-    return (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """The run's summary.json, or {} before a run wrote one."""
-    summary = run_dir / "summary.json"
-    return json.loads(summary.read_text(encoding="utf-8")) if summary.exists() else {}
-
-
-def run_complete(run_dir: Path) -> bool:
-    """The run in this folder finished: its summary.json says so."""
-    return read_summary(run_dir).get("status") == "complete"
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (renamed into place from their `.tmp` folder), oldest first."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(match.group(1)), child) for child in root.iterdir() if (match := STEP_DIR.match(child.name)) and child.is_dir()]
-    return sorted(found)
-
-
-def has_training_state(folder: Path) -> bool:
-    return (folder / STATE_JSON_FILE).exists() or (folder / LEGACY_STATE_FILE).exists()
-
-
-def resumable_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """The newest checkpoint that holds a training state: where `--resume` continues from."""
-    resumable = [(step, folder) for step, folder in list_checkpoints(run_dir) if has_training_state(folder)]
-    return resumable[-1] if resumable else None
 
 
 def rng_state() -> dict[str, Any]:
@@ -100,15 +59,16 @@ def save_checkpoint(run_dir: Path, step: int, write_contents, keep_last: int) ->
     Only the new checkpoint keeps its training state: resume starts from the newest, so the older ones
     (kept, up to `keep_last`, for `medtune eval --checkpoint`) need only their adapter.
     """
-    final = step_dir(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
+    folder = RunFolder(run_dir)
+    final = folder.checkpoint(step)
+    tmp = staging(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_contents(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    kept = list_checkpoints(run_dir)
+    kept = folder.list_checkpoints()
     for _, old in kept[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     for _, older in kept[-keep_last:-1]:

@@ -100,33 +100,27 @@ def _sum_hook(group, bucket):  # type: ignore[no-untyped-def]  # DDP rejects str
     return dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
-class MicroBatchLoss:
-    """The loss sums of one micro-batch, with the gradient reduction its backward pass owes the step.
+class DataParallelLoss:
+    """The micro-batch loss inside torch's DDP, with the gradient reduction its backward pass owes the step.
 
-    Under data parallelism (several processes, not FSDP) the loss runs inside torch's DDP, which sums gradients
-    across processes in the backward pass of the step's last micro-batch (`last=True`) and accumulates locally
-    in the others (`no_sync`). Processes may run different numbers of micro-batches (packing), since only the
-    last one communicates; each must run at least one (`check_global_batch`). One process, or FSDP (whose hooks
-    reduce-scatter each layer's gradients): the plain loss.
+    DDP sums gradients across processes in the backward pass of the step's last micro-batch (`last=True`) and
+    accumulates locally in the others (`no_sync`). Processes may run different numbers of micro-batches
+    (packing), since only the last one communicates; each must run at least one (`check_global_batch`).
     """
 
-    def __init__(self, model: nn.Module, ctx: DistContext, chunk_tokens: int, data_parallel: bool) -> None:
-        self.loss = _LossModule(model, chunk_tokens)
-        self.ddp: DistributedDataParallel | None = None
-        if data_parallel and ctx.enabled:
-            frozen = [name for name, p in self.loss.named_parameters() if not p.requires_grad]
-            buffers = [name for name, _ in self.loss.named_buffers()]
-            # DDP then neither broadcasts the frozen (4-bit) base nor syncs buffers on every forward; at construction
-            # it broadcasts rank 0's trainable weights, so every process starts from the same LoRA init.
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.loss, frozen + buffers)
-            # device_ids=None: the recipe moves each batch to the device, so DDP's input copying (and a CPU-only
-            # difference from the GPU path) is left out; gradient_as_bucket_view: no second copy of the gradients.
-            self.ddp = DistributedDataParallel(self.loss, device_ids=None, gradient_as_bucket_view=True)
-            self.ddp.register_comm_hook(None, _sum_hook)
+    def __init__(self, model: nn.Module, chunk_tokens: int) -> None:
+        loss = _LossModule(model, chunk_tokens)
+        frozen = [name for name, p in loss.named_parameters() if not p.requires_grad]
+        buffers = [name for name, _ in loss.named_buffers()]
+        # DDP then neither broadcasts the frozen (4-bit) base nor syncs buffers on every forward; at construction
+        # it broadcasts rank 0's trainable weights, so every process starts from the same LoRA init.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(loss, frozen + buffers)
+        # device_ids=None: the recipe moves each batch to the device, so DDP's input copying (and a CPU-only
+        # difference from the GPU path) is left out; gradient_as_bucket_view: no second copy of the gradients.
+        self.ddp = DistributedDataParallel(loss, device_ids=None, gradient_as_bucket_view=True)
+        self.ddp.register_comm_hook(None, _sum_hook)
 
     def __call__(self, batch: dict[str, Any], last: bool) -> LossSums:
-        if self.ddp is None:
-            return self.loss(batch)
         with contextlib.nullcontext() if last else self.ddp.no_sync():  # no_sync needs only the forward inside
             return self.ddp(batch)
 

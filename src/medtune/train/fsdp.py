@@ -20,6 +20,14 @@ processes after the backward pass. A trained input embedding not tied to lm_head
 unit of its own, used at the two ends of the step only, so its gradient and moments are sharded; a tied one
 (small Qwen3 sizes) stays whole with lm_head. PEFT's frozen originals of trained modules are never used in
 training: they are one unit that is never gathered.
+
+No process holds the whole 4-bit model, not even while loading: each quantizes every weight as transformers reads
+it, keeps only the chunk FSDP will give it and drops the rest (model/load.py, `keep_own_shards`), so the 4-bit
+weights take one whole weight plus this process's chunks of host and GPU memory at load time. Until `shard_layer`
+puts the chunks in place, the layers hold placeholders of the weights' shapes. Rank 0 loading and broadcasting after
+sharding (`set_model_state_dict(broadcast_from_rank0=True)`) would still put the whole 4-bit model on rank 0's GPU,
+and quantizing only one's own rows would need the whole weight's block scales (double quantization takes their
+mean).
 """
 
 from __future__ import annotations
@@ -31,11 +39,12 @@ import torch
 import torch.distributed as dist
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
+from medtune.model.load import WEIGHT_SHARD, WeightShard
 from medtune.train.distributed import DistContext
 
 Batch = dict[str, Any]
@@ -63,7 +72,7 @@ def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> Non
     mesh = init_device_mesh(device.type, (ctx.world_size,))
     layers = list(backbone.layers)
     for layer in layers:
-        fully_shard(layer, mesh=mesh)
+        shard_layer(layer, mesh)
     originals = [m.original_module for m in causal_lm.modules() if isinstance(m, ModulesToSaveWrapper)]
     if originals:
         fully_shard(originals, mesh=mesh)  # one unit: tied originals share a weight
@@ -76,6 +85,35 @@ def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> Non
     for module in [*units, backbone]:  # losses are already divided by the whole step's tokens: sum, not mean
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM, and x1 needs no scaling
+    unplaced = [name for name, module in model.named_modules() if WEIGHT_SHARD in vars(module)]
+    if unplaced:
+        raise RuntimeError(f"FSDP: {', '.join(unplaced)} were loaded as this process's shard only (model/load.py), but "
+                           "are outside the decoder layers FSDP shards; their whole weights were never kept")
+
+
+def shard_layer(layer: nn.Module, mesh: DeviceMesh) -> None:
+    """fully_shard one decoder layer whose 4-bit weights were loaded as this process's shards only (model/load.py).
+
+    Their placeholders become meta tensors first, so FSDP allocates nothing for them and records only their
+    shape; each process's chunk then replaces the meta shard through `load_state_dict(assign=True)`, whose hook
+    FSDP2 registers to adopt a new local tensor (the way FSDP2 fills a model built on the meta device).
+    """
+    loaded: dict[nn.Module, WeightShard] = {module: vars(module).pop(WEIGHT_SHARD) for module in layer.modules()
+                                            if WEIGHT_SHARD in vars(module)}
+    for module in loaded:
+        shape, dtype = module.weight.shape, module.weight.dtype
+        module.weight = nn.Parameter(torch.empty(shape, dtype=dtype, device="meta"), requires_grad=False)
+    fully_shard(layer, mesh=mesh)
+    for module, shard in loaded.items():
+        meta: DTensor = module.weight
+        fsdp_keeps = (mesh.get_local_rank(), mesh.size(), meta.to_local().shape)
+        if (shard.rank, shard.processes, shard.local.shape) != fsdp_keeps:
+            raise RuntimeError(f"FSDP: a 4-bit weight was loaded as chunk {shard.rank} of {shard.processes} "
+                               f"({tuple(shard.local.shape)}), but FSDP keeps chunk {fsdp_keeps[0]} of {fsdp_keeps[1]} "
+                               f"({tuple(fsdp_keeps[2])}) on this process")
+        filled = DTensor.from_local(shard.local, meta.device_mesh, meta.placements, run_check=False, shape=meta.shape,
+                                    stride=meta.stride())
+        module.load_state_dict({"weight": filled}, strict=False, assign=True)
 
 
 def untied_trained_input_embeddings(causal_lm: nn.Module) -> list[nn.Module]:

@@ -5,9 +5,10 @@ built) and are never required."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Protocol
+
+from medtune.run_folder import write_atomic
 
 
 class MetricLogger(Protocol):
@@ -41,13 +42,3 @@ def _step_of(line: str) -> int:
     except (ValueError, KeyError, TypeError):
         return 1 << 62  # an unreadable (half-written) last line is dropped on resume
 
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")

@@ -21,7 +21,8 @@ from medtune.data.formats import DataError
 from medtune.data.prepare import prepare_data
 from medtune.hub import HubError
 from medtune.model.load import load_tokenizer
-from medtune.train.checkpoint import holds_run, resumable_checkpoint, run_complete
+from medtune.model.memory_plan import MemoryBudgetError, plan_for_run
+from medtune.run_folder import RunFolder
 from medtune.train.schedules import warmup_steps
 from medtune.train.trackers import TrackerError, require_package
 
@@ -35,11 +36,12 @@ class Finding:
     message: str
 
 
-def preflight(cfg: RunConfig, skip_bad_rows: bool = False) -> list[Finding]:
+def preflight(cfg: RunConfig, skip_bad_rows: bool = False, gpu_memory: str | None = None) -> list[Finding]:
     """Every check of a run config, in the order a run would meet them.
 
     `skip_bad_rows` does what `medtune train --skip-bad-rows` does: bad rows are listed as a warning instead of
-    stopping at the first; False leaves the config's `data.skip_bad_rows` as it is.
+    stopping at the first; False leaves the config's `data.skip_bad_rows` as it is. `gpu_memory` (a size) plans the
+    run's memory for a GPU of that size instead of this machine's GPU.
     """
     if skip_bad_rows:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"skip_bad_rows": True})})
@@ -49,11 +51,30 @@ def preflight(cfg: RunConfig, skip_bad_rows: bool = False) -> list[Finding]:
     except (HubError, OSError, ValueError) as err:  # no such folder or hub id, offline, or no tokenizer in it
         return [*findings, Finding("error", "model", str(err))]
     try:
-        stats = prepare_data(cfg, tokenizer).stats
+        prepared = prepare_data(cfg, tokenizer)
     except (DataError, HubError, OSError, ValueError) as err:  # unreadable data, or a data set that cannot be fetched
         return [*findings, Finding("error", "data", str(err))]
+    stats = prepared.stats
     return [*findings, *_data(stats, cfg.data.max_length), *_schedule(cfg, stats["train"]["trained_rows"]),
-            _passes(cfg, stats["train"]["token_length"]["mean"])]
+            _passes(cfg, stats["train"]["token_length"]["mean"]), *_memory(cfg, [len(e) for e in prepared.train.encoded], gpu_memory)]
+
+
+def _memory(cfg: RunConfig, lengths: list[int], gpu_memory: str | None) -> list[Finding]:
+    """The predicted peak on a GPU of `gpu_memory` (else this machine's GPU), the levers the plan sets, and whether
+    it fits; from config.json and the token lengths alone, no weights loaded."""
+    if gpu_memory is None and not torch.cuda.is_available():
+        return [Finding("ok", "memory", "no GPU here: --gpu-memory SIZE (e.g. 24GiB) predicts the peak on a GPU of that size")]
+    device = torch.device("cuda") if gpu_memory is None else None
+    try:
+        plan, _ = plan_for_run(cfg, lengths, cfg.train.total_steps(len(lengths)), device, processes=1,
+                               fsdp=cfg.train.parallelism == "fsdp", budget_size=gpu_memory, training=False)
+    except MemoryBudgetError as err:
+        return [Finding("error", "memory", str(err))]
+    except (HubError, OSError, ValueError) as err:  # no config.json to read the sizes from
+        return [Finding("error", "memory", f"the model's config.json: {err}")]
+    first, *rest = plan.lines()
+    level = "ok" if plan.fits is not False else "warn"
+    return [Finding(level, "memory", first), *(Finding("ok", "memory", line.strip()) for line in rest)]
 
 
 def _environment(cfg: RunConfig) -> list[Finding]:
@@ -78,11 +99,12 @@ def _environment(cfg: RunConfig) -> list[Finding]:
 
 def _run_folder(cfg: RunConfig) -> list[Finding]:
     run_dir = cfg.run_dir()
-    if not holds_run(run_dir):
+    folder = RunFolder(run_dir)
+    if not folder.holds_run():
         return [Finding("ok", "run folder", f"{run_dir} (new)")]
-    if run_complete(run_dir):
+    if folder.run_complete():
         return [Finding("warn", "run folder", f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again")]
-    resumable = resumable_checkpoint(run_dir)
+    resumable = folder.resumable_checkpoint()
     where = f"--resume continues from step {resumable[0]}" if resumable else "it has no checkpoint yet (--resume restarts it)"
     return [Finding("warn", "run folder", f"{run_dir} holds an unfinished run; {where}; --overwrite starts again")]
 

@@ -9,7 +9,6 @@ checkpoints every `save_steps` with exact resume (`--resume`), metrics.jsonl plu
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -17,40 +16,45 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from peft import set_peft_model_state_dict
+from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 
 from medtune.config import RunConfig, dump_config
-from medtune.data.batching import micro_batches, step_positions, to_device, trained_token_counts
+from medtune.data.batching import TrainingSet, micro_batches, step_positions, to_device, trained_token_counts
 from medtune.data.prepare import prepare_data
 from medtune.data.render import Encoded
 from medtune.model.load import LoadedModel, apply_lora, embeddings_tied, load_base_model, load_tokenizer
-from medtune.model.speed import apply_speed
-from medtune.train import fsdp
+from medtune.model.memory_plan import MemoryPlan, plan_for_run
+from medtune.model.speed import SpeedPlan, apply_speed
+from medtune.run_folder import (
+    ADAPTER_FACTS_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    CONFIG_FILE,
+    RunFolder,
+    staging,
+    write_atomic,
+    write_json,
+)
 from medtune.train.checkpoint import (
     drop_training_state,
-    holds_run,
-    list_checkpoints,
     load_training_state,
-    read_summary,
     restore_rng,
-    resumable_checkpoint,
     rng_state,
     save_checkpoint,
     save_training_state,
 )
-from medtune.train.distributed import MicroBatchLoss, check_global_batch, init_distributed
+from medtune.train.distributed import init_distributed
 from medtune.train.interrupt import GracefulInterrupt, TrainingInterrupted
-from medtune.train.loss import Forwards, summed_loss_over, unweighted
-from medtune.train.metrics import JsonlLogger, MetricLogger, write_atomic, write_json
+from medtune.train.loss import summed_loss_over
+from medtune.train.metrics import JsonlLogger, MetricLogger
+from medtune.train.parallel import MicroBatchLoss, Parallelism, build_parallelism
 from medtune.train.progress import TrainProgress, say, summary_lines
 from medtune.train.schedules import build_scheduler
 
@@ -115,7 +119,8 @@ class FineTuneRecipe:
     """QLoRA supervised fine-tuning of a causal LM on question/think/answer consultations."""
 
     def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, skip_bad_rows: bool | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = cfg  # with the memory plan's levers once planned
+        self.configured = cfg  # as the user wrote it: what config.resolved.yaml records
         if skip_bad_rows is not None:
             cfg.data.skip_bad_rows = skip_bad_rows
         self.run_dir = cfg.run_dir()
@@ -123,20 +128,39 @@ class FineTuneRecipe:
         self.overwrite = overwrite
         self.dist = init_distributed()
         self.device = self.dist.device()
-        self.fsdp = cfg.train.parallelism == "fsdp" and self.dist.enabled  # one process: nothing to shard across
-        check_global_batch(cfg.train.samples_per_step(), self.dist)
-        self.forwards: Forwards = partial(fsdp.even_forwards, ctx=self.dist) if self.fsdp else unweighted
+        self.parallel: Parallelism = build_parallelism(cfg.train, self.dist)
+        # progress: saved in checkpoints, restored by --resume
         self.step = 0
         self.samples_consumed = 0
         self.tokens_seen = 0
         self.elapsed = 0.0
         self.window = Window()
-        self.loggers: list[MetricLogger] = []
-        self.augment_stats = None
+        # the run folder: what _check_run_dir found, and what this invocation did to it
+        self.found_run_dir: tuple[bool, bool] = (False, False)  # (the folder existed, it held a run)
         self.resume_from: tuple[int, Path] | None = None  # the checkpoint --resume continues from: (step, folder)
         self.resume_state: dict[str, Any] | None = None
         self.saved_step: int | None = None  # the newest checkpoint's step, once there is one
         self.created_run_dir = False  # this invocation made the run folder (or cleared it): a failure removes it
+        # built by setup(), in its order
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_set: TrainingSet | None = None  # owns the augmentation statistics
+        self.val_encoded: list[Encoded] = []
+        self.data_stats: dict[str, Any] = {}
+        self.model: PeftModel | None = None
+        self.model_facts: dict[str, Any] = {}  # summary.json's `model`
+        self.random_weights = False
+        self.tied_before = False  # the base model's embeddings were tied, before LoRA
+        self.memory_plan: MemoryPlan | None = None
+        self.speed_plan: SpeedPlan | None = None
+        self.micro_batch_loss: MicroBatchLoss | None = None
+        self.env: dict[str, Any] = {}
+        self.trainable_params: list[torch.nn.Parameter] = []
+        self.optimizer_name = ""
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.max_steps = 0
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.loggers: list[MetricLogger] = []
+        self.last_eval: dict[str, Any] | None = None
         self.started = time.perf_counter()
 
     # ---- setup -------------------------------------------------------------------------------
@@ -145,6 +169,7 @@ class FineTuneRecipe:
         set_seed(self.cfg.train.seed)
         self.tokenizer = load_tokenizer(self.cfg.model)
         self._setup_data()  # before the model: bad data fails in seconds, not after the weights are loaded
+        self._plan_memory()  # before the model too: a run that cannot fit stops here, not out of memory at step 3
         self._setup_model()
         self._setup_optimizer()
         self._setup_scheduler()  # needs the step count, which `epochs` derives from the data size
@@ -158,17 +183,17 @@ class FineTuneRecipe:
         self.dist.barrier()  # the run folder is ready before any process trains
 
     def _check_run_dir(self) -> None:
-        has_run = holds_run(self.run_dir)
+        has_run = RunFolder(self.run_dir).holds_run()
         if has_run and not self.resume and not self.overwrite:
             raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
         self.found_run_dir = (self.run_dir.exists(), has_run)  # seen by every process before the main one writes
         if not self.resume:
             return
-        summary = read_summary(self.run_dir)
+        summary = RunFolder(self.run_dir).read_summary()
         if summary.get("status") == "complete":
             raise RunExistsError(f"{self.run_dir} holds a complete run ({summary.get('step')} steps): nothing to resume; "
                                  "--overwrite trains it again")
-        self.resume_from = resumable_checkpoint(self.run_dir)
+        self.resume_from = RunFolder(self.run_dir).resumable_checkpoint()
         if self.resume_from is not None:
             self.resume_state = load_training_state(self.resume_from[1])
             self.saved_step = self.resume_from[0]
@@ -183,62 +208,64 @@ class FineTuneRecipe:
             if has_run and self.resume_from is None:  # --overwrite, or --resume with nothing saved to resume from
                 shutil.rmtree(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.run_dir / "config.resolved.yaml", dump_config(self.cfg))
-            write_json(self.run_dir / "env.json", self.env)
-            write_json(self.run_dir / "data_stats.json", self.data_stats)
+            folder = RunFolder(self.run_dir)
+            write_atomic(folder.config, dump_config(self.configured))
+            write_json(folder.env, self.env)
+            write_json(folder.data_stats, self.data_stats)
         self.dist.barrier()
 
+    def _setup_data(self) -> None:
+        prepared = prepare_data(self.cfg, self.tokenizer)
+        self.train_set, self.val_encoded, self.data_stats = prepared.train, prepared.validation, prepared.stats
+
     def _setup_model(self) -> None:
-        loaded = load_base_model(self.cfg.model, self.cfg.quant, self.device, fsdp=self.fsdp)
+        train = self.cfg.train
+        loaded = load_base_model(self.cfg.model, self.cfg.quant, self.device, fsdp=self.parallel.shards_weights)
         self.random_weights, self.model_facts = loaded.random_weights, describe_model(self.cfg.model.name_or_path, loaded)
         self.tied_before = embeddings_tied(loaded.model)
-        self.model = apply_lora(loaded.model, self.cfg.lora, self.cfg.train.gradient_checkpointing)
-        self.speed_plan = apply_speed(self.model, self.cfg.speed, self.cfg.train, self.device)
+        self.model = apply_lora(loaded.model, self.cfg.lora)
+        self.speed_plan = apply_speed(self.model, self.cfg.speed, self.device, packing=train.packing,
+                                      gradient_checkpointing=train.gradient_checkpointing)
         if self.resume_from is not None:  # checkpoints hold whole tensors: load them before FSDP shards the layers
-            set_peft_model_state_dict(self.model, load_file(self.resume_from[1] / "adapter_model.safetensors"))
-        if self.fsdp:
-            fsdp.shard_model(self.model, self.dist, self.device)
-        self.micro_batch_loss = MicroBatchLoss(self.model, self.dist, self.cfg.train.loss_chunk_tokens, data_parallel=not self.fsdp)
+            set_peft_model_state_dict(self.model, load_file(self.resume_from[1] / ADAPTER_WEIGHTS_FILE))
+        self.micro_batch_loss = self.parallel.wrap(self.model, train.loss_chunk_tokens)
         self.model.train()
         self.env = {"versions": library_versions(), "python": sys.version.split()[0], "hardware": hardware(self.device),
-                    "speed": self.speed_plan.as_dict(), "processes": self.dist.world_size, "batch": self._batch_layout()}
+                    "speed": self.speed_plan.as_dict(), "memory_plan": self.memory_plan.as_dict(), "processes": self.dist.world_size,
+                    "batch": self._batch_layout()}
 
     def _batch_layout(self) -> dict[str, Any]:
         train = self.cfg.train
         layout = self.dist.batch_layout(train.per_device_batch_size, train.gradient_accumulation_steps)
         packed = {"packed_row_tokens": self.cfg.row_tokens()} if train.packing else {}
-        return {**layout, **packed, "parallelism": train.parallelism if self.dist.enabled else "none"}
+        return {**layout, **packed, "parallelism": self.parallel.name}
 
-    def _setup_data(self) -> None:
-        prepared = prepare_data(self.cfg, self.tokenizer)
-        self.train_set, self.val_encoded, self.data_stats = prepared.train, prepared.validation, prepared.stats
-        if self.cfg.augment.enabled:
-            from medtune.data.augment import AugmentStats
-
-            self.augment_stats = AugmentStats()
+    def _plan_memory(self) -> None:
+        """The levers that fit speed.memory_budget (model/memory_plan.py): self.cfg becomes the config with them; the
+        config as written stays `self.configured`, which config.resolved.yaml records."""
+        steps = self.cfg.train.total_steps(len(self.train_set))
+        lengths = [len(encoded) for encoded in self.train_set.encoded]
+        self.memory_plan, self.cfg = plan_for_run(self.cfg, lengths, steps, self.device, self.dist.world_size,
+                                                    self.parallel.shards_weights)
+        if self.dist.is_main:
+            for line in self.memory_plan.lines():
+                say(line)
 
     def _setup_optimizer(self) -> None:
         train = self.cfg.train
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable_params = params
-        name = train.resolved_optimizer(self.device.type, self.fsdp)
-        if self.fsdp and name != "adamw":
-            raise ValueError(f"train.optimizer {name} does not work with train.parallelism fsdp: bitsandbytes' 8-bit optimizers "
-                             "take no sharded (DTensor) parameters. Use adamw or auto (LoRA moments are small, and sharded too)")
+        name = train.resolved_optimizer(self.device.type, self.parallel.shards_weights)
+        self.parallel.check_optimizer(name)
         self.optimizer_name = name
         kwargs = dict(lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         if name == "adamw":
-            self.optimizer = torch.optim.AdamW(params, foreach=self.foreach_optimizer(), **kwargs)
+            self.optimizer = torch.optim.AdamW(params, foreach=self.parallel.foreach_optimizer, **kwargs)
         else:
             import bitsandbytes as bnb
 
             cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
             self.optimizer = cls(params, **kwargs)
-
-    def foreach_optimizer(self) -> bool:
-        """torch AdamW's multi-tensor kernels, except under FSDP, where sharded (DTensor) and whole (lm_head) parameters
-        cannot share one kernel. Set explicitly, so CPU tests take the path CUDA takes by default."""
-        return not self.fsdp
 
     def _setup_scheduler(self) -> None:
         train = self.cfg.train
@@ -248,23 +275,16 @@ class FineTuneRecipe:
     def _load_checkpoint(self) -> None:
         """The training state read in _check_run_dir; the checkpoint's adapter weights were loaded in _setup_model."""
         state, self.resume_state = self.resume_state, None
-        if self.fsdp:
-            fsdp.load_full_optimizer_state(self.optimizer, state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        if self.optimizer_name == "adamw":  # load_state_dict restores the saving process's choice; this process's holds
-            for group in self.optimizer.param_groups:
-                group["foreach"] = self.foreach_optimizer()
+        self.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         self.step, self.samples_consumed = state["step"], state["samples_consumed"]
         self.tokens_seen, self.elapsed = state["tokens_seen"], state["elapsed"]
         self.window = Window(**state["window"])
-        if self.augment_stats is not None:
-            self.augment_stats.load_state_dict(state["augment_stats"])
+        self.train_set.load_state_dict(state)
 
     def _setup_logging(self) -> None:
-        self.loggers = [JsonlLogger(self.run_dir / "metrics.jsonl", resume_step=self.step if self.resume else None)]
+        self.loggers = [JsonlLogger(RunFolder(self.run_dir).metrics, resume_step=self.step if self.resume else None)]
         if self.cfg.train.report_to:
             from medtune.train.trackers import build_trackers
 
@@ -272,15 +292,9 @@ class FineTuneRecipe:
 
     # ---- one optimizer step --------------------------------------------------------------------
     def _next_step_samples(self) -> list[Encoded]:
-        n = len(self.train_set)
-        positions = step_positions(self.samples_consumed, self.cfg.train.samples_per_step(), n, self.cfg.train.seed)
-        items = []
-        for epoch, index in positions:
-            encoded, masked_terms = self.train_set.encode_at(epoch, index)
-            if self.augment_stats is not None:
-                self.augment_stats.record(epoch, masked_terms)
-            items.append(encoded)
-        return items
+        train = self.cfg.train
+        positions = step_positions(self.samples_consumed, train.samples_per_step(), len(self.train_set), train.seed)
+        return self.train_set.draw(positions)
 
     def train_step(self, items: list[Encoded]) -> float:
         """Forward/backward over this process's micro-batches of the step, sum gradients across processes,
@@ -290,16 +304,14 @@ class FineTuneRecipe:
         batches = micro_batches(self.dist.shard(items), train.per_device_batch_size, self.cfg.row_tokens(), train.packing,
                                 self.tokenizer.pad_token_id)
         sums = torch.zeros(3, device=self.device)  # loss, think, answer
-        passes = self.forwards(batches)
+        passes = self.parallel.forwards(batches)
         for index, (batch, weight) in enumerate(passes):  # gradients are reduced in the last pass's backward
             loss = self.micro_batch_loss(to_device(batch, self.device), last=index == len(passes) - 1)
             (loss.total * weight / step_tokens).backward()
             sums += weight * torch.stack([loss.total.detach(), loss.think, loss.answer])
-        if self.fsdp:
-            fsdp.sum_whole_gradients(self.trainable_params)  # trained embeddings; FSDP reduced the sharded layers
+        self.parallel.finish_gradients(self.trainable_params)
         max_norm = train.max_grad_norm if train.max_grad_norm is not None else float("inf")
-        clip = fsdp.clip_grad_norm_ if self.fsdp else torch.nn.utils.clip_grad_norm_
-        grad_norm = float(clip(self.trainable_params, max_norm))  # device sync
+        grad_norm = float(self.parallel.clip_grad_norm(self.trainable_params, max_norm))  # device sync
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -350,8 +362,8 @@ class FineTuneRecipe:
                 at_end = self.step == self.max_steps
                 if train.eval_steps and self.val_encoded and (self.step % train.eval_steps == 0 or at_end):
                     progress.note(f"step {self.step}: eval_loss {self.evaluate()['eval_loss']:.4f}")
-                if self.augment_stats is not None and self.samples_consumed // len(self.train_set) > epoch_before:
-                    self._log({"step": self.step, "epoch": self._epoch(), "augment": self.augment_stats.epoch_summary(epoch_before)})
+                if self.samples_consumed // len(self.train_set) > epoch_before:
+                    self._log_augmentation(epoch_before)
                 if at_end:  # the end is saved as adapter/ by _finish, with no optimizer state: nothing is left to resume
                     break
                 if self.step % train.save_steps == 0 or interrupt.requested:
@@ -385,6 +397,12 @@ class FineTuneRecipe:
         for logger in self.loggers:  # only the main process has loggers
             logger.log(record)
 
+    def _log_augmentation(self, epoch: int) -> None:
+        """What the augmentation did in one epoch drawn; nothing while augmentation is off."""
+        augment = self.train_set.augmentation_epoch(epoch)
+        if augment is not None:
+            self._log({"step": self.step, "epoch": self._epoch(), "augment": augment})
+
     def _log_train(self, lr: float) -> dict[str, Any]:
         w = self.window
         self.tokens_seen += w.input_tokens
@@ -411,7 +429,8 @@ class FineTuneRecipe:
         train = self.cfg.train
         sums = summed_loss_over(self.model, self.dist.shard(self.val_encoded), batch_size=train.per_device_batch_size,
                                 row_tokens=self.cfg.row_tokens(), packing=train.packing, pad_id=self.tokenizer.pad_token_id,
-                                device=self.device, chunk_tokens=train.loss_chunk_tokens, forwards=self.forwards)
+                                device=self.device, chunk_tokens=train.loss_chunk_tokens,
+                                forwards=self.parallel.forwards)
         self.model.train()
         total, think, answer = self.dist.sum_(sums).tolist()
         tokens, think_tokens, answer_tokens = trained_token_counts(self.val_encoded)
@@ -432,8 +451,8 @@ class FineTuneRecipe:
         self.model.save_pretrained(folder, state_dict=weights)
         if with_tokenizer:
             self.tokenizer.save_pretrained(folder)
-        shutil.copy(self.run_dir / "config.resolved.yaml", folder / "config.resolved.yaml")
-        write_json(folder / "medtune_adapter.json", self._adapter_facts())
+        shutil.copy(RunFolder(self.run_dir).config, folder / CONFIG_FILE)
+        write_json(folder / ADAPTER_FACTS_FILE, self._adapter_facts())
 
     def _adapter_facts(self) -> dict[str, Any]:
         """What chat/merge need beyond PEFT's own config: the base's source and how embeddings were trained."""
@@ -446,15 +465,14 @@ class FineTuneRecipe:
     def save_checkpoint(self) -> None:
         """Written by the main process; the others hold identical weights and optimizer states (under FSDP, their
         shards, gathered whole first so the checkpoint is a single process's and resumes on any process count)."""
-        weights = fsdp.full_trainable_state(self.model) if self.fsdp else None  # collectives: every process joins
-        optimizer = fsdp.full_optimizer_state(self.optimizer) if self.fsdp else self.optimizer.state_dict()
+        weights = self.parallel.trainable_state(self.model)  # collectives under FSDP: every process joins
+        optimizer = self.parallel.optimizer_state(self.optimizer)
         if not self.dist.is_main:
             self.saved_step = self.step  # rank 0 writes it; every process knows what resume continues from
             return
         state = {"step": self.step, "samples_consumed": self.samples_consumed, "tokens_seen": self.tokens_seen,
                  "elapsed": self.elapsed, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
-                 "rng": rng_state(), "window": self.window.__dict__,
-                 "augment_stats": self.augment_stats.state_dict() if self.augment_stats is not None else None}
+                 "rng": rng_state(), "window": self.window.__dict__, **self.train_set.state_dict()}
 
         def write(folder: Path) -> None:
             self._save_adapter(folder, weights, with_tokenizer=False)
@@ -464,22 +482,23 @@ class FineTuneRecipe:
         self.saved_step = self.step
 
     def _finish(self) -> None:
-        weights = fsdp.full_trainable_state(self.model) if self.fsdp else None  # collectives: every process joins
+        weights = self.parallel.trainable_state(self.model)  # collectives under FSDP: every process joins
         self.dist.barrier()
         if not self.dist.is_main:
             return
-        final = self.run_dir / "adapter"
-        tmp = final.with_name("adapter.tmp")
+        final = RunFolder(self.run_dir).adapter
+        tmp = staging(final)
         shutil.rmtree(tmp, ignore_errors=True)
         self._save_adapter(tmp, weights, with_tokenizer=True)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        if self.augment_stats is not None:
-            self._log({"step": self.step, "epoch": self._epoch(), "augment": self.augment_stats.epoch_summary(self.samples_consumed // len(self.train_set))})
+        if self.samples_consumed % len(self.train_set):  # an epoch ended by the last step was logged with it
+            self._log_augmentation(self.samples_consumed // len(self.train_set))
         self._write_summary("complete")
-        for _, folder in list_checkpoints(self.run_dir):  # a complete run is not resumed: its optimizer state is dead weight
+        # a complete run is not resumed: its optimizer state is dead weight
+        for _, folder in RunFolder(self.run_dir).list_checkpoints():
             drop_training_state(folder)
-        for line in summary_lines(read_summary(self.run_dir), str(final)):
+        for line in summary_lines(RunFolder(self.run_dir).read_summary(), str(final)):
             say(line)
 
     def _write_summary(self, status: str, last_train: dict[str, Any] | None = None) -> None:
@@ -487,8 +506,8 @@ class FineTuneRecipe:
         --resume continues from, with `stopped_at_step` beside it."""
         if not self.dist.is_main:
             return
-        summary_path = self.run_dir / "summary.json"
-        previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary_path = RunFolder(self.run_dir).summary
+        previous = RunFolder(self.run_dir).read_summary()
         stopped = status in ("interrupted", "failed")
         summary = {
             **{key: value for key, value in previous.items() if key not in ("stopped_at_step", "random_weights_note")},
@@ -506,10 +525,11 @@ class FineTuneRecipe:
         }
         if last_train is not None:
             summary["last_train"] = last_train
-        if getattr(self, "last_eval", None):
+        if self.last_eval:
             summary["last_eval"] = self.last_eval
-        if self.augment_stats is not None:
-            summary["augmentation"] = self.augment_stats.state_dict()
+        augmentation = self.train_set.augmentation_summary()
+        if augmentation is not None:
+            summary["augmentation"] = augmentation
         write_json(summary_path, summary)
 
     def cleanup(self) -> None:

@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medtune.config import read_yaml_mapping
 from medtune.report.inputs import Note, ReportError, Run, Source
 from medtune.report.sources.hf import config_from_hf, is_training_args, records_from_points
 
@@ -73,12 +72,7 @@ def _load_run_dir(run_dir: Path) -> Run:
 def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ReportError(f"{path}: missing (SwanLab writes the run's config there)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ReportError(f"{path}: invalid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ReportError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, kind="SwanLab config", error=ReportError)
     return {key: entry["value"] if isinstance(entry, dict) and "value" in entry else entry for key, entry in raw.items()}
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from medtune.report.inputs import Note, ReportError, Run, Source, read_json_object
 from medtune.report.sources.hf import config_from_hf, map_lora
+from medtune.run_folder import ADAPTER_CONFIG_FILE, RunFolder
 
 STATE_FILE = "trainer_state.json"
-CONFIG_FILES = {"training_args": "training_args.json", "model_config": "config.json", "adapter_config": "adapter_config.json"}
+CONFIG_FILES = {"training_args": "training_args.json", "model_config": "config.json", "adapter_config": ADAPTER_CONFIG_FILE}
 """JSON files beside trainer_state.json that give the config (`Run.imported_config` keeps them under these names)."""
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
@@ -53,7 +54,8 @@ def load_trainer_state(state_path: Path) -> Run:
     if "adapter_config" in imported:
         map_lora(imported["adapter_config"], config, notes, {"file": str(folder / CONFIG_FILES["adapter_config"])})
     summary = {"max_steps": state["max_steps"]} if isinstance(state.get("max_steps"), int) else {}
-    evaluation = read_json_object(folder / "eval.json") if (folder / "eval.json").is_file() else {}
+    evaluation_file = RunFolder(folder).evaluation()
+    evaluation = read_json_object(evaluation_file) if evaluation_file.is_file() else {}
     run_folder = folder.parent if _CHECKPOINT.search(folder.name) else folder
     name = config.get("run_name") or run_folder.name
     return Run(str(name), records, config, summary, evaluation, Source("trainer_state", str(state_path)), notes, imported)

@@ -1,0 +1,320 @@
+"""The peak GPU memory of a training step, predicted without loading weights.
+
+Inputs: the model's config.json (sizes only), the run config (quantization, LoRA, trained embeddings, optimizer,
+speed levers) and the token lengths of the prepared data, from which the longest packed row of the run is worked
+out exactly as training will pack it. The prediction is `torch.cuda.max_memory_allocated` of a step on CUDA with
+the defaults' kernels (varlen flash attention, bf16 autocast, Liger's norms and SwiGLU where installed).
+
+A step's memory is three parts:
+- persistent: weights, adapters, trained copies of the embeddings, gradients, optimizer states;
+- held: what the forward pass keeps for the backward pass, per decoder layer and token (`kept_layer_bytes_per_token`
+  for a layer that keeps its activations, its input alone for a recomputed one);
+- transient: the largest short-lived working set on top of the held part, whichever of the three phases is larger:
+  the chunked lm_head + cross-entropy in the forward pass, the start of the backward pass where a trained head's
+  gradient is scaled, and one layer's backward pass (recomputed, if checkpointed).
+The per-token byte counts follow from what each kernel saves (listed in the functions below); three constants are
+calibrated against the peaks measured in bench/RESULTS.md and bench/results/ (tests/model/test_memory.py holds the
+table). They were measured with paged 8-bit AdamW, whose states live in managed memory and are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Iterator
+
+from medtune.config import ModelConfig, RunConfig
+
+GIB = 2**30
+NF4_BLOCK = 64  # weights per 4-bit block, each with an absmax scale
+NESTED_BLOCK = 256  # absmax values per block of the double quantization (fp32 scale each)
+BF16 = 2
+FP32 = 4
+
+# Calibrated (tests/model/test_memory.py): the previous chunk's fp32 probabilities and bf16 logit gradient are still
+# referenced while the next chunk's bf16 and fp32 logits are made, so a chunk costs 12 bytes per logit, not 6.
+HEAD_CHUNK_BYTES_PER_LOGIT = 12
+# Calibrated: per trained token and hidden feature, the selected hidden states, their gradient and their bf16 casts.
+HEAD_BYTES_PER_TOKEN_FEATURE = 9
+# Calibrated: PEFT's own LoRA forward keeps about one byte per input feature of each adapted projection more than the
+# fused one (its dropped-out input copy, net of what the fused function keeps instead): measured 0.9-1.0.
+PEFT_EXTRA_BYTES_PER_INPUT_FEATURE = 1
+# A trained head's fp32 gradient accumulator (saved by the fused loss) and its scaled fp32 copy at the start of the
+# backward pass: 8 bytes per head weight, besides the bf16 gradient itself (persistent).
+HEAD_ACCUMULATOR_BYTES_PER_WEIGHT = 8
+# Layer inputs on the device while activations are offloaded: the one in use, and the copies in flight or prefetched.
+OFFLOAD_LAYERS_ON_DEVICE = 3
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Qwen3-style decoder that decide its training memory (from config.json)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+        try:
+            hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+            return cls(hidden=hidden, layers=int(config["num_hidden_layers"]), heads=heads,
+                       kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=int(config.get("head_dim") or hidden // heads),
+                       intermediate=int(config["intermediate_size"]), vocab=int(config["vocab_size"]),
+                       tied=bool(config.get("tie_word_embeddings", False)))
+        except KeyError as missing:
+            raise ValueError(f"config.json has no {missing.args[0]}: the memory model needs a decoder's sizes") from None
+
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear projection of a decoder layer."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv), "o_proj": (q, self.hidden),
+                "gate_proj": (self.hidden, self.intermediate), "up_proj": (self.hidden, self.intermediate),
+                "down_proj": (self.intermediate, self.hidden)}
+
+    def linear_weights(self) -> int:
+        return self.layers * sum(i * o for i, o in self.projections().values())
+
+    def embedding_weights(self) -> int:
+        """One vocab x hidden matrix (embed_tokens, or lm_head)."""
+        return self.vocab * self.hidden
+
+
+def read_model_shape(model: ModelConfig) -> ModelShape:
+    """The decoder's sizes from its config.json alone: a local folder, the tiny model, a hub or ModelScope id
+    (only config.json is fetched), or a GGUF file's header."""
+    from transformers import AutoConfig
+
+    from medtune.hub import resolve_model_source
+    from medtune.model.load import model_source
+
+    if model.gguf_file:  # model_source would de-quantise the whole file; the header holds the sizes
+        source, extra = resolve_model_source(model.name_or_path, model.revision), {"gguf_file": model.gguf_file}
+    else:
+        source, extra = model_source(model), {}
+    config = AutoConfig.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code, **extra)
+    return ModelShape.from_config(config.get_text_config().to_dict())
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """What decides training memory besides the model's sizes and the planner's levers."""
+
+    quant: str  # nf4, fp4 or none
+    double_quant: bool
+    lora_r: int
+    lora_targets: tuple[str, ...]
+    lora_dropout: float
+    trained_embeddings: frozenset[str]  # of embed_tokens, lm_head
+    untie: bool  # tied_embeddings: untie
+    optimizer: str  # resolved: paged_adamw_8bit, adamw_8bit or adamw
+    fused_lora: bool
+    liger: bool
+    gradient_checkpointing: bool
+    packing: bool
+    processes: int  # data-parallel processes (DDP)
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig, liger: bool, processes: int = 1) -> MemorySettings:
+        """The settings of `cfg` on CUDA (the optimizer resolved as there)."""
+        return cls(quant=cfg.quant.mode, double_quant=cfg.quant.double_quant, lora_r=cfg.lora.r,
+                   lora_targets=tuple(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout,
+                   trained_embeddings=frozenset(cfg.lora.modules_to_save) & {"embed_tokens", "lm_head"},
+                   untie=cfg.lora.tied_embeddings == "untie", optimizer=cfg.train.resolved_optimizer("cuda", fsdp=False),
+                   fused_lora=cfg.speed.fused_lora, liger=liger and cfg.speed.fused_kernels != "none",
+                   gradient_checkpointing=cfg.train.gradient_checkpointing, packing=cfg.train.packing, processes=processes)
+
+
+@dataclass(frozen=True)
+class Levers:
+    """The settings the planner may change, each with a memory effect the model prices."""
+
+    checkpoint_fraction: float
+    row_tokens: int  # packed-row capacity (speed.packed_row_tokens, resolved)
+    offload_activations: bool
+    loss_chunk_tokens: int
+    expandable_segments: bool = False  # allocator setting: changes reserved memory, not allocated
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> Levers:
+        return cls(checkpoint_fraction=cfg.speed.checkpoint_fraction, row_tokens=cfg.row_tokens(),
+                   offload_activations=cfg.speed.offload_activations is True, loss_chunk_tokens=cfg.train.loss_chunk_tokens)
+
+    def checkpointed_layers(self, shape: ModelShape, settings: MemorySettings) -> int:
+        """As `apply_speed` rounds it."""
+        return round(self.checkpoint_fraction * shape.layers) if settings.gradient_checkpointing else 0
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The forward passes of a run's steps with one packed-row capacity: the longest row, and the most rows in a step."""
+
+    longest: int
+    most_per_step: int
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peak allocated bytes and the named terms it is the sum of (persistent + held + the largest phase)."""
+
+    persistent: dict[str, float]
+    held: dict[str, float]
+    phases: dict[str, float]  # transient working sets; the largest one counts
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.__getitem__)
+
+    @property
+    def peak_bytes(self) -> float:
+        return sum(self.persistent.values()) + sum(self.held.values()) + self.phases[self.peak_phase]
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / GIB
+
+    def terms(self) -> dict[str, float]:
+        """Every term that makes up the peak, in bytes, largest first."""
+        terms = {**self.persistent, **self.held, self.peak_phase: self.phases[self.peak_phase]}
+        return dict(sorted(((name, value) for name, value in terms.items() if value > 0), key=lambda kv: -kv[1]))
+
+    def biggest_terms(self, count: int = 4) -> str:
+        return ", ".join(f"{name} {value / GIB:.1f} GiB" for name, value in list(self.terms().items())[:count])
+
+
+def nf4_bytes_per_weight(double_quant: bool) -> float:
+    """4 bits, plus one absmax per 64 weights: fp32, or with double quant 8-bit with an fp32 scale per 256 blocks."""
+    absmax = (1 + FP32 / NESTED_BLOCK) if double_quant else FP32
+    return 0.5 + absmax / NF4_BLOCK
+
+
+def kept_layer_bytes_per_token(shape: ModelShape, settings: MemorySettings) -> int:
+    """Bytes a decoder layer that keeps its activations saves per token for the backward pass (bf16 activations).
+
+    With Liger and fused LoRA: both RMSNorms' inputs (2 x 2h), the q/k/v input (2h, shared), the q/k norms' inputs
+    (2q + 2kv), flash attention's q, k, v and output (2q + 4kv) and o_proj's own copy of that output (2q), the MLP
+    input (2h), SwiGLU's gate and up (4i) and down_proj's input (2i); per adapted projection the rank-r product (2r)
+    and, with dropout, its mask (1 byte per input feature). Checked against bench/saved_activations.py and the
+    measured 1.10 GiB per kept Qwen3-1.7B layer in a 12,902-token row.
+    """
+    h, i = shape.hidden, shape.intermediate
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    total = BF16 * (4 * h + 4 * q + 3 * kv + 3 * i)
+    adapted = [inputs for name, (inputs, _) in shape.projections().items() if name in settings.lora_targets]
+    total += BF16 * settings.lora_r * len(adapted)
+    if settings.lora_dropout > 0:
+        total += sum(adapted)
+    if not settings.fused_lora:
+        total += PEFT_EXTRA_BYTES_PER_INPUT_FEATURE * sum(adapted)
+    if not settings.liger:  # transformers' RMSNorm keeps an fp32 copy of its input; its SwiGLU keeps silu(gate) too
+        total += BF16 * (2 * h + q + kv + i)
+    return total
+
+
+def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: Rows) -> MemoryEstimate:
+    """Peak allocated memory of one training step (see the module docstring for the three parts)."""
+    tokens = rows.longest
+    notes = []
+    quantized = settings.quant != "none"
+    linear = shape.linear_weights()
+    embedding = shape.embedding_weights()
+    frozen_matrices = 1 if shape.tied else 2
+    trained = settings.trained_embeddings
+    trained_copies = 0 if not trained else (1 if shape.tied and not settings.untie else len(trained))
+    lora_params = shape.layers * settings.lora_r * sum(i + o for name, (i, o) in shape.projections().items()
+                                                       if name in settings.lora_targets)
+    head_trained = "lm_head" in trained
+    trained_params = lora_params + trained_copies * embedding
+
+    persistent = {
+        "base weights" + (" (4-bit NF4 with absmax)" if quantized else " (bf16)"):
+            linear * (nf4_bytes_per_weight(settings.double_quant) if quantized else BF16),
+        "embed_tokens / lm_head (bf16, frozen)": frozen_matrices * embedding * BF16,
+        "fused LoRA's cached block scales": linear * FP32 / NF4_BLOCK if quantized and settings.fused_lora else 0,
+        "LoRA adapters (fp32) and their gradients": lora_params * FP32 * 2,
+        "trained embed_tokens / lm_head copies (bf16)": trained_copies * embedding * BF16,
+        "lm_head gradient (bf16)": embedding * BF16 if head_trained else 0,
+    }
+    own_embedding_gradient = "embed_tokens" in trained and not (head_trained and trained_copies == 1)
+    if settings.processes > 1 and own_embedding_gradient:  # DDP's buckets hold every gradient all the time
+        persistent["embed_tokens gradient (DDP bucket)"] = embedding * BF16
+    if settings.optimizer == "adamw":
+        persistent["AdamW states (2 per parameter, the parameter's dtype)"] = 2 * (lora_params * FP32 + trained_copies * embedding * BF16)
+    elif settings.optimizer == "adamw_8bit":
+        persistent["8-bit AdamW states"] = 2 * trained_params
+    else:
+        notes.append(f"paged 8-bit AdamW: {2 * trained_params / GIB:.2f} GiB of states in managed memory, paged to the host "
+                     "under pressure (not counted)")
+
+    checkpointed = levers.checkpointed_layers(shape, settings)
+    kept = shape.layers - checkpointed
+    layer_input = BF16 * shape.hidden * tokens
+    per_kept_layer = kept_layer_bytes_per_token(shape, settings) * tokens
+    if levers.offload_activations:
+        on_device = min(shape.layers, OFFLOAD_LAYERS_ON_DEVICE)
+        held = {f"activations on the device while offloading ({on_device} layers' worth)":
+                min(kept, on_device) * per_kept_layer + min(checkpointed, on_device) * layer_input}
+    else:
+        held = {f"activations of {kept} kept layers": kept * per_kept_layer,
+                f"inputs of {checkpointed} recomputed layers": checkpointed * layer_input}
+    held["final hidden states"] = 2 * layer_input
+
+    trained_tokens = HEAD_BYTES_PER_TOKEN_FEATURE * shape.hidden * tokens
+    chunk = min(levers.loss_chunk_tokens, tokens)
+    phases = {
+        f"lm_head + cross-entropy chunks of {chunk:,} tokens": HEAD_CHUNK_BYTES_PER_LOGIT * chunk * shape.vocab + trained_tokens,
+        "one layer's backward pass": per_kept_layer,
+    }
+    if head_trained:
+        accumulate = embedding * BF16 if rows.most_per_step > 1 or settings.processes > 1 else 0  # .grad exists: a copy
+        phases["lm_head gradient accumulator (fp32)"] = HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding + accumulate + trained_tokens
+    return MemoryEstimate(persistent, held, phases, notes)
+
+
+# ---- the run's packed rows ------------------------------------------------------------------------
+def step_lengths(lengths: list[int], samples_per_step: int, steps: range, seed: int) -> Iterator[list[int]]:
+    """The token lengths of each optimizer step's samples, in training's sample order (`batching.step_positions`)."""
+    from medtune.data.batching import epoch_order
+
+    n, order, epoch = len(lengths), [], -1
+    for step in steps:
+        batch = []
+        for position in range(step * samples_per_step, (step + 1) * samples_per_step):
+            if position // n != epoch:
+                epoch = position // n
+                order = epoch_order(n, seed, epoch)
+            batch.append(lengths[order[position % n]])
+        yield batch
+
+
+def packed_rows(lengths: list[int], samples_per_step: int, steps: range, seed: int, capacity: int | None,
+                batch_size: int, processes: int = 1) -> Rows:
+    """The longest forward pass of `steps` (tokens) and the most passes in one step, for one process's share.
+
+    With `capacity` (packing), rows are packed as training packs them; without, padded batches of `batch_size`.
+    """
+    from medtune.data.batching import _pack_rows
+
+    longest = most = 0
+    for lengths_of_step in step_lengths(lengths, samples_per_step, steps, seed):
+        share = lengths_of_step[::processes]  # DistContext.shard of rank 0; the ranks' shares are alike
+        if capacity is not None:
+            rows = [sum(map(len, row)) for row in _pack_rows([range(length) for length in share], capacity)]
+        else:
+            rows = [batch_size * max(share[start:start + batch_size]) for start in range(0, len(share), batch_size)]
+        longest, most = max(longest, *rows), max(most, len(rows))
+    return Rows(longest, most)
+
+
+@cache
+def liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+

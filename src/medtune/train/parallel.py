@@ -1,0 +1,180 @@
+"""How the processes of a run share each optimizer step: one process, DDP or FSDP, behind one interface.
+
+The recipe asks a `Parallelism` for everything that differs between them (the model's wrapping, the weights of
+the forward passes, the gradients' reduction and clipping, the optimizer's constraints, and the whole tensors
+a checkpoint holds) and never which one it has. All three keep one step math (distributed.py): losses are
+divided by the whole step's token count and gradients are summed, so an update equals one process's on the
+whole step, and a checkpoint is a single process's (resumable on any process count).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from medtune.config import TrainConfig
+from medtune.train import fsdp
+from medtune.train.distributed import DataParallelLoss, DistContext, check_global_batch
+from medtune.train.loss import LossSums, causal_lm_loss_sums, unweighted
+
+Batch = dict[str, Any]
+
+
+class MicroBatchLoss(Protocol):
+    def __call__(self, batch: Batch, last: bool) -> LossSums:
+        """The loss sums of one micro-batch; under DDP the backward pass of the step's `last` one sums the gradients."""
+        ...
+
+
+class Parallelism(Protocol):
+    """What the recipe needs from the way processes share a step; `build_parallelism` picks the implementation."""
+
+    name: str  # "none", "ddp" or "fsdp": the batch layout of env.json reports it
+    shards_weights: bool  # FSDP: 4-bit storage in the compute dtype (model/load.py), torch AdamW under `auto`
+    foreach_optimizer: bool  # torch AdamW's multi-tensor kernels; set explicitly, so CPU tests take CUDA's path
+
+    def wrap(self, model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
+        """Prepare the LoRA-wrapped model in place (after its weights are final, before the optimizer) and return
+        the micro-batch loss to train with."""
+        ...
+
+    def forwards(self, batches: list[Batch]) -> list[tuple[Batch, float]]:
+        """This process's micro-batches paired with loss weights (training and evaluation alike)."""
+        ...
+
+    def check_optimizer(self, name: str) -> None:
+        """Raise ValueError for an optimizer this parallelism cannot step."""
+        ...
+
+    def finish_gradients(self, params: list[nn.Parameter]) -> None:
+        """Complete the step's gradient sum across processes after the last backward pass."""
+        ...
+
+    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip the trained gradients to `max_norm` in place; returns their total norm before clipping."""
+        ...
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """A single process's optimizer state (a collective under FSDP: every process calls it)."""
+        ...
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load a single process's optimizer state, saved under any parallelism and process count."""
+        ...
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The trained tensors whole, for saving; None where PEFT can read them from the model itself (a collective
+        under FSDP: every process calls it)."""
+        ...
+
+
+def build_parallelism(train: TrainConfig, ctx: DistContext) -> Parallelism:
+    """One process whatever `train.parallelism` says (there is nothing to share), else DDP or FSDP."""
+    check_global_batch(train.samples_per_step(), ctx)
+    if not ctx.enabled:
+        return SingleProcess()
+    if train.parallelism == "fsdp":
+        return FullyShardedParallel(ctx)
+    return DataParallel()
+
+
+def _restore_foreach(optimizer: torch.optim.Optimizer, foreach: bool) -> None:
+    """load_state_dict restores the saving process's `foreach`; this process's choice holds (torch AdamW only)."""
+    if isinstance(optimizer, torch.optim.AdamW):
+        for group in optimizer.param_groups:
+            group["foreach"] = foreach
+
+
+def _local_loss(model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
+    """The plain loss: nothing to reduce in the backward pass (one process), or reduced by FSDP's own hooks."""
+
+    def loss(batch: Batch, last: bool) -> LossSums:
+        return causal_lm_loss_sums(model, batch, chunk_tokens)
+
+    return loss
+
+
+class SingleProcess:
+    """One process: the model whole, gradients already complete after the backward passes."""
+
+    name = "none"
+    shards_weights = False
+    foreach_optimizer = True
+
+    def wrap(self, model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
+        return _local_loss(model, chunk_tokens)
+
+    def forwards(self, batches: list[Batch]) -> list[tuple[Batch, float]]:
+        return unweighted(batches)
+
+    def check_optimizer(self, name: str) -> None:
+        """Every optimizer steps whole parameters."""
+
+    def finish_gradients(self, params: list[nn.Parameter]) -> None:
+        """Nothing left to reduce."""
+
+    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+        _restore_foreach(optimizer, self.foreach_optimizer)
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        return None
+
+
+class DataParallel(SingleProcess):
+    """DDP: every process holds the whole model, as one process does; only the loss differs, run inside torch's
+    DistributedDataParallel, which sums the gradients in the backward pass of the step's last micro-batch."""
+
+    name = "ddp"
+
+    def wrap(self, model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
+        return DataParallelLoss(model, chunk_tokens)
+
+
+class FullyShardedParallel:
+    """FSDP2 (train/fsdp.py): decoder layers sharded across processes, checkpoints gathered whole."""
+
+    name = "fsdp"
+    shards_weights = True
+    foreach_optimizer = False  # sharded (DTensor) and whole (lm_head) parameters cannot share one kernel
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+
+    def wrap(self, model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
+        """Shard in place: call after the checkpoint's adapter weights were loaded (checkpoints hold whole tensors)."""
+        fsdp.shard_model(model, self.ctx, self.ctx.device())
+        return _local_loss(model, chunk_tokens)
+
+    def forwards(self, batches: list[Batch]) -> list[tuple[Batch, float]]:
+        return fsdp.even_forwards(batches, self.ctx)
+
+    def check_optimizer(self, name: str) -> None:
+        if name != "adamw":
+            raise ValueError(f"train.optimizer {name} does not work with train.parallelism fsdp: bitsandbytes' 8-bit "
+                             "optimizers take no sharded (DTensor) parameters. Use adamw or auto (LoRA moments are "
+                             "small, and sharded too)")
+
+    def finish_gradients(self, params: list[nn.Parameter]) -> None:
+        fsdp.sum_whole_gradients(params)  # trained embeddings; FSDP reduce-scattered the sharded layers
+
+    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        return fsdp.clip_grad_norm_(params, max_norm)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return fsdp.full_optimizer_state(optimizer)
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        fsdp.load_full_optimizer_state(optimizer, state)
+        _restore_foreach(optimizer, self.foreach_optimizer)
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        return fsdp.full_trainable_state(model)

@@ -1,0 +1,58 @@
+"""`medtune check --gpu-memory SIZE`: the predicted peak on a GPU of that size, the levers planned, and whether it fits,
+from config.json and the data's token lengths alone (the 8B folder here holds no weights)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+from typer.testing import CliRunner
+
+from medtune.cli import app
+from medtune.model.tiny import shipped_tokenizer_dir
+from tests.conftest import CONFIGS
+
+runner = CliRunner()
+QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                head_dim=128, vocab_size=151936, tie_word_embeddings=False)
+
+
+def check(tmp_path, model: str, gpu_memory: str, *extra: str):
+    result = runner.invoke(app, ["check", str(CONFIGS / "v1.yaml"), "--set", f"model.name_or_path={model}", "--set",
+                                 f"output_dir={tmp_path / 'runs'}", "--gpu-memory", gpu_memory, *extra])
+    table = re.sub(r"[│┃|]", " ", result.output)
+    return result, " ".join(table.split())  # the table wraps long findings: compare words
+
+
+def qwen3_8b_folder(tmp_path):
+    """An 8B-shaped config.json next to the tokenizer: no weights at all."""
+    folder = tmp_path / "qwen3-8b-config-only"
+    shutil.copytree(shipped_tokenizer_dir(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **QWEN3_8B}))
+    assert not any(path.suffix in (".safetensors", ".bin") for path in folder.iterdir())
+    return folder
+
+
+def test_the_tiny_model_fits_a_small_gpu_as_configured(tmp_path):
+    result, text = check(tmp_path, "tiny", "8GiB")
+    assert result.exit_code == 0, result.output
+    assert "memory plan: a GPU of 8GiB, less the CUDA context (0.6 GiB) and a 5% margin: 7.0 GiB" in text
+    assert "fits" in text and "levers as configured" in text
+
+
+def test_an_8b_model_fits_24gib_with_levers_and_not_4gib(tmp_path):
+    folder = qwen3_8b_folder(tmp_path)
+    result, text = check(tmp_path, str(folder), "24GiB")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"predicted peak \d+\.\d GiB allocated, \d+\.\d GiB reserved: fits", text), text
+    assert "allocator = expandable_segments:True" in text and "speed.checkpoint_fraction = " in text
+    result, text = check(tmp_path, str(folder), "4GiB")
+    assert result.exit_code == 1
+    assert "training cannot fit a GPU of 4GiB" in text and "Biggest terms: base weights (4-bit NF4 with absmax) 3.3 GiB" in text
+
+
+def test_a_bad_size_is_a_command_line_error(tmp_path):
+    result, text = check(tmp_path, "tiny", "24")
+    assert result.exit_code == 2 and "expected a size such as 20GiB" in text
