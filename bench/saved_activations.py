@@ -16,7 +16,7 @@ import json
 import torch
 from transformers import BitsAndBytesConfig, Qwen3Config, Qwen3ForCausalLM
 
-from medtune.config import LoraSettings
+from medtune.config import LoraConfig
 from medtune.model.load import apply_lora
 from medtune.model.lora_fused import install_fused_lora
 from medtune.model.tiny import shipped_tokenizer_dir
@@ -30,7 +30,7 @@ def saved_bytes_per_token_layer(fused: bool, tokens: int, layers: int) -> float:
     model.save_pretrained("/tmp/medtune-saved-activations")
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
     model = Qwen3ForCausalLM.from_pretrained("/tmp/medtune-saved-activations", quantization_config=quant, device_map={"": "cpu"})
-    peft_model = apply_lora(model, LoraSettings(r=64, alpha=16, dropout=0.1))
+    peft_model = apply_lora(model, LoraConfig(r=64, alpha=16, dropout=0.1))
     if fused:
         install_fused_lora(peft_model)
     peft_model.train()

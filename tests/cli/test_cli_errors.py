@@ -101,11 +101,11 @@ def write_experiment(tmp_path: Path, data_file: Path) -> Path:
 
 def test_ablate_with_nothing_to_report_is_one_line(tmp_path, short_rows_file, monkeypatch):
     """The runs "train" without writing anything (stubbed), so the real report finds no metrics."""
-    import medtune.experiment as experiment_module
+    import medtune.ablate as ablate_module
     import medtune.train.recipe as recipe
 
     monkeypatch.setattr(recipe, "run", lambda cfg, resume=False: cfg.run_dir())
-    monkeypatch.setattr(experiment_module, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(ablate_module, "visible_gpus", lambda: 0)
     result = runner.invoke(app, ["ablate", str(write_experiment(tmp_path, short_rows_file))])
     assert result.exit_code == 7, result.output
     assert result.output.strip().splitlines()[-1].startswith("error: ")
@@ -113,11 +113,11 @@ def test_ablate_with_nothing_to_report_is_one_line(tmp_path, short_rows_file, mo
 
 def test_ablate_names_each_failed_run_and_its_log(tmp_path, short_rows_file, monkeypatch):
     """Runs in their own processes (one pretended GPU, two runs on it) whose processes fail: exit 9. The processes
-    are stubbed (test_experiment.py starts real ones); their exit code is what ablate reports."""
-    import medtune.experiment as experiment_module
+    are stubbed (test_ablate.py starts real ones); their exit code is what ablate reports."""
+    import medtune.ablate as ablate_module
 
-    monkeypatch.setattr(experiment_module, "visible_gpus", lambda: 1)
-    monkeypatch.setattr(experiment_module.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, 4))
+    monkeypatch.setattr(ablate_module, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(ablate_module.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, 4))
     result = runner.invoke(app, ["ablate", str(write_experiment(tmp_path, short_rows_file)), "--runs-per-gpu", "2"])
     assert result.exit_code == 9, result.output
     line = result.output.strip().splitlines()[-1]

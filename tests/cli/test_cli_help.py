@@ -58,15 +58,15 @@ def test_verbose_reaches_the_processes_a_command_starts(monkeypatch):
 
 
 def test_ablate_finds_the_project_experiment_from_a_subfolder(tmp_path, monkeypatch):
-    from medtune import experiment
+    from medtune import ablate
 
     project = tmp_path / "project"
     (project / "experiments").mkdir(parents=True)
     (project / "experiments" / "quickstart.yaml").write_text("name: q\n")
     (project / "deep" / "er").mkdir(parents=True)
-    assert experiment.find_default_experiment(project / "deep" / "er") == project / "experiments" / "quickstart.yaml"
-    assert experiment.find_default_experiment(tmp_path) == REPO / "experiments" / "quickstart.yaml", "the checkout's own"
+    assert ablate.find_default_experiment(project / "deep" / "er") == project / "experiments" / "quickstart.yaml"
+    assert ablate.find_default_experiment(tmp_path) == REPO / "experiments" / "quickstart.yaml", "the checkout's own"
 
-    monkeypatch.setattr(experiment, "DEFAULT_EXPERIMENT", experiment.DEFAULT_EXPERIMENT.with_name("missing.yaml"))
+    monkeypatch.setattr(ablate, "DEFAULT_EXPERIMENT", ablate.DEFAULT_EXPERIMENT.with_name("missing.yaml"))
     with pytest.raises(ConfigError, match=rf"no experiments/missing.yaml in {tmp_path}, its parent folders or {REPO}"):
-        experiment.find_default_experiment(tmp_path)
+        ablate.find_default_experiment(tmp_path)

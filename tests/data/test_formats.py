@@ -1,4 +1,4 @@
-"""Reading every supported format and file type, bad-row handling, shipped-data resolution and the split."""
+"""Reading every supported format and file type, bad-row handling and shipped-data resolution."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from medtune.data.formats import (
     Sample,
     read_samples,
     resolve_data_path,
-    split_train_validation,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -288,6 +287,8 @@ def _bad_rows(qta: dict) -> dict[str, tuple[bytes, str, str]]:
         ),
         "no-assistant": (encode({"messages": [{"role": "user", "content": "头疼"}]}), "messages", "no assistant message"),
         "unclosed-think": (encode({"instruction": "头疼", "output": "<think>想一想"}), "output", "never closed"),
+        "text-before-think": (encode({"instruction": "头疼", "output": "好的。<think>想</think>答"}), "output",
+                              "text before '<think>': the think block must open the reply"),
     }
 
 
@@ -367,40 +368,6 @@ def test_resolve_shipped_name_and_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_data_path("~/train.jsonl") == tmp_path / "train.jsonl"
     assert resolve_data_path("data/train.jsonl") == Path("data/train.jsonl")
-
-
-def _samples(count: int) -> list[Sample]:
-    return [Sample(question=f"q{index}", think="t", answer="a", source=f"f:{index + 1}") for index in range(count)]
-
-
-def test_split_is_deterministic_disjoint_and_keeps_order():
-    samples = read_samples(resolve_data_path(SHIPPED), system_prompt=SYSTEM).samples
-
-    train, validation = split_train_validation(samples, 0.1, seed=42)
-    again = split_train_validation(samples, 0.1, seed=42)
-    other_seed = split_train_validation(samples, 0.1, seed=7)
-
-    assert (train, validation) == again
-    assert validation != other_seed[1]
-    assert len(validation) == round(len(samples) * 0.1)
-    train_sources, val_sources = [s.source for s in train], [s.source for s in validation]
-    assert not set(train_sources) & set(val_sources)
-    assert sorted(train_sources + val_sources) == sorted(s.source for s in samples)
-    position = {sample.source: index for index, sample in enumerate(samples)}
-    for split in (train_sources, val_sources):
-        assert [position[source] for source in split] == sorted(position[source] for source in split)
-
-
-@pytest.mark.parametrize(("count", "fraction", "val_count"), [(2, 0.01, 1), (5, 0.99, 4), (1, 0.5, 0), (10, 0.0, 0)])
-def test_split_sizes_at_the_edges(count, fraction, val_count):
-    train, validation = split_train_validation(_samples(count), fraction, seed=0)
-
-    assert len(validation) == val_count and len(train) == count - val_count
-
-
-def test_split_rejects_a_fraction_outside_zero_to_one():
-    with pytest.raises(ValueError, match="val_fraction"):
-        split_train_validation(_samples(4), 1.0, seed=0)
 
 
 # --- CSV / TSV, column mapping, encodings
@@ -533,6 +500,13 @@ def test_literal_tags_are_a_bad_row_or_kept_as_text(tmp_path, row, field_name):
     sample = kept.samples[1]
     assert "尾" in sample.answer or "再想" in sample.think or "<|im_end|>" in sample.question, "no text is lost"
     assert kept.as_dict()["rows_with_literal_tags"] == 1
+
+
+def test_a_reply_whose_think_block_the_template_opened_reads_like_qwen3s_template(tmp_path):
+    """Qwen3's thinking-only templates write `<think>` into the prompt, so their replies start inside the block."""
+    path = write_lines(tmp_path / "train.jsonl", [encode({"instruction": "头疼", "output": "想一想\n</think>\n\n多休息"})])
+
+    assert fields(read_samples(path, system_prompt=SYSTEM).samples[0]) == ("头疼", "想一想", "多休息", SYSTEM)
 
 
 def test_empty_think_block_needs_think_optional(tmp_path):

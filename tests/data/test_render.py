@@ -14,6 +14,7 @@ from medtune.data.render import (
     prompt_messages,
     render_text,
 )
+from medtune.data.reply import reply_text
 
 IM_START, IM_END, THINK, END_THINK, NEWLINE = 151644, 151645, 151667, 151668, 198
 
@@ -71,7 +72,7 @@ def test_reasoning_content_rendering_equals_the_official_template_on_every_shipp
     samples = read_samples(resolve_data_path("medtune:delicate_medical_r1_val"), system_prompt="S").samples
     assert len(samples) == 241
     for sample in samples:
-        reply = {"role": "assistant", "content": f"<think>\n{sample.think}\n</think>\n\n{sample.answer}"}
+        reply = {"role": "assistant", "content": reply_text(sample.think, sample.answer)}
         official = tokenizer.apply_chat_template([*prompt_messages(sample), reply], tokenize=False)
         assert render_text(tokenizer, sample) == official, sample.source
 

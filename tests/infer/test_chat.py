@@ -12,7 +12,7 @@ from rich.console import Console
 
 from medtune.config import RunConfig
 from medtune.infer.chat import ReplyPrinter, chat_loop, stream_reply
-from medtune.infer.generation import Decoding
+from medtune.infer.decoding import Decoding
 from medtune.infer.runs import AdapterRun, InferenceModel
 
 DIM = "\x1b[2m"

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from medtune.config import load_config
+from medtune.data.formats import DataError
 from medtune.data.lexicon import load_lexicon
+from medtune.data.prepare import prepare_data
+from medtune.data.render import encode_sample
 from medtune.infer import evaluate as evaluate_module
 from medtune.infer.evaluate import eval_data, evaluate, loss_over, mask_questions
-from medtune.infer.generation import Decoding, Reply
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import Reply
 from medtune.infer.runs import load_for_inference, resolve_run
+from tests.conftest import CONFIGS
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +27,69 @@ def v1_model(v1_run):
 
 
 def test_default_data_is_the_runs_validation_split_and_its_loss_is_trainings(v1_run, v1_model):
-    data = eval_data(v1_model.run, None, None)
+    data = eval_data(v1_model.run.config, None, None)
     summary = json.loads((v1_run / "summary.json").read_text())
-    assert len(data.samples) == summary["data"]["validation"]["rows"] and "held out by the run" in data.source
+    assert len(data.samples) == summary["data"]["validation"]["rows"] and data.source == summary["data"]["validation"]["source"]
     training_eval = [json.loads(line) for line in (v1_run / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line][-1]
     loss = loss_over(v1_model, data.samples, batch_size=2)
     assert loss["eval_tokens"] == training_eval["eval_tokens"]
     assert loss["eval_loss"] == pytest.approx(training_eval["eval_loss"], rel=1e-4), "the adapter must load exactly as trained"
 
 
+def _rows_file(path: Path, count: int, bad_line: int | None = None) -> Path:
+    rows = [json.dumps({"question": f"头痛第{i}天怎么办", "think": f"想{i}", "answer": f"多休息{i}"}, ensure_ascii=False) for i in range(count)]
+    if bad_line is not None:
+        rows[bad_line - 1] = '{"question": "发烧", "think": "想"}'
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+SPLIT_OPTIONS = {
+    "held-out-share": {},
+    "other-share": {"overrides": ["data.val_fraction=0.3"]},
+    "other-seed": {"overrides": ["train.seed=7"]},
+    "first-rows-only": {"overrides": ["data.max_rows=23"]},
+    "bad-rows-skipped": {"overrides": ["data.skip_bad_rows=true"], "bad_line": 4},
+    "validation-file": {"validation_file": True},
+    "validation-file-first-rows": {"validation_file": True, "overrides": ["data.max_rows=5"]},
+    "csv-columns": {"csv": True, "overrides": ["data.val_fraction=0.5", "train.seed=3"]},
+}
+"""Every `data` and `train` setting that decides which rows validate."""
+
+
+@pytest.mark.parametrize("options", list(SPLIT_OPTIONS.values()), ids=list(SPLIT_OPTIONS))
+def test_default_eval_rows_are_exactly_the_rows_training_validates_on(tmp_path, tokenizer, options):
+    """For every option that decides the split, eval's default rows encode to training's validation rows, in order."""
+    overrides = list(options.get("overrides", []))
+    train = _rows_file(tmp_path / "train.jsonl", 40, options.get("bad_line"))
+    if options.get("validation_file"):
+        overrides.append(f"data.validation={_rows_file(tmp_path / 'val.jsonl', 9)}")
+    if options.get("csv"):
+        train = tmp_path / "train.csv"
+        train.write_text("ask,why,reply\n" + "".join(f"头痛{i},想{i},多休息{i}\n" for i in range(12)), encoding="utf-8")
+        overrides.append("data.columns={question: ask, think: why, answer: reply}")
+    cfg = load_config(CONFIGS / "v1.yaml", [f"data.train={train}", "data.max_length=256", "speed.packed_row_tokens=null",
+                                            *overrides], overlays=[CONFIGS / "tiny.yaml"])
+
+    prepared = prepare_data(cfg, tokenizer)
+    data = eval_data(cfg, None, None)
+
+    encoded = [encode_sample(tokenizer, sample, cfg.data.max_length) for sample in data.samples]
+    assert [item.input_ids for item in encoded] == [item.input_ids for item in prepared.validation] and encoded
+    assert data.source == prepared.stats["validation"]["source"]
+    training_rows = {sample.source for sample in prepared.train.samples}
+    assert not training_rows & {sample.source for sample in data.samples}
+
+
+def test_eval_refuses_a_run_that_held_out_no_rows(tmp_path):
+    cfg = load_config(CONFIGS / "v1.yaml", [f"data.train={_rows_file(tmp_path / 'train.jsonl', 5)}", "data.val_fraction=0"],
+                      overlays=[CONFIGS / "tiny.yaml"])
+    with pytest.raises(DataError, match="the run held out no validation rows"):
+        eval_data(cfg, None, None)
+
+
 def test_masked_questions_change_only_the_question_and_are_repeatable(v1_model):
-    samples = eval_data(v1_model.run, None, None).samples
+    samples = eval_data(v1_model.run.config, None, None).samples
     lexicon = load_lexicon("medical")
     masked = mask_questions(samples, seed=0)
     assert [index for index, _, _ in masked] == [i for i, s in enumerate(samples) if lexicon.find(s.question)]
@@ -43,7 +102,7 @@ def test_masked_questions_change_only_the_question_and_are_repeatable(v1_model):
 
 def test_robust_metrics_compare_the_same_questions_clean_and_masked(v1_model, monkeypatch):
     """Scripted replies: perfect answers to clean questions, empty answers to masked ones -> the drop is the clean score."""
-    data = eval_data(v1_model.run, None, None)
+    data = eval_data(v1_model.run.config, None, None)
     by_question = {s.question: s.answer for s in data.samples}
 
     def scripted(loaded, conversations, decoding, batch_size, description):

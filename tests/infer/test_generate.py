@@ -9,7 +9,8 @@ import torch
 
 from medtune.data.formats import DataError
 from medtune.infer.generate import read_questions
-from medtune.infer.generation import Decoding, decode_reply, generate_replies
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import decode_reply, generate_replies
 from medtune.infer.runs import load_for_inference, resolve_run
 
 SYSTEM = "你是医生。"

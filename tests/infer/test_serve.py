@@ -16,7 +16,8 @@ import pytest
 import uvicorn
 from openai import BadRequestError, NotFoundError, OpenAI
 
-from medtune.infer.generation import Decoding, Messages
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import Messages
 from medtune.infer.serve import ChatRequest, Completion, ServedModel, _field_path, create_app, load_served_model
 from medtune.model.tiny import tiny_model_dir
 

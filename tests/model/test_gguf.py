@@ -22,7 +22,7 @@ def test_gguf_is_converted_once_into_exact_weights(tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from medtune.model.hub import installed_package_folder
+    from medtune.hub import installed_package_folder
 
     monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path))
     folder = model_source(SMOLLM2)

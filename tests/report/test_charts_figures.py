@@ -10,7 +10,7 @@ import pytest
 
 from medtune.report.analysis import Version
 from medtune.report.charts import COINCIDE_TOLERANCE, CJK_FONTS, build_figure, cjk_font, coinciding_curves, draw_chart
-from medtune.report.runs import Run, Source
+from medtune.report.inputs import Run, Source
 
 MAX_STEPS = 400
 

@@ -14,13 +14,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from medtune.report.analysis import DEFAULT_PHASE_BOUNDS, Version, analyse
+from medtune.report.analysis import Version, analyse
 from medtune.report.build import group_versions
 from medtune.report.document import build_document, insight_text
+from medtune.report.inputs import Run, Source
 from medtune.report.insights import insights
-from medtune.report.render import to_html, to_markdown
-from medtune.report.runs import Run, Source
+from medtune.report.markup import to_html, to_markdown
 from medtune.report.schema import Summary
+from medtune.report.settings import DEFAULT_PHASE_BOUNDS
 from medtune.report.stats import relative_change
 from medtune.report.wording import words
 

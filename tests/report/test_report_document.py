@@ -15,7 +15,8 @@ import pytest
 from scipy import stats
 
 from medtune.report.build import build_report
-from medtune.report.runs import NoteCode, SourceKind
+from medtune.report.inputs import NoteCode, SourceKind
+from medtune.report.settings import LANGUAGES
 from medtune.report.wording import WORDING
 
 NUMBER = re.compile(r"(?<![\w.])([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)(%?)")
@@ -107,6 +108,7 @@ def test_chinese_report_uses_chinese_terms(reports):
 
 
 def test_wording_tables_have_the_same_keys_and_fields():
+    assert tuple(WORDING) == LANGUAGES
     english, chinese = WORDING["en"], WORDING["zh"]
     assert english.keys() == chinese.keys()
     for key in english:

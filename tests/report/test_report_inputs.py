@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from medtune.cli import app
 from medtune.report.build import build_report, group_versions
-from medtune.report.runs import ReportError, Run, Source, version_of
+from medtune.report.inputs import ReportError, Run, Source, version_of
 from medtune.report.schedule import ScheduleSpec, check_schedule, multiplier
 from medtune.report.sources import load_runs
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medtune.report.build import build_report
-from medtune.report.runs import Note
+from medtune.report.inputs import Note
 from medtune.report.schedule import check_schedule
 from medtune.report.sources import load_runs
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from medtune.report.runs import Note, Run, flatten
+from medtune.report.inputs import Note, Run, flatten
 from medtune.report.sources import load_runs
 from medtune.report.sources.python_repr import parse_repr
 

@@ -10,7 +10,7 @@ import transformers.modeling_utils
 from peft import PeftModel
 from torch import nn
 
-from medtune.config import LoraSettings, ModelConfig, QuantConfig
+from medtune.config import LoraConfig, ModelConfig, QuantConfig
 from medtune.model.load import WEIGHT_SHARD, WHOLE_MODEL_WARMUP, apply_lora, keep_own_shards, load_base_model
 from medtune.train.distributed import DistContext
 from medtune.train.fsdp import is_sharded, shard_model
@@ -34,7 +34,7 @@ def trained_model(fsdp_loaded: nn.Module, ctx: DistContext) -> PeftModel:
     """LoRA on every projection with the same non-zero values on every process (B starts at zero, which would leave
     A without a gradient), sharded by FSDP."""
     torch.manual_seed(0)
-    model = apply_lora(fsdp_loaded, LoraSettings(dropout=0.0))
+    model = apply_lora(fsdp_loaded, LoraConfig(dropout=0.0))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():

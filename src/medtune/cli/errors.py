@@ -26,14 +26,14 @@ EXIT_CODES: tuple[ExitCode, ...] = (
              ("medtune.config:ConfigError", "medtune.model.memory_plan:MemoryBudgetError")),
     ExitCode(4, "a data file or lexicon", ("medtune.data.formats:DataError", "medtune.data.lexicon:LexiconError",
                                           "medtune.data.render:TemplateError")),
-    ExitCode(5, "the model: a path, hub id, ModelScope id or GGUF file", ("medtune.model.hub:HubError",)),
+    ExitCode(5, "the model: a path, hub id, ModelScope id or GGUF file", ("medtune.hub:HubError",)),
     ExitCode(6, "a run, checkpoint or output folder: exists already, missing, unusable",
              ("medtune.train.recipe:RunExistsError", "medtune.train.checkpoint:CheckpointError",
               "medtune.infer.runs:RunNotFoundError", "medtune.infer.merge:MergeError", "medtune.infer.export:ExportError",
               "medtune.infer.serve:ServeError", "medtune.run_folder:RunFolderError")),
-    ExitCode(7, "the inputs of a report (run folders, logs)", ("medtune.report.runs:ReportError",)),
+    ExitCode(7, "the inputs of a report (run folders, logs)", ("medtune.report.inputs:ReportError",)),
     ExitCode(8, "an experiment tracker (swanlab, tensorboard, wandb)", ("medtune.train.trackers:TrackerError",)),
-    ExitCode(9, "`ablate`: runs failed (each named with its log)", ("medtune.experiment:RunsFailedError",)),
+    ExitCode(9, "`ablate`: runs failed (each named with its log)", ("medtune.ablate:RunsFailedError",)),
     ExitCode(130, "interrupted (Ctrl-C); `train` saves a checkpoint first"),
 )
 

@@ -13,6 +13,7 @@ import typer
 
 from medtune.cli.options import BatchSizeOpt, CheckpointOpt, GreedyOpt, MaxNewTokensOpt, RunArg
 from medtune.cli.tables import columns_table, flatten
+from medtune.infer.decoding import Decoding
 
 
 class ThinkDisplay(str, Enum):
@@ -25,14 +26,13 @@ def chat(
     checkpoint: CheckpointOpt = None,
     think: Annotated[ThinkDisplay, typer.Option("--think", help="Show the reasoning dimmed, or hide it.")] = ThinkDisplay.show,
     greedy: GreedyOpt = False,
-    max_new_tokens: MaxNewTokensOpt = 2048,
+    max_new_tokens: MaxNewTokensOpt = Decoding.max_new_tokens,
     system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="System prompt; default: the one the run trained with.")] = None,
 ) -> None:
     """Chat with a fine-tuned model in the console, reply streamed token by token."""
     from rich.console import Console
 
     from medtune.infer.chat import chat_loop
-    from medtune.infer.generation import Decoding
     from medtune.infer.runs import load_for_inference, resolve_run
 
     loaded = load_for_inference(resolve_run(run, checkpoint))
@@ -48,7 +48,7 @@ def generate(
                                          help="Answers JSONL: source, question, think, answer, finish_reason, new_tokens.")],
     checkpoint: CheckpointOpt = None,
     batch_size: BatchSizeOpt = 8,
-    max_new_tokens: MaxNewTokensOpt = 2048,
+    max_new_tokens: MaxNewTokensOpt = Decoding.max_new_tokens,
     greedy: GreedyOpt = False,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Sampling seed, for repeatable answers.")] = 0,
 ) -> None:
@@ -56,7 +56,6 @@ def generate(
     from transformers import set_seed
 
     from medtune.infer.generate import answer_rows, read_questions, write_jsonl
-    from medtune.infer.generation import Decoding
     from medtune.infer.runs import load_for_inference, resolve_run
 
     adapter_run = resolve_run(run, checkpoint)
@@ -76,7 +75,7 @@ def eval_command(
                                                 help="Rows with reference answers (any medtune format); default: the run's own validation rows.")] = None,
     checkpoint: CheckpointOpt = None,
     limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=1, help="Evaluate only the first N rows.")] = None,
-    max_new_tokens: MaxNewTokensOpt = 2048,
+    max_new_tokens: MaxNewTokensOpt = Decoding.max_new_tokens,
     batch_size: BatchSizeOpt = 8,
     no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Evaluate the base model alone (writes eval.base.json).")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
@@ -86,11 +85,10 @@ def eval_command(
     from rich.console import Console
 
     from medtune.infer.evaluate import default_output, eval_data, replies_path, run_eval
-    from medtune.infer.generation import Decoding
     from medtune.infer.runs import load_for_inference, resolve_run
 
     adapter_run = resolve_run(run, checkpoint)
-    rows = eval_data(adapter_run, data, limit)  # bad rows stop here, before the model loads
+    rows = eval_data(adapter_run.config, data, limit)  # bad rows stop here, before the model loads
     target = output or default_output(adapter_run, with_adapter=not no_adapter)
     loaded = load_for_inference(adapter_run, with_adapter=not no_adapter)
     record = run_eval(loaded, rows, Decoding(greedy=True, max_new_tokens=max_new_tokens), batch_size, target)

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from medtune.infer.decoding import Decoding
+
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (may name a `base:` config).", metavar="CONFIG",
                                            exists=True, dir_okay=False, show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
@@ -21,8 +23,8 @@ RunArg = Annotated[Path, typer.Argument(help="Run folder (uses its adapter/), or
 CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", metavar="STEP", min=1,
                                                       help="Use checkpoints/step-STEP instead of the final adapter.")]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", metavar="N", min=1, help="Cut each reply after N tokens.")]
-GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of Qwen3's thinking-mode sampling "
-                                                          "(T 0.6, top-p 0.95, top-k 20).")]
+_SAMPLING = f"T {Decoding.temperature}, top-p {Decoding.top_p}, top-k {Decoding.top_k}"
+GreedyOpt = Annotated[bool, typer.Option("--greedy", help=f"Greedy decoding instead of Qwen3's thinking-mode sampling ({_SAMPLING}).")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", metavar="N", min=1, help="Questions generated together (left-padded).")]
 
 

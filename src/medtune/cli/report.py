@@ -8,10 +8,11 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS, LANGUAGES
 
-class ReportLanguage(str, Enum):
-    en = "en"
-    zh = "zh"
+
+ReportLanguage = Enum("ReportLanguage", {language: language for language in LANGUAGES}, type=str)
+_PHASES = ",".join(map(str, DEFAULT_PHASE_BOUNDS))
 
 
 def _numbers(text: Optional[str], kind: Callable[[str], float], option: str) -> list:
@@ -36,9 +37,9 @@ def compare(
                                                     help="Version the others are compared with (default: the first).")] = None,
     steps: Annotated[Optional[str], typer.Option("--steps", metavar="STEP,...",
                                                  help="Steps of the training-loss table, e.g. 100,200,300,400 (default: quarters of training).")] = None,
-    lang: Annotated[ReportLanguage, typer.Option("--lang", help="Report language.")] = ReportLanguage.en,
+    lang: Annotated[ReportLanguage, typer.Option("--lang", help="Report language.")] = ReportLanguage(DEFAULT_LANGUAGE),
     phases: Annotated[str, typer.Option("--phases", metavar="WARMUP,EARLY",
-                                        help="Fractions of training that end the warmup and the early phase of the grad-norm analysis.")] = "0.1,0.5",
+                                        help="Fractions of training that end the warmup and the early phase of the grad-norm analysis.")] = _PHASES,
 ) -> None:
     """Compare experiment versions: loss, eval loss, gradient stability, LR schedule, with seeds' statistics."""
     from medtune.report.build import HTML_FILE, MARKDOWN_FILE, SUMMARY_FILE, build_report, parse_name_option

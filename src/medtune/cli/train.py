@@ -69,12 +69,13 @@ def ablate(
     experiment: Annotated[Optional[Path], typer.Argument(
         help="Experiment YAML (versions x seeds); default: experiments/quickstart.yaml of the project, looked for "
              "in the working folder, its parents, then the checkout medtune was installed from.", metavar="EXPERIMENT", dir_okay=False, show_default=False)] = None,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", metavar="N|LIST", help="A count (3 -> 42,43,44) or a list (1,2,3).")] = None,
+    seeds: Annotated[Optional[str], typer.Option(
+        "--seeds", metavar="N|LIST", help="A count (3: three seeds counting up from train.seed's default) or a list (1,2,3).")] = None,
     runs_per_gpu: Annotated[Optional[int], typer.Option("--runs-per-gpu", metavar="N", min=1,
                                                         help="Runs at once per GPU (default: the experiment's runs_per_gpu, 1).")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Train every version x seed that is not complete (resuming interrupted ones), then write the report."""
-    from medtune.experiment import find_default_experiment, parse_seeds, run_experiment
+    from medtune.ablate import find_default_experiment, parse_seeds, run_experiment
 
     run_experiment(experiment or find_default_experiment(), parse_seeds(seeds) if seeds else None, set_, runs_per_gpu)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -21,18 +19,16 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from medtune.model.hub import MODELSCOPE_PREFIX, HubError, modelscope_data_file
+from medtune.data.reply import CHAT_TAGS, THINK_END, THINK_START, split_reply
+from medtune.hub import MODELSCOPE_PREFIX, HubError, modelscope_data_file
 
 FIELDS = ("system", "question", "think", "answer")
 FORMATS = ("auto", "qta", "alpaca", "messages")
 FILE_TYPES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
-LITERAL_TAGS = ("<think>", "</think>", "<|im_start|>", "<|im_end|>", "<|endoftext|>")
-"""Chat-template tags that a field may not hold unless `literal_tags` is `text` (then they are trained as characters)."""
 SHIPPED_PREFIX = "medtune:"
 ROW = "(row)"
 """The field named when the whole row is at fault (invalid JSON, not an object, no known format)."""
 
-_THINK_BLOCK = re.compile(r"<think>(.*?)</think>(.*)", re.DOTALL)
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 _OPENAI_ROLES = ("system", "user", "assistant")
 
@@ -177,7 +173,7 @@ def read_samples(
         result.multi_turn_truncated += truncated
         result.formats[row_format] = result.formats.get(row_format, 0) + 1
         result.without_think += not sample.think
-        result.literal_tags += any(tag in text for tag in LITERAL_TAGS for text in (sample.question, sample.think, sample.answer))
+        result.literal_tags += any(tag in text for tag in CHAT_TAGS for text in (sample.question, sample.think, sample.answer))
     if not result.samples and not result.skipped:
         raise DataError(file, "no rows")
     if not result.samples:
@@ -189,7 +185,7 @@ def read_samples(
 
 def resolve_data_path(spec: str) -> Path:
     """`medtune:<name>` is a file shipped with the package; `modelscope:<owner>/<name>[/<file>]` a data set
-    file fetched into the ModelScope cache (see `model.hub`); anything else is a path (`~` expanded)."""
+    file fetched into the ModelScope cache (see `hub.py`); anything else is a path (`~` expanded)."""
     if spec.startswith(MODELSCOPE_PREFIX):
         try:
             return modelscope_data_file(spec.removeprefix(MODELSCOPE_PREFIX), FILE_TYPES)
@@ -203,23 +199,6 @@ def resolve_data_path(spec: str) -> Path:
     if name not in shipped:
         raise DataError(spec, f"no shipped data set {name!r}; shipped: {', '.join(SHIPPED_PREFIX + n for n in sorted(shipped))}")
     return Path(str(shipped[name]))
-
-
-def split_train_validation(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out a seeded random `val_fraction` of the samples; both splits keep the file order.
-
-    At least one sample goes to validation (when `val_fraction` > 0 and there are two or more) and at
-    least one stays for training, so a small file still gets an eval loss.
-    """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if val_fraction == 0 or len(samples) < 2:
-        return list(samples), []
-    val_count = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
-    val_indices = set(random.Random(seed).sample(range(len(samples)), val_count))
-    train = [sample for index, sample in enumerate(samples) if index not in val_indices]
-    validation = [sample for index, sample in enumerate(samples) if index in val_indices]
-    return train, validation
 
 
 # --- file types: each yields (row number from 1, parsed row or the problem that prevented parsing)
@@ -405,25 +384,26 @@ def _check_tags(text: str, label: str, rules: RowRules) -> None:
     """A chat-template tag in a field is a bad row unless `literal_tags: text` keeps it as characters."""
     if rules.literal_tags == "text":
         return
-    tags = [tag for tag in LITERAL_TAGS if tag in text]
+    tags = [tag for tag in CHAT_TAGS if tag in text]
     if tags:
         raise _RowProblem(label, f"holds the chat-template tag {tags[0]!r}; remove it, or set data.literal_tags: text to "
                                  "train it as plain characters")
 
 
 def _split_think(reply: str, field_name: str, rules: RowRules) -> tuple[str, str]:
-    """Split a leading `<think>...</think>` block off a stripped reply; tags left in either part are checked."""
-    match = _THINK_BLOCK.fullmatch(reply)
-    if match is None:
-        if reply.startswith("<think>"):
-            raise _RowProblem(field_name, "'<think>' is never closed by '</think>'")
-        think, answer = "", reply
-    else:
-        think, answer = match.group(1).strip(), match.group(2).strip()
+    """Think and answer of a reply field, split as every reply is (`data.reply.split_reply`); the think block must
+    open the reply and be closed, and tags left in either part are checked."""
+    parts = split_reply(reply)
+    if parts.preamble:
+        raise _RowProblem(field_name, f"text before {THINK_START!r}: the think block must open the reply")
+    if parts.opened and not parts.closed:
+        raise _RowProblem(field_name, f"{THINK_START!r} is never closed by {THINK_END!r}")
+    think, answer = parts.think, parts.answer
     if not answer:
-        raise _RowProblem(field_name, "empty answer after the </think> block")
+        raise _RowProblem(field_name, f"empty answer after the {THINK_END} block")
     if not think and rules.think == "required":
-        raise _RowProblem(field_name, f"no reasoning: no <think>...</think> block with text before the answer; {_NO_THINK}")
+        raise _RowProblem(field_name, f"no reasoning: no {THINK_START}...{THINK_END} block with text before the answer; "
+                                      f"{_NO_THINK}")
     _check_tags(think, field_name, rules)
     _check_tags(answer, field_name, rules)
     return think, answer

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from medtune.data.formats import Sample
+from medtune.data.reply import ASSISTANT_HEADER, THINK_CLOSE, THINK_OPEN, TURN_END, reply_text
 
 IGNORE_INDEX = -100
 SPAN_PROMPT, SPAN_THINK, SPAN_ANSWER = 0, 1, 2
-THINK_OPEN, THINK_CLOSE, TURN_END = "<think>\n", "\n</think>\n\n", "<|im_end|>"
 
 
 class TemplateError(ValueError):
@@ -52,7 +52,7 @@ def assistant_message(tokenizer: PreTrainedTokenizerBase, sample: Sample) -> dic
     """The reply: think as `reasoning_content` where the template reads it, else a think block in the content."""
     if "reasoning_content" in (tokenizer.chat_template or ""):
         return {"role": "assistant", "content": sample.answer, "reasoning_content": sample.think}
-    return {"role": "assistant", "content": f"{THINK_OPEN}{sample.think}{THINK_CLOSE}{sample.answer}"}
+    return {"role": "assistant", "content": reply_text(sample.think, sample.answer)}
 
 
 def render_text(tokenizer: PreTrainedTokenizerBase, sample: Sample) -> str:
@@ -82,21 +82,20 @@ def _written(text: str, start: int, value: str, stripped: str, closing: str) -> 
 
 def layout(text: str, sample: Sample) -> Layout:
     """Locate the assistant turn and the fields in `text`; TemplateError if it is not the Qwen3 layout."""
-    header = "<|im_start|>assistant\n"
-    turn = text.rfind(header)
+    turn = text.rfind(ASSISTANT_HEADER)
     if turn < 0:
-        raise TemplateError("chat template output has no '<|im_start|>assistant' turn")
-    start = turn + len(header)
+        raise TemplateError(f"chat template output has no {ASSISTANT_HEADER.strip()!r} turn")
+    start = turn + len(ASSISTANT_HEADER)
     if not text.startswith(THINK_OPEN, start):
-        raise TemplateError("chat template did not open the assistant turn with '<think>\\n'")
+        raise TemplateError(f"chat template did not open the assistant turn with {THINK_OPEN!r}")
     think_start = start + len(THINK_OPEN)
     think = _written(text, think_start, sample.think, sample.think.strip("\n"), THINK_CLOSE)
     if think is None:
-        raise TemplateError("chat template did not write the think followed by '\\n</think>\\n\\n'")
+        raise TemplateError(f"chat template did not write the think followed by {THINK_CLOSE!r}")
     answer_start = think[0] + len(THINK_CLOSE)
     answer = _written(text, answer_start, sample.answer, sample.answer.lstrip("\n"), TURN_END)
     if answer is None:
-        raise TemplateError("chat template did not write the answer followed by '<|im_end|>'")
+        raise TemplateError(f"chat template did not write the answer followed by {TURN_END!r}")
     fields = {"think": (think_start, think[0]), "answer": (answer_start, answer[0])}
     prompt = text[:turn]
     for name in ("system", "question"):

@@ -12,7 +12,9 @@ from typing import Literal
 from rich.console import Console
 from transformers import TextIteratorStreamer
 
-from medtune.infer.generation import THINK_END, THINK_START, Decoding, Messages, decode_reply, prompt_text
+from medtune.data.reply import split_reply
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import Messages, decode_reply, prompt_text
 from medtune.infer.runs import InferenceModel, describe
 
 ThinkMode = Literal["show", "hide"]
@@ -23,32 +25,34 @@ RESET_COMMAND = "/reset"
 class ReplyPrinter:
     """Prints a reply as it streams in: the think block dimmed (or one `thinking…` line), then the answer.
 
-    The text so far is split into its think and answer parts on every piece; both parts only ever grow,
-    so printing what is new in each is enough. `<think>` and `</think>` are single tokens, so a tag never
-    arrives split across two pieces.
+    The text so far is split into its think and answer parts (`split_reply`) on every piece, and what each part
+    adds is printed. `<think>` and `</think>` are single tokens, so a tag never arrives split across two pieces.
+    A reply that never wrote `<think>` shows as answer until a `</think>` makes that text think: it stays on
+    screen as it is, and the answer after it starts after a blank line.
     """
 
     def __init__(self, console: Console, think: ThinkMode) -> None:
         self.console = console
         self.think = think
         self.text = ""
-        self.printed = {"think": 0, "answer": 0}
+        self.printed = {"think": "", "answer": ""}
 
     def feed(self, piece: str) -> None:
         self.text += piece
-        for part, text in zip(("think", "answer"), self._parts()):
-            new = text[self.printed[part] :]
-            if new:
-                self._print(part, new)
-                self.printed[part] = len(text)
+        parts = split_reply(self.text)
+        if not self.printed["answer"]:  # once an answer shows, the think is on screen (or was shown as answer)
+            self._show("think", parts.think)
+        self._show("answer", parts.answer)
 
-    def _parts(self) -> tuple[str, str]:
-        """(think, answer) of the text so far, without the newlines the template puts after each tag."""
-        body = self.text.lstrip()
-        if not body.startswith(THINK_START):
-            return "", body
-        think, closed, answer = body[len(THINK_START) :].partition(THINK_END)
-        return think.lstrip("\n"), answer.lstrip("\n") if closed else ""
+    def _show(self, part: str, text: str) -> None:
+        shown = self.printed[part]
+        if text == shown or not text:
+            return
+        if not text.startswith(shown):  # the answer so far was think: a `</think>` came
+            self.console.print("\n")
+            shown = ""
+        self._print(part, text[len(shown) :])
+        self.printed[part] = text
 
     def _print(self, part: str, text: str) -> None:
         if part == "think" and self.think == "hide":
@@ -56,7 +60,7 @@ class ReplyPrinter:
                 self.console.print("thinking…", style="dim italic")
             return
         if part == "answer" and not self.printed["answer"] and self.printed["think"] and self.think == "show":
-            self.console.print()
+            self.console.print("\n")  # ends the think line and leaves one blank line before the answer
         self.console.print(text, style="dim" if part == "think" else "", end="", markup=False, highlight=False)
 
 

@@ -16,17 +16,18 @@ from typing import Any
 
 import torch
 
-from medtune.config import AugmentConfig
+from medtune.config import AugmentConfig, RunConfig
 from medtune.data.augment import Augmenter
 from medtune.data.batching import trained_token_counts
-from medtune.data.formats import DataError, ReadResult, Sample, split_train_validation
+from medtune.data.formats import DataError, Sample
 from medtune.data.lexicon import load_lexicon
-from medtune.data.prepare import read_data_file
 from medtune.data.render import encode_sample, prompt_messages
-from medtune.infer.generation import Decoding, Reply
-from medtune.infer.metrics import reply_scores
-from medtune.infer.progress import generate_with_progress
+from medtune.data.split import read_data_file, split_rows
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import Reply
+from medtune.infer.generation_progress import generate_with_progress
 from medtune.infer.runs import AdapterRun, InferenceModel
+from medtune.infer.scores import reply_scores
 from medtune.run_folder import RunFolder, write_atomic, write_json
 from medtune.train.loss import summed_loss_over
 
@@ -41,27 +42,19 @@ class EvalData:
     skipped_rows: int
 
 
-def eval_data(run: AdapterRun, data: str | None, limit: int | None) -> EvalData:
-    """`--data`, or else the run's own validation rows: its validation file, or the same seeded share of
-    its training file that training held out."""
-    cfg = run.config
-
-    def read(spec: str) -> ReadResult:
-        return read_data_file(cfg.data, spec, cfg.data.max_rows if data is None else None)
-
+def eval_data(cfg: RunConfig, data: str | None, limit: int | None) -> EvalData:
+    """`--data` (every row), or else the run's own validation rows, split as training split them (`split_rows`)."""
     if data is not None:
-        result = read(data)
-        samples, source = result.samples, data
-    elif cfg.data.validation:
-        result = read(cfg.data.validation)
-        samples, source = result.samples, cfg.data.validation
+        result = read_data_file(cfg.data, data, max_rows=None)
+        samples, source, skipped = result.samples, data, result.skipped
     else:
-        result = read(cfg.data.train)
-        samples = split_train_validation(result.samples, cfg.data.val_fraction, cfg.train.seed)[1]
-        source = f"{cfg.data.val_fraction:.0%} of {cfg.data.train} held out by the run (seed {cfg.train.seed})"
+        split = split_rows(cfg.data, cfg.train.seed)
+        samples, source = split.validation, split.validation_source
+        skipped = (split.validation_file or split.train_file).skipped
         if not samples:
-            raise DataError(cfg.data.train, f"the run held out no validation rows (val_fraction {cfg.data.val_fraction}); pass --data")
-    return EvalData(samples[:limit] if limit is not None else samples, source, len(result.skipped))
+            raise DataError(cfg.data.train, f"the run held out no validation rows (val_fraction {cfg.data.val_fraction}); "
+                                            "pass --data")
+    return EvalData(samples[:limit] if limit is not None else samples, source, len(skipped))
 
 
 @torch.no_grad()

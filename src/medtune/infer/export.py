@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from medtune.data.render import TURN_END
-from medtune.infer.generation import Decoding
+from medtune.data.reply import TURN_END
+from medtune.infer.decoding import Decoding
 from medtune.infer.merge import MERGE_FACTS_FILE, merged_model
 from medtune.infer.runs import AdapterRun, resolve_run
 from medtune.model.tiny import is_random_weights

@@ -8,8 +8,8 @@ from typing import Any
 
 from medtune.data.formats import Sample, read_samples
 from medtune.data.render import prompt_messages
-from medtune.infer.generation import Decoding
-from medtune.infer.progress import generate_with_progress
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation_progress import generate_with_progress
 from medtune.infer.runs import InferenceModel
 from medtune.run_folder import write_atomic
 

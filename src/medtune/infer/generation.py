@@ -1,4 +1,4 @@
-"""Prompting, decoding settings and batched generation, shared by chat, generate and eval.
+"""Prompting and batched generation, shared by chat, generate and eval (decoding settings: `infer.decoding`).
 
 Prompts come from the tokenizer's own chat template (as in training, `data.render`), ending with the
 `<|im_start|>assistant\\n` header; the model writes `<think>…</think>` itself. Generation stops at
@@ -11,38 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from medtune.data.render import TURN_END
+from medtune.data.reply import ReplyParts, split_reply
+from medtune.infer.decoding import Decoding, turn_end_id
 
-THINK_START, THINK_END = "<think>", "</think>"
 Messages = list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How tokens are picked. The defaults are Qwen3's recommended thinking-mode sampling."""
-
-    greedy: bool = False
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    min_p: float = 0.0
-    max_new_tokens: int = 2048
-
-    def generation_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
-        """Every sampling field set: `generate` fills unset (None) fields from the model's own generation_config
-        (Qwen3's temperature 0.6, top_k 20), which for greedy decoding would only add warnings."""
-        stop = dict(max_new_tokens=self.max_new_tokens, eos_token_id=turn_end_id(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        if self.greedy:  # transformers' neutral values, which it does not count as sampling settings
-            return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, **stop)
-        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, **stop)
-
-    def as_dict(self) -> dict:
-        if self.greedy:
-            return {"greedy": True, "max_new_tokens": self.max_new_tokens}
-        return {"greedy": False, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "min_p": self.min_p, "max_new_tokens": self.max_new_tokens}
 
 
 @dataclass(frozen=True)
@@ -57,29 +31,16 @@ class Reply:
     """Tokens generated, the closing <|im_end|> included."""
 
     @property
+    def parts(self) -> ReplyParts:
+        return split_reply(self.text)
+
+    @property
     def think(self) -> str:
-        return split_reply(self.text)[0]
+        return self.parts.think
 
     @property
     def answer(self) -> str:
-        return split_reply(self.text)[1]
-
-
-def turn_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    return tokenizer.convert_tokens_to_ids(TURN_END)
-
-
-def split_reply(text: str) -> tuple[str, str]:
-    """(think, answer) of a reply. Without `</think>` the whole reply is think if it opened a think block
-    (it was cut or never closed it), else answer."""
-    body = text.lstrip()
-    opened = body.startswith(THINK_START)
-    if opened:
-        body = body[len(THINK_START) :]
-    think, closed, answer = body.partition(THINK_END)
-    if not closed:
-        return (body.strip(), "") if opened else ("", body.strip())
-    return think.strip(), answer.strip()
+        return self.parts.answer
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:

@@ -32,7 +32,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException
 
-from medtune.infer.generation import THINK_END, THINK_START, Decoding, Messages, prompt_text, split_reply, turn_end_id
+from medtune.data.reply import THINK_END, THINK_START, TURN_END, split_reply
+from medtune.infer.decoding import Decoding, turn_end_id
+from medtune.infer.generation import Messages, prompt_text
 from medtune.model.tiny import is_random_weights
 
 ThinkMode = Literal["show", "hide"]
@@ -274,7 +276,7 @@ def _validation_message(error: dict) -> tuple[str, str | None]:
     if error.get("type") == "literal_error" and param in {"n", "presence_penalty", "frequency_penalty"}:
         return f"{param}: only {error['ctx']['expected']} is supported", param
     if error.get("type") == "none_required" and param == "stop":
-        return "stop: stop strings are not supported (the model ends its turn with <|im_end|>)", param
+        return f"stop: stop strings are not supported (the model ends its turn with {TURN_END})", param
     message = error["msg"].removeprefix("Value error, ")
     return (f"{param}: {message}" if param else message), param
 
@@ -343,10 +345,10 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
         done = Completion()
         async with turn():
             text = "".join([piece async for piece in served.backend.generate(messages, decoding, request.seed, done)])
-        reasoning, answer = split_reply(text)
-        message = {"role": "assistant", "content": answer}
+        parts = split_reply(text)
+        message = {"role": "assistant", "content": parts.answer}
         if think == "show":
-            message["reasoning_content"] = reasoning
+            message["reasoning_content"] = parts.think
         usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
                  "total_tokens": done.prompt_tokens + done.completion_tokens}
         return {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason}],
@@ -365,7 +367,8 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
             text, sent = "", {"reasoning_content": "", "content": ""}
 
             def deltas(settled: str) -> Iterator[str]:
-                for key, part in zip(("reasoning_content", "content"), split_reply(settled)):
+                parts = split_reply(settled)
+                for key, part in (("reasoning_content", parts.think), ("content", parts.answer)):
                     if (key == "content" or think == "show") and part != sent[key] and part.startswith(sent[key]):
                         yield _chunk(base, {key: part[len(sent[key]):]})
                         sent[key] = part

@@ -14,14 +14,14 @@ from unittest import mock
 
 import torch
 import torch.distributed as dist
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig, PeftModel, get_peft_model
 from torch.distributed.tensor import DTensor
 from torch.nn.modules.module import register_module_parameter_registration_hook
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from medtune.config import LoraSettings, ModelConfig, QuantConfig
+from medtune.config import LoraConfig, ModelConfig, QuantConfig
+from medtune.hub import resolve_model_source
 from medtune.model.gguf import gguf_model_folder
-from medtune.model.hub import resolve_model_source
 from medtune.model.tiny import TINY_NAME, is_random_weights, tiny_model_dir
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def embeddings_tied(model: PreTrainedModel) -> bool:
     return out is not None and storage(inp.weight) == storage(out.weight)
 
 
-def apply_lora(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
+def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     """Freeze the base, add LoRA adapters, and train `modules_to_save` in full.
 
     A tied embed_tokens/lm_head pair trained in full stays one matrix (`tied_embeddings: keep`), so the
@@ -181,7 +181,7 @@ def apply_lora(model: PreTrainedModel, cfg: LoraSettings) -> PeftModel:
     keep_tied = tied and cfg.tied_embeddings == "keep" and bool(trained_embeddings)
     if tied and trained_embeddings and cfg.tied_embeddings == "untie":
         log.warning("embed_tokens and lm_head are tied in the base model; training them as two untied copies (tied_embeddings: untie)")
-    lora_config = LoraConfig(
+    lora_config = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,

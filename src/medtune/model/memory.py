@@ -90,7 +90,7 @@ def read_model_shape(model: ModelConfig) -> ModelShape:
     (only config.json is fetched), or a GGUF file's header."""
     from transformers import AutoConfig
 
-    from medtune.model.hub import resolve_model_source
+    from medtune.hub import resolve_model_source
     from medtune.model.load import model_source
 
     if model.gguf_file:  # model_source would de-quantise the whole file; the header holds the sizes

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medtune.report.runs import Run, flatten, numeric_leaves
+from medtune.report.inputs import Run, flatten, numeric_leaves
 from medtune.report.schedule import check_schedule, configured_warmup
 from medtune.report.stats import (
     ALPHA,
@@ -34,7 +34,6 @@ IGNORED_CONFIG_KEYS = {"run_name", "output_dir", "seed", "logging_dir"}
 SAME_SETUP_KEYS = ("model.name_or_path", "model.gguf_file", "data.train", "data.validation", "data.max_length", "data.max_rows")
 """Settings that make versions incomparable when they differ: a warning at the top of the report."""
 PHASES = ("warmup", "early", "late")
-DEFAULT_PHASE_BOUNDS = (0.1, 0.5)
 LR_TOLERANCE = 0.01
 """Largest accepted |logged - expected| LR, as a fraction of the peak LR."""
 AUGMENT_COUNTS = ("samples", "masked_samples", "terms_masked")

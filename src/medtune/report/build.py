@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medtune import __version__
-from medtune.report.analysis import DEFAULT_PHASE_BOUNDS, Version, analyse
+from medtune.report.analysis import Version, analyse
 from medtune.report.document import CHARTS, build_document, insight_text
+from medtune.report.inputs import ReportError, Run, version_of
 from medtune.report.insights import insights
+from medtune.report.markup import to_html, to_markdown
 from medtune.report.schema import Summary
-from medtune.report.render import to_html, to_markdown
-from medtune.report.runs import ReportError, Run, version_of
+from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS
 from medtune.report.sources import load_runs
 from medtune.report.wording import words
 from medtune.run_folder import write_atomic, write_json
@@ -30,7 +31,7 @@ def build_report(
     runs: Sequence[RunSpec],
     baseline: str | None = None,
     steps: Sequence[int] | None = None,
-    lang: str = "en",
+    lang: str = DEFAULT_LANGUAGE,
     out_dir: str | Path = DEFAULT_OUT_DIR,
     phases: Sequence[float] = DEFAULT_PHASE_BOUNDS,
     made_by: MadeBy = "compare",

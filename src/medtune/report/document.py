@@ -1,6 +1,6 @@
 """The report as a list of blocks (headings, paragraphs, tables, images), built from the typed summary.
 
-The Markdown and HTML writers (render.py) only lay these blocks out, so both files say exactly the same.
+The Markdown and HTML writers (markup.py) only lay these blocks out, so both files say exactly the same.
 Cells are plain text; the writers escape them. Every word comes from the wording tables (wording.py).
 """
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medtune.report.runs import Run
+from medtune.report.inputs import Run
 
 SCHEDULES = ("linear", "cosine", "constant")
 CONVENTIONS = {"used_by_step": 1, "after_step": 0}

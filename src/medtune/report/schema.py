@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medtune.report.runs import NoteCode, SourceKind
+from medtune.report.inputs import NoteCode, SourceKind
+from medtune.report.settings import DEFAULT_LANGUAGE
 
 
 class _Strict(BaseModel):
@@ -264,7 +265,7 @@ class Summary(_Strict):
     coinciding: dict[str, list[list[str]]] = Field(default_factory=dict)
     """Chart key -> pairs of versions whose mean curves coincide within charts.COINCIDE_TOLERANCE of the chart's range."""
     made_by: Literal["compare", "ablate"] = "compare"
-    lang: str = "en"
+    lang: str = DEFAULT_LANGUAGE
     medtune_version: str | None = None
     charts: dict[str, str] = Field(default_factory=dict)
 

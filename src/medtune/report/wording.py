@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from medtune.report.runs import ReportError
+from medtune.report.inputs import ReportError
+from medtune.report.settings import LANGUAGES
 
 WORDING: dict[str, dict[str, str]] = {
     "en": {
@@ -336,7 +337,6 @@ WORDING: dict[str, dict[str, str]] = {
         "coinciding_note": "{first} 与 {second} 的曲线重合（相差不到图表纵轴范围的 1%）：两条线用不同的虚线样式和标记绘制，以便都能看清。",
     },
 }
-LANGUAGES = tuple(WORDING)
 
 
 def words(lang: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ import torch
 from medtune.config import RunConfig
 from medtune.data.formats import DataError
 from medtune.data.prepare import prepare_data
-from medtune.model.hub import HubError
+from medtune.hub import HubError
 from medtune.model.load import load_tokenizer
 from medtune.model.memory_plan import MemoryBudgetError, plan_for_run
 from medtune.run_folder import RunFolder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtune.report.runs import Note, ReportError, Run
+from medtune.report.inputs import Note, ReportError, Run
 from medtune.report.sources.medtune_run import is_run_folder, load_run_folder
 from medtune.report.sources.swanlog import is_swanlog, load_swanlog
 from medtune.report.sources.tfevents import is_event_folder, load_event_folders

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from medtune.report.runs import Note, is_number
+from medtune.report.inputs import Note, is_number
 from medtune.report.sources.python_repr import NotARepr, looks_like_call_repr, parse_repr
 
 FOREIGN_SECTION = "hf"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medtune.report.runs import Note, ReportError, Run, Source
+from medtune.report.inputs import Note, ReportError, Run, Source
 from medtune.run_folder import RunFolder, RunFolderError, read_json_object
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import read_yaml_mapping
-from medtune.report.runs import Note, ReportError, Run, Source
+from medtune.report.inputs import Note, ReportError, Run, Source
 from medtune.report.sources.hf import config_from_hf, is_training_args, records_from_points
 
 DASHBOARD_DB = "runs.swanlab"

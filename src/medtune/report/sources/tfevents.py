@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medtune.report.runs import Note, ReportError, Run, Source, parse_json_object
+from medtune.report.inputs import Note, ReportError, Run, Source, parse_json_object
 from medtune.report.sources.hf import config_from_hf, records_from_points
 
 EVENT_GLOB = "events.out.tfevents.*"

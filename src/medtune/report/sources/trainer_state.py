@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medtune.report.runs import Note, ReportError, Run, Source, read_json_object
+from medtune.report.inputs import Note, ReportError, Run, Source, read_json_object
 from medtune.report.sources.hf import config_from_hf, map_lora
 from medtune.run_folder import ADAPTER_CONFIG_FILE, RunFolder
 

@@ -10,13 +10,16 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from rich.console import Console
 from rich.table import Table
 
-from medtune.config import ConfigError, RunConfig, _Strict, compose, dump_config, read_yaml_mapping, validate
+from medtune.config import (
+    DEFAULT_SEED, ConfigError, RunConfig, _Strict, compose, dump_config, read_yaml_mapping, validate,
+)
+from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS, Language
 from medtune.run_folder import RunFolder
 
 console = Console(stderr=True)
@@ -29,14 +32,14 @@ class RunsFailedError(RuntimeError):
 
 class ReportSettings(_Strict):
     steps: list[int] | None = Field(None, description="Train-loss table steps; default: quarters of training.")
-    lang: Literal["en", "zh"] = "en"
-    phases: tuple[float, float] = (0.1, 0.5)
+    lang: Language = DEFAULT_LANGUAGE
+    phases: tuple[float, float] = DEFAULT_PHASE_BOUNDS
 
 
 class Experiment(_Strict):
     name: str
     versions: dict[str, str] = Field(description="version name -> config file (relative to the experiment file).")
-    seeds: list[int] = Field(default_factory=lambda: [42])
+    seeds: list[int] = Field(default_factory=lambda: [DEFAULT_SEED])
     overlays: list[str] = Field(default_factory=list, description="YAML files merged over every version's config.")
     overrides: list[str] = Field(default_factory=list, description="key=value overrides applied to every run.")
     baseline: str | None = None
@@ -210,5 +213,5 @@ def parse_seeds(text: str) -> list[int]:
     if len(values) == 1 and "," not in text:
         if values[0] < 1:
             raise ConfigError(f"--seeds {text!r}: the count must be at least 1")
-        return [42 + i for i in range(values[0])]
+        return [DEFAULT_SEED + i for i in range(values[0])]
     return values

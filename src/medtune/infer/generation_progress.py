@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from medtune.infer.generation import Decoding, Messages, Reply, generate_replies
+from medtune.infer.decoding import Decoding
+from medtune.infer.generation import Messages, Reply, generate_replies
 from medtune.infer.runs import InferenceModel
 
 

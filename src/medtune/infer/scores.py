@@ -1,4 +1,4 @@
-"""Scores for generated replies: pure functions of strings, checked by hand in tests/infer/test_metrics.py.
+"""Scores for generated replies: pure functions of strings, checked by hand in tests/infer/test_scores.py.
 
 BLEU-4 and ROUGE-L compare the *answer* of a reply with the reference answer, never the think block.
 Text is split the way Chinese is usually scored: every character is a token, except that a run of ASCII
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from medtune.data.lexicon import Lexicon
-from medtune.infer.generation import THINK_END, THINK_START, Reply, split_reply
+from medtune.infer.generation import Reply
 
 _TOKEN = re.compile(r"[A-Za-z0-9]+|\S")
 BLEU_ORDER = 4
@@ -91,10 +91,9 @@ class ThinkFormat:
 
 
 def think_format(reply: Reply) -> ThinkFormat:
-    body = reply.text.lstrip()
-    present = body.startswith(THINK_START)
-    think, _ = split_reply(reply.text)
-    return ThinkFormat(present=present, closed=present and THINK_END in body, non_empty=present and bool(think),
+    parts = reply.parts
+    present = parts.opened and not parts.preamble
+    return ThinkFormat(present=present, closed=present and parts.closed, non_empty=present and bool(parts.think),
                        stopped=reply.finish_reason == "stop")
 
 

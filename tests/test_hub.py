@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from medtune.data.formats import DataError, read_samples, resolve_data_path
-from medtune.model.hub import OFFLINE_SWITCHES, PROBE_TIMEOUT_S, USE_MODELSCOPE_SWITCHES, HubError, resolve_model_source
+from medtune.hub import OFFLINE_SWITCHES, PROBE_TIMEOUT_S, USE_MODELSCOPE_SWITCHES, HubError, resolve_model_source
 
 SHIPPED = "medtune:delicate_medical_r1_val"
 SYSTEM = "你是一个医学专家。"
@@ -69,7 +69,7 @@ def test_local_folder_wins_and_becomes_absolute_even_with_the_switch(fake_models
 @pytest.fixture
 def hub_online(monkeypatch):
     """The Hugging Face hub answers and holds every model asked for (nothing reaches the network)."""
-    monkeypatch.setattr("medtune.model.hub.endpoint_reachable", lambda url, timeout_s=0: True)
+    monkeypatch.setattr("medtune.hub.endpoint_reachable", lambda url, timeout_s=0: True)
     monkeypatch.setattr("huggingface_hub.repo_exists", lambda repo_id, **kwargs: True)
 
 
@@ -124,13 +124,13 @@ def test_offline_a_hub_id_not_in_the_cache_fails_fast_and_says_what_to_use(monke
 
 
 def test_offline_a_cached_hub_model_loads_from_its_cache_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr("medtune.model.hub.endpoint_reachable", lambda url, timeout_s=0: False)
+    monkeypatch.setattr("medtune.hub.endpoint_reachable", lambda url, timeout_s=0: False)
     monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, revision=None, local_files_only=False: str(tmp_path))
     assert resolve_model_source("Qwen/Qwen3-1.7B") == str(tmp_path)
 
 
 def test_online_a_hub_id_the_hub_lacks_is_one_error(monkeypatch):
-    monkeypatch.setattr("medtune.model.hub.endpoint_reachable", lambda url, timeout_s=0: True)
+    monkeypatch.setattr("medtune.hub.endpoint_reachable", lambda url, timeout_s=0: True)
     monkeypatch.setattr("huggingface_hub.repo_exists", lambda repo_id, **kwargs: False)
     with pytest.raises(HubError, match="read as a Hugging Face hub id .* and the hub has no such model"):
         resolve_model_source("Qwen/Qwen3-17B-typo")
@@ -321,7 +321,7 @@ def test_package_prefix_resolves_an_installed_package_folder():
 
 def test_the_offline_probe_goes_through_the_proxy_the_environment_names(monkeypatch):
     """Behind a proxy the hub's host is reached through it: a listening proxy counts as online, none as offline."""
-    from medtune.model.hub import endpoint_reachable
+    from medtune.hub import endpoint_reachable
 
     with socket.socket() as proxy:
         proxy.bind(("127.0.0.1", 0))

@@ -8,8 +8,8 @@ import random
 import pytest
 
 from medtune.data.lexicon import parse_lexicon
-from medtune.infer.generation import Reply, split_reply
-from medtune.infer.metrics import corpus_bleu, found_terms, lcs_length, reply_scores, rouge_l, score_tokens, think_format
+from medtune.infer.generation import Reply
+from medtune.infer.scores import corpus_bleu, found_terms, lcs_length, reply_scores, rouge_l, score_tokens, think_format
 
 
 def test_tokens_are_characters_except_latin_and_digit_runs():
@@ -75,18 +75,13 @@ def test_bit_parallel_lcs_agrees_with_the_textbook_table():
         ("<think>\n\n</think>\n\n多喝水", "stop", True, True, False, True),  # empty think block
         ("<think>\n想一想\n</think>\n\n多喝", "length", True, True, True, False),  # cut at the token limit
         ("<think>\n想一", "length", True, False, True, False),
+        ("好的。<think>\n想一想\n</think>\n\n多喝水", "stop", False, False, False, True),  # text before <think>
     ],
 )
 def test_think_format_on_each_malformed_case(text, finish, present, closed, non_empty, stopped):
     result = think_format(Reply(text, finish, 10))
     assert (result.present, result.closed, result.non_empty, result.stopped) == (present, closed, non_empty, stopped)
     assert result.compliant == (present and closed and non_empty and stopped)
-
-
-def test_split_reply_keeps_think_and_answer_apart():
-    assert split_reply("<think>\n想一想\n</think>\n\n多喝水") == ("想一想", "多喝水")
-    assert split_reply("多喝水") == ("", "多喝水")
-    assert split_reply("<think>\n想到一半") == ("想到一半", "")
 
 
 LEXICON = parse_lexicon("糖尿病\tdisease\n糖尿病性白内障\tdisease\n阿司匹林\tdrug\n头痛\tsymptom\n".encode(), "test.tsv")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from medtune.ablate import load_experiment, parse_seeds, plan_runs
 from medtune.config import ConfigError
-from medtune.experiment import load_experiment, parse_seeds, plan_runs
 from tests.conftest import CONFIGS
 
 
@@ -90,13 +90,13 @@ def test_plan_and_seeds(tmp_path, short_rows_file):
 
 def test_several_runs_share_one_gpu_in_parallel_processes(tmp_path, short_rows_file, monkeypatch):
     """runs_per_gpu: 2 on one (pretended) GPU trains two runs at the same time, each in its own process and log."""
-    import medtune.experiment as experiment_module
+    import medtune.ablate as ablate_module
 
     experiment = write_experiment(tmp_path, short_rows_file)
     text = experiment.read_text().replace("seeds: [1, 2]", "seeds: [1]").replace("steps: [2, 4]", "steps: [1, 2]")
     experiment.write_text(text + "runs_per_gpu: 2\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(experiment_module, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(ablate_module, "visible_gpus", lambda: 1)
     spans: list[tuple[float, float]] = []
     real_run = subprocess.run
 
@@ -107,8 +107,8 @@ def test_several_runs_share_one_gpu_in_parallel_processes(tmp_path, short_rows_f
             spans.append((started, time.monotonic()))
         return done
 
-    monkeypatch.setattr(experiment_module.subprocess, "run", timed_run)
-    experiment_module.run_experiment(experiment, extra_overrides=["train.max_steps=2"])
+    monkeypatch.setattr(ablate_module.subprocess, "run", timed_run)
+    ablate_module.run_experiment(experiment, extra_overrides=["train.max_steps=2"])
 
     (first_start, first_end), (second_start, second_end) = sorted(spans)
     assert second_start < first_end, "the second run waited for the first"
