@@ -38,23 +38,27 @@ SIZES = {  # bench/gpu_speed.py QWEN3_SIZES: on top of the shipped Qwen3-1.7B co
 }
 VARIANTS = {  # bench/gpu_speed.py VARIANTS (only the keys that differ from today's defaults)
     "auto": [], "row_ckpt50": ["speed.checkpoint_fraction=0.5"], "row_ckpt85": ["speed.checkpoint_fraction=0.85"],
-    "row_ckpt100": ["speed.checkpoint_fraction=1.0"],
+    "row_ckpt100": ["speed.checkpoint_fraction=1.0"], "row_ckpt0": ["speed.checkpoint_fraction=0.0"],
     "fused": ["speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],
     "peft_lora": ["speed.fused_lora=false", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],
     "peft_row": ["speed.fused_lora=false", "speed.checkpoint_fraction=0.65"],
 }
 CALL5, CALL6 = "bench/results/2026-11-29-call5/r/results.jsonl", "bench/results/2026-11-29-call6/r/results.jsonl"
 MULTI = "bench/results/2026-11-30-multigpu/"
-ISSUE = "issue 17's table (one H200 capped at 24 GiB, 2026-11-30; no results file in the repository; timed steps assumed 3-8)"
+CALIBRATION_CALL = "bench/results/2026-11-30-memory-calibration/results.jsonl"
+LOSS_FIX = "bench/results/2026-11-30-memory-loss-fix/results.jsonl"  # after the loss freed its chunks and scaled in place
 
 # (size, version, variant, first timed step, timed steps, processes, measured GiB, where)
 CALIBRATION = [
     ("1.7b", "v2", "auto", 2, 4, 1, 14.737, f"{CALL6} line 1"),
     ("1.7b", "v2", "row_ckpt85", 2, 4, 1, 11.431, f"{CALL6} line 2"),
-    ("1.7b", "v2", "row_ckpt100", 2, 4, 1, 7.027, f"{CALL6} line 3"),
+    ("1.7b", "v2", "row_ckpt100", 1, 3, 1, 6.447, f"{LOSS_FIX} line 2"),
     ("1.7b", "v1", "auto", 2, 4, 1, 12.993, f"{CALL6} line 7"),
     ("1.7b", "v1", "row_ckpt85", 2, 4, 1, 9.684, f"{CALL6} line 8"),
-    ("1.7b", "v1", "row_ckpt100", 2, 4, 1, 5.278, f"{CALL6} line 9"),
+    ("1.7b", "v1", "row_ckpt100", 1, 3, 1, 4.678, f"{LOSS_FIX} line 1"),
+    ("1.7b", "v1", "row_ckpt0", 1, 3, 1, 36.169, f"{CALIBRATION_CALL} line 4"),
+    ("1.7b", "v2", "row_ckpt0", 1, 3, 1, 37.911, f"{CALIBRATION_CALL} line 11"),
+    ("8b", "v1", "row_ckpt50", 1, 3, 1, 51.742, f"{CALIBRATION_CALL} line 18"),
     ("1.7b", "v2", "row_ckpt50", 2, 4, 1, 22.458, f"{CALL5} line 6"),
     ("1.7b", "v2", "fused", 2, 4, 1, 13.456, f"{CALL5} line 4"),
     ("1.7b", "v2", "peft_lora", 2, 4, 1, 14.624, f"{CALL5} line 3"),
@@ -64,8 +68,8 @@ CALIBRATION = [
     ("8b", "v2", "auto", 3, 6, 1, 39.377, f"{MULTI}call2-results.jsonl line 1"),
     ("14b", "v2", "auto", 3, 6, 1, 56.982, f"{MULTI}call2-results.jsonl line 7"),
     ("8b", "v2", "auto", 3, 6, 2, 30.331, f"{MULTI}call2-results.jsonl line 2 (DDP, rank 0)"),
-    ("8b", "v1", "row_ckpt100", 3, 6, 1, 13.6, ISSUE),
-    ("8b", "v2", "row_ckpt100", 3, 6, 1, 18.8, ISSUE),
+    ("8b", "v1", "row_ckpt100", 1, 3, 1, 13.605, f"{CALIBRATION_CALL} line 15"),
+    ("8b", "v2", "row_ckpt100", 1, 3, 1, 17.436, f"{LOSS_FIX} line 6"),
 ]
 
 

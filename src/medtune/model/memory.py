@@ -31,17 +31,17 @@ NESTED_BLOCK = 256  # absmax values per block of the double quantization (fp32 s
 BF16 = 2
 FP32 = 4
 
-# Calibrated (tests/model/test_memory.py): the previous chunk's fp32 probabilities and bf16 logit gradient are still
-# referenced while the next chunk's bf16 and fp32 logits are made, so a chunk costs 12 bytes per logit, not 6.
-HEAD_CHUNK_BYTES_PER_LOGIT = 12
+# A chunk's bf16 and fp32 logits, then its fp32 probabilities and bf16 logit gradient: 6 bytes per logit (the loss
+# frees each chunk's before the next one's exist; before it did, 12 bytes were measured).
+HEAD_CHUNK_BYTES_PER_LOGIT = 6
 # Calibrated: per trained token and hidden feature, the selected hidden states, their gradient and their bf16 casts.
 HEAD_BYTES_PER_TOKEN_FEATURE = 9
 # Calibrated: PEFT's own LoRA forward keeps about one byte per input feature of each adapted projection more than the
 # fused one (its dropped-out input copy, net of what the fused function keeps instead): measured 0.9-1.0.
 PEFT_EXTRA_BYTES_PER_INPUT_FEATURE = 1
-# A trained head's fp32 gradient accumulator (saved by the fused loss) and its scaled fp32 copy at the start of the
-# backward pass: 8 bytes per head weight, besides the bf16 gradient itself (persistent).
-HEAD_ACCUMULATOR_BYTES_PER_WEIGHT = 8
+# A trained head's fp32 gradient accumulator, saved by the fused loss and scaled in place in the backward pass: 4 bytes
+# per head weight, besides the bf16 gradient itself (persistent). Before the in-place scaling, 8 were measured.
+HEAD_ACCUMULATOR_BYTES_PER_WEIGHT = 4
 # Layer inputs on the device while activations are offloaded: the one in use, and the copies in flight or prefetched.
 OFFLOAD_LAYERS_ON_DEVICE = 3
 

@@ -52,6 +52,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             grad_hidden[start : start + chunk_tokens] = grad_logits @ weight
             if grad_weight is not None:
                 grad_weight.add_(grad_logits.T @ chunk)
+            del logits, probs, grad_logits  # before the next chunk's logits exist: one chunk's worth alive, not two
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(token_losses)
         return token_losses.sum(), token_losses
@@ -61,7 +62,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_hidden = (grad_hidden.float() * grad_total).to(ctx.hidden_dtype)  # fp32: 1/tokens is not a bf16 number
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_total).to(ctx.weight_dtype)  # in place: no second fp32 head-sized copy
         return grad_hidden, grad_weight, None, None
 
 
