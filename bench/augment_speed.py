@@ -56,12 +56,16 @@ def main() -> None:
         found = sum(len(lexicon.find(text)) for text in texts)
         elapsed = seconds(lambda: [lexicon.find(text) for text in texts], repeats)
         chars = sum(map(len, texts)) / len(texts)
-        print(f"{field:<24}{chars:>14.0f}{found / len(texts):>14.1f}{found / elapsed:>12,.0f}{elapsed / len(texts) * 1e6:>12.1f}")
+        print(
+            f"{field:<24}{chars:>14.0f}{found / len(texts):>14.1f}{found / elapsed:>12,.0f}{elapsed / len(texts) * 1e6:>12.1f}"
+        )
 
     print(f"\n{'Augmenter.apply':<44}{'µs/sample':>12}{'masked share':>14}")
     settings = {
         "default (p=0.1, question)": AugmentConfig(enabled=True),
-        "every sample, all fields, all occurrences": AugmentConfig(enabled=True, probability=1.0, fields=list(FIELDS), occurrence="all"),
+        "every sample, all fields, all occurrences": AugmentConfig(
+            enabled=True, probability=1.0, fields=list(FIELDS), occurrence="all"
+        ),
         "reference-compatible preset": AugmentConfig(enabled=True, preset="reference-compatible"),
     }
     epochs = 10

@@ -15,7 +15,12 @@ from typer.testing import CliRunner
 from medtune.train.recipe import run
 from tests.conftest import tiny_config
 
-SHORT = ("train.max_steps=2", "train.per_device_batch_size=1", "train.gradient_accumulation_steps=2", "train.logging_steps=1")
+SHORT = (
+    "train.max_steps=2",
+    "train.per_device_batch_size=1",
+    "train.gradient_accumulation_steps=2",
+    "train.logging_steps=1",
+)
 
 
 def _train(tmp_path_factory, short_rows_file: Path, version: str, *overrides: str) -> Path:
@@ -35,7 +40,14 @@ def v2_run(tmp_path_factory, short_rows_file) -> Path:
 
 @pytest.fixture(scope="session")
 def v2_untied_run(tmp_path_factory, short_rows_file) -> Path:
-    return _train(tmp_path_factory, short_rows_file, "v2", "train.save_steps=2", "train.eval_steps=2", "lora.tied_embeddings=untie")
+    return _train(
+        tmp_path_factory,
+        short_rows_file,
+        "v2",
+        "train.save_steps=2",
+        "train.eval_steps=2",
+        "lora.tied_embeddings=untie",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,9 @@ def tiny_nf4_lora(dropout: float):
 
 @pytest.fixture(scope="module")
 def batch(tokenizer):
-    ids = tokenizer("患者头痛三天，伴有发热和恶心。<think>考虑感冒</think>建议多休息。", add_special_tokens=False)["input_ids"]
+    ids = tokenizer("患者头痛三天，伴有发热和恶心。<think>考虑感冒</think>建议多休息。", add_special_tokens=False)[
+        "input_ids"
+    ]
     return micro_batches([Encoded(ids, ids, [1] * len(ids))], 1, 64, True, tokenizer.pad_token_id)[0]
 
 

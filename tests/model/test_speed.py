@@ -38,7 +38,10 @@ def test_per_sample_attention_keeps_attention_inside_each_sample():
     generator = torch.Generator().manual_seed(0)
     lengths = [5, 11, 1, 7]
     query = torch.randn(1, 4, sum(lengths), 8, generator=generator)
-    key, value = torch.randn(1, 2, sum(lengths), 8, generator=generator), torch.randn(1, 2, sum(lengths), 8, generator=generator)
+    key, value = (
+        torch.randn(1, 2, sum(lengths), 8, generator=generator),
+        torch.randn(1, 2, sum(lengths), 8, generator=generator),
+    )
     out = per_sample_attention(query, key, value, lengths, None)
     assert out.shape == (1, sum(lengths), 4, 8)
     assert torch.allclose(out, block_diagonal_reference(query, key, value, lengths), atol=1e-6)

@@ -50,8 +50,11 @@ def loss_and_gradients(model: PeftModel, rank: int) -> tuple[torch.Tensor, dict[
     ids = torch.randint(0, 1000, (2, 12), generator=generator)
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
-    grads = {name: (p.grad.full_tensor() if is_sharded(p) else p.grad).clone()
-             for name, p in model.named_parameters() if p.requires_grad}
+    grads = {
+        name: (p.grad.full_tensor() if is_sharded(p) else p.grad).clone()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
     return loss.detach(), grads
 
 

@@ -76,8 +76,12 @@ def merge_run(run: AdapterRun, output: Path, overwrite: bool = False) -> Path:
     try:
         merged.save_pretrained(staging)  # writes generation_config.json (the base's sampling defaults) too
         tokenizer.save_pretrained(staging)
-        facts = {"adapter": str(run.adapter_dir), "step": run.facts["step"], "random_weights": run.random_weights,
-                 "system_prompt": run.config.data.system_prompt}
+        facts = {
+            "adapter": str(run.adapter_dir),
+            "step": run.facts["step"],
+            "random_weights": run.random_weights,
+            "system_prompt": run.config.data.system_prompt,
+        }
         (staging / MERGE_FACTS_FILE).write_text(json.dumps(facts, ensure_ascii=False, indent=2), encoding="utf-8")
         if output.exists():
             shutil.rmtree(output)

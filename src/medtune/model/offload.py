@@ -54,15 +54,25 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
 
     def worth_offloading(self, tensor: torch.Tensor) -> bool:
         """Activations only: not parameters (they stay where they are), not small tensors, not other devices' kinds."""
-        return (tensor.device.type in ("cuda", "cpu") and not isinstance(tensor, nn.Parameter)
-                and not (tensor.is_leaf and tensor.requires_grad) and type(tensor) is torch.Tensor
-                and tensor.numel() * tensor.element_size() >= self.min_bytes)
+        return (
+            tensor.device.type in ("cuda", "cpu")
+            and not isinstance(tensor, nn.Parameter)
+            and not (tensor.is_leaf and tensor.requires_grad)
+            and type(tensor) is torch.Tensor
+            and tensor.numel() * tensor.element_size() >= self.min_bytes
+        )
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor | _Offloaded:
         if not self.worth_offloading(tensor):
             return tensor
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
-               tensor.dtype, tensor._version)
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.stride(),
+            tensor.dtype,
+            tensor._version,
+        )
         if key in self.by_key:
             return self.by_key[key]
         if tensor.is_cuda:

@@ -233,7 +233,9 @@ class NoCjkFont(_Strict):
     kind: Literal["no_cjk_font"]
 
 
-Warning = Annotated[IdenticalRuns | DifferentSteps | DifferentSetting | RepeatedRows | NoCjkFont, Field(discriminator="kind")]
+Warning = Annotated[
+    IdenticalRuns | DifferentSteps | DifferentSetting | RepeatedRows | NoCjkFont, Field(discriminator="kind")
+]
 
 
 class Insight(BaseModel):

@@ -57,7 +57,9 @@ def require_package(tracker: str) -> None:
     try:
         importlib.import_module(package)
     except ImportError as err:
-        raise TrackerError(f"report_to: {tracker} needs the {package} package: pip install 'medtune[{package}]' ({err})") from None
+        raise TrackerError(
+            f"report_to: {tracker} needs the {package} package: pip install 'medtune[{package}]' ({err})"
+        ) from None
 
 
 def scalar_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, int | float]:
@@ -141,5 +143,9 @@ class WandbTracker(_CloudRunTracker):
 
         mode = None if "WANDB_MODE" in os.environ else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT, name=run_name, dir=str(run_dir), config=config, mode=mode
+            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            name=run_name,
+            dir=str(run_dir),
+            config=config,
+            mode=mode,
         )
