@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import CONFIGS
 
 from medtune.ablate import load_experiment, parse_seeds, plan_runs
 from medtune.config import ConfigError
-from tests.conftest import CONFIGS
 
 
 def write_experiment(tmp_path: Path, data_file: Path) -> Path:

@@ -171,7 +171,7 @@ def test_the_resolved_config_is_read_as_a_mapping(tmp_path):
 def test_write_atomic_replaces_the_file_whole(tmp_path):
     target = tmp_path / "summary.json"
     write_atomic(target, "old")
-    write_atomic(target, "新".encode("utf-8"))
+    write_atomic(target, "新".encode())
     assert target.read_text(encoding="utf-8") == "新"
     write_json(target, {"status": "完成", "step": 3})
     assert target.read_text(encoding="utf-8") == '{\n  "status": "完成",\n  "step": 3\n}\n'

@@ -122,7 +122,7 @@ class DataConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _columns_mean_qta(self) -> "DataConfig":
+    def _columns_mean_qta(self) -> DataConfig:
         if self.columns and self.format not in ("auto", "qta"):
             raise ValueError(
                 f"columns name the question/think/answer fields, so format must be auto or qta, got {self.format}"
@@ -198,7 +198,7 @@ class AugmentConfig(_Strict):
         return {**data, **reference}
 
     @model_validator(mode="after")
-    def _check_range(self) -> "AugmentConfig":
+    def _check_range(self) -> AugmentConfig:
         low, high = self.terms_per_sample
         if not 1 <= low <= high:
             raise ValueError(
@@ -245,7 +245,7 @@ class TrainConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _check_length(self) -> "TrainConfig":
+    def _check_length(self) -> TrainConfig:
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("set exactly one of max_steps and epochs")
         if self.warmup_ratio and self.warmup_steps:
@@ -367,7 +367,7 @@ class RunConfig(_Strict):
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
 
     @model_validator(mode="after")
-    def _check_row(self) -> "RunConfig":
+    def _check_row(self) -> RunConfig:
         rows = self.speed.packed_row_tokens
         if self.train.packing and rows is not None and rows < self.data.max_length:
             raise ValueError(

@@ -7,11 +7,11 @@ import json
 import re
 import shutil
 
+from tests.conftest import CONFIGS
 from typer.testing import CliRunner
 
 from medtune.cli import app
 from medtune.model.tiny import shipped_tokenizer_dir
-from tests.conftest import CONFIGS
 
 runner = CliRunner()
 QWEN3_8B = dict(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+from tests.conftest import CONFIGS
 from typer.testing import CliRunner
 
 from medtune.cli import app
@@ -14,7 +15,6 @@ from medtune.config import AugmentConfig
 from medtune.data.augment import Augmenter
 from medtune.data.formats import Sample
 from medtune.data.lexicon import Lexicon
-from tests.conftest import CONFIGS
 
 runner = CliRunner(env={"COLUMNS": "200"})
 

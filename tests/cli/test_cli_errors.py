@@ -9,12 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.conftest import CONFIGS, REPO
 from typer.testing import CliRunner
 
 import medtune
 from medtune.cli import app
 from medtune.cli.errors import EXIT_CODES, exit_code_for
-from tests.conftest import CONFIGS, REPO
 
 runner = CliRunner()
 TINY = ["--overlay", str(CONFIGS / "tiny.yaml")]

@@ -9,11 +9,11 @@ import sys
 from importlib.metadata import version
 
 import pytest
+from tests.conftest import CONFIGS, REPO
 from typer.testing import CliRunner
 
 from medtune.cli import app
 from medtune.config import ConfigError
-from tests.conftest import CONFIGS, REPO
 
 runner = CliRunner(env={"COLUMNS": "200"})
 COMMANDS = [

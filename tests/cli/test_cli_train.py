@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from tests.conftest import CONFIGS
 from typer.testing import CliRunner
 
 from medtune.cli import app
-from tests.conftest import CONFIGS
 
 runner = CliRunner()
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.conftest import CONFIGS
 
 from medtune.config import load_config
 from medtune.data.formats import DataError
 from medtune.data.lexicon import LexiconError
 from medtune.data.prepare import prepare_data
-from tests.conftest import CONFIGS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOYHOM_CSV = FIXTURES / "toyhom_internal_medicine_8.gb18030.csv"

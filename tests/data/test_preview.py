@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.conftest import tiny_config
 
 from medtune.config import ConfigError
 from medtune.data.preview import preview_samples, token_pieces
-from tests.conftest import tiny_config
 
 
 def test_characters_split_across_tokens_are_shown_whole(tokenizer):

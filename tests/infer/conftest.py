@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from tests.conftest import tiny_config
 from typer.testing import CliRunner
 
 from medtune.train.recipe import run
-from tests.conftest import tiny_config
 
 SHORT = (
     "train.max_steps=2",

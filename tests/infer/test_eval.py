@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import CONFIGS
 
 from medtune.config import load_config
 from medtune.data.formats import DataError
@@ -14,11 +15,10 @@ from medtune.data.lexicon import load_lexicon
 from medtune.data.prepare import prepare_data
 from medtune.data.render import encode_sample
 from medtune.infer import evaluate as evaluate_module
-from medtune.infer.evaluate import eval_data, evaluate, loss_over, mask_questions
 from medtune.infer.decoding import Decoding
+from medtune.infer.evaluate import eval_data, evaluate, loss_over, mask_questions
 from medtune.infer.generation import Reply
 from medtune.infer.runs import load_for_inference, resolve_run
-from tests.conftest import CONFIGS
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from medtune.data.formats import DataError
-from medtune.infer.generate import read_questions
 from medtune.infer.decoding import Decoding
+from medtune.infer.generate import read_questions
 from medtune.infer.generation import decode_reply, generate_replies
 from medtune.infer.runs import load_for_inference, resolve_run
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.conftest import CONFIGS
 
 from medtune.config import load_config
 from medtune.data.prepare import prepare_data
@@ -27,7 +28,6 @@ from medtune.model.memory import (
     read_model_shape,
 )
 from medtune.model.tiny import shipped_tokenizer_dir
-from tests.conftest import CONFIGS
 
 SIZES = {  # bench/gpu_speed.py QWEN3_SIZES: on top of the shipped Qwen3-1.7B config.json
     "1.7b": {},

@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
+from tests.conftest import CONFIGS
 
 from medtune.config import ConfigError, load_config, parse_memory_size
 from medtune.data.prepare import prepare_data
 from medtune.model.memory import GIB, MemorySettings, ModelShape
 from medtune.model.memory_plan import MemoryBudgetError, plan_for_run, plan_memory, run_rows, size_budget, with_levers
 from medtune.model.tiny import shipped_tokenizer_dir
-from tests.conftest import CONFIGS
 
 QWEN3_8B = dict(
     hidden_size=4096,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import CONFIGS, tiny_config
 
 from medtune.config import ModelConfig, QuantConfig, SpeedConfig, load_config
 from medtune.data.batching import micro_batches
@@ -13,7 +14,6 @@ from medtune.model.load import apply_lora, load_base_model
 from medtune.model.offload import ActivationOffload, offloading
 from medtune.model.speed import apply_speed
 from medtune.train.loss import causal_lm_loss_sums
-from tests.conftest import CONFIGS, tiny_config
 
 CPU = torch.device("cpu")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import CONFIGS
 
 from medtune.config import ConfigError, ModelConfig, QuantConfig, SpeedConfig, load_config
 from medtune.data.batching import micro_batches
 from medtune.model.load import apply_lora, load_base_model
 from medtune.model.speed import apply_speed, per_sample_attention
 from medtune.train.loss import causal_lm_loss_sums
-from tests.conftest import CONFIGS
 
 CPU = torch.device("cpu")
 TRAINING = {"packing": True, "gradient_checkpointing": True}  # the training defaults apply_speed is given

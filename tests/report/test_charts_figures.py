@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medtune.report.analysis import Version
-from medtune.report.charts import COINCIDE_TOLERANCE, CJK_FONTS, build_figure, cjk_font, coinciding_curves, draw_chart
+from medtune.report.charts import CJK_FONTS, COINCIDE_TOLERANCE, build_figure, cjk_font, coinciding_curves, draw_chart
 from medtune.report.inputs import Run, Source
 
 MAX_STEPS = 400

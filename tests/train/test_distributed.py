@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import tiny_config
 
 from medtune.config import RunConfig, dump_config
 from medtune.train.distributed import DistContext, check_global_batch
 from medtune.train.recipe import run
-from tests.conftest import tiny_config
 
 OVERRIDES = (
     "lora.dropout=0.0",

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
+from tests.conftest import tiny_config
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
@@ -28,7 +29,6 @@ from medtune.run_folder import RunFolder
 from medtune.train.fsdp import full_optimizer_state, load_full_optimizer_state
 from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, run
-from tests.conftest import tiny_config
 
 OVERRIDES = (
     "lora.dropout=0.0",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import tiny_config
 
 from medtune.data.batching import micro_batches
 from medtune.train.loss import causal_lm_loss_sums, head_weight, linear_cross_entropy
-from tests.conftest import tiny_config
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from tests.conftest import CONFIGS, tiny_config
 from typer.testing import CliRunner
 
 from medtune.cli import app
@@ -11,7 +12,6 @@ from medtune.data.prepare import prepare_data
 from medtune.model.load import load_tokenizer
 from medtune.train.preflight import preflight
 from medtune.train.recipe import run
-from tests.conftest import CONFIGS, tiny_config
 
 
 def by_check(findings) -> dict[str, list[tuple[str, str]]]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from tests.conftest import tiny_config
 
 from medtune.data.batching import micro_batches
 from medtune.model.load import load_base_model
@@ -18,7 +19,6 @@ from medtune.run_folder import LEGACY_STATE_FILE, RunFolder
 from medtune.train.checkpoint import CheckpointError
 from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, RunExistsError, run
-from tests.conftest import tiny_config
 
 TIMING_KEYS = {"tokens_per_s", "elapsed_s", "peak_memory_gib"}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,7 +30,7 @@ def chat(
     greedy: GreedyOpt = False,
     max_new_tokens: MaxNewTokensOpt = Decoding.max_new_tokens,
     system: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--system", metavar="TEXT", help="System prompt; default: the one the run trained with."),
     ] = None,
 ) -> None:
@@ -97,7 +97,7 @@ def generate(
 def eval_command(
     run: RunArg,
     data: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--data",
             metavar="FILE|medtune:NAME",
@@ -106,7 +106,7 @@ def eval_command(
     ] = None,
     checkpoint: CheckpointOpt = None,
     limit: Annotated[
-        Optional[int], typer.Option("--limit", metavar="N", min=1, help="Evaluate only the first N rows.")
+        int | None, typer.Option("--limit", metavar="N", min=1, help="Evaluate only the first N rows.")
     ] = None,
     max_new_tokens: MaxNewTokensOpt = Decoding.max_new_tokens,
     batch_size: BatchSizeOpt = 8,
@@ -114,7 +114,7 @@ def eval_command(
         bool, typer.Option("--no-adapter", help="Evaluate the base model alone (writes eval.base.json).")
     ] = False,
     output: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--output",
             "-o",
@@ -194,14 +194,15 @@ def export(
     ] = GgufQuant.q8_0,
     checkpoint: CheckpointOpt = None,
     system: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--system", metavar="TEXT", help="System prompt for the Modelfile; default: the one the run trained with."
         ),
     ] = None,
 ) -> None:
     """Write a GGUF for llama.cpp and Ollama (the adapter merged in), with an Ollama Modelfile beside it."""
-    from medtune.infer.export import check_gguf_path, export as export_gguf, load_source
+    from medtune.infer.export import check_gguf_path, load_source
+    from medtune.infer.export import export as export_gguf
 
     check_gguf_path(gguf)
     source = load_source(run, checkpoint)

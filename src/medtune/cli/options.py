@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,11 +20,11 @@ ConfigArg = Annotated[
     ),
 ]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", metavar="KEY=VALUE", help="Override a key, e.g. --set train.lr=1e-4 (repeatable)."),
 ]
 OverlayOpt = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option(
         "--overlay",
         metavar="FILE",
@@ -46,7 +46,7 @@ RunArg = Annotated[
     typer.Argument(help="Run folder (uses its adapter/), or an adapter folder.", metavar="RUN", show_default=False),
 ]
 CheckpointOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--checkpoint", metavar="STEP", min=1, help="Use checkpoints/step-STEP instead of the final adapter."),
 ]
 MaxNewTokensOpt = Annotated[

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 
 from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS, LANGUAGES
 
-
 ReportLanguage = Enum("ReportLanguage", {language: language for language in LANGUAGES}, type=str)
 _PHASES = ",".join(map(str, DEFAULT_PHASE_BOUNDS))
 
 
-def _numbers(text: Optional[str], kind: Callable[[str], float], option: str) -> list:
+def _numbers(text: str | None, kind: Callable[[str], float], option: str) -> list:
     """Comma-separated numbers; a bad one is a usage error naming the option."""
     if text is None:
         return []
@@ -37,7 +37,7 @@ def compare(
         ),
     ],
     runs: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Argument(
             metavar="RUN",
             show_default=False,
@@ -45,7 +45,7 @@ def compare(
         ),
     ] = None,
     name: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--name",
             metavar="VERSION=PATH",
@@ -53,13 +53,13 @@ def compare(
         ),
     ] = None,
     baseline: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--baseline", metavar="VERSION", help="Version the others are compared with (default: the first)."
         ),
     ] = None,
     steps: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--steps",
             metavar="STEP,...",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,7 +29,7 @@ def train(
     typer.echo(f"run complete: {run_dir}")
 
 
-def _memory_size(value: Optional[str]) -> Optional[str]:
+def _memory_size(value: str | None) -> str | None:
     from medtune.config import parse_memory_size
 
     if value is not None:
@@ -46,7 +46,7 @@ def check(
     overlay: OverlayOpt = None,
     skip_bad_rows: SkipBadRowsOpt = False,
     gpu_memory: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--gpu-memory",
             metavar="SIZE",
@@ -77,7 +77,7 @@ def check(
 
 def ablate(
     experiment: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(
             help="Experiment YAML (versions x seeds); default: experiments/quickstart.yaml of the project, looked for "
             "in the working folder, its parents, then the checkout medtune was installed from.",
@@ -87,7 +87,7 @@ def ablate(
         ),
     ] = None,
     seeds: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--seeds",
             metavar="N|LIST",
@@ -95,7 +95,7 @@ def ablate(
         ),
     ] = None,
     runs_per_gpu: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             "--runs-per-gpu",
             metavar="N",

@@ -70,7 +70,7 @@ class Augmenter:
         )
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, seed: int) -> "Augmenter":
+    def from_config(cls, cfg: AugmentConfig, seed: int) -> Augmenter:
         return cls(cfg, load_lexicon(cfg.lexicon), seed)
 
     def apply(self, sample: Sample, epoch: int, index: int) -> tuple[Sample, list[MaskedTerm]]:

@@ -14,8 +14,8 @@ import io
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from importlib.resources import files
+from itertools import islice
 from pathlib import Path
 from typing import Any
 

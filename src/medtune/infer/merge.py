@@ -16,8 +16,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medtune.config import QuantConfig
-from medtune.model.load import default_device, embeddings_tied, load_adapter, load_base_model
 from medtune.infer.runs import AdapterRun
+from medtune.model.load import default_device, embeddings_tied, load_adapter, load_base_model
 
 MERGE_QUANT = QuantConfig(mode="none", compute_dtype="bf16")
 MERGE_FACTS_FILE = "medtune_merge.json"

@@ -14,7 +14,8 @@ from unittest import mock
 
 import torch
 import torch.distributed as dist
-from peft import LoraConfig as PeftLoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 from torch.distributed.tensor import DTensor
 from torch.nn.modules.module import register_module_parameter_registration_hook
 from transformers import (

@@ -18,7 +18,8 @@ storage (plain Linear, FSDP's bf16 storage) stays its own module, and only the a
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

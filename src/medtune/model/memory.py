@@ -19,9 +19,10 @@ table). They were measured with paged 8-bit AdamW, whose states live in managed 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Iterator
+from typing import Any
 
 from medtune.config import ModelConfig, RunConfig
 

@@ -18,8 +18,9 @@ stops before training with the numbers; one that would fit only by changing the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from medtune.config import ConfigError, RunConfig, parse_memory_size
 from medtune.model.memory import GIB, Levers, MemoryEstimate, MemorySettings, ModelShape, Rows, estimate, packed_rows

@@ -23,8 +23,9 @@ import inspect
 import logging
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

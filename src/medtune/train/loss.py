@@ -10,8 +10,9 @@ loss is then a token-weighted mean that does not depend on how the step is split
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -55,7 +55,7 @@ class TrainProgress:
         )
         self._task = self._progress.add_task(name, total=total_steps, completed=start_step, stats="")
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self) -> TrainProgress:
         self._progress.start()
         return self
 

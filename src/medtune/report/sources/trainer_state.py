@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from medtune.report.inputs import Note, ReportError, Run, Source, read_json_object
 from medtune.report.sources.hf import config_from_hf, map_lora
