@@ -796,7 +796,8 @@ def stage_profile(args: argparse.Namespace) -> None:
 
 # ---- correctness: (a) and (b) against an fp32 reference ------------------------------------------
 def seed_lora(model) -> None:
-    """Give every LoRA matrix the same non-zero values in all stacks (B starts at zero, which would hide A's gradient)."""
+    """Give every LoRA matrix the same non-zero values in all stacks (B starts at zero, which would hide A's
+    gradient)."""
     import torch
 
     with torch.no_grad():
@@ -815,7 +816,8 @@ def trained_grads(model) -> dict[str, Any]:
 
 
 def fp32_reference(cfg, args: argparse.Namespace, items: list) -> tuple[float, dict[str, Any]]:
-    """The same NF4 weights dequantized to fp32, fp32 LoRA and arithmetic, each sample alone (no padding, no packing)."""
+    """The same NF4 weights dequantized to fp32, fp32 LoRA and arithmetic, each sample alone (no padding, no
+    packing)."""
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model
@@ -1055,8 +1057,10 @@ def report(records: list[dict[str, Any]]) -> str:
         base = next((r["tokens_per_s"] for r in rows if r["stack"] == "reference"), None)
         unsloth = next((r["tokens_per_s"] for r in rows if r["stack"] == "unsloth"), None)
         lines += [
-            f"\n{version}: non-pad tokens/s over {rows[0]['timed_steps']} timed steps after {rows[0]['warmup_steps']} warm-up ({rows[0]['device']}, {rows[0]['date']})",
-            "| stack | variant | tokens/s | without 1st timed step | steps/s | peak GiB (alloc / reserved) | MFU | vs (a) | vs (c) |",
+            f"\n{version}: non-pad tokens/s over {rows[0]['timed_steps']} timed steps after "
+            f"{rows[0]['warmup_steps']} warm-up ({rows[0]['device']}, {rows[0]['date']})",
+            "| stack | variant | tokens/s | without 1st timed step | steps/s | peak GiB (alloc / reserved) | MFU | "
+            "vs (a) | vs (c) |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in rows:
@@ -1073,20 +1077,23 @@ def report(records: list[dict[str, Any]]) -> str:
                 if part not in ("1.7b", "1 processes")
             )
             lines.append(
-                f"| {STACKS[r['stack']]} | {setting} | {r['tokens_per_s']:,.0f} | {later:,.0f} | {r['steps_per_s']:.3f} | {peak} | {mfu} | {vs_a} | {vs_c} |"
+                f"| {STACKS[r['stack']]} | {setting} | {r['tokens_per_s']:,.0f} | {later:,.0f} | "
+                f"{r['steps_per_s']:.3f} | {peak} | {mfu} | {vs_a} | {vs_c} |"
             )
     checks = [r for r in records if r["kind"] == "check"]
     if checks:
         lines += [
             "\ncorrectness on one step of 16 samples, relative to the fp32 reference (dropout 0, seeded non-zero LoRA)",
-            "| version | loss fp32 | loss (a) err | loss (b) err | grad (a) err | grad (b) err | (b) lora_A / lora_B / embeddings |",
+            "| version | loss fp32 | loss (a) err | loss (b) err | grad (a) err | grad (b) err | (b) lora_A / lora_B "
+            "/ embeddings |",
             "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in checks:
             b = r["grad_rel_error_b"]
             groups = " / ".join(f"{b[g]:.2e}" for g in ("lora_A", "lora_B", "embeddings") if g in b)
             lines.append(
-                f"| {r['version']} | {r['loss_fp32']:.5f} | {r['loss_rel_error_a']:.1e} | {r['loss_rel_error_b']:.1e} | "
+                f"| {r['version']} | {r['loss_fp32']:.5f} | {r['loss_rel_error_a']:.1e} | "
+                f"{r['loss_rel_error_b']:.1e} | "
                 f"{r['grad_rel_error_a']['all']:.2e} | {b['all']:.2e} | {groups} |"
             )
     heads = [r for r in records if r["kind"] == "head"]
@@ -1099,12 +1106,14 @@ def report(records: list[dict[str, Any]]) -> str:
         for r in heads:
             peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
             lines.append(
-                f"| {'trained' if r['head_trained'] else 'frozen'} | {r['variant']} | {r['chunk_tokens']} | {r['ms']:.1f} | {peak} |"
+                f"| {'trained' if r['head_trained'] else 'frozen'} | {r['variant']} | {r['chunk_tokens']} | "
+                f"{r['ms']:.1f} | {peak} |"
             )
     profiles = [r for r in records if r["kind"] == "profile"]
     if profiles:
         lines += [
-            "\none profiled medtune step: device busy time (union of kernel intervals) against wall time, kernel time by kind",
+            "\none profiled medtune step: device busy time (union of kernel intervals) against wall time, kernel "
+            "time by kind",
             "| version | variant | tokens | wall s | busy s | device idle | kernels | kernel seconds by kind |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
@@ -1126,8 +1135,10 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
     if not records:
         return []
     lines = [
-        "\nmulti-GPU: tokens/s of the whole step and per-GPU peaks (timed steps), against one GPU with the same settings",
-        "| size | version | variant | parallelism | GPUs | cap GiB | status | tokens/s | speed-up | efficiency | peak GiB per GPU | "
+        "\nmulti-GPU: tokens/s of the whole step and per-GPU peaks (timed steps), against one GPU with the same "
+        "settings",
+        "| size | version | variant | parallelism | GPUs | cap GiB | status | tokens/s | speed-up | efficiency | "
+        "peak GiB per GPU | "
         "largest peak / one GPU's | peak incl. loading | losses of the timed steps |",
         "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | --- | --- |",
     ]
@@ -1180,7 +1191,8 @@ def memory_report(records: list[dict[str, Any]]) -> list[str]:
     if not records:
         return []
     lines = [
-        "\nunder a per-process memory cap: status, peak GiB allocated / reserved (timed steps; at the failure for oom), "
+        "\nunder a per-process memory cap: status, peak GiB allocated / reserved (timed steps; at the failure for "
+        "oom), "
         "tokens/s, medtune's prediction and plan",
         "| size | version | cap GiB | stack | status | peak GiB | tokens/s | predicted GiB | levers planned |",
         "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- |",
@@ -1201,7 +1213,8 @@ def memory_report(records: list[dict[str, Any]]) -> list[str]:
         predicted = f"{r['predicted_peak_gib']:.1f}" if r.get("predicted_peak_gib") is not None else "-"
         speed = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "-"
         lines.append(
-            f"| {r['size']} | {r['version']} | {cap} | {STACKS[r['stack']]} | {r['status']} | {peak} | {speed} | {predicted} | {levers} |"
+            f"| {r['size']} | {r['version']} | {cap} | {STACKS[r['stack']]} | {r['status']} | {peak} | {speed} | "
+            f"{predicted} | {levers} |"
         )
     return lines
 

@@ -71,7 +71,8 @@ def main() -> None:
         per_token = saved_bytes_per_token_layer(fused, args.tokens, args.layers)
         print(
             f"fused_lora={fused}: {per_token / 1024:.1f} KiB per token per layer "
-            f"(fp32 CPU; {per_token / 2 / 1024:.1f} KiB in bf16; x 8,192 tokens = {per_token / 2 * 8192 / 2**30:.2f} GiB per kept layer)"
+            f"(fp32 CPU; {per_token / 2 / 1024:.1f} KiB in bf16; x 8,192 tokens = {per_token / 2 * 8192 / 2**30:.2f} "
+            "GiB per kept layer)"
         )
 
 

@@ -21,7 +21,8 @@ def write_experiment(tmp_path: Path, data_file: Path) -> Path:
     overlay = tmp_path / "short.yaml"
     overlay.write_text(
         f"data: {{train: {data_file}, max_length: 640, val_fraction: 0.25}}\n"
-        "train: {per_device_batch_size: 1, gradient_accumulation_steps: 2, max_steps: 4, logging_steps: 1, eval_steps: 2, save_steps: 2}\n"
+        "train: {per_device_batch_size: 1, gradient_accumulation_steps: 2, max_steps: 4, logging_steps: 1, "
+        "eval_steps: 2, save_steps: 2}\n"
     )
     experiment = tmp_path / "ablation.yaml"
     experiment.write_text(

@@ -207,7 +207,8 @@ def test_a_write_cut_short_leaves_the_old_file_and_no_temporary_file(tmp_path, m
 
 
 def test_reading_runs_does_not_import_the_trainer():
-    """report/ and infer/ read run folders through run_folder.py, not through train/ (which loads the recipe's stack)."""
+    """report/ and infer/ read run folders through run_folder.py, not through train/ (which loads the recipe's
+    stack)."""
     code = (
         "import sys, medtune.run_folder, medtune.report.build, medtune.infer.runs, medtune.infer.generate, "
         "medtune.infer.export, medtune.ablate\n"

@@ -146,7 +146,8 @@ def visible_gpus() -> int:
 
 
 def train_in_processes(pending: list[PlannedRun], gpus: int, runs_per_gpu: int) -> None:
-    """`runs_per_gpu` runs per GPU at a time, each in its own process that sees only its GPU; logs in <run>/train.log."""
+    """`runs_per_gpu` runs per GPU at a time, each in its own process that sees only its GPU; logs in
+    <run>/train.log."""
     work: queue.Queue[PlannedRun] = queue.Queue()
     for run in pending:
         work.put(run)

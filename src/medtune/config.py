@@ -34,7 +34,9 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     name_or_path: str = Field(
         "tiny",
-        description="Hub id (Qwen/Qwen3-1.7B), local folder, `modelscope:<id>`, or `tiny` (offline random-weight Qwen3).",
+        description=(
+            "Hub id (Qwen/Qwen3-1.7B), local folder, `modelscope:<id>`, or `tiny` (offline random-weight Qwen3)."
+        ),
     )
     gguf_file: str | None = Field(
         None, description="GGUF file inside name_or_path (or a path), de-quantised by transformers."
@@ -49,7 +51,10 @@ class QuantConfig(_Strict):
     double_quant: bool = True
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto",
-        description="auto = bf16 on CUDA (the reference experiment's), fp32 on CPU, where bf16 matmuls are several times slower.",
+        description=(
+            "auto = bf16 on CUDA (the reference experiment's), fp32 on CPU, where bf16 matmuls are several times "
+            "slower."
+        ),
     )
 
 
@@ -63,7 +68,9 @@ class LoraConfig(_Strict):
     )
     tied_embeddings: Literal["keep", "untie"] = Field(
         "keep",
-        description="When embed_tokens and lm_head are both trained on a tied model: keep them one matrix, or untie on purpose.",
+        description=(
+            "When embed_tokens and lm_head are both trained on a tied model: keep them one matrix, or untie on purpose."
+        ),
     )
 
 
@@ -78,7 +85,8 @@ class DataConfig(_Strict):
     columns: dict[Literal["system", "question", "think", "answer"], str | list[str]] = Field(
         default_factory=dict,
         description="The file's column (CSV/TSV/Parquet) or key (JSON) for each field, e.g. {question: ask, answer: answer}; "
-        "a list joins several columns with a newline ([title, ask]). Fields not named keep their own name. Rows are then qta.",
+        "a list joins several columns with a newline ([title, ask]). Fields not named keep their own name. Rows are "
+        "then qta.",
     )
     encoding: str = Field(
         "utf-8", description="Text encoding of JSONL/JSON/CSV/TSV files, e.g. gb18030 or gbk (Parquet is always UTF-8)."
@@ -91,7 +99,8 @@ class DataConfig(_Strict):
     literal_tags: Literal["error", "text"] = Field(
         "error",
         description="A field holding a chat-template tag (<think>, </think>, <|im_start|>, <|im_end|>, "
-        "<|endoftext|>): error = a bad row; text = kept and tokenized as ordinary characters, never as the tag's token.",
+        "<|endoftext|>): error = a bad row; text = kept and tokenized as ordinary characters, never as the tag's "
+        "token.",
     )
     system_prompt: str = REFERENCE_SYSTEM_PROMPT
     max_length: int = Field(2048, gt=16)
@@ -136,7 +145,9 @@ class AugmentConfig(_Strict):
     enabled: bool = False
     preset: Literal["none", "reference-compatible"] = Field(
         "none",
-        description="reference-compatible = the reference experiment's masking; it fixes every key below but probability.",
+        description=(
+            "reference-compatible = the reference experiment's masking; it fixes every key below but probability."
+        ),
     )
     probability: float = Field(
         0.1, ge=0, le=1, description="Share of the samples drawn that get terms masked (if they contain any)."
@@ -157,20 +168,25 @@ class AugmentConfig(_Strict):
     )
     mask_loss: Literal["exclude", "include"] = Field(
         "exclude",
-        description="exclude = masks in think/answer are left out of the loss, so the model never learns to write them.",
+        description=(
+            "exclude = masks in think/answer are left out of the loss, so the model never learns to write them."
+        ),
     )
     lexicon: str = Field(
         "medical", description="`medical` (shipped), `reference` (the reference experiment's 12 words) or a file path."
     )
     redraw_every_epoch: bool = Field(
         True,
-        description="Draw masks afresh each epoch; false = decide once per sample, as masking at data preparation does.",
+        description=(
+            "Draw masks afresh each epoch; false = decide once per sample, as masking at data preparation does."
+        ),
     )
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        """Fill in the reference experiment's values; a key set to something else is an error, not silently overridden."""
+        """Fill in the reference experiment's values; a key set to something else is an error, not silently
+        overridden."""
         if not isinstance(data, dict) or data.get("preset") != "reference-compatible":
             return data
         reference = {
@@ -314,7 +330,8 @@ class SpeedConfig(_Strict):
         ge=0,
         le=1,
         description="Share of decoder layers that recompute their activations in the backward pass when "
-        "train.gradient_checkpointing is on; the others keep them (a little faster, more memory: about 1.1 GiB per kept "
+        "train.gradient_checkpointing is on; the others keep them (a little faster, more memory: about 1.1 GiB per "
+        "kept "
         "Qwen3-1.7B layer in a 12,900-token row). 0.75 keeps v1/v2 under the reference stack's peak memory; 1.0 "
         "halves it at a few per cent of speed (bench/RESULTS.md).",
     )
@@ -322,14 +339,16 @@ class SpeedConfig(_Strict):
         16384,
         gt=0,
         description="With train.packing, a packed row (one forward pass) holds up to this many tokens, so a step of a few "
-        "thousand tokens runs as one pass instead of several: the step is bound by the host's launch work per pass, not by "
+        "thousand tokens runs as one pass instead of several: the step is bound by the host's launch work per pass, "
+        "not by "
         "the GPU (bench/RESULTS.md). Activation memory grows with it. null = per_device_batch_size x data.max_length.",
     )
     fused_lora: bool = Field(
         True,
         description="Each LoRA projection, its 4-bit base matmul included, as one autograd function "
         "(model/lora_fused.py): a fraction of the host work of PEFT + bitsandbytes per projection, the NF4 weight "
-        "dequantized in one kernel, and only the dropout mask kept for the backward pass instead of a dropped-out copy of "
+        "dequantized in one kernel, and only the dropout mask kept for the backward pass instead of a dropped-out "
+        "copy of "
         "the input. Same math as PEFT's forward; any device. false = PEFT's own forward.",
     )
     memory_budget: str = Field(

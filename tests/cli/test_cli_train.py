@@ -1,4 +1,5 @@
-"""`medtune train`, `data preview` and `ablate` as a user meets them: bad rows, bad configs, an existing run, --skip-bad-rows."""
+"""`medtune train`, `data preview` and `ablate` as a user meets them: bad rows, bad configs, an existing run,
+--skip-bad-rows."""
 
 from __future__ import annotations
 

@@ -117,7 +117,8 @@ def test_masked_questions_change_only_the_question_and_are_repeatable(v1_model):
 
 
 def test_robust_metrics_compare_the_same_questions_clean_and_masked(v1_model, monkeypatch):
-    """Scripted replies: perfect answers to clean questions, empty answers to masked ones -> the drop is the clean score."""
+    """Scripted replies: perfect answers to clean questions, empty answers to masked ones -> the drop is the clean
+    score."""
     data = eval_data(v1_model.run.config, None, None)
     by_question = {s.question: s.answer for s in data.samples}
 

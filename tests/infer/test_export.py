@@ -35,7 +35,8 @@ BOUNDS = {
     "q8_0": 0.05,  # each weight rounded to 1/254 of its 32-block's largest: measured 1.1% on the tiny model's 2 layers
 }
 SMOLLM2_Q8_0_RMS = 0.04
-"""Through SmolLM2's 30 layers the q8_0 roundings add up: measured 2.2% of the logits' RMS (largest single logit 4.9%)."""
+"""Through SmolLM2's 30 layers the q8_0 roundings add up: measured 2.2% of the logits' RMS (largest single logit
+4.9%)."""
 SMOLLM2_SAME_NEXT_TOKEN = 0.9
 """Measured 95% of positions; ties between near-equal logits may flip."""
 QUESTION = [

@@ -286,7 +286,8 @@ ALLOWED_LATIN = {
 
 
 def english_words(markdown: str, summary: Summary) -> list[str]:
-    """Latin words of a report that are not names, keys, paths, numbers or the few technical terms kept in Chinese text."""
+    """Latin words of a report that are not names, keys, paths, numbers or the few technical terms kept in Chinese
+    text."""
     runs = [run for version in summary.versions for run in version.runs]
     paths = {run.source.path for run in runs}
     quoted = {

@@ -142,7 +142,8 @@ def test_only_the_newest_checkpoint_keeps_its_training_state(tmp_path):
 
 
 def test_a_bitsandbytes_8bit_optimizer_resumes_exactly(tmp_path):
-    """CUDA's default optimizer: its state nests a quantization dict (8-bit moments, maps, absmax) under each parameter."""
+    """CUDA's default optimizer: its state nests a quantization dict (8-bit moments, maps, absmax) under each
+    parameter."""
     import bitsandbytes as bnb
 
     def loss(params):

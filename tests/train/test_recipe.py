@@ -259,7 +259,8 @@ def test_a_failed_run_leaves_no_stub_folder_and_bad_data_fails_before_the_model_
 
 
 def test_resume_never_runs_a_pickled_training_state(tmp_path, short_rows_file):
-    """An old-format checkpoint whose pickle would run a command: resume refuses it, naming the file, and runs nothing."""
+    """An old-format checkpoint whose pickle would run a command: resume refuses it, naming the file, and runs
+    nothing."""
     marker = tmp_path / "pwned"
 
     class Exploit:

@@ -226,7 +226,8 @@ def serve(
         typer.Option("--backend", help="transformers, or vllm (installed separately; serves a merged folder)."),
     ] = ServeBackend.transformers,
 ) -> None:
-    """OpenAI-compatible server (/v1/chat/completions, /v1/models) with a chat page at /; one request generates at a time."""
+    """OpenAI-compatible server (/v1/chat/completions, /v1/models) with a chat page at /; one request generates at a
+    time."""
     import uvicorn
 
     from medtune.infer.runs import RANDOM_WEIGHTS_WARNING

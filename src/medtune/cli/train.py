@@ -51,7 +51,8 @@ def check(
             "--gpu-memory",
             metavar="SIZE",
             callback=_memory_size,
-            help="Predict the training peak on a GPU of this size (24GiB, 8GB) and plan the levers, without loading weights; "
+            help="Predict the training peak on a GPU of this size (24GiB, 8GB) and plan the levers, without loading "
+            "weights; "
             "default: this machine's GPU, if any.",
         ),
     ] = None,

@@ -348,7 +348,8 @@ def _detect_format(row: Any) -> str:
     keys = ", ".join(sorted(map(str, row))) or "none"
     raise _RowProblem(
         ROW,
-        f"no known format (keys: {keys}); expected question/think/answer, instruction/input/output, or messages/conversations",
+        f"no known format (keys: {keys}); expected question/think/answer, instruction/input/output, or "
+        "messages/conversations",
     )
 
 

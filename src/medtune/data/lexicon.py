@@ -290,11 +290,13 @@ def parse_lexicon(data: bytes, source: str) -> Lexicon:
             raise LexiconError(f"{source}:{number}: empty term before the TAB")
         if not category:
             raise LexiconError(
-                f"{source}:{number}: empty category after the TAB (leave out the TAB for the default `{DEFAULT_CATEGORY}`)"
+                f"{source}:{number}: empty category after the TAB (leave out the TAB for the default "
+                f"`{DEFAULT_CATEGORY}`)"
             )
         if term in categories and categories[term] != category:
             raise LexiconError(
-                f"{source}:{number}: term {term!r} has category {category!r} here but {categories[term]!r} on line {first_line[term]}"
+                f"{source}:{number}: term {term!r} has category {category!r} here but {categories[term]!r} on line "
+                f"{first_line[term]}"
             )
         categories.setdefault(term, category)
         first_line.setdefault(term, number)

@@ -109,7 +109,8 @@ def load_model_folder(path: Path) -> ExportSource:
 
 
 def run_model_name(run: AdapterRun) -> str:
-    """The name a run's model goes by (GGUF general.name, the served model id): the run, plus the checkpoint if not final."""
+    """The name a run's model goes by (GGUF general.name, the served model id): the run, plus the checkpoint if not
+    final."""
     return run.output_dir.name if run.checkpoint == ADAPTER_DIR else f"{run.output_dir.name}-{run.checkpoint}"
 
 

@@ -40,13 +40,15 @@ def check_embeddings(merged: PreTrainedModel, run: AdapterRun) -> bool:
     if run.facts["embeddings_tied"]:
         if not same_values:
             raise MergeError(
-                f"{run.adapter_dir}: the run kept embed_tokens and lm_head tied (medtune_adapter.json), but after merging they "
+                f"{run.adapter_dir}: the run kept embed_tokens and lm_head tied (medtune_adapter.json), but after "
+                "merging they "
                 "differ; a tied save would drop the trained lm_head. Was the adapter edited after training?"
             )
         return True
     if shared and run.facts["trained_embeddings"]:
         raise MergeError(
-            f"{run.adapter_dir}: the run trained {', '.join(run.facts['trained_embeddings'])} untied, but the merged model "
+            f"{run.adapter_dir}: the run trained {', '.join(run.facts['trained_embeddings'])} untied, but the merged "
+            "model "
             "shares one matrix for both; saving it would lose one of the trained copies"
         )
     return False

@@ -438,7 +438,10 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
                     for chunk in deltas(text[: len(text) - _partial_tag_length(text)]):
                         yield chunk
             except Exception as err:  # headers are sent: the error goes into the stream, as OpenAI's does
-                yield f"data: {json.dumps(_error_body(f'generation failed: {type(err).__name__}: {err}', None, 'server_error'))}\n\n"
+                yield (
+                    "data: "
+                    f"{json.dumps(_error_body(f'generation failed: {type(err).__name__}: {err}', None, 'server_error'))}\n\n"
+                )
                 return
             for chunk in deltas(text):
                 yield chunk

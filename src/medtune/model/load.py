@@ -46,7 +46,8 @@ class LoadedModel:
 
 
 def model_source(cfg: ModelConfig) -> str:
-    """What from_pretrained receives: the tiny model's or a de-quantised GGUF's cache folder, a local folder, or a hub id."""
+    """What from_pretrained receives: the tiny model's or a de-quantised GGUF's cache folder, a local folder, or a
+    hub id."""
     if cfg.name_or_path == TINY_NAME:
         return str(tiny_model_dir())
     source = resolve_model_source(cfg.name_or_path, cfg.revision)
@@ -200,7 +201,8 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     keep_tied = tied and cfg.tied_embeddings == "keep" and bool(trained_embeddings)
     if tied and trained_embeddings and cfg.tied_embeddings == "untie":
         log.warning(
-            "embed_tokens and lm_head are tied in the base model; training them as two untied copies (tied_embeddings: untie)"
+            "embed_tokens and lm_head are tied in the base model; training them as two untied copies "
+            "(tied_embeddings: untie)"
         )
     lora_config = PeftLoraConfig(
         r=cfg.r,

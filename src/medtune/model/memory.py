@@ -182,7 +182,8 @@ class Levers:
 
 @dataclass(frozen=True)
 class Rows:
-    """The forward passes of a run's steps with one packed-row capacity: the longest row, and the most rows in a step."""
+    """The forward passes of a run's steps with one packed-row capacity: the longest row, and the most rows in a
+    step."""
 
     longest: int
     most_per_step: int

@@ -249,8 +249,10 @@ def _raise_cannot_fit(search: _Search, frugal: Levers, budget_bytes: float, budg
     predicted = search.estimate(frugal)
     raise MemoryBudgetError(
         f"training cannot fit {budget} ({budget_bytes / GIB:.1f} GiB for the allocator): the predicted "
-        f"peak at the most frugal levers ({_describe(frugal)}, expandable segments) is {predicted.peak_gib:.1f} GiB allocated, "
-        f"{reserved_bytes(predicted, frugal) / GIB:.1f} GiB reserved. Biggest terms: {predicted.biggest_terms()}. What is "
+        f"peak at the most frugal levers ({_describe(frugal)}, expandable segments) is {predicted.peak_gib:.1f} GiB "
+        "allocated, "
+        f"{reserved_bytes(predicted, frugal) / GIB:.1f} GiB reserved. Biggest terms: {predicted.biggest_terms()}. "
+        "What is "
         "left: a smaller model, a lower lora.r, fewer trained modules (lora.modules_to_save), or a GPU with more memory"
     )
 

@@ -128,7 +128,8 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
 
 
 def offloading(forward: Callable[..., Any], min_bytes: int = MIN_OFFLOAD_BYTES) -> Callable[..., Any]:
-    """`forward` with its saved tensors offloaded: a fresh `ActivationOffload` per call (nothing is kept across steps)."""
+    """`forward` with its saved tensors offloaded: a fresh `ActivationOffload` per call (nothing is kept across
+    steps)."""
 
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:

@@ -176,6 +176,7 @@ def draw_chart(
 def draw_charts(
     versions: list[Version], titles: dict[str, str], x_label: str, font: str | None, warmup_label: str = "warmup"
 ) -> dict[str, bytes]:
-    """Metric key -> PNG bytes, for each metric some run logged; `warmup_label` names the shaded warmup on the LR chart."""
+    """Metric key -> PNG bytes, for each metric some run logged; `warmup_label` names the shaded warmup on the LR
+    chart."""
     charts = {key: draw_chart(versions, key, title, x_label, font, warmup_label) for key, title in titles.items()}
     return {key: png for key, png in charts.items() if png is not None}

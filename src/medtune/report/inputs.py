@@ -101,7 +101,8 @@ class Run:
         return node
 
     def max_steps(self) -> int | None:
-        """Planned optimizer steps: the trainer's own count, or else the estimate from epochs; None when nothing says."""
+        """Planned optimizer steps: the trainer's own count, or else the estimate from epochs; None when nothing
+        says."""
         counted = self.counted_steps()
         if counted is not None:
             return counted
@@ -109,7 +110,8 @@ class Run:
         return estimate["planned"] if estimate else None
 
     def counted_steps(self) -> int | None:
-        """Planned steps as a count: the trainer's own (summary.json's `max_steps`), or the config's `train.max_steps`."""
+        """Planned steps as a count: the trainer's own (summary.json's `max_steps`), or the config's
+        `train.max_steps`."""
         for value in (self.summary.get("max_steps"), self.setting("train.max_steps")):
             if _count(value):
                 return value
@@ -131,7 +133,8 @@ class Run:
         }
 
     def _epoch_counter(self) -> tuple[int, float] | None:
-        """(step, epoch) of the latest record with a positive epoch: the smallest relative error when epochs are rounded."""
+        """(step, epoch) of the latest record with a positive epoch: the smallest relative error when epochs are
+        rounded."""
         counted = [
             (int(record["step"]), float(record["epoch"]))
             for record in self.records
@@ -179,5 +182,6 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def parse_json_object(text: str, where: str, first_line: int = 1) -> dict[str, Any]:
-    """Text that must be one JSON object, found in `where` from line `first_line` on; a ReportError says `where:line:`."""
+    """Text that must be one JSON object, found in `where` from line `first_line` on; a ReportError says
+    `where:line:`."""
     return run_folder.parse_json_object(text, where, first_line, error=ReportError)

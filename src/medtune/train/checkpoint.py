@@ -131,7 +131,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _load_legacy(path: Path) -> dict[str, Any]:
-    """A `training_state.pt` of earlier medtune versions: tensors and plain values, and a numpy array for numpy's RNG."""
+    """A `training_state.pt` of earlier medtune versions: tensors and plain values, and a numpy array for numpy's
+    RNG."""
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[
         0
     ]  # numpy's array constructor, wherever this numpy version keeps it
@@ -148,7 +149,8 @@ def _load_legacy(path: Path) -> dict[str, Any]:
 
 
 def _refusal(message: str) -> str:
-    """torch's weights_only message in a few words: which object it refused to build, or that the bytes are no checkpoint."""
+    """torch's weights_only message in a few words: which object it refused to build, or that the bytes are no
+    checkpoint."""
     refused = re.search(r"GLOBAL ([\w.]+)", message)
     if refused:
         return f"it asks to call {refused.group(1)}, which could run code, so medtune does not load it"
@@ -167,7 +169,8 @@ def _unreadable(path: Path, reason: object) -> CheckpointError:
 
 
 def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:
-    """JSON for `value`, its tensors moved into `tensors`; a tensor met twice (e.g. a shared quantization map) is stored once."""
+    """JSON for `value`, its tensors moved into `tensors`; a tensor met twice (e.g. a shared quantization map) is
+    stored once."""
     if isinstance(value, torch.Tensor):
         return {"$tensor": _store(value.detach().cpu(), path, tensors, seen)}
     if isinstance(value, np.ndarray):

@@ -119,7 +119,10 @@ def _environment(cfg: RunConfig) -> list[Finding]:
             "report font",
             f"CJK font {font} for the charts of zh reports"
             if font
-            else "no CJK font: the charts of zh reports keep English labels (install fonts-noto-cjk or fonts-wqy-microhei)",
+            else (
+                "no CJK font: the charts of zh reports keep English labels (install fonts-noto-cjk or "
+                "fonts-wqy-microhei)"
+            ),
         )
     )
     return found

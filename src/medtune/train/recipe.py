@@ -58,7 +58,10 @@ from medtune.train.parallel import MicroBatchLoss, Parallelism, build_parallelis
 from medtune.train.progress import TrainProgress, say, summary_lines
 from medtune.train.schedules import build_scheduler
 
-RANDOM_WEIGHTS_NOTE = "the base model's weights are random (config flag medtune_random_weights): losses show the pipeline works, not medical quality"
+RANDOM_WEIGHTS_NOTE = (
+    "the base model's weights are random (config flag medtune_random_weights): losses show the pipeline works, not "
+    "medical quality"
+)
 
 
 class RunExistsError(RuntimeError):
@@ -426,10 +429,16 @@ class FineTuneRecipe:
         if saved is None and self.created_run_dir:
             if self.dist.is_main:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
-            message = f"{status} at step {self.step}, before the first checkpoint: nothing was saved, and {self.run_dir} was removed"
+            message = (
+                f"{status} at step {self.step}, before the first checkpoint: nothing was saved, and {self.run_dir} "
+                "was removed"
+            )
         elif saved is None:
             self._write_summary(status)
-            message = f"{status} at step {self.step}, before the first checkpoint: --resume starts {self.cfg.run_name} again from step 0"
+            message = (
+                f"{status} at step {self.step}, before the first checkpoint: --resume starts {self.cfg.run_name} "
+                "again from step 0"
+            )
         else:
             self._write_summary(status)
             last = "" if saved == self.step else f"; the last checkpoint is step {saved}"

@@ -79,7 +79,8 @@ def scalar_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, int | 
 
 
 def swanlab_mode(settings: Any) -> str:
-    """SWANLAB_MODE (or a SwanLab config file) decides; else online with an API key (env or `swanlab login`), offline without."""
+    """SWANLAB_MODE (or a SwanLab config file) decides; else online with an API key (env or `swanlab login`), offline
+    without."""
     if "mode" in settings.model_fields_set:
         return settings.mode
     return "online" if settings.api_key else "offline"
@@ -136,7 +137,8 @@ class TensorBoardTracker:
 
 
 class WandbTracker(_CloudRunTracker):
-    """A W&B run in `<run_dir>/wandb`: offline unless WANDB_API_KEY is set; WANDB_MODE and WANDB_PROJECT are honoured."""
+    """A W&B run in `<run_dir>/wandb`: offline unless WANDB_API_KEY is set; WANDB_MODE and WANDB_PROJECT are
+    honoured."""
 
     def __init__(self, run_dir: Path, run_name: str, config: dict[str, Any]) -> None:
         import wandb
