@@ -10,11 +10,14 @@ runs every stage below in its own process and prints the table; each stage can a
     medtune VERSION [VARIANT..]  (b) FineTuneRecipe.train_step with configs/VERSION.yaml (+ SpeedConfig variants)
     unsloth VERSION              (c) unsloth on the same workload (import unsloth first, own process)
     head                         the fused lm_head + cross-entropy against the checkpointed chunks it replaced
-    profile VERSION [VARIANT..]  one medtune step under torch.profiler: device busy time against wall time, kernels by kind
-    multigpu VERSION [VARIANT]   medtune on one GPU or on `--nproc` GPUs (`--parallelism`), optionally each GPU capped
-                                 at `--memory-cap`: tokens/s, per-rank peaks, status ok/oom, the losses of the timed steps
+    profile VERSION [VARIANT..]  one medtune step under torch.profiler: device busy time against wall time,
+                                 kernels by kind
+    multigpu VERSION [VARIANT]   medtune on one GPU or on `--nproc` GPUs (`--parallelism`), optionally each GPU
+                                 capped at `--memory-cap`: tokens/s, per-rank peaks, status ok/oom, the losses of the
+                                 timed steps
     memory VERSION [VARIANT]     one stack (`--stack`) under a per-process cap (`--memory-cap`): status ok/oom, peak,
-                                 tokens/s; for medtune also the memory plan (`speed.memory_budget: auto`) and its prediction
+                                 tokens/s; for medtune also the memory plan (`speed.memory_budget: auto`) and its
+                                 prediction
     report                       the table from results.jsonl
 
 `--memory-cap GIB` caps every stage's process (medtune, unsloth, reference alike) through
@@ -32,7 +35,8 @@ Multi-GPU scaling against one GPU in the same call: `prepare:SIZE` builds a size
 `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT]` (PARALLELISM: none = one process on one GPU, ddp, fsdp)
 runs one setting, e.g.
 
-    python bench/gpu_speed.py all --nproc 2 --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
+    python bench/gpu_speed.py all --nproc 2 \\
+        --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
 
 Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
 medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;

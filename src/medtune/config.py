@@ -84,9 +84,11 @@ class DataConfig(_Strict):
     format: Literal["auto", "qta", "alpaca", "messages"] = "auto"
     columns: dict[Literal["system", "question", "think", "answer"], str | list[str]] = Field(
         default_factory=dict,
-        description="The file's column (CSV/TSV/Parquet) or key (JSON) for each field, e.g. {question: ask, answer: answer}; "
-        "a list joins several columns with a newline ([title, ask]). Fields not named keep their own name. Rows are "
-        "then qta.",
+        description=(
+            "The file's column (CSV/TSV/Parquet) or key (JSON) for each field, e.g. {question: ask, answer: answer}; "
+            "a list joins several columns with a newline ([title, ask]). Fields not named keep their own name. "
+            "Rows are then qta."
+        ),
     )
     encoding: str = Field(
         "utf-8", description="Text encoding of JSONL/JSON/CSV/TSV files, e.g. gb18030 or gbk (Parquet is always UTF-8)."
@@ -311,10 +313,12 @@ class SpeedConfig(_Strict):
 
     packed_attention: Literal["auto", "varlen", "per_sample", "mask"] = Field(
         "auto",
-        description="How attention stays inside each sample of a packed row: varlen = one flash-attention call over the "
-        "row (CUDA), per_sample = one SDPA call per sample (any device), mask = the model's own attention with the "
-        "block-diagonal mask transformers builds from position_ids. auto = varlen where it works; else mask on CUDA "
-        "(3.7x faster there than per_sample, bench/RESULTS.md) and per_sample elsewhere.",
+        description=(
+            "How attention stays inside each sample of a packed row: varlen = one flash-attention call over the "
+            "row (CUDA), per_sample = one SDPA call per sample (any device), mask = the model's own attention with "
+            "the block-diagonal mask transformers builds from position_ids. auto = varlen where it works; else mask "
+            "on CUDA (3.7x faster there than per_sample, bench/RESULTS.md) and per_sample elsewhere."
+        ),
     )
     mixed_precision: Literal["auto", "bf16", "none"] = Field(
         "auto",
@@ -338,10 +342,12 @@ class SpeedConfig(_Strict):
     packed_row_tokens: int | None = Field(
         16384,
         gt=0,
-        description="With train.packing, a packed row (one forward pass) holds up to this many tokens, so a step of a few "
-        "thousand tokens runs as one pass instead of several: the step is bound by the host's launch work per pass, "
-        "not by "
-        "the GPU (bench/RESULTS.md). Activation memory grows with it. null = per_device_batch_size x data.max_length.",
+        description=(
+            "With train.packing, a packed row (one forward pass) holds up to this many tokens, so a step of a few "
+            "thousand tokens runs as one pass instead of several: the step is bound by the host's launch work per "
+            "pass, not by the GPU (bench/RESULTS.md). Activation memory grows with it. "
+            "null = per_device_batch_size x data.max_length."
+        ),
     )
     fused_lora: bool = Field(
         True,

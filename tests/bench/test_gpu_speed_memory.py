@@ -1,5 +1,6 @@
-"""bench/gpu_speed.py's memory table: `--memory-cap` reaches every stage's process, `memory:STACK:SIZE:VERSION:capGIB`
-stages run one stack under a cap, and the record and report say what ran (on CPU: the cap is recorded as not applied)."""
+"""bench/gpu_speed.py's memory table: `--memory-cap` reaches every stage's process,
+`memory:STACK:SIZE:VERSION:capGIB` stages run one stack under a cap, and the record and report say what ran
+(on CPU: the cap is recorded as not applied)."""
 
 from __future__ import annotations
 

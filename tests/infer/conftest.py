@@ -1,6 +1,7 @@
 """Tiny trained runs (real recipe, 4-bit NF4 + LoRA on CPU), trained once per test session.
 
-v1: LoRA only, a checkpoint at step 1 (the end, step 2, is adapter/). v2: embed_tokens and lm_head trained and kept tied.
+v1: LoRA only, a checkpoint at step 1 (the end, step 2, is adapter/).
+v2: embed_tokens and lm_head trained and kept tied.
 v2-untied: the same, but trained as two untied copies (`lora.tied_embeddings=untie`).
 """
 

@@ -135,8 +135,9 @@ def test_the_timed_steps_are_the_bench_records_step_tokens(train_lengths):
 
 
 def test_kept_layer_bytes_match_the_saved_tensors_listed(train_lengths):
-    """13h + 9q + 6kv + 7i + 14r bytes per token for Qwen3-1.7B with dropout: 95,104; 1.10 GiB per kept layer was measured
-    (call 6: 0.85 -> 0.75 adds 3 layers and 3.31 GiB at 12,902 tokens), which this gives net of the layer input."""
+    """13h + 9q + 6kv + 7i + 14r bytes per token for Qwen3-1.7B with dropout: 95,104; 1.10 GiB per kept layer was
+    measured (call 6: 0.85 -> 0.75 adds 3 layers and 3.31 GiB at 12,902 tokens), which this gives net of the layer
+    input."""
     cfg = load_config(CONFIGS / "v1.yaml", ["model.name_or_path=tiny"])
     settings = MemorySettings.from_run(cfg, liger=True)
     per_token = kept_layer_bytes_per_token(shape_of("1.7b"), settings)

@@ -37,7 +37,7 @@ def trained_model(fsdp_loaded: nn.Module, ctx: DistContext) -> PeftModel:
     model = apply_lora(fsdp_loaded, LoraConfig(dropout=0.0))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     shard_model(model, ctx, CPU)

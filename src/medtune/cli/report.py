@@ -12,6 +12,7 @@ import typer
 from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS, LANGUAGES
 
 ReportLanguage = Enum("ReportLanguage", {language: language for language in LANGUAGES}, type=str)
+_DEFAULT_LANGUAGE = ReportLanguage(DEFAULT_LANGUAGE)
 _PHASES = ",".join(map(str, DEFAULT_PHASE_BOUNDS))
 
 
@@ -66,7 +67,7 @@ def compare(
             help="Steps of the training-loss table, e.g. 100,200,300,400 (default: quarters of training).",
         ),
     ] = None,
-    lang: Annotated[ReportLanguage, typer.Option("--lang", help="Report language.")] = ReportLanguage(DEFAULT_LANGUAGE),
+    lang: Annotated[ReportLanguage, typer.Option("--lang", help="Report language.")] = _DEFAULT_LANGUAGE,
     phases: Annotated[
         str,
         typer.Option(

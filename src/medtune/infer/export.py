@@ -66,7 +66,10 @@ ARCHITECTURES = {
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _BYTE_LEVEL_WITH_GPT2_REGEX = ("ByteLevel", True)
 PRE_TOKENIZERS = {
     (("Split", _QWEN2_SPLIT), ("ByteLevel", False)): "qwen2",
@@ -309,7 +312,7 @@ def write_gguf(source: ExportSource, output: Path, quant: str) -> Path:
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for name, tensor in gguf_tensors(model, arch):
+            for _name, tensor in gguf_tensors(model, arch):
                 writer.write_tensor_data(encode_tensor(tensor, tensor_type(quant, tuple(tensor.shape))))
         writer.close()
         os.replace(staging, output)

@@ -4,8 +4,8 @@
 `content`, as vLLM's and DeepSeek's reasoning APIs do (`--think hide` leaves the reasoning out);
 `/v1/models` lists the one model served; `/` is a small chat page. With transformers, one request generates
 at a time: the others wait in arrival order (an asyncio lock is first come, first served), so no two
-replies share a forward pass and none is interleaved with another; vLLM batches them in its engine. Bad requests get a 4xx with an OpenAI-style JSON error
-naming the field, and the server keeps serving.
+replies share a forward pass and none is interleaved with another; vLLM batches them in its engine. Bad requests
+get a 4xx with an OpenAI-style JSON error naming the field, and the server keeps serving.
 
 The transformers backend serves a run (its base loaded as trained, 4-bit or not, plus the adapter) or a
 merged folder; with vLLM installed, `--backend vllm` serves a merged folder through vLLM's engine.
@@ -438,10 +438,8 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
                     for chunk in deltas(text[: len(text) - _partial_tag_length(text)]):
                         yield chunk
             except Exception as err:  # headers are sent: the error goes into the stream, as OpenAI's does
-                yield (
-                    "data: "
-                    f"{json.dumps(_error_body(f'generation failed: {type(err).__name__}: {err}', None, 'server_error'))}\n\n"
-                )
+                error_body = _error_body(f"generation failed: {type(err).__name__}: {err}", None, "server_error")
+                yield f"data: {json.dumps(error_body)}\n\n"
                 return
             for chunk in deltas(text):
                 yield chunk

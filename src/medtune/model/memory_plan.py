@@ -102,9 +102,9 @@ class _Search:
         return reserved_bytes(self.estimate(levers), levers)
 
     def first_fitting(self, current: Levers, candidates: list[Levers]) -> tuple[Levers, bool]:
-        """The first candidate that fits (they go from least to most frugal); else the first that gets lowest, if that is
-        lower than `current` (a lever that does not lower the peak, e.g. smaller loss chunks when a layer's backward
-        pass sets it, is left alone)."""
+        """The first candidate that fits (they go from least to most frugal); else the first that gets lowest, if that
+        is lower than `current` (a lever that does not lower the peak, e.g. smaller loss chunks when a layer's
+        backward pass sets it, is left alone)."""
         best, lowest = current, self.reserved(current)
         for candidate in candidates:
             reserved = self.reserved(candidate)

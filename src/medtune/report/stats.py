@@ -81,7 +81,8 @@ def relative_change(reference: float, value: float) -> float | None:
 def compare(
     baseline: Sequence[float], other: Sequence[float], effect: MinimumEffect, relative: bool = True
 ) -> dict[str, object]:
-    """How `other` differs from `baseline`: difference (and relative change) of the means and whether it is worth stating.
+    """How `other` differs from `baseline`: difference (and relative change) of the means and whether it is worth
+    stating.
 
     `test` is "welch" (p_value set) or "min_effect" (threshold set); `significant` is None only without values.
     `relative=False` for signed quantities (e.g. eval - train gap), whose ratios mean nothing.

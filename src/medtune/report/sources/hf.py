@@ -88,7 +88,8 @@ def is_training_args(values: dict[str, Any]) -> bool:
 
 
 def config_from_hf(values: dict[str, Any], file: str) -> tuple[dict[str, Any], list[Note]]:
-    """TrainingArguments (as `to_dict()` gives them) to medtune's nested config keys, and notes on what has no counterpart.
+    """TrainingArguments (as `to_dict()` gives them) to medtune's nested config keys, and notes on what has no
+    counterpart.
 
     `values` may also hold the model's config and a `peft_config`, as HF's SwanLab callback merges them in;
     keys without a medtune counterpart go under `hf.`; every note names `file`, where the values came from.
