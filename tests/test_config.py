@@ -143,6 +143,14 @@ def test_set_value_that_is_not_yaml():
         load_config(CONFIGS / "v2.yaml", ["train.betas=[0.9,"])
 
 
+def test_set_value_with_a_control_character_is_one_clear_line():
+    with pytest.raises(ConfigError) as raised:
+        load_config(CONFIGS / "v2.yaml", ["train.lr=\x07"])
+    message = str(raised.value)
+    assert message.startswith("--set 'train.lr=\\x07': the value is not valid YAML: unacceptable character #x0007")
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize(
     "override,fragment",
     [

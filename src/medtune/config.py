@@ -141,6 +141,14 @@ class DataConfig(_Strict):
         return self
 
 
+MaskedField = Literal["question", "think", "answer"]
+
+
+def _mask_questions_only() -> list[MaskedField]:
+    """Typed, so the default factory's list is a list of fields and not of plain strings."""
+    return ["question"]
+
+
 class AugmentConfig(_Strict):
     """The v3 medical-term masking augmentation (`data/augment.py`), drawn afresh at batch-building time."""
 
@@ -161,8 +169,8 @@ class AugmentConfig(_Strict):
         default_factory=lambda: ["[MASK]", "[{category}]", "..."],
         description="Chosen uniformly per term; `{category}` becomes the term's category tag, e.g. [症状].",
     )
-    fields: list[Literal["question", "think", "answer"]] = Field(
-        default_factory=lambda: ["question"],
+    fields: list[MaskedField] = Field(
+        default_factory=_mask_questions_only,
         description="Where terms are masked; the question is prompt, so masks there never touch the loss.",
     )
     occurrence: Literal["first", "all"] = Field(
@@ -277,6 +285,7 @@ class TrainConfig(_Strict):
         """Optimizer steps of the run: max_steps, or enough for `epochs` passes over the training rows."""
         if self.max_steps is not None:
             return self.max_steps
+        assert self.epochs is not None, "the validator requires max_steps or epochs"
         return math.ceil(self.epochs * train_rows / self.samples_per_step())
 
     def resolved_optimizer(self, device_type: str, fsdp: bool) -> str:
@@ -373,7 +382,7 @@ class SpeedConfig(_Strict):
 
     @field_validator("memory_budget", mode="before")
     @classmethod
-    def _budget_is_auto_or_a_size(cls, value: Any) -> str:
+    def _budget_is_auto_or_a_size(cls, value: Any) -> Any:
         """A bare number is refused with the units, not read as bytes or GiB."""
         if value != "auto":
             parse_memory_size(str(value))
@@ -483,7 +492,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {err.problem}") from None
+        # Only marked errors (scanner, parser) carry `problem`; a reader error (a control character) says it first.
+        problem = err.problem if isinstance(err, yaml.MarkedYAMLError) else str(err).splitlines()[0]
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {problem}") from None
     return key.strip().split("."), parsed
 
 
@@ -601,4 +612,5 @@ def load_config(
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    text: str = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return text
