@@ -54,14 +54,19 @@ def main() -> None:
     for field in FIELDS:
         texts = [getattr(sample, field) for sample in samples]
         found = sum(len(lexicon.find(text)) for text in texts)
-        elapsed = seconds(lambda: [lexicon.find(text) for text in texts], repeats)
+        elapsed = seconds(lambda texts=texts: [lexicon.find(text) for text in texts], repeats)
         chars = sum(map(len, texts)) / len(texts)
-        print(f"{field:<24}{chars:>14.0f}{found / len(texts):>14.1f}{found / elapsed:>12,.0f}{elapsed / len(texts) * 1e6:>12.1f}")
+        print(
+            f"{field:<24}{chars:>14.0f}{found / len(texts):>14.1f}"
+            f"{found / elapsed:>12,.0f}{elapsed / len(texts) * 1e6:>12.1f}"
+        )
 
     print(f"\n{'Augmenter.apply':<44}{'µs/sample':>12}{'masked share':>14}")
     settings = {
         "default (p=0.1, question)": AugmentConfig(enabled=True),
-        "every sample, all fields, all occurrences": AugmentConfig(enabled=True, probability=1.0, fields=list(FIELDS), occurrence="all"),
+        "every sample, all fields, all occurrences": AugmentConfig(
+            enabled=True, probability=1.0, fields=list(FIELDS), occurrence="all"
+        ),
         "reference-compatible preset": AugmentConfig(enabled=True, preset="reference-compatible"),
     }
     epochs = 10
@@ -72,7 +77,10 @@ def main() -> None:
             for index, sample in enumerate(samples):
                 stats.record(epoch, augmenter.apply(sample, epoch, index)[1])
         share = sum(stats.epoch_summary(epoch)["masked_share"] for epoch in range(epochs)) / epochs
-        elapsed = seconds(lambda: [augmenter.apply(sample, 0, index) for index, sample in enumerate(samples)], repeats)
+        elapsed = seconds(
+            lambda augmenter=augmenter: [augmenter.apply(sample, 0, index) for index, sample in enumerate(samples)],
+            repeats,
+        )
         print(f"{name:<44}{elapsed / len(samples) * 1e6:>12.1f}{share:>14.3f}")
 
     from transformers import AutoTokenizer  # imported late: only the comparison row needs it

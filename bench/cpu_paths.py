@@ -36,7 +36,9 @@ def median_seconds(work, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, required=True, help="folder of medtune run folders named <version>-seed<n>")
+    parser.add_argument(
+        "--runs", type=Path, required=True, help="folder of medtune run folders named <version>-seed<n>"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="results.jsonl to append to")
     args = parser.parse_args()
@@ -45,8 +47,11 @@ def main() -> None:
     tokenizer = load_tokenizer(cfg.model)
     runs = sorted(str(path) for path in args.runs.iterdir() if (path / "metrics.jsonl").exists())
     record = {
-        "commit": subprocess.run(["git", "-C", str(Path(medtune.__file__).parent), "rev-parse", "--short", "HEAD"],
-                                 capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "-C", str(Path(medtune.__file__).parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip(),
         "prepare_data_s": median_seconds(lambda: prepare_data(cfg, tokenizer), args.repeats),
         "build_report_s": median_seconds(lambda: build_report(runs, out_dir=tempfile.mkdtemp()), args.repeats),
         "runs": len(runs),

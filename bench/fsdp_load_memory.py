@@ -42,10 +42,21 @@ def build_model(folder: Path, layers: int, hidden: int, intermediate: int) -> No
     base = json.loads((shipped_tokenizer_dir() / "config.json").read_text())
     for unused in ("transformers_version", "torch_dtype", "dtype"):
         base.pop(unused, None)
-    base.update(vocab_size=1024, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128, head_dim=128,
-                tie_word_embeddings=False, medtune_random_weights=True, bos_token_id=None, eos_token_id=None,
-                layer_types=None, max_window_layers=layers)
+    base.update(
+        vocab_size=1024,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 128,
+        num_key_value_heads=hidden // 128,
+        head_dim=128,
+        tie_word_embeddings=False,
+        medtune_random_weights=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        layer_types=None,
+        max_window_layers=layers,
+    )
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     Qwen3ForCausalLM(Qwen3Config(**base)).save_pretrained(folder)
@@ -92,19 +103,27 @@ def peak_private_growth(work: Callable[[], torch.nn.Module]) -> tuple[torch.nn.M
 
 def measure(rank: int, folder: str, way: str, processes: int, init_file: str, results: str) -> None:
     torch.set_num_threads(1)
+
     def join() -> None:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=processes)
 
     if way == "own_shard":
         join()
     model, growth = peak_private_growth(
-        lambda: load_base_model(ModelConfig(name_or_path=folder), QuantConfig(), torch.device("cpu"), fsdp=True).model)
+        lambda: load_base_model(ModelConfig(name_or_path=folder), QuantConfig(), torch.device("cpu"), fsdp=True).model
+    )
     if way == "whole":
         join()
     checkpoint = sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))
-    record = {"way": way, "rank": rank, "processes": processes, "private_peak_growth_mib": round(growth, 1),
-              "rss_peak_mib": round(status_mib("VmHWM"), 1), "four_bit_held_mib": round(four_bit_bytes(model) / MIB, 1),
-              "checkpoint_bf16_mib": round(checkpoint / MIB, 1)}
+    record = {
+        "way": way,
+        "rank": rank,
+        "processes": processes,
+        "private_peak_growth_mib": round(growth, 1),
+        "rss_peak_mib": round(status_mib("VmHWM"), 1),
+        "four_bit_held_mib": round(four_bit_bytes(model) / MIB, 1),
+        "checkpoint_bf16_mib": round(checkpoint / MIB, 1),
+    }
     dist.barrier()
     with open(results, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -132,17 +151,21 @@ def main() -> None:
         results, rendezvous = args.work / f"{way}.jsonl", args.work / f"rendezvous-{way}"
         results.unlink(missing_ok=True)
         rendezvous.unlink(missing_ok=True)
-        torch.multiprocessing.spawn(measure, args=(str(folder), way, args.processes, str(rendezvous), str(results)),
-                                    nprocs=args.processes)
+        torch.multiprocessing.spawn(
+            measure, args=(str(folder), way, args.processes, str(rendezvous), str(results)), nprocs=args.processes
+        )
         threshold = args.mmap_threshold or "glibc default"
-        lines += [json.dumps({**json.loads(line), "model": folder.name, "mmap_threshold": threshold, "commit": commit})
-                  for line in sorted(results.read_text().splitlines())]
+        lines += [
+            json.dumps({**json.loads(line), "model": folder.name, "mmap_threshold": threshold, "commit": commit})
+            for line in sorted(results.read_text().splitlines())
+        ]
     text = "".join(line + "\n" for line in lines)
     print(text, end="")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a", encoding="utf-8") as handle:
             handle.write(text)
+
 
 if __name__ == "__main__":
     main()

@@ -10,11 +10,14 @@ runs every stage below in its own process and prints the table; each stage can a
     medtune VERSION [VARIANT..]  (b) FineTuneRecipe.train_step with configs/VERSION.yaml (+ SpeedConfig variants)
     unsloth VERSION              (c) unsloth on the same workload (import unsloth first, own process)
     head                         the fused lm_head + cross-entropy against the checkpointed chunks it replaced
-    profile VERSION [VARIANT..]  one medtune step under torch.profiler: device busy time against wall time, kernels by kind
-    multigpu VERSION [VARIANT]   medtune on one GPU or on `--nproc` GPUs (`--parallelism`), optionally each GPU capped
-                                 at `--memory-cap`: tokens/s, per-rank peaks, status ok/oom, the losses of the timed steps
+    profile VERSION [VARIANT..]  one medtune step under torch.profiler: device busy time against wall time,
+                                 kernels by kind
+    multigpu VERSION [VARIANT]   medtune on one GPU or on `--nproc` GPUs (`--parallelism`), optionally each GPU
+                                 capped at `--memory-cap`: tokens/s, per-rank peaks, status ok/oom, the losses of the
+                                 timed steps
     memory VERSION [VARIANT]     one stack (`--stack`) under a per-process cap (`--memory-cap`): status ok/oom, peak,
-                                 tokens/s; for medtune also the memory plan (`speed.memory_budget: auto`) and its prediction
+                                 tokens/s; for medtune also the memory plan (`speed.memory_budget: auto`) and its
+                                 prediction
     report                       the table from results.jsonl
 
 `--memory-cap GIB` caps every stage's process (medtune, unsloth, reference alike) through
@@ -32,7 +35,8 @@ Multi-GPU scaling against one GPU in the same call: `prepare:SIZE` builds a size
 `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT]` (PARALLELISM: none = one process on one GPU, ddp, fsdp)
 runs one setting, e.g.
 
-    python bench/gpu_speed.py all --nproc 2 --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
+    python bench/gpu_speed.py all --nproc 2 \\
+        --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
 
 Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
 medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;
@@ -66,18 +70,56 @@ STACKS = {"reference": "(a) reference stack", "medtune": "(b) medtune", "unsloth
 # (b) variants: the ladder from medtune's step before the speed work (PEFT's LoRA forward, rows of 8,192 tokens),
 # then the levers added since; each pins what it measures, so a later change of defaults does not change it.
 VARIANTS: dict[str, list[str]] = {
-    "before": ["speed.packed_attention=mask", "speed.mixed_precision=none", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
-    "+varlen": ["speed.packed_attention=auto", "speed.mixed_precision=none", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
-    "+bf16": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=none", "speed.checkpoint_fraction=1.0", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
-    "+liger": ["speed.packed_attention=auto", "speed.mixed_precision=auto", "speed.fused_kernels=auto", "speed.checkpoint_fraction=1.0", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
+    "before": [
+        "speed.packed_attention=mask",
+        "speed.mixed_precision=none",
+        "speed.fused_kernels=none",
+        "speed.checkpoint_fraction=1.0",
+        "speed.fused_lora=false",
+        "speed.packed_row_tokens=null",
+    ],
+    "+varlen": [
+        "speed.packed_attention=auto",
+        "speed.mixed_precision=none",
+        "speed.fused_kernels=none",
+        "speed.checkpoint_fraction=1.0",
+        "speed.fused_lora=false",
+        "speed.packed_row_tokens=null",
+    ],
+    "+bf16": [
+        "speed.packed_attention=auto",
+        "speed.mixed_precision=auto",
+        "speed.fused_kernels=none",
+        "speed.checkpoint_fraction=1.0",
+        "speed.fused_lora=false",
+        "speed.packed_row_tokens=null",
+    ],
+    "+liger": [
+        "speed.packed_attention=auto",
+        "speed.mixed_precision=auto",
+        "speed.fused_kernels=auto",
+        "speed.checkpoint_fraction=1.0",
+        "speed.fused_lora=false",
+        "speed.packed_row_tokens=null",
+    ],
     "auto": [],  # the defaults
     # rows of per_device_batch_size x max_length = 8,192 tokens (a step in two passes), as before packed_row_tokens
-    "peft_lora": ["speed.fused_lora=false", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],  # PEFT's own LoRA forward
+    "peft_lora": [
+        "speed.fused_lora=false",
+        "speed.packed_row_tokens=null",
+        "speed.checkpoint_fraction=0.65",
+    ],  # PEFT's own LoRA forward
     "fused": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],
     "fused_ckpt50": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.5"],
     "fused_ckpt40": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.4"],
     "fused_ckpt0": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.0"],
-    "fused_one_row": ["speed.fused_lora=true", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65", "train.per_device_batch_size=8", "train.gradient_accumulation_steps=2"],
+    "fused_one_row": [
+        "speed.fused_lora=true",
+        "speed.packed_row_tokens=null",
+        "speed.checkpoint_fraction=0.65",
+        "train.per_device_batch_size=8",
+        "train.gradient_accumulation_steps=2",
+    ],
     # a step in one row of up to 16,384 tokens (speed.packed_row_tokens)
     "peft_row": ["speed.fused_lora=false", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.65"],
     "row_ckpt50": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.5"],
@@ -101,17 +143,55 @@ PARALLELISMS = ("none", "ddp", "fsdp")  # of the multigpu stage: one process on 
 # Larger Qwen3 sizes for the multi-GPU stages, as their model cards' config.json give them (the rest as 1.7B's).
 QWEN3_SIZES: dict[str, dict[str, Any]] = {
     "1.7b": {},
-    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False),
-    "14b": dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False),
-    "32b": dict(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False),
+    "4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+    "14b": dict(
+        hidden_size=5120,
+        intermediate_size=17408,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+    "32b": dict(
+        hidden_size=5120,
+        intermediate_size=25600,
+        num_hidden_layers=64,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
 }
 
 
 # ---- workload ----------------------------------------------------------------------------------
 def versions() -> dict[str, str]:
     found = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger_kernel", "unsloth", "unsloth_zoo", "triton"):
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "accelerate",
+        "liger_kernel",
+        "unsloth",
+        "unsloth_zoo",
+        "triton",
+    ):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -129,8 +209,13 @@ def run_config(version: str, args: argparse.Namespace, *overrides: str):
     """configs/VERSION.yaml pointed at the random-weight model; `--tiny` shortens sequences for CPU."""
     from medtune.config import load_config
 
-    base = [f"model.name_or_path={model_dir(args)}", f"output_dir={Path(args.work) / 'runs'}", f"run_name={version}",
-            "train.eval_steps=null", "train.report_to=[]"]
+    base = [
+        f"model.name_or_path={model_dir(args)}",
+        f"output_dir={Path(args.work) / 'runs'}",
+        f"run_name={version}",
+        "train.eval_steps=null",
+        "train.report_to=[]",
+    ]
     if args.tiny:
         base.append("data.max_length=512")  # drops the samples whose answer would be cut
     return load_config(REPO / "configs" / f"{version}.yaml", [*base, *overrides])
@@ -144,7 +229,10 @@ def step_items(train_set, step: int, seed: int) -> list:
     """The samples of optimizer step `step`, in medtune's order; the same list for every stack."""
     from medtune.data.batching import step_positions
 
-    return [train_set.encode_at(epoch, index)[0] for epoch, index in step_positions(step * SAMPLES_PER_STEP, SAMPLES_PER_STEP, len(train_set), seed)]
+    return [
+        train_set.encode_at(epoch, index)[0]
+        for epoch, index in step_positions(step * SAMPLES_PER_STEP, SAMPLES_PER_STEP, len(train_set), seed)
+    ]
 
 
 def workload(cfg) -> tuple[Any, Any]:
@@ -173,8 +261,15 @@ def model_flops(config, items: list, lora_r: int, lora_modules: list[str], head_
     """Model FLOPs of one optimizer step (no recomputation, no padding): what MFU counts, the same for every stack."""
     hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     q_out, kv_out = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    shapes = {"q_proj": (hidden, q_out), "k_proj": (hidden, kv_out), "v_proj": (hidden, kv_out), "o_proj": (q_out, hidden),
-              "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    shapes = {
+        "q_proj": (hidden, q_out),
+        "k_proj": (hidden, kv_out),
+        "v_proj": (hidden, kv_out),
+        "o_proj": (q_out, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }
     body_params = layers * sum(i * o for i, o in shapes.values())
     lora_params = layers * lora_r * sum(i + o for name, (i, o) in shapes.items() if name in lora_modules)
     tokens = sum(len(e) for e in items)
@@ -190,7 +285,10 @@ def emit(args: argparse.Namespace, record: dict[str, Any]) -> None:
     record = {"date": datetime.date.today().isoformat(), "device": device_name(), "tiny": args.tiny, **record}
     with open(Path(args.out) / "results.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
-    print(json.dumps({k: v for k, v in record.items() if k not in ("step_seconds", "step_tokens", "versions")}), flush=True)
+    print(
+        json.dumps({k: v for k, v in record.items() if k not in ("step_seconds", "step_tokens", "versions")}),
+        flush=True,
+    )
 
 
 # ---- timing ------------------------------------------------------------------------------------
@@ -216,8 +314,15 @@ def timed_steps(run_step, train_set, seed: int, warmup: int, steps: int) -> dict
         seconds.append(time.perf_counter() - started)
         tokens.append(sum(len(e) for e in items))
         all_items += items
-    result = {"warmup_steps": warmup, "timed_steps": steps, "step_seconds": seconds, "step_tokens": tokens,
-              "tokens_per_s": sum(tokens) / sum(seconds), "steps_per_s": steps / sum(seconds), "items": all_items}
+    result = {
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "step_seconds": seconds,
+        "step_tokens": tokens,
+        "tokens_per_s": sum(tokens) / sum(seconds),
+        "steps_per_s": steps / sum(seconds),
+        "items": all_items,
+    }
     if cuda:
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -225,14 +330,27 @@ def timed_steps(run_step, train_set, seed: int, warmup: int, steps: int) -> dict
     return result
 
 
-def speed_record(args, stack: str, version: str, variant: str, timing: dict[str, Any], cfg, config, **extra) -> dict[str, Any]:
+def speed_record(
+    args, stack: str, version: str, variant: str, timing: dict[str, Any], cfg, config, **extra
+) -> dict[str, Any]:
     items = timing.pop("items")
     flops = model_flops(config, items, cfg.lora.r, cfg.lora.target_modules, "lm_head" in cfg.lora.modules_to_save)
     seconds = sum(timing["step_seconds"])
     gpus = int(os.environ.get("WORLD_SIZE", "1"))
     mfu = flops / seconds / (H200_BF16_DENSE_FLOPS * gpus) if compute_device().type == "cuda" else None
-    return {"kind": "speed", "stack": stack, "version": version, "variant": variant, "size": args.size, "processes": gpus, **timing,
-            "model_tflops_per_step": flops / timing["timed_steps"] / 1e12, "mfu": mfu, "versions": versions(), **extra}
+    return {
+        "kind": "speed",
+        "stack": stack,
+        "version": version,
+        "variant": variant,
+        "size": args.size,
+        "processes": gpus,
+        **timing,
+        "model_tflops_per_step": flops / timing["timed_steps"] / 1e12,
+        "mfu": mfu,
+        "versions": versions(),
+        **extra,
+    }
 
 
 def cap_memory(args: argparse.Namespace, device_index: int = 0) -> bool:
@@ -255,14 +373,30 @@ def reference_model(cfg, args: argparse.Namespace, dropout: float):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     device = compute_device()
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype())
-    model = AutoModelForCausalLM.from_pretrained(model_dir(args), quantization_config=quant, dtype=compute_dtype(), attn_implementation="sdpa",
-                                                 device_map={"": 0 if device.type == "cuda" else "cpu"})
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir(args),
+        quantization_config=quant,
+        dtype=compute_dtype(),
+        attn_implementation="sdpa",
+        device_map={"": 0 if device.type == "cuda" else "cpu"},
+    )
     model.config.use_cache = False
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=dropout, target_modules=list(cfg.lora.target_modules),
-                      modules_to_save=list(cfg.lora.modules_to_save) or None, ensure_weight_tying=bool(cfg.lora.modules_to_save),
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=dropout,
+        target_modules=list(cfg.lora.target_modules),
+        modules_to_save=list(cfg.lora.modules_to_save) or None,
+        ensure_weight_tying=bool(cfg.lora.modules_to_save),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -275,11 +409,13 @@ def padded_micro_batches(items: list, batch_size: int, pad_id: int, device) -> l
         group = items[start : start + batch_size]
         width = max(len(e) for e in group)
         pads = [width - len(e) for e in group]
-        batches.append({
-            "input_ids": torch.tensor([e.input_ids + [pad_id] * p for e, p in zip(group, pads)], device=device),
-            "attention_mask": torch.tensor([[1] * len(e) + [0] * p for e, p in zip(group, pads)], device=device),
-            "labels": torch.tensor([e.labels + [-100] * p for e, p in zip(group, pads)], device=device),
-        })
+        batches.append(
+            {
+                "input_ids": torch.tensor([e.input_ids + [pad_id] * p for e, p in zip(group, pads)], device=device),
+                "attention_mask": torch.tensor([[1] * len(e) + [0] * p for e, p in zip(group, pads)], device=device),
+                "labels": torch.tensor([e.labels + [-100] * p for e, p in zip(group, pads)], device=device),
+            }
+        )
     return batches
 
 
@@ -313,7 +449,9 @@ def optimizer_for(params, cfg):
     if torch.cuda.is_available():
         import bitsandbytes as bnb
 
-        return bnb.optim.PagedAdamW8bit(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
+        return bnb.optim.PagedAdamW8bit(
+            params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+        )
     return torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay)
 
 
@@ -360,11 +498,20 @@ def unsloth_stack(args: argparse.Namespace):
     from unsloth import FastLanguageModel
 
     cfg = run_config(args.version, args)
-    model, _ = FastLanguageModel.from_pretrained(model_name=str(model_dir(args)), max_seq_length=cfg.data.max_length,
-                                                 dtype=torch.bfloat16, load_in_4bit=True)
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=str(model_dir(args)), max_seq_length=cfg.data.max_length, dtype=torch.bfloat16, load_in_4bit=True
+    )
     model = FastLanguageModel.get_peft_model(
-        model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules),
-        modules_to_save=list(cfg.lora.modules_to_save) or None, use_gradient_checkpointing="unsloth", bias="none", random_state=cfg.train.seed)
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        modules_to_save=list(cfg.lora.modules_to_save) or None,
+        use_gradient_checkpointing="unsloth",
+        bias="none",
+        random_state=cfg.train.seed,
+    )
     tokenizer, train_set = workload(cfg)
     return model, cfg, tokenizer, train_set, model.config
 
@@ -405,8 +552,21 @@ def stage_medtune(args: argparse.Namespace) -> None:
             for key in ("peak_gib", "peak_reserved_gib"):
                 timing[key] = float(recipe.dist.max_(torch.tensor(timing[key], device=recipe.device)))
         if recipe.dist.is_main:
-            emit(args, speed_record(args, "medtune", args.version, variant, timing, recipe.cfg, recipe.model.get_base_model().config,
-                                    plan=recipe.speed_plan.as_dict(), setup_s=setup_s, overrides=VARIANTS[variant]))
+            emit(
+                args,
+                speed_record(
+                    args,
+                    "medtune",
+                    args.version,
+                    variant,
+                    timing,
+                    recipe.cfg,
+                    recipe.model.get_base_model().config,
+                    plan=recipe.speed_plan.as_dict(),
+                    setup_s=setup_s,
+                    overrides=VARIANTS[variant],
+                ),
+            )
         recipe.cleanup()
         del recipe
         gc.collect()
@@ -430,8 +590,16 @@ def stage_multigpu(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.set_device(local_rank)
         cap_memory(args, local_rank)
-    record = {"kind": "multigpu", "version": args.version, "variant": variant, "size": args.size, "parallelism": args.parallelism,
-              "processes": int(os.environ.get("WORLD_SIZE", "1")), "cap_gib": args.memory_cap, "overrides": VARIANTS[variant]}
+    record = {
+        "kind": "multigpu",
+        "version": args.version,
+        "variant": variant,
+        "size": args.size,
+        "parallelism": args.parallelism,
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        "cap_gib": args.memory_cap,
+        "overrides": VARIANTS[variant],
+    }
     parallelism = ["train.parallelism=fsdp"] if args.parallelism == "fsdp" else []
     losses: list[float] = []
     try:
@@ -445,11 +613,23 @@ def stage_multigpu(args: argparse.Namespace) -> None:
             losses.append((recipe.window.loss - loss) / (recipe.window.tokens - tokens))
 
         timing = timed_steps(run_step, recipe.train_set, recipe.cfg.train.seed, args.warmup, args.steps)
-    except (torch.OutOfMemoryError, RuntimeError) as error:  # NCCL reports its own allocations' failures as RuntimeError
+    except (
+        torch.OutOfMemoryError,
+        RuntimeError,
+    ) as error:  # NCCL reports its own allocations' failures as RuntimeError
         if not isinstance(error, torch.OutOfMemoryError) and "out of memory" not in str(error):
             raise
         peak = torch.cuda.max_memory_allocated() / 2**30
-        emit(args, {**record, "status": "oom", "rank": rank, "peak_gib": {str(rank): peak}, "message": str(error).splitlines()[0]})
+        emit(
+            args,
+            {
+                **record,
+                "status": "oom",
+                "rank": rank,
+                "peak_gib": {str(rank): peak},
+                "message": str(error).splitlines()[0],
+            },
+        )
         os._exit(3)  # not a clean shutdown: the other ranks wait in a collective that will never come
     peaks = {key: timing.pop(key, None) for key in ("peak_gib", "peak_reserved_gib", "peak_before_timed_gib")}
     every_rank = [peaks]
@@ -459,8 +639,18 @@ def stage_multigpu(args: argparse.Namespace) -> None:
     if recipe.dist.is_main:
         config = recipe.model.get_base_model().config
         per_rank = {key: {str(r): ranks[key] for r, ranks in enumerate(every_rank)} for key in peaks}
-        emit(args, {**speed_record(args, "medtune", args.version, variant, timing, recipe.cfg, config), **record, "status": "ok",
-                    **per_rank, "losses": losses[args.warmup:], "setup_s": setup_s, "plan": recipe.speed_plan.as_dict()})
+        emit(
+            args,
+            {
+                **speed_record(args, "medtune", args.version, variant, timing, recipe.cfg, config),
+                **record,
+                "status": "ok",
+                **per_rank,
+                "losses": losses[args.warmup :],
+                "setup_s": setup_s,
+                "plan": recipe.speed_plan.as_dict(),
+            },
+        )
     recipe.cleanup()
 
 
@@ -474,37 +664,70 @@ def stage_memory(args: argparse.Namespace) -> None:
 
     variant = args.variants[0] if args.variants else "auto"
     capped = cap_memory(args)
-    record: dict[str, Any] = {"kind": "memory", "stack": args.stack, "size": args.size, "version": args.version, "variant": variant,
-                              "cap_gib": args.memory_cap, "cap_applied": capped,
-                              **({} if capped or not args.memory_cap else {"note": "cap ignored: no GPU"})}
+    record: dict[str, Any] = {
+        "kind": "memory",
+        "stack": args.stack,
+        "size": args.size,
+        "version": args.version,
+        "variant": variant,
+        "cap_gib": args.memory_cap,
+        "cap_applied": capped,
+        **({} if capped or not args.memory_cap else {"note": "cap ignored: no GPU"}),
+    }
     try:
         if args.stack == "medtune":
             recipe = medtune_recipe(args.version, args, *VARIANTS[variant])
-            record.update(predicted_peak_gib=recipe.memory_plan.predicted_peak_gib, plan=recipe.memory_plan.as_dict(),
-                          speed=recipe.speed_plan.as_dict())
-            run_step, train_set, cfg, config = recipe.train_step, recipe.train_set, recipe.cfg, recipe.model.get_base_model().config
+            record.update(
+                predicted_peak_gib=recipe.memory_plan.predicted_peak_gib,
+                plan=recipe.memory_plan.as_dict(),
+                speed=recipe.speed_plan.as_dict(),
+            )
+            run_step, train_set, cfg, config = (
+                recipe.train_step,
+                recipe.train_set,
+                recipe.cfg,
+                recipe.model.get_base_model().config,
+            )
         else:
-            model, cfg, tokenizer, train_set, config = (unsloth_stack if args.stack == "unsloth" else reference_stack)(args)
+            model, cfg, tokenizer, train_set, config = (unsloth_stack if args.stack == "unsloth" else reference_stack)(
+                args
+            )
             run_step = loop_step(model, cfg, tokenizer)
         timing = timed_steps(run_step, train_set, cfg.train.seed, args.warmup, args.steps)
     except torch.OutOfMemoryError as error:
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-        emit(args, {**record, "status": "oom", "peak_gib": peak, "tokens_per_s": None, "message": str(error).splitlines()[0]})
+        emit(
+            args,
+            {**record, "status": "oom", "peak_gib": peak, "tokens_per_s": None, "message": str(error).splitlines()[0]},
+        )
         return
     except Exception as error:  # medtune's plan that cannot fit the cap stops before training: recorded, not a crash
         if type(error).__name__ != "MemoryBudgetError":
             raise
         emit(args, {**record, "status": "does not fit", "peak_gib": None, "tokens_per_s": None, "message": str(error)})
         return
-    emit(args, {**speed_record(args, args.stack, args.version, variant, timing, cfg, config), **record, "status": "ok",
-                "peak_gib": timing.get("peak_gib"), "peak_reserved_gib": timing.get("peak_reserved_gib")})
+    emit(
+        args,
+        {
+            **speed_record(args, args.stack, args.version, variant, timing, cfg, config),
+            **record,
+            "status": "ok",
+            "peak_gib": timing.get("peak_gib"),
+            "peak_reserved_gib": timing.get("peak_reserved_gib"),
+        },
+    )
 
 
 KERNEL_KINDS = [  # first match wins; lower-case substrings of kernel names
-    ("matmul", ("gemm", "gemv", "cutlass", "nvjet", "xmma", "cublas")), ("nf4 dequantize", ("dequant",)),
-    ("attention", ("flash", "fmha", "attention")), ("liger / triton", ("rms", "swiglu", "rope", "triton")),
-    ("optimizer", ("optimizer", "adam")), ("dropout", ("dropout",)), ("memcpy / memset", ("memcpy", "memset")),
-    ("reduce", ("reduce",)), ("element-wise", ("elementwise", "vectorized", "unrolled", "copy", "cast", "fill")),
+    ("matmul", ("gemm", "gemv", "cutlass", "nvjet", "xmma", "cublas")),
+    ("nf4 dequantize", ("dequant",)),
+    ("attention", ("flash", "fmha", "attention")),
+    ("liger / triton", ("rms", "swiglu", "rope", "triton")),
+    ("optimizer", ("optimizer", "adam")),
+    ("dropout", ("dropout",)),
+    ("memcpy / memset", ("memcpy", "memset")),
+    ("reduce", ("reduce",)),
+    ("element-wise", ("elementwise", "vectorized", "unrolled", "copy", "cast", "fill")),
 ]
 
 
@@ -550,20 +773,35 @@ def stage_profile(args: argparse.Namespace) -> None:
             acc = kinds.setdefault(kernel_kind(e.name), [0.0, 0])
             acc[0] += e.time_range.elapsed_us()
             acc[1] += 1
-        table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=40)
+        table = prof.key_averages().table(
+            sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=40
+        )
         (Path(args.out) / f"profile-{args.version}-{variant}.txt").write_text(table, encoding="utf-8")
         print(table, flush=True)
-        emit(args, {"kind": "profile", "version": args.version, "variant": variant, "wall_s": wall, "device_busy_s": busy / 1e6,
-                    "kernels": len(kernels), "tokens": sum(len(e) for e in items),
-                    "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                    "kernel_seconds_by_kind": {k: round(v[0] / 1e6, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][0])},
-                    "kernel_count_by_kind": {k: v[1] for k, v in kinds.items()}})
+        emit(
+            args,
+            {
+                "kind": "profile",
+                "version": args.version,
+                "variant": variant,
+                "wall_s": wall,
+                "device_busy_s": busy / 1e6,
+                "kernels": len(kernels),
+                "tokens": sum(len(e) for e in items),
+                "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                "kernel_seconds_by_kind": {
+                    k: round(v[0] / 1e6, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][0])
+                },
+                "kernel_count_by_kind": {k: v[1] for k, v in kinds.items()},
+            },
+        )
         recipe.cleanup()
 
 
 # ---- correctness: (a) and (b) against an fp32 reference ------------------------------------------
 def seed_lora(model) -> None:
-    """Give every LoRA matrix the same non-zero values in all stacks (B starts at zero, which would hide A's gradient)."""
+    """Give every LoRA matrix the same non-zero values in all stacks (B starts at zero, which would hide A's
+    gradient)."""
     import torch
 
     with torch.no_grad():
@@ -574,11 +812,16 @@ def seed_lora(model) -> None:
 
 
 def trained_grads(model) -> dict[str, Any]:
-    return {name: p.grad.detach().float().clone() for name, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return {
+        name: p.grad.detach().float().clone()
+        for name, p in model.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
 
 
 def fp32_reference(cfg, args: argparse.Namespace, items: list) -> tuple[float, dict[str, Any]]:
-    """The same NF4 weights dequantized to fp32, fp32 LoRA and arithmetic, each sample alone (no padding, no packing)."""
+    """The same NF4 weights dequantized to fp32, fp32 LoRA and arithmetic, each sample alone (no padding, no
+    packing)."""
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model
@@ -586,29 +829,53 @@ def fp32_reference(cfg, args: argparse.Namespace, items: list) -> tuple[float, d
 
     device = compute_device()
     # loaded exactly as (a) and (b) load it, so the dequantized weights are theirs (bf16 values), then computed in fp32
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype())
-    model = AutoModelForCausalLM.from_pretrained(model_dir(args), quantization_config=quant, dtype=compute_dtype(), attn_implementation="sdpa",
-                                                 device_map={"": 0 if device.type == "cuda" else "cpu"})
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir(args),
+        quantization_config=quant,
+        dtype=compute_dtype(),
+        attn_implementation="sdpa",
+        device_map={"": 0 if device.type == "cuda" else "cpu"},
+    )
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, bnb.nn.Linear4bit):
-                linear = torch.nn.Linear(child.in_features, child.out_features, bias=False, device=device, dtype=torch.float32)
-                linear.weight.data.copy_(bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state).float())
+                linear = torch.nn.Linear(
+                    child.in_features, child.out_features, bias=False, device=device, dtype=torch.float32
+                )
+                linear.weight.data.copy_(
+                    bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state).float()
+                )
                 setattr(parent, child_name, linear)
     for param in model.parameters():
         param.data = param.data.float()
     model.is_loaded_in_4bit = False
     model.config.use_cache = False
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0, target_modules=list(cfg.lora.target_modules),
-                      modules_to_save=list(cfg.lora.modules_to_save) or None, ensure_weight_tying=bool(cfg.lora.modules_to_save),
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=0.0,
+        target_modules=list(cfg.lora.target_modules),
+        modules_to_save=list(cfg.lora.modules_to_save) or None,
+        ensure_weight_tying=bool(cfg.lora.modules_to_save),
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     seed_lora(model)
     trained = sum(e.trained_tokens() for e in items)
     loss_total = 0.0
     for e in items:
         ids = torch.tensor([e.input_ids], device=device)
-        loss = model(input_ids=ids, labels=torch.tensor([e.labels], device=device), num_items_in_batch=torch.tensor(trained, device=device)).loss
+        loss = model(
+            input_ids=ids,
+            labels=torch.tensor([e.labels], device=device),
+            num_items_in_batch=torch.tensor(trained, device=device),
+        ).loss
         loss.backward()
         loss_total += float(loss.detach())
     return loss_total, trained_grads(model)
@@ -657,14 +924,30 @@ def stage_check(args: argparse.Namespace) -> None:
     recipe = medtune_recipe(args.version, args, "lora.dropout=0.0", "train.max_grad_norm=null", *VARIANTS[variant])
     seed_lora(recipe.model)
     captured: dict[str, Any] = {}
-    recipe.optimizer.step = lambda *a, **k: captured.update(trained_grads(recipe.model))  # the grads the update would use
+    recipe.optimizer.step = lambda *a, **k: captured.update(
+        trained_grads(recipe.model)
+    )  # the grads the update would use
     recipe.train_step(items)
     b_loss = recipe.window.loss / recipe.window.tokens
-    emit(args, {"kind": "check", "version": args.version, "variant": variant, "samples": len(items), "trained_tokens": sum(e.trained_tokens() for e in items),
-                "loss_fp32": ref_loss, "loss_a": a_loss, "loss_b": b_loss,
-                "loss_rel_error_a": abs(a_loss - ref_loss) / abs(ref_loss), "loss_rel_error_b": abs(b_loss - ref_loss) / abs(ref_loss),
-                "grad_rel_error_a": relative_errors(a_grads, ref_grads), "grad_rel_error_b": relative_errors(captured, ref_grads),
-                "plan": recipe.speed_plan.as_dict(), "versions": versions()})
+    emit(
+        args,
+        {
+            "kind": "check",
+            "version": args.version,
+            "variant": variant,
+            "samples": len(items),
+            "trained_tokens": sum(e.trained_tokens() for e in items),
+            "loss_fp32": ref_loss,
+            "loss_a": a_loss,
+            "loss_b": b_loss,
+            "loss_rel_error_a": abs(a_loss - ref_loss) / abs(ref_loss),
+            "loss_rel_error_b": abs(b_loss - ref_loss) / abs(ref_loss),
+            "grad_rel_error_a": relative_errors(a_grads, ref_grads),
+            "grad_rel_error_b": relative_errors(captured, ref_grads),
+            "plan": recipe.speed_plan.as_dict(),
+            "versions": versions(),
+        },
+    )
 
 
 # ---- the fused head against the checkpointed chunks it replaced -----------------------------------
@@ -681,8 +964,12 @@ def stage_head(args: argparse.Namespace) -> None:
         return F.cross_entropy((hidden @ weight.T).float(), targets, reduction="none")
 
     def checkpointed_chunks(hidden, weight, targets, chunk):
-        return torch.cat([checkpoint(chunk_loss, weight, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
-                          for s in range(0, hidden.shape[0], chunk)]).sum()
+        return torch.cat(
+            [
+                checkpoint(chunk_loss, weight, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
+                for s in range(0, hidden.shape[0], chunk)
+            ]
+        ).sum()
 
     device = compute_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -691,8 +978,13 @@ def stage_head(args: argparse.Namespace) -> None:
     hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype, generator=generator) * 0.5
     targets = torch.randint(0, vocab, (tokens,), device=device, generator=generator)
     for trained in (False, True):
-        weight = (torch.randn(vocab, hidden_size, device=device, dtype=dtype, generator=generator) * 0.02).requires_grad_(trained)
-        for name, fn in (("checkpointed", checkpointed_chunks), ("fused", lambda h, w, t, c: linear_cross_entropy(h, w, t, c)[0])):
+        weight = (
+            torch.randn(vocab, hidden_size, device=device, dtype=dtype, generator=generator) * 0.02
+        ).requires_grad_(trained)
+        for name, fn in (
+            ("checkpointed", checkpointed_chunks),
+            ("fused", lambda h, w, t, c: linear_cross_entropy(h, w, t, c)[0]),
+        ):
             for chunk in (1024, 4096):
                 h = hidden.clone().requires_grad_()
                 seconds = []
@@ -706,8 +998,18 @@ def stage_head(args: argparse.Namespace) -> None:
                         torch.cuda.synchronize()
                     seconds.append(time.perf_counter() - started)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-                emit(args, {"kind": "head", "variant": name, "head_trained": trained, "chunk_tokens": chunk, "tokens": tokens,
-                            "ms": 1e3 * sorted(seconds[1:])[1], "peak_gib": peak})
+                emit(
+                    args,
+                    {
+                        "kind": "head",
+                        "variant": name,
+                        "head_trained": trained,
+                        "chunk_tokens": chunk,
+                        "tokens": tokens,
+                        "ms": 1e3 * sorted(seconds[1:])[1],
+                        "peak_gib": peak,
+                    },
+                )
                 h.grad = weight.grad = None
 
 
@@ -728,15 +1030,26 @@ def stage_prepare(args: argparse.Namespace) -> None:
     config = Qwen3Config(**values, medtune_random_weights=True)
     torch.manual_seed(0)
     with torch.device(compute_device()):
-        model = Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16) if not args.tiny and args.size in BUILT_IN_BF16 else Qwen3ForCausalLM(config)
+        model = (
+            Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16)
+            if not args.tiny and args.size in BUILT_IN_BF16
+            else Qwen3ForCausalLM(config)
+        )
     model.to(torch.bfloat16).save_pretrained(target)
     AutoTokenizer.from_pretrained(shipped_tokenizer_dir()).save_pretrained(target)
-    print(f"random-weight Qwen3 ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters) -> {target}", flush=True)
+    print(
+        f"random-weight Qwen3 ({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters) -> {target}",
+        flush=True,
+    )
 
 
 # ---- report ------------------------------------------------------------------------------------
 def read_results(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def report(records: list[dict[str, Any]]) -> str:
@@ -747,44 +1060,73 @@ def report(records: list[dict[str, Any]]) -> str:
         rows = [r for r in speed if r["version"] == version]
         base = next((r["tokens_per_s"] for r in rows if r["stack"] == "reference"), None)
         unsloth = next((r["tokens_per_s"] for r in rows if r["stack"] == "unsloth"), None)
-        lines += [f"\n{version}: non-pad tokens/s over {rows[0]['timed_steps']} timed steps after {rows[0]['warmup_steps']} warm-up ({rows[0]['device']}, {rows[0]['date']})",
-                  "| stack | variant | tokens/s | without 1st timed step | steps/s | peak GiB (alloc / reserved) | MFU | vs (a) | vs (c) |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"\n{version}: non-pad tokens/s over {rows[0]['timed_steps']} timed steps after "
+            f"{rows[0]['warmup_steps']} warm-up ({rows[0]['device']}, {rows[0]['date']})",
+            "| stack | variant | tokens/s | without 1st timed step | steps/s | peak GiB (alloc / reserved) | MFU | "
+            "vs (a) | vs (c) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in rows:
             peak = f"{r['peak_gib']:.1f} / {r['peak_reserved_gib']:.1f}" if r.get("peak_gib") is not None else "-"
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
             vs_a = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
             vs_c = f"{r['tokens_per_s'] / unsloth:.2f}x" if unsloth else "-"
-            later = sum(r["step_tokens"][1:]) / sum(r["step_seconds"][1:]) if r["timed_steps"] > 1 else r["tokens_per_s"]
-            setting = r["variant"] + "".join(f", {part}" for part in (r.get("size", "1.7b"), f"{r.get('processes', 1)} processes")
-                                             if part not in ("1.7b", "1 processes"))
-            lines.append(f"| {STACKS[r['stack']]} | {setting} | {r['tokens_per_s']:,.0f} | {later:,.0f} | {r['steps_per_s']:.3f} | {peak} | {mfu} | {vs_a} | {vs_c} |")
+            later = (
+                sum(r["step_tokens"][1:]) / sum(r["step_seconds"][1:]) if r["timed_steps"] > 1 else r["tokens_per_s"]
+            )
+            setting = r["variant"] + "".join(
+                f", {part}"
+                for part in (r.get("size", "1.7b"), f"{r.get('processes', 1)} processes")
+                if part not in ("1.7b", "1 processes")
+            )
+            lines.append(
+                f"| {STACKS[r['stack']]} | {setting} | {r['tokens_per_s']:,.0f} | {later:,.0f} | "
+                f"{r['steps_per_s']:.3f} | {peak} | {mfu} | {vs_a} | {vs_c} |"
+            )
     checks = [r for r in records if r["kind"] == "check"]
     if checks:
-        lines += ["\ncorrectness on one step of 16 samples, relative to the fp32 reference (dropout 0, seeded non-zero LoRA)",
-                  "| version | loss fp32 | loss (a) err | loss (b) err | grad (a) err | grad (b) err | (b) lora_A / lora_B / embeddings |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            "\ncorrectness on one step of 16 samples, relative to the fp32 reference (dropout 0, seeded non-zero LoRA)",
+            "| version | loss fp32 | loss (a) err | loss (b) err | grad (a) err | grad (b) err | (b) lora_A / lora_B "
+            "/ embeddings |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in checks:
             b = r["grad_rel_error_b"]
             groups = " / ".join(f"{b[g]:.2e}" for g in ("lora_A", "lora_B", "embeddings") if g in b)
-            lines.append(f"| {r['version']} | {r['loss_fp32']:.5f} | {r['loss_rel_error_a']:.1e} | {r['loss_rel_error_b']:.1e} | "
-                         f"{r['grad_rel_error_a']['all']:.2e} | {b['all']:.2e} | {groups} |")
+            lines.append(
+                f"| {r['version']} | {r['loss_fp32']:.5f} | {r['loss_rel_error_a']:.1e} | "
+                f"{r['loss_rel_error_b']:.1e} | "
+                f"{r['grad_rel_error_a']['all']:.2e} | {b['all']:.2e} | {groups} |"
+            )
     heads = [r for r in records if r["kind"] == "head"]
     if heads:
-        lines += ["\nlm_head + cross-entropy, forward+backward of one micro-batch's trained tokens",
-                  "| head | version | chunk | ms | peak GiB |", "| --- | --- | ---: | ---: | ---: |"]
+        lines += [
+            "\nlm_head + cross-entropy, forward+backward of one micro-batch's trained tokens",
+            "| head | version | chunk | ms | peak GiB |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
         for r in heads:
             peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
-            lines.append(f"| {'trained' if r['head_trained'] else 'frozen'} | {r['variant']} | {r['chunk_tokens']} | {r['ms']:.1f} | {peak} |")
+            lines.append(
+                f"| {'trained' if r['head_trained'] else 'frozen'} | {r['variant']} | {r['chunk_tokens']} | "
+                f"{r['ms']:.1f} | {peak} |"
+            )
     profiles = [r for r in records if r["kind"] == "profile"]
     if profiles:
-        lines += ["\none profiled medtune step: device busy time (union of kernel intervals) against wall time, kernel time by kind",
-                  "| version | variant | tokens | wall s | busy s | device idle | kernels | kernel seconds by kind |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            "\none profiled medtune step: device busy time (union of kernel intervals) against wall time, kernel "
+            "time by kind",
+            "| version | variant | tokens | wall s | busy s | device idle | kernels | kernel seconds by kind |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in profiles:
             kinds = ", ".join(f"{k} {v:.3f}" for k, v in r["kernel_seconds_by_kind"].items())
-            lines.append(f"| {r['version']} | {r['variant']} | {r['tokens']:,} | {r['wall_s']:.3f} | {r['device_busy_s']:.3f} | "
-                         f"{1 - r['device_busy_s'] / r['wall_s']:.0%} | {r['kernels']:,} | {kinds} |")
+            lines.append(
+                f"| {r['version']} | {r['variant']} | {r['tokens']:,} | {r['wall_s']:.3f} | {r['device_busy_s']:.3f} | "
+                f"{1 - r['device_busy_s'] / r['wall_s']:.0%} | {r['kernels']:,} | {kinds} |"
+            )
     lines += multigpu_report([r for r in records if r["kind"] == "multigpu"])
     lines += memory_report([r for r in records if r["kind"] == "memory"])
     errors = [r for r in records if r["kind"] == "error"]
@@ -796,14 +1138,27 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
     """Scaling against one GPU running the same size, version and variant (uncapped) in the same results file."""
     if not records:
         return []
-    lines = ["\nmulti-GPU: tokens/s of the whole step and per-GPU peaks (timed steps), against one GPU with the same settings",
-             "| size | version | variant | parallelism | GPUs | cap GiB | status | tokens/s | speed-up | efficiency | peak GiB per GPU | "
-             "largest peak / one GPU's | peak incl. loading | losses of the timed steps |",
-             "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | --- | --- |"]
+    lines = [
+        "\nmulti-GPU: tokens/s of the whole step and per-GPU peaks (timed steps), against one GPU with the same "
+        "settings",
+        "| size | version | variant | parallelism | GPUs | cap GiB | status | tokens/s | speed-up | efficiency | "
+        "peak GiB per GPU | "
+        "largest peak / one GPU's | peak incl. loading | losses of the timed steps |",
+        "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | --- | --- |",
+    ]
 
     def one_gpu(r: dict[str, Any]) -> dict[str, Any] | None:
-        return next((b for b in records if b["status"] == "ok" and b["parallelism"] == "none" and not b["cap_gib"]
-                     and (b["size"], b["version"], b["variant"]) == (r["size"], r["version"], r["variant"])), None)
+        return next(
+            (
+                b
+                for b in records
+                if b["status"] == "ok"
+                and b["parallelism"] == "none"
+                and not b["cap_gib"]
+                and (b["size"], b["version"], b["variant"]) == (r["size"], r["version"], r["variant"])
+            ),
+            None,
+        )
 
     def per_gpu(values: dict[str, float | None] | None) -> str:
         return ", ".join(f"{v:.1f}" for _, v in sorted(values.items()) if v is not None) or "-" if values else "-"
@@ -812,12 +1167,25 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
         base, ok = one_gpu(r), r["status"] == "ok"
         speedup = r["tokens_per_s"] / base["tokens_per_s"] if ok and base else None
         largest = max((v for v in (r.get("peak_gib") or {}).values() if v is not None), default=None)
-        base_peak = max((v for v in (base.get("peak_gib") or {}).values() if v is not None), default=None) if base else None
-        cells = [r["size"], r["version"], r["variant"], r["parallelism"], str(r["processes"]), str(r["cap_gib"] or "-"), r["status"],
-                 f"{r['tokens_per_s']:,.0f}" if ok else "-", f"{speedup:.2f}x" if speedup else "-",
-                 f"{speedup / r['processes']:.0%}" if speedup else "-", per_gpu(r.get("peak_gib")),
-                 f"{largest / base_peak:.0%}" if largest and base_peak else "-", per_gpu(r.get("peak_before_timed_gib")),
-                 ", ".join(f"{v:.4f}" for v in r.get("losses", [])) or "-"]
+        base_peak = (
+            max((v for v in (base.get("peak_gib") or {}).values() if v is not None), default=None) if base else None
+        )
+        cells = [
+            r["size"],
+            r["version"],
+            r["variant"],
+            r["parallelism"],
+            str(r["processes"]),
+            str(r["cap_gib"] or "-"),
+            r["status"],
+            f"{r['tokens_per_s']:,.0f}" if ok else "-",
+            f"{speedup:.2f}x" if speedup else "-",
+            f"{speedup / r['processes']:.0%}" if speedup else "-",
+            per_gpu(r.get("peak_gib")),
+            f"{largest / base_peak:.0%}" if largest and base_peak else "-",
+            per_gpu(r.get("peak_before_timed_gib")),
+            ", ".join(f"{v:.4f}" for v in r.get("losses", [])) or "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -826,25 +1194,49 @@ def memory_report(records: list[dict[str, Any]]) -> list[str]:
     """Stack x size/version x cap: status, peak, tokens/s, and medtune's predicted peak and the levers its plan set."""
     if not records:
         return []
-    lines = ["\nunder a per-process memory cap: status, peak GiB allocated / reserved (timed steps; at the failure for oom), "
-             "tokens/s, medtune's prediction and plan",
-             "| size | version | cap GiB | stack | status | peak GiB | tokens/s | predicted GiB | levers planned |",
-             "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        "\nunder a per-process memory cap: status, peak GiB allocated / reserved (timed steps; at the failure for "
+        "oom), "
+        "tokens/s, medtune's prediction and plan",
+        "| size | version | cap GiB | stack | status | peak GiB | tokens/s | predicted GiB | levers planned |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- |",
+    ]
     order = {stack: index for index, stack in enumerate(STACKS)}
     for r in sorted(records, key=lambda r: (r["size"], r["version"], -(r["cap_gib"] or 0), order[r["stack"]])):
-        peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f}" + (
-            f" / {r['peak_reserved_gib']:.1f}" if r.get("peak_reserved_gib") is not None else "")
+        peak = (
+            "-"
+            if r.get("peak_gib") is None
+            else f"{r['peak_gib']:.1f}"
+            + (f" / {r['peak_reserved_gib']:.1f}" if r.get("peak_reserved_gib") is not None else "")
+        )
         cap = f"{r['cap_gib']:g}" + ("" if r.get("cap_applied") else " (not applied)") if r["cap_gib"] else "-"
-        levers = ", ".join(f"{change['lever']} {change['value']}" for change in (r.get("plan") or {}).get("levers", [])) or "-"
+        levers = (
+            ", ".join(f"{change['lever']} {change['value']}" for change in (r.get("plan") or {}).get("levers", []))
+            or "-"
+        )
         predicted = f"{r['predicted_peak_gib']:.1f}" if r.get("predicted_peak_gib") is not None else "-"
         speed = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "-"
-        lines.append(f"| {r['size']} | {r['version']} | {cap} | {STACKS[r['stack']]} | {r['status']} | {peak} | {speed} | {predicted} | {levers} |")
+        lines.append(
+            f"| {r['size']} | {r['version']} | {cap} | {STACKS[r['stack']]} | {r['status']} | {peak} | {speed} | "
+            f"{predicted} | {levers} |"
+        )
     return lines
 
 
 # ---- orchestration -----------------------------------------------------------------------------
-DEFAULT_STAGES = ["prepare", "medtune:v2:auto,row_ckpt85,row_ckpt100,auto", "unsloth:v2", "reference:v2", "medtune:v1:auto,row_ckpt85,row_ckpt100,auto",
-                  "unsloth:v1", "reference:v1", "check:v1", "check:v2", "head", "medtune:v2:before,+varlen,+bf16,+liger,peft_lora,peft_row"]
+DEFAULT_STAGES = [
+    "prepare",
+    "medtune:v2:auto,row_ckpt85,row_ckpt100,auto",
+    "unsloth:v2",
+    "reference:v2",
+    "medtune:v1:auto,row_ckpt85,row_ckpt100,auto",
+    "unsloth:v1",
+    "reference:v1",
+    "check:v1",
+    "check:v2",
+    "head",
+    "medtune:v2:before,+varlen,+bf16,+liger,peft_lora,peft_row",
+]
 
 
 def expand_stages(stages: list[str], nproc: int) -> list[str]:
@@ -870,24 +1262,46 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
         size, rest = rest[0], []
     if name == "memory":
         if len(rest) < 4 or rest[0] not in STACKS or not rest[3].startswith("cap"):
-            raise SystemExit(f"stage memory:{':'.join(rest)}: expected memory:STACK:SIZE:VERSION:capGIB[:VARIANT], STACK one of "
-                             f"{', '.join(STACKS)}")
+            raise SystemExit(
+                f"stage memory:{':'.join(rest)}: expected memory:STACK:SIZE:VERSION:capGIB[:VARIANT], STACK one of "
+                f"{', '.join(STACKS)}"
+            )
         stack, size, version, cap, *variants = rest
         options = ["--stack", stack, "--memory-cap", cap.removeprefix("cap")]
         rest = [version, *variants]
     if name == "multigpu":
         if len(rest) < 3 or rest[2] not in PARALLELISMS:
-            raise SystemExit(f"stage multigpu:{':'.join(rest)}: expected multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT], "
-                             f"PARALLELISM one of {', '.join(PARALLELISMS)}")
+            raise SystemExit(
+                f"stage multigpu:{':'.join(rest)}: expected multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT], "
+                f"PARALLELISM one of {', '.join(PARALLELISMS)}"
+            )
         size, version, parallelism, *more = rest
         caps = [part.removeprefix("cap") for part in more if part.startswith("cap")]
         variants = [part for part in more if not part.startswith("cap")]
         options = ["--parallelism", parallelism, *(["--memory-cap", caps[0]] if caps else [])]
         rest = [version, *variants]
     distributed = args.nproc > 1 and (name == "medtune" or parallelism != "none")
-    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"] if distributed else [])
-    return [*launcher, __file__, name, *rest[:1], *(rest[1].split(",") if len(rest) > 1 else []), "--work", args.work, "--out", args.out,
-            "--warmup", str(args.warmup), "--steps", str(args.steps), "--size", size, *options] + (["--tiny"] if args.tiny else [])
+    launcher = [sys.executable] + (
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"] if distributed else []
+    )
+    return [
+        *launcher,
+        __file__,
+        name,
+        *rest[:1],
+        *(rest[1].split(",") if len(rest) > 1 else []),
+        "--work",
+        args.work,
+        "--out",
+        args.out,
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--size",
+        size,
+        *options,
+    ] + (["--tiny"] if args.tiny else [])
 
 
 def stage_all(args: argparse.Namespace) -> None:
@@ -917,31 +1331,80 @@ def stage_all(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["all", "prepare", "check", "reference", "medtune", "unsloth", "head", "profile", "multigpu", "memory",
-                                          "report"])
+    parser.add_argument(
+        "stage",
+        choices=[
+            "all",
+            "prepare",
+            "check",
+            "reference",
+            "medtune",
+            "unsloth",
+            "head",
+            "profile",
+            "multigpu",
+            "memory",
+            "report",
+        ],
+    )
     parser.add_argument("version", nargs="?", choices=["v1", "v2"])
     parser.add_argument("variants", nargs="*", help=f"medtune variants, in order: {', '.join(VARIANTS)} (default auto)")
     parser.add_argument("--work", default="/tmp/medtune-bench", help="model and run folders")
     parser.add_argument("--out", default="bench/results", help="results.jsonl is appended here")
     parser.add_argument("--tiny", action="store_true", help="medtune's tiny Qwen3 and short sequences: a CPU dry run")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (2 left recompilation in unsloth's first timed step)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed optimizer steps first (2 left recompilation in unsloth's first timed step)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
-    parser.add_argument("--stages", nargs="*", help=f"for `all`: stage[:version[:variant,...]] (default {' '.join(DEFAULT_STAGES)})")
-    parser.add_argument("--budget-s", type=float, default=540, help="for `all`: stop starting stages after this many seconds")
+    parser.add_argument(
+        "--stages", nargs="*", help=f"for `all`: stage[:version[:variant,...]] (default {' '.join(DEFAULT_STAGES)})"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=540, help="for `all`: stop starting stages after this many seconds"
+    )
     parser.add_argument("--unsloth-site", help="for `all`: folder put first on PYTHONPATH of the unsloth stage only")
-    parser.add_argument("--size", choices=list(QWEN3_SIZES), default="1.7b", help="Qwen3 size built by `prepare` and trained by the stages")
-    parser.add_argument("--nproc", type=int, default=1, help="for `all`: medtune stages run under torchrun with this many processes (GPUs)")
-    parser.add_argument("--parallelism", choices=PARALLELISMS, default="none", help="for `multigpu`: one process, or DDP / FSDP under torchrun")
-    parser.add_argument("--memory-cap", "--cap-gib", dest="memory_cap", type=float, metavar="GIB",
-                        help="each stage's process may reserve at most this much GPU memory (ignored on CPU)")
-    parser.add_argument("--stack", choices=list(STACKS), default="medtune", help="for `memory`: the stack to run under the cap")
+    parser.add_argument(
+        "--size",
+        choices=list(QWEN3_SIZES),
+        default="1.7b",
+        help="Qwen3 size built by `prepare` and trained by the stages",
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="for `all`: medtune stages run under torchrun with this many processes (GPUs)",
+    )
+    parser.add_argument(
+        "--parallelism",
+        choices=PARALLELISMS,
+        default="none",
+        help="for `multigpu`: one process, or DDP / FSDP under torchrun",
+    )
+    parser.add_argument(
+        "--memory-cap",
+        "--cap-gib",
+        dest="memory_cap",
+        type=float,
+        metavar="GIB",
+        help="each stage's process may reserve at most this much GPU memory (ignored on CPU)",
+    )
+    parser.add_argument(
+        "--stack", choices=list(STACKS), default="medtune", help="for `memory`: the stack to run under the cap"
+    )
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.stage == "report":
         print(report(read_results(Path(args.out) / "results.jsonl")))
         return
-    if args.stage in ("check", "reference", "medtune", "unsloth", "profile", "multigpu", "memory") and args.version is None:
+    if (
+        args.stage in ("check", "reference", "medtune", "unsloth", "profile", "multigpu", "memory")
+        and args.version is None
+    ):
         parser.error(f"{args.stage} needs a version: v1 or v2")
     if unknown := set(args.variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")

@@ -28,8 +28,15 @@ def saved_bytes_per_token_layer(fused: bool, tokens: int, layers: int) -> float:
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(Qwen3Config(**config))
     model.save_pretrained("/tmp/medtune-saved-activations")
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
-    model = Qwen3ForCausalLM.from_pretrained("/tmp/medtune-saved-activations", quantization_config=quant, device_map={"": "cpu"})
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    model = Qwen3ForCausalLM.from_pretrained(
+        "/tmp/medtune-saved-activations", quantization_config=quant, device_map={"": "cpu"}
+    )
     peft_model = apply_lora(model, LoraConfig(r=64, alpha=16, dropout=0.1))
     if fused:
         install_fused_lora(peft_model)
@@ -62,8 +69,11 @@ def main() -> None:
     args = parser.parse_args()
     for fused in (False, True):
         per_token = saved_bytes_per_token_layer(fused, args.tokens, args.layers)
-        print(f"fused_lora={fused}: {per_token / 1024:.1f} KiB per token per layer "
-              f"(fp32 CPU; {per_token / 2 / 1024:.1f} KiB in bf16; x 8,192 tokens = {per_token / 2 * 8192 / 2**30:.2f} GiB per kept layer)")
+        print(
+            f"fused_lora={fused}: {per_token / 1024:.1f} KiB per token per layer "
+            f"(fp32 CPU; {per_token / 2 / 1024:.1f} KiB in bf16; x 8,192 tokens = {per_token / 2 * 8192 / 2**30:.2f} "
+            "GiB per kept layer)"
+        )
 
 
 if __name__ == "__main__":

@@ -9,4 +9,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   # The HTML report test opens the report in headless Chromium.
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed"
 fi
+# Lint, format and type checks first: seconds, and any finding fails the run (set -e).
+.venv/bin/python -m ruff check src tests bench
+.venv/bin/python -m ruff format --check src tests bench
+.venv/bin/python -m mypy
 .venv/bin/python -m pytest -q "$@"

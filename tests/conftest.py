@@ -25,7 +25,10 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def short_rows_file(tmp_path_factory) -> Path:
     """The 16 shortest rows of the shipped medical data: real text, short enough for fast CPU steps."""
-    rows = [json.loads(line) for line in resolve_data_path("medtune:delicate_medical_r1_val").read_text(encoding="utf-8").splitlines()]
+    rows = [
+        json.loads(line)
+        for line in resolve_data_path("medtune:delicate_medical_r1_val").read_text(encoding="utf-8").splitlines()
+    ]
     rows.sort(key=lambda r: len(r["question"]) + len(r["think"]) + len(r["answer"]))
     path = tmp_path_factory.mktemp("data") / "short.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:16]), encoding="utf-8")
@@ -35,8 +38,15 @@ def short_rows_file(tmp_path_factory) -> Path:
 def tiny_config(version: str, tmp_path: Path, data_file: Path, *overrides: str) -> RunConfig:
     """A version's real config with the tiny overlay, made short for tests."""
     base = [
-        f"output_dir={tmp_path}", f"data.train={data_file}", "data.max_length=640", "data.val_fraction=0.25",
-        "train.per_device_batch_size=1", "train.gradient_accumulation_steps=2", "train.max_steps=4",
-        "train.logging_steps=1", "train.eval_steps=2", "train.save_steps=2",
+        f"output_dir={tmp_path}",
+        f"data.train={data_file}",
+        "data.max_length=640",
+        "data.val_fraction=0.25",
+        "train.per_device_batch_size=1",
+        "train.gradient_accumulation_steps=2",
+        "train.max_steps=4",
+        "train.logging_steps=1",
+        "train.eval_steps=2",
+        "train.save_steps=2",
     ]
     return load_config(CONFIGS / f"{version}.yaml", [*base, *overrides], overlays=[CONFIGS / "tiny.yaml"])

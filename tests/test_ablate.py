@@ -11,17 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import CONFIGS
 
 from medtune.ablate import load_experiment, parse_seeds, plan_runs
 from medtune.config import ConfigError
-from tests.conftest import CONFIGS
 
 
 def write_experiment(tmp_path: Path, data_file: Path) -> Path:
     overlay = tmp_path / "short.yaml"
     overlay.write_text(
         f"data: {{train: {data_file}, max_length: 640, val_fraction: 0.25}}\n"
-        "train: {per_device_batch_size: 1, gradient_accumulation_steps: 2, max_steps: 4, logging_steps: 1, eval_steps: 2, save_steps: 2}\n"
+        "train: {per_device_batch_size: 1, gradient_accumulation_steps: 2, max_steps: 4, logging_steps: 1, "
+        "eval_steps: 2, save_steps: 2}\n"
     )
     experiment = tmp_path / "ablation.yaml"
     experiment.write_text(
@@ -34,8 +35,14 @@ def write_experiment(tmp_path: Path, data_file: Path) -> Path:
 
 def ablate(experiment: Path, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "medtune.cli", "ablate", str(experiment)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "medtune.cli", "ablate", str(experiment)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_killed_ablation_resumes_without_retraining(tmp_path, short_rows_file):
@@ -60,7 +67,9 @@ def test_killed_ablation_resumes_without_retraining(tmp_path, short_rows_file):
     output = ablate(experiment, tmp_path).communicate()[0]
     assert "v1-seed1" in output and "complete" in output
 
-    assert (done / "metrics.jsonl").read_bytes() == done_metrics and (done / "metrics.jsonl").stat().st_mtime_ns == done_mtime
+    assert (done / "metrics.jsonl").read_bytes() == done_metrics and (
+        done / "metrics.jsonl"
+    ).stat().st_mtime_ns == done_mtime
     resumed = (runs / "v1-seed2" / "metrics.jsonl").read_text().splitlines()
     assert resumed[: len(kept_before_kill)] == kept_before_kill, "steps 1-2 were kept (timings included), not retrained"
     assert [json.loads(line)["step"] for line in resumed if "loss" in json.loads(line)] == [1, 2, 3, 4]
@@ -76,7 +85,14 @@ def test_killed_ablation_resumes_without_retraining(tmp_path, short_rows_file):
 def test_plan_and_seeds(tmp_path, short_rows_file):
     experiment, root = load_experiment(write_experiment(tmp_path, short_rows_file))
     planned = plan_runs(experiment, root, seeds=parse_seeds("3"))
-    assert [(p.version, p.seed) for p in planned] == [("v1", 42), ("v1", 43), ("v1", 44), ("v2", 42), ("v2", 43), ("v2", 44)]
+    assert [(p.version, p.seed) for p in planned] == [
+        ("v1", 42),
+        ("v1", 43),
+        ("v1", 44),
+        ("v2", 42),
+        ("v2", 43),
+        ("v2", 44),
+    ]
     assert all(p.config.model.name_or_path == "tiny" and p.config.train.max_steps == 4 for p in planned)
     assert planned[3].config.train.schedule == "cosine" and planned[3].config.run_name == "v2-seed42"
     assert parse_seeds("1,5") == [1, 5]

@@ -20,7 +20,12 @@ def test_reference_values_and_inheritance():
     assert v1.model.name_or_path == "Qwen/Qwen3-1.7B"
     assert (v1.lora.r, v1.lora.alpha, v1.lora.dropout) == (64, 16, 0.05)
     assert len(v1.lora.target_modules) == 7 and v1.quant.mode == "nf4" and v1.quant.double_quant
-    assert (v1.train.lr, v1.train.max_grad_norm, v1.train.max_steps, v1.train.samples_per_step()) == (2e-4, 0.3, 400, 16)
+    assert (v1.train.lr, v1.train.max_grad_norm, v1.train.max_steps, v1.train.samples_per_step()) == (
+        2e-4,
+        0.3,
+        400,
+        16,
+    )
     assert (v1.train.schedule, v1.train.warmup_ratio) == ("linear", 0.0)
     assert (v2.train.schedule, v2.train.warmup_ratio, v2.lora.dropout) == ("cosine", 0.1, 0.1)
     assert v2.lora.modules_to_save == ["embed_tokens", "lm_head"]
@@ -29,8 +34,16 @@ def test_reference_values_and_inheritance():
 
 
 def test_overlay_and_set_override_order():
-    cfg = load_config(CONFIGS / "v2.yaml", ["train.max_steps=7", "lora.target_modules=[q_proj,v_proj]"], overlays=[CONFIGS / "tiny.yaml"])
-    assert cfg.model.name_or_path == "tiny" and cfg.train.max_steps == 7 and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    cfg = load_config(
+        CONFIGS / "v2.yaml",
+        ["train.max_steps=7", "lora.target_modules=[q_proj,v_proj]"],
+        overlays=[CONFIGS / "tiny.yaml"],
+    )
+    assert (
+        cfg.model.name_or_path == "tiny"
+        and cfg.train.max_steps == 7
+        and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    )
     assert cfg.train.schedule == "cosine"
 
 
@@ -90,18 +103,25 @@ def test_errors_name_the_set_argument_or_overlay_the_value_came_from(tmp_path):
     assert lines[0] == f"{CONFIGS / 'v2.yaml'}: invalid config:"
     assert any(line.startswith("  train.lr:") and line.endswith("(from --set train.lr=-1)") for line in lines)
     assert any(line.startswith("  train.warmup_steps:") and line.endswith(f"(from {overlay})") for line in lines)
-    assert any(line.startswith("  lora.target_modules.1:") and "(from --set lora.target_modules=[q_proj, 3])" in line for line in lines)
+    assert any(
+        line.startswith("  lora.target_modules.1:") and "(from --set lora.target_modules=[q_proj, 3])" in line
+        for line in lines
+    )
 
 
 def test_errors_from_the_file_itself_and_across_keys_name_their_origins(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_config(CONFIGS / "v2.yaml", ["train.epochs=2"])
-    assert str(raised.value).endswith(f"exactly one of max_steps and epochs (from {CONFIGS / 'v1.yaml'}, --set train.epochs=2)")
+    assert str(raised.value).endswith(
+        f"exactly one of max_steps and epochs (from {CONFIGS / 'v1.yaml'}, --set train.epochs=2)"
+    )
     own = tmp_path / "own.yaml"
     own.write_text("train:\n  lr: 0\n")
     with pytest.raises(ConfigError) as raised:
         load_config(own)
-    assert str(raised.value).endswith("train.lr: Input should be greater than 0 (got 0)"), "the main file is not repeated"
+    assert str(raised.value).endswith("train.lr: Input should be greater than 0 (got 0)"), (
+        "the main file is not repeated"
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,6 +143,14 @@ def test_set_value_that_is_not_yaml():
         load_config(CONFIGS / "v2.yaml", ["train.betas=[0.9,"])
 
 
+def test_set_value_with_a_control_character_is_one_clear_line():
+    with pytest.raises(ConfigError) as raised:
+        load_config(CONFIGS / "v2.yaml", ["train.lr=\x07"])
+    message = str(raised.value)
+    assert message.startswith("--set 'train.lr=\\x07': the value is not valid YAML: unacceptable character #x0007")
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize(
     "override,fragment",
     [
@@ -138,7 +166,9 @@ def test_bad_data_settings(override, fragment):
 
 
 def test_columns_need_the_qta_format_and_encodings_are_normalised():
-    with pytest.raises(ConfigError, match="columns name the question/think/answer fields, so format must be auto or qta"):
+    with pytest.raises(
+        ConfigError, match="columns name the question/think/answer fields, so format must be auto or qta"
+    ):
         load_config(CONFIGS / "v2.yaml", ["data.columns={question: ask}", "data.format=alpaca"])
     cfg = load_config(CONFIGS / "v2.yaml", ["data.columns={question: [title, ask]}", "data.encoding=GB18030"])
     assert cfg.data.columns == {"question": ["title", "ask"]} and cfg.data.encoding == "gb18030"

@@ -112,20 +112,28 @@ def test_offline_a_hub_id_not_in_the_cache_fails_fast_and_says_what_to_use(monke
     if offline == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     else:
-        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, the connection is refused
+        monkeypatch.setenv(
+            "HF_ENDPOINT", "http://127.0.0.1:9"
+        )  # the discard port: nothing listens, the connection is refused
     started = time.perf_counter()
     with pytest.raises(HubError) as failed:
         resolve_model_source("medtune-test/never-downloaded")
     assert time.perf_counter() - started < PROBE_TIMEOUT_S + 1
     message = str(failed.value)
-    assert message.startswith("model 'medtune-test/never-downloaded': read as a Hugging Face hub id (there is no local folder")
+    assert message.startswith(
+        "model 'medtune-test/never-downloaded': read as a Hugging Face hub id (there is no local folder"
+    )
     assert ("HF_HUB_OFFLINE=1 forbids" if offline == "HF_HUB_OFFLINE" else "cannot be reached (offline?)") in message
-    assert message.endswith("use --overlay configs/tiny.yaml (the offline tiny model) or set model.name_or_path to a local folder")
+    assert message.endswith(
+        "use --overlay configs/tiny.yaml (the offline tiny model) or set model.name_or_path to a local folder"
+    )
 
 
 def test_offline_a_cached_hub_model_loads_from_its_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setattr("medtune.hub.endpoint_reachable", lambda url, timeout_s=0: False)
-    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, revision=None, local_files_only=False: str(tmp_path))
+    monkeypatch.setattr(
+        "huggingface_hub.snapshot_download", lambda repo_id, revision=None, local_files_only=False: str(tmp_path)
+    )
     assert resolve_model_source("Qwen/Qwen3-1.7B") == str(tmp_path)
 
 
@@ -148,7 +156,9 @@ def test_offline_switches_read_the_cache_only(fake_modelscope, monkeypatch, swit
     assert fake_modelscope.calls[0]["local_files_only"] is True
 
 
-@pytest.mark.parametrize("spec", ["modelscope:", "modelscope:Qwen", "modelscope:Qwen/Qwen3/extra", "modelscope:/abs/path"])
+@pytest.mark.parametrize(
+    "spec", ["modelscope:", "modelscope:Qwen", "modelscope:Qwen/Qwen3/extra", "modelscope:/abs/path"]
+)
 def test_malformed_modelscope_model_id_is_rejected(fake_modelscope, spec):
     with pytest.raises(HubError, match="expected modelscope:<owner>/<name>"):
         resolve_model_source(spec)
@@ -159,7 +169,9 @@ def test_missing_modelscope_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "modelscope", None)  # makes `import modelscope` fail
     with pytest.raises(HubError, match=r"pip install 'medtune\[modelscope\]'"):
         resolve_model_source("modelscope:Qwen/Qwen3-1.7B")
-    with pytest.raises(DataError, match=r"modelscope:krisfu/delicate_medical_r1_data: .*pip install 'medtune\[modelscope\]'"):
+    with pytest.raises(
+        DataError, match=r"modelscope:krisfu/delicate_medical_r1_data: .*pip install 'medtune\[modelscope\]'"
+    ):
         resolve_data_path("modelscope:krisfu/delicate_medical_r1_data")
 
 
@@ -168,7 +180,9 @@ def test_failed_download_is_one_clear_error(monkeypatch):
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setitem(sys.modules, "modelscope", types.SimpleNamespace(snapshot_download=snapshot_download))
-    with pytest.raises(HubError, match="model Qwen/Qwen3-1.7B could not be downloaded: Name or service not known.*MODELSCOPE_OFFLINE=1"):
+    with pytest.raises(
+        HubError, match="model Qwen/Qwen3-1.7B could not be downloaded: Name or service not known.*MODELSCOPE_OFFLINE=1"
+    ):
         resolve_model_source("modelscope:Qwen/Qwen3-1.7B")
     monkeypatch.setenv("MODELSCOPE_OFFLINE", "1")
     with pytest.raises(HubError, match="is not in the ModelScope cache"):
@@ -180,11 +194,24 @@ def test_failed_download_is_one_clear_error(monkeypatch):
 
 def test_the_only_data_file_is_picked_past_hub_metadata_and_bookkeeping(fake_modelscope):
     folder = fake_modelscope.root / "krisfu" / "delicate_medical_r1_data"
-    write_files(folder, "r1_data_example.jsonl", "configuration.json", "dataset_infos.json", "._____temp/part.jsonl", ".msc/x.json")
+    write_files(
+        folder,
+        "r1_data_example.jsonl",
+        "configuration.json",
+        "dataset_infos.json",
+        "._____temp/part.jsonl",
+        ".msc/x.json",
+    )
     (folder / "README.md").write_text("# card", encoding="utf-8")
     assert resolve_data_path("modelscope:krisfu/delicate_medical_r1_data") == folder / "r1_data_example.jsonl"
     assert fake_modelscope.calls == [
-        dict(repo_id="krisfu/delicate_medical_r1_data", repo_type="dataset", revision=None, allow_patterns=None, local_files_only=False)
+        dict(
+            repo_id="krisfu/delicate_medical_r1_data",
+            repo_type="dataset",
+            revision=None,
+            allow_patterns=None,
+            local_files_only=False,
+        )
     ]
 
 
@@ -222,7 +249,10 @@ def test_a_named_file_is_fetched_alone(fake_modelscope):
 
 def test_a_missing_named_file_lists_the_files_there(fake_modelscope):
     write_files(fake_modelscope.root / "o" / "medical", "train.jsonl", "val.jsonl")
-    with pytest.raises(DataError, match=r"no file 'tran.jsonl' in ModelScope data set o/medical .*its data files: train.jsonl, val.jsonl"):
+    with pytest.raises(
+        DataError,
+        match=r"no file 'tran.jsonl' in ModelScope data set o/medical .*its data files: train.jsonl, val.jsonl",
+    ):
         resolve_data_path("modelscope:o/medical/tran.jsonl")
 
 
@@ -273,7 +303,9 @@ def test_tiny_model_in_the_cache_loads_through_load_base_model(offline_cache, mo
     # modelscope >= 1.38 downloads into <cache>/models/<owner>--<name>/snapshots/<revision>/
     snapshot = offline_cache / "models" / "medtune-test--tiny-qwen3" / "snapshots" / "master"
     shutil.copytree(tiny_model_dir(), snapshot)
-    loaded = load_base_model(ModelConfig(name_or_path="modelscope:medtune-test/tiny-qwen3"), QuantConfig(mode="none"), torch.device("cpu"))
+    loaded = load_base_model(
+        ModelConfig(name_or_path="modelscope:medtune-test/tiny-qwen3"), QuantConfig(mode="none"), torch.device("cpu")
+    )
     assert loaded.source == str(snapshot)
     assert loaded.random_weights and loaded.model.config.num_hidden_layers == 2
     assert loaded.tokenizer("头痛")["input_ids"]

@@ -29,18 +29,30 @@ DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
 
 def test_paths_have_the_documented_names(tmp_path):
     run = RunFolder(tmp_path)
-    named = {run.config: "config.resolved.yaml", run.env: "env.json", run.data_stats: "data_stats.json",
-             run.metrics: "metrics.jsonl", run.summary: "summary.json", run.train_log: "train.log",
-             run.adapter: "adapter", run.checkpoints: "checkpoints", run.checkpoint(400): "checkpoints/step-000400",
-             run.checkpoint(1_234_567): "checkpoints/step-1234567", staging(run.checkpoint(2)): "checkpoints/step-000002.tmp",
-             run.evaluation(): "eval.json", run.evaluation("step-000400"): "eval.step-000400.json",
-             run.evaluation(None): "eval.base.json"}
+    named = {
+        run.config: "config.resolved.yaml",
+        run.env: "env.json",
+        run.data_stats: "data_stats.json",
+        run.metrics: "metrics.jsonl",
+        run.summary: "summary.json",
+        run.train_log: "train.log",
+        run.adapter: "adapter",
+        run.checkpoints: "checkpoints",
+        run.checkpoint(400): "checkpoints/step-000400",
+        run.checkpoint(1_234_567): "checkpoints/step-1234567",
+        staging(run.checkpoint(2)): "checkpoints/step-000002.tmp",
+        run.evaluation(): "eval.json",
+        run.evaluation("step-000400"): "eval.step-000400.json",
+        run.evaluation(None): "eval.base.json",
+    }
     assert {path: path.relative_to(tmp_path).as_posix() for path in named} == named
 
 
 def test_every_name_is_in_the_design_docs_run_folder_section():
     section = DESIGN.read_text(encoding="utf-8").split("## A run folder", 1)[1].split("\n## ", 1)[0]
-    names = [value for key, value in vars(run_folder).items() if key.endswith(("_FILE", "_DIR")) and isinstance(value, str)]
+    names = [
+        value for key, value in vars(run_folder).items() if key.endswith(("_FILE", "_DIR")) and isinstance(value, str)
+    ]
     assert len(names) >= 13
     assert [name for name in names if f"`{name}" not in section] == []
     assert "run_folder.py" in section
@@ -59,8 +71,15 @@ def test_holds_run_needs_metrics_or_checkpoints(tmp_path):
     assert run.holds_run()
 
 
-@pytest.mark.parametrize("summary, complete", [(None, False), ({"status": "running", "step": 3}, False),
-                                               ({"status": "interrupted"}, False), ({"status": "complete"}, True)])
+@pytest.mark.parametrize(
+    "summary, complete",
+    [
+        (None, False),
+        ({"status": "running", "step": 3}, False),
+        ({"status": "interrupted"}, False),
+        ({"status": "complete"}, True),
+    ],
+)
 def test_run_complete_is_what_the_summary_says(tmp_path, summary, complete):
     run = RunFolder(tmp_path)
     if summary is not None:
@@ -69,12 +88,15 @@ def test_run_complete_is_what_the_summary_says(tmp_path, summary, complete):
     assert run.read_summary() == (summary or {})
 
 
-@pytest.mark.parametrize("name, text, problem", [
-    ("summary", '{"status": "complete",\n', ":2: not valid JSON"),  # not taken for "no summary yet"
-    ("summary", "[1, 2]", ":1: expected a JSON object, got list"),
-    ("config", "- a list\n", ": the top level must be a mapping of keys, got list"),
-    ("config", "train: [unclosed\n", ": invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "name, text, problem",
+    [
+        ("summary", '{"status": "complete",\n', ":2: not valid JSON"),  # not taken for "no summary yet"
+        ("summary", "[1, 2]", ":1: expected a JSON object, got list"),
+        ("config", "- a list\n", ": the top level must be a mapping of keys, got list"),
+        ("config", "train: [unclosed\n", ": invalid YAML"),
+    ],
+)
 def test_a_broken_summary_or_config_is_named(tmp_path, name, text, problem):
     run = RunFolder(tmp_path)
     path = getattr(run, name)
@@ -92,8 +114,11 @@ def test_checkpoints_are_listed_by_step_without_staging_folders_or_strays(tmp_pa
     (run.checkpoints / "step-42").mkdir()  # not six digits: not medtune's
     (run.checkpoints / "step-000800").write_text("a file, not a folder")
     (run.checkpoints / "notes").mkdir()
-    assert run.list_checkpoints() == [(20, run.checkpoint(20)), (400, run.checkpoint(400)),
-                                      (1_000_000, run.checkpoint(1_000_000))]
+    assert run.list_checkpoints() == [
+        (20, run.checkpoint(20)),
+        (400, run.checkpoint(400)),
+        (1_000_000, run.checkpoint(1_000_000)),
+    ]
 
 
 def test_resume_continues_from_the_newest_checkpoint_with_a_training_state(tmp_path):
@@ -119,11 +144,14 @@ def test_metrics_are_read_strictly_with_file_and_line(tmp_path):
         run.read_metrics()
     run.metrics.write_text('{"step": 0, "loss": 3.0}\n\n{"step": 2, "eval_loss": 2.5}\r\n', encoding="utf-8")
     assert run.read_metrics() == [{"step": 0, "loss": 3.0}, {"step": 2, "eval_loss": 2.5}]
-    for line, problem in [('{"step": 4, "loss": 1.0', "not valid JSON"), ('[4]', "expected a JSON object, got list"),
-                          ('{"loss": 1.0}', "`step` must be a non-negative integer, got None"),
-                          ('{"step": true}', "`step` must be a non-negative integer, got True"),
-                          ('{"step": -1}', "`step` must be a non-negative integer, got -1"),
-                          ('{"step": 4.0}', "`step` must be a non-negative integer, got 4.0")]:
+    for line, problem in [
+        ('{"step": 4, "loss": 1.0', "not valid JSON"),
+        ("[4]", "expected a JSON object, got list"),
+        ('{"loss": 1.0}', "`step` must be a non-negative integer, got None"),
+        ('{"step": true}', "`step` must be a non-negative integer, got True"),
+        ('{"step": -1}', "`step` must be a non-negative integer, got -1"),
+        ('{"step": 4.0}', "`step` must be a non-negative integer, got 4.0"),
+    ]:
         run.metrics.write_text('{"step": 0, "loss": 3.0}\n\n' + line + "\n", encoding="utf-8")
         with pytest.raises(RunFolderError, match=rf"^{run.metrics}:3: {problem}"):
             run.read_metrics()
@@ -143,7 +171,7 @@ def test_the_resolved_config_is_read_as_a_mapping(tmp_path):
 def test_write_atomic_replaces_the_file_whole(tmp_path):
     target = tmp_path / "summary.json"
     write_atomic(target, "old")
-    write_atomic(target, "新".encode("utf-8"))
+    write_atomic(target, "新".encode())
     assert target.read_text(encoding="utf-8") == "新"
     write_json(target, {"status": "完成", "step": 3})
     assert target.read_text(encoding="utf-8") == '{\n  "status": "完成",\n  "step": 3\n}\n'
@@ -179,9 +207,14 @@ def test_a_write_cut_short_leaves_the_old_file_and_no_temporary_file(tmp_path, m
 
 
 def test_reading_runs_does_not_import_the_trainer():
-    """report/ and infer/ read run folders through run_folder.py, not through train/ (which loads the recipe's stack)."""
-    code = ("import sys, medtune.run_folder, medtune.report.build, medtune.infer.runs, medtune.infer.generate, "
-            "medtune.infer.export, medtune.ablate\n"
-            "print(sorted(name for name in sys.modules if name.startswith('medtune.train')))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), check=True)
+    """report/ and infer/ read run folders through run_folder.py, not through train/ (which loads the recipe's
+    stack)."""
+    code = (
+        "import sys, medtune.run_folder, medtune.report.build, medtune.infer.runs, medtune.infer.generate, "
+        "medtune.infer.export, medtune.ablate\n"
+        "print(sorted(name for name in sys.modules if name.startswith('medtune.train')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), check=True
+    )
     assert done.stdout.strip().splitlines()[-1] == "[]"

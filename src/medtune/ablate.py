@@ -17,7 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from medtune.config import (
-    DEFAULT_SEED, ConfigError, RunConfig, _Strict, compose, dump_config, read_yaml_mapping, validate,
+    DEFAULT_SEED,
+    ConfigError,
+    RunConfig,
+    _Strict,
+    compose,
+    dump_config,
+    read_yaml_mapping,
+    validate,
 )
 from medtune.report.settings import DEFAULT_LANGUAGE, DEFAULT_PHASE_BOUNDS, Language
 from medtune.run_folder import RunFolder
@@ -45,8 +52,12 @@ class Experiment(_Strict):
     baseline: str | None = None
     output_dir: str = Field("runs", description="Runs go to <output_dir>/<version>-seed<seed>/.")
     report_dir: str = "reports/ablation"
-    runs_per_gpu: int = Field(1, ge=1, description="Runs trained at once on each GPU, each in its own process; "
-                              "more than 1 pays off for small models that leave a GPU mostly idle.")
+    runs_per_gpu: int = Field(
+        1,
+        ge=1,
+        description="Runs trained at once on each GPU, each in its own process; "
+        "more than 1 pays off for small models that leave a GPU mostly idle.",
+    )
     report: ReportSettings = Field(default_factory=ReportSettings)
 
     @field_validator("versions")
@@ -87,11 +98,15 @@ def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
         problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"{path}: invalid experiment:\n{problems}") from None
     if experiment.baseline is not None and experiment.baseline not in experiment.versions:
-        raise ConfigError(f"{path}: baseline {experiment.baseline!r} is not one of the versions {list(experiment.versions)}")
+        raise ConfigError(
+            f"{path}: baseline {experiment.baseline!r} is not one of the versions {list(experiment.versions)}"
+        )
     return experiment, path.resolve().parent
 
 
-def plan_runs(experiment: Experiment, root: Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None) -> list[PlannedRun]:
+def plan_runs(
+    experiment: Experiment, root: Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None
+) -> list[PlannedRun]:
     """Resolve every version x seed into a validated run config; all config errors surface before any training."""
     planned = []
     overlays = [root / overlay for overlay in experiment.overlays]
@@ -99,7 +114,9 @@ def plan_runs(experiment: Experiment, root: Path, seeds: list[int] | None = None
         for seed in seeds or experiment.seeds:
             per_run = [f"run_name={version}-seed{seed}", f"train.seed={seed}", f"output_dir={experiment.output_dir}"]
             data = compose(root / config_file, overlays, [*experiment.overrides, *(extra_overrides or []), *per_run])
-            planned.append(PlannedRun(version, seed, validate(data, f"{root / config_file} (version {version}, seed {seed})")))
+            planned.append(
+                PlannedRun(version, seed, validate(data, f"{root / config_file} (version {version}, seed {seed})"))
+            )
     return planned
 
 
@@ -107,8 +124,10 @@ def check_unchanged(run: PlannedRun) -> None:
     """A run folder trained with another config must not be silently continued or counted as done."""
     stored = run.folder.config
     if stored.exists() and stored.read_text(encoding="utf-8") != dump_config(run.config):
-        raise ConfigError(f"{stored}: this run was started with a different config; delete the folder or rename the "
-                          "experiment's output_dir to train it afresh")
+        raise ConfigError(
+            f"{stored}: this run was started with a different config; delete the folder or rename the "
+            "experiment's output_dir to train it afresh"
+        )
 
 
 def show_plan(planned: list[PlannedRun]) -> None:
@@ -127,7 +146,8 @@ def visible_gpus() -> int:
 
 
 def train_in_processes(pending: list[PlannedRun], gpus: int, runs_per_gpu: int) -> None:
-    """`runs_per_gpu` runs per GPU at a time, each in its own process that sees only its GPU; logs in <run>/train.log."""
+    """`runs_per_gpu` runs per GPU at a time, each in its own process that sees only its GPU; logs in
+    <run>/train.log."""
     work: queue.Queue[PlannedRun] = queue.Queue()
     for run in pending:
         work.put(run)
@@ -144,8 +164,12 @@ def train_in_processes(pending: list[PlannedRun], gpus: int, runs_per_gpu: int) 
             config_file.write_text(dump_config(run.config), encoding="utf-8")
             console.print(f"GPU {device}: {run.config.run_name} (log: {run.folder.train_log})")
             with run.folder.train_log.open("a", encoding="utf-8") as log:
-                done = subprocess.run([sys.executable, "-m", "medtune.cli", "train", str(config_file), "--resume"],
-                                      stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(device)})
+                done = subprocess.run(
+                    [sys.executable, "-m", "medtune.cli", "train", str(config_file), "--resume"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "CUDA_VISIBLE_DEVICES": str(device)},
+                )
             if done.returncode != 0:
                 failures.append(f"{run.config.run_name} failed (exit {done.returncode}); see {run.folder.train_log}")
 
@@ -163,18 +187,26 @@ def find_default_experiment(start: Path | None = None) -> Path:
     """`experiments/quickstart.yaml` of the project: in the working folder or the nearest parent that has one,
     else in the checkout medtune was installed from (an editable install)."""
     start = (start or Path.cwd()).resolve()
-    places = [*(folder / DEFAULT_EXPERIMENT for folder in (start, *start.parents)),
-              Path(__file__).resolve().parents[2] / DEFAULT_EXPERIMENT]
+    places = [
+        *(folder / DEFAULT_EXPERIMENT for folder in (start, *start.parents)),
+        Path(__file__).resolve().parents[2] / DEFAULT_EXPERIMENT,
+    ]
     for place in places:
         if place.is_file():
             console.print(f"experiment: {place}")
             return place
-    raise ConfigError(f"no experiment file given, and no {DEFAULT_EXPERIMENT} in {start}, its parent folders or "
-                      f"{places[-1].parent.parent}; name one: medtune ablate path/to/experiment.yaml")
+    raise ConfigError(
+        f"no experiment file given, and no {DEFAULT_EXPERIMENT} in {start}, its parent folders or "
+        f"{places[-1].parent.parent}; name one: medtune ablate path/to/experiment.yaml"
+    )
 
 
-def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overrides: list[str] | None = None,
-                   runs_per_gpu: int | None = None) -> dict[str, Any]:
+def run_experiment(
+    path: str | Path,
+    seeds: list[int] | None = None,
+    extra_overrides: list[str] | None = None,
+    runs_per_gpu: int | None = None,
+) -> dict[str, Any]:
     """Train what is missing, then write the report; returns the report's summary."""
     from medtune.model.load import model_source
     from medtune.report.build import HTML_FILE, MARKDOWN_FILE, build_report
@@ -197,9 +229,15 @@ def run_experiment(path: str | Path, seeds: list[int] | None = None, extra_overr
             console.rule(f"[{number}/{len(pending)}] {run.config.run_name} ({run.status()})")
             train_run(run.config, resume=run.status() == "resume")
     report_dir = Path(experiment.report_dir)
-    summary = build_report([(run.version, run.run_dir) for run in planned], baseline=experiment.baseline,
-                           steps=experiment.report.steps, lang=experiment.report.lang, out_dir=report_dir,
-                           phases=experiment.report.phases, made_by="ablate")
+    summary = build_report(
+        [(run.version, run.run_dir) for run in planned],
+        baseline=experiment.baseline,
+        steps=experiment.report.steps,
+        lang=experiment.report.lang,
+        out_dir=report_dir,
+        phases=experiment.report.phases,
+        made_by="ablate",
+    )
     console.print(f"report: {report_dir / MARKDOWN_FILE} and {report_dir / HTML_FILE}")
     return summary
 

@@ -32,8 +32,15 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    name_or_path: str = Field("tiny", description="Hub id (Qwen/Qwen3-1.7B), local folder, `modelscope:<id>`, or `tiny` (offline random-weight Qwen3).")
-    gguf_file: str | None = Field(None, description="GGUF file inside name_or_path (or a path), de-quantised by transformers.")
+    name_or_path: str = Field(
+        "tiny",
+        description=(
+            "Hub id (Qwen/Qwen3-1.7B), local folder, `modelscope:<id>`, or `tiny` (offline random-weight Qwen3)."
+        ),
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file inside name_or_path (or a path), de-quantised by transformers."
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Kept off: Qwen3 is native to transformers.")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
@@ -43,7 +50,11 @@ class QuantConfig(_Strict):
     mode: Literal["nf4", "fp4", "none"] = Field("nf4", description="4-bit base weights through bitsandbytes, or none.")
     double_quant: bool = True
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto = bf16 on CUDA (the reference experiment's), fp32 on CPU, where bf16 matmuls are several times slower."
+        "auto",
+        description=(
+            "auto = bf16 on CUDA (the reference experiment's), fp32 on CPU, where bf16 matmuls are several times "
+            "slower."
+        ),
     )
 
 
@@ -52,34 +63,52 @@ class LoraConfig(_Strict):
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
-    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full, e.g. [embed_tokens, lm_head].")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full, e.g. [embed_tokens, lm_head]."
+    )
     tied_embeddings: Literal["keep", "untie"] = Field(
-        "keep", description="When embed_tokens and lm_head are both trained on a tied model: keep them one matrix, or untie on purpose."
+        "keep",
+        description=(
+            "When embed_tokens and lm_head are both trained on a tied model: keep them one matrix, or untie on purpose."
+        ),
     )
 
 
 class DataConfig(_Strict):
-    train: str = Field("medtune:delicate_medical_r1_val", description="JSONL/JSON/CSV/TSV/Parquet file, or `medtune:<name>` for shipped data.")
+    train: str = Field(
+        "medtune:delicate_medical_r1_val",
+        description="JSONL/JSON/CSV/TSV/Parquet file, or `medtune:<name>` for shipped data.",
+    )
     validation: str | None = Field(None, description="Validation file; when absent, a seeded `val_fraction` of train.")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     format: Literal["auto", "qta", "alpaca", "messages"] = "auto"
     columns: dict[Literal["system", "question", "think", "answer"], str | list[str]] = Field(
         default_factory=dict,
-        description="The file's column (CSV/TSV/Parquet) or key (JSON) for each field, e.g. {question: ask, answer: answer}; "
-        "a list joins several columns with a newline ([title, ask]). Fields not named keep their own name. Rows are then qta.",
+        description=(
+            "The file's column (CSV/TSV/Parquet) or key (JSON) for each field, e.g. {question: ask, answer: answer}; "
+            "a list joins several columns with a newline ([title, ask]). Fields not named keep their own name. "
+            "Rows are then qta."
+        ),
     )
-    encoding: str = Field("utf-8", description="Text encoding of JSONL/JSON/CSV/TSV files, e.g. gb18030 or gbk (Parquet is always UTF-8).")
+    encoding: str = Field(
+        "utf-8", description="Text encoding of JSONL/JSON/CSV/TSV files, e.g. gb18030 or gbk (Parquet is always UTF-8)."
+    )
     think: Literal["required", "optional"] = Field(
-        "required", description="optional = a row without reasoning trains with an empty think block, as Qwen3 writes it "
+        "required",
+        description="optional = a row without reasoning trains with an empty think block, as Qwen3 writes it "
         "with thinking off; such rows are counted in the data stats. required = such a row is a bad row.",
     )
     literal_tags: Literal["error", "text"] = Field(
-        "error", description="A field holding a chat-template tag (<think>, </think>, <|im_start|>, <|im_end|>, "
-        "<|endoftext|>): error = a bad row; text = kept and tokenized as ordinary characters, never as the tag's token.",
+        "error",
+        description="A field holding a chat-template tag (<think>, </think>, <|im_start|>, <|im_end|>, "
+        "<|endoftext|>): error = a bad row; text = kept and tokenized as ordinary characters, never as the tag's "
+        "token.",
     )
     system_prompt: str = REFERENCE_SYSTEM_PROMPT
     max_length: int = Field(2048, gt=16)
-    skip_bad_rows: bool = Field(False, description="Skip invalid rows (counted and listed in data_stats.json) instead of stopping.")
+    skip_bad_rows: bool = Field(
+        False, description="Skip invalid rows (counted and listed in data_stats.json) instead of stopping."
+    )
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of each file (quick runs).")
 
     @field_validator("encoding")
@@ -104,10 +133,20 @@ class DataConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _columns_mean_qta(self) -> "DataConfig":
+    def _columns_mean_qta(self) -> DataConfig:
         if self.columns and self.format not in ("auto", "qta"):
-            raise ValueError(f"columns name the question/think/answer fields, so format must be auto or qta, got {self.format}")
+            raise ValueError(
+                f"columns name the question/think/answer fields, so format must be auto or qta, got {self.format}"
+            )
         return self
+
+
+MaskedField = Literal["question", "think", "answer"]
+
+
+def _mask_questions_only() -> list[MaskedField]:
+    """Typed, so the default factory's list is a list of fields and not of plain strings."""
+    return ["question"]
 
 
 class AugmentConfig(_Strict):
@@ -115,30 +154,49 @@ class AugmentConfig(_Strict):
 
     enabled: bool = False
     preset: Literal["none", "reference-compatible"] = Field(
-        "none", description="reference-compatible = the reference experiment's masking; it fixes every key below but probability."
+        "none",
+        description=(
+            "reference-compatible = the reference experiment's masking; it fixes every key below but probability."
+        ),
     )
-    probability: float = Field(0.1, ge=0, le=1, description="Share of the samples drawn that get terms masked (if they contain any).")
-    terms_per_sample: tuple[int, int] = Field((1, 2), description="[low, high]: distinct terms masked per masked sample, drawn uniformly.")
+    probability: float = Field(
+        0.1, ge=0, le=1, description="Share of the samples drawn that get terms masked (if they contain any)."
+    )
+    terms_per_sample: tuple[int, int] = Field(
+        (1, 2), description="[low, high]: distinct terms masked per masked sample, drawn uniformly."
+    )
     mask_styles: list[str] = Field(
         default_factory=lambda: ["[MASK]", "[{category}]", "..."],
         description="Chosen uniformly per term; `{category}` becomes the term's category tag, e.g. [症状].",
     )
-    fields: list[Literal["question", "think", "answer"]] = Field(
-        default_factory=lambda: ["question"], description="Where terms are masked; the question is prompt, so masks there never touch the loss."
+    fields: list[MaskedField] = Field(
+        default_factory=_mask_questions_only,
+        description="Where terms are masked; the question is prompt, so masks there never touch the loss.",
     )
-    occurrence: Literal["first", "all"] = Field("first", description="Replace a chosen term's first occurrence in the field, or all of them.")
+    occurrence: Literal["first", "all"] = Field(
+        "first", description="Replace a chosen term's first occurrence in the field, or all of them."
+    )
     mask_loss: Literal["exclude", "include"] = Field(
-        "exclude", description="exclude = masks in think/answer are left out of the loss, so the model never learns to write them."
+        "exclude",
+        description=(
+            "exclude = masks in think/answer are left out of the loss, so the model never learns to write them."
+        ),
     )
-    lexicon: str = Field("medical", description="`medical` (shipped), `reference` (the reference experiment's 12 words) or a file path.")
+    lexicon: str = Field(
+        "medical", description="`medical` (shipped), `reference` (the reference experiment's 12 words) or a file path."
+    )
     redraw_every_epoch: bool = Field(
-        True, description="Draw masks afresh each epoch; false = decide once per sample, as masking at data preparation does."
+        True,
+        description=(
+            "Draw masks afresh each epoch; false = decide once per sample, as masking at data preparation does."
+        ),
     )
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        """Fill in the reference experiment's values; a key set to something else is an error, not silently overridden."""
+        """Fill in the reference experiment's values; a key set to something else is an error, not silently
+        overridden."""
         if not isinstance(data, dict) or data.get("preset") != "reference-compatible":
             return data
         reference = {
@@ -160,14 +218,18 @@ class AugmentConfig(_Strict):
             if key in data and comparable(data[key]) != comparable(value)
         ]
         if conflicts:
-            raise ValueError("preset reference-compatible fixes " + "; ".join(conflicts) + ". Remove these keys or set preset: none")
+            raise ValueError(
+                "preset reference-compatible fixes " + "; ".join(conflicts) + ". Remove these keys or set preset: none"
+            )
         return {**data, **reference}
 
     @model_validator(mode="after")
-    def _check_range(self) -> "AugmentConfig":
+    def _check_range(self) -> AugmentConfig:
         low, high = self.terms_per_sample
         if not 1 <= low <= high:
-            raise ValueError(f"terms_per_sample must be [low, high] with 1 <= low <= high, got {list(self.terms_per_sample)}")
+            raise ValueError(
+                f"terms_per_sample must be [low, high] with 1 <= low <= high, got {list(self.terms_per_sample)}"
+            )
         if not self.mask_styles or not all(self.mask_styles):
             raise ValueError(f"mask_styles must name at least one style, none empty, got {self.mask_styles}")
         if not self.fields or len(set(self.fields)) != len(self.fields):
@@ -202,13 +264,14 @@ class TrainConfig(_Strict):
     save_total_limit: int = Field(2, gt=0)
     report_to: list[Literal["swanlab", "tensorboard", "wandb"]] = Field(default_factory=list)
     parallelism: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="With several processes: ddp = every process holds the whole model; fsdp = decoder layers "
+        "ddp",
+        description="With several processes: ddp = every process holds the whole model; fsdp = decoder layers "
         "sharded across processes (FSDP2 + QLoRA), for Qwen3 sizes that do not fit one GPU. Launched the same way; "
         "one process trains alike with either.",
     )
 
     @model_validator(mode="after")
-    def _check_length(self) -> "TrainConfig":
+    def _check_length(self) -> TrainConfig:
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("set exactly one of max_steps and epochs")
         if self.warmup_ratio and self.warmup_steps:
@@ -222,6 +285,7 @@ class TrainConfig(_Strict):
         """Optimizer steps of the run: max_steps, or enough for `epochs` passes over the training rows."""
         if self.max_steps is not None:
             return self.max_steps
+        assert self.epochs is not None, "the validator requires max_steps or epochs"
         return math.ceil(self.epochs * train_rows / self.samples_per_step())
 
     def resolved_optimizer(self, device_type: str, fsdp: bool) -> str:
@@ -231,14 +295,25 @@ class TrainConfig(_Strict):
         return "paged_adamw_8bit" if device_type == "cuda" and not fsdp else "adamw"
 
 
-MEMORY_SIZE_UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+MEMORY_SIZE_UNITS = {
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+}
 
 
 def parse_memory_size(text: str) -> int:
     """`20GiB`, `8GB`, `512MiB`, `1.5 GiB` -> bytes; anything else (no unit, another unit, zero) is a ValueError."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*", text)
     if match is None or match.group(2) not in MEMORY_SIZE_UNITS or float(match.group(1)) <= 0:
-        raise ValueError(f"expected a size such as 20GiB, 8GB or 512MiB (units: {', '.join(MEMORY_SIZE_UNITS)}), got {text!r}")
+        raise ValueError(
+            f"expected a size such as 20GiB, 8GB or 512MiB (units: {', '.join(MEMORY_SIZE_UNITS)}), got {text!r}"
+        )
     return int(float(match.group(1)) * MEMORY_SIZE_UNITS[match.group(2)])
 
 
@@ -247,10 +322,12 @@ class SpeedConfig(_Strict):
 
     packed_attention: Literal["auto", "varlen", "per_sample", "mask"] = Field(
         "auto",
-        description="How attention stays inside each sample of a packed row: varlen = one flash-attention call over the "
-        "row (CUDA), per_sample = one SDPA call per sample (any device), mask = the model's own attention with the "
-        "block-diagonal mask transformers builds from position_ids. auto = varlen where it works; else mask on CUDA "
-        "(3.7x faster there than per_sample, bench/RESULTS.md) and per_sample elsewhere.",
+        description=(
+            "How attention stays inside each sample of a packed row: varlen = one flash-attention call over the "
+            "row (CUDA), per_sample = one SDPA call per sample (any device), mask = the model's own attention with "
+            "the block-diagonal mask transformers builds from position_ids. auto = varlen where it works; else mask "
+            "on CUDA (3.7x faster there than per_sample, bench/RESULTS.md) and per_sample elsewhere."
+        ),
     )
     mixed_precision: Literal["auto", "bf16", "none"] = Field(
         "auto",
@@ -258,42 +335,54 @@ class SpeedConfig(_Strict):
         "adapter weights. auto = on when the base computes in bf16 (CUDA).",
     )
     fused_kernels: Literal["auto", "liger", "none"] = Field(
-        "auto", description="Liger's fused RMSNorm, SwiGLU and RoPE kernels. auto = on with CUDA and the liger-kernel package."
+        "auto",
+        description="Liger's fused RMSNorm, SwiGLU and RoPE kernels. auto = on with CUDA and the liger-kernel package.",
     )
     checkpoint_fraction: float = Field(
-        0.75, ge=0, le=1,
+        0.75,
+        ge=0,
+        le=1,
         description="Share of decoder layers that recompute their activations in the backward pass when "
-        "train.gradient_checkpointing is on; the others keep them (a little faster, more memory: about 1.1 GiB per kept "
+        "train.gradient_checkpointing is on; the others keep them (a little faster, more memory: about 1.1 GiB per "
+        "kept "
         "Qwen3-1.7B layer in a 12,900-token row). 0.75 keeps v1/v2 under the reference stack's peak memory; 1.0 "
         "halves it at a few per cent of speed (bench/RESULTS.md).",
     )
     packed_row_tokens: int | None = Field(
-        16384, gt=0,
-        description="With train.packing, a packed row (one forward pass) holds up to this many tokens, so a step of a few "
-        "thousand tokens runs as one pass instead of several: the step is bound by the host's launch work per pass, not by "
-        "the GPU (bench/RESULTS.md). Activation memory grows with it. null = per_device_batch_size x data.max_length.",
+        16384,
+        gt=0,
+        description=(
+            "With train.packing, a packed row (one forward pass) holds up to this many tokens, so a step of a few "
+            "thousand tokens runs as one pass instead of several: the step is bound by the host's launch work per "
+            "pass, not by the GPU (bench/RESULTS.md). Activation memory grows with it. "
+            "null = per_device_batch_size x data.max_length."
+        ),
     )
     fused_lora: bool = Field(
-        True, description="Each LoRA projection, its 4-bit base matmul included, as one autograd function "
+        True,
+        description="Each LoRA projection, its 4-bit base matmul included, as one autograd function "
         "(model/lora_fused.py): a fraction of the host work of PEFT + bitsandbytes per projection, the NF4 weight "
-        "dequantized in one kernel, and only the dropout mask kept for the backward pass instead of a dropped-out copy of "
+        "dequantized in one kernel, and only the dropout mask kept for the backward pass instead of a dropped-out "
+        "copy of "
         "the input. Same math as PEFT's forward; any device. false = PEFT's own forward.",
     )
     memory_budget: str = Field(
-        "auto", description="GPU memory training plans to fit (model/memory_plan.py): auto = the device's free memory "
+        "auto",
+        description="GPU memory training plans to fit (model/memory_plan.py): auto = the device's free memory "
         "(within a per-process cap, if one is set) less a margin, or a size such as 20GiB, 8GB, 512MiB. Levers not set "
         "explicitly are changed, cheapest first, until the predicted peak fits; a run that cannot fit stops before "
         "training. No planning on CPU.",
     )
     offload_activations: bool | Literal["auto"] = Field(
-        "auto", description="Move the tensors decoder layers save for the backward pass (with every layer recomputed: "
+        "auto",
+        description="Move the tensors decoder layers save for the backward pass (with every layer recomputed: "
         "just their inputs) to pinned host memory in the forward pass and back in the backward pass, copied on a "
         "side stream (model/offload.py). auto = only when the memory plan needs it.",
     )
 
     @field_validator("memory_budget", mode="before")
     @classmethod
-    def _budget_is_auto_or_a_size(cls, value: Any) -> str:
+    def _budget_is_auto_or_a_size(cls, value: Any) -> Any:
         """A bare number is refused with the units, not read as bytes or GiB."""
         if value != "auto":
             parse_memory_size(str(value))
@@ -312,11 +401,13 @@ class RunConfig(_Strict):
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
 
     @model_validator(mode="after")
-    def _check_row(self) -> "RunConfig":
+    def _check_row(self) -> RunConfig:
         rows = self.speed.packed_row_tokens
         if self.train.packing and rows is not None and rows < self.data.max_length:
-            raise ValueError(f"speed.packed_row_tokens ({rows}) is below data.max_length ({self.data.max_length}): "
-                             "a sample of max_length tokens would not fit a row")
+            raise ValueError(
+                f"speed.packed_row_tokens ({rows}) is below data.max_length ({self.data.max_length}): "
+                "a sample of max_length tokens would not fit a row"
+            )
         return self
 
     def run_dir(self) -> Path:
@@ -401,7 +492,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {err.problem}") from None
+        # Only marked errors (scanner, parser) carry `problem`; a reader error (a control character) says it first.
+        problem = err.problem if isinstance(err, yaml.MarkedYAMLError) else str(err).splitlines()[0]
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {problem}") from None
     return key.strip().split("."), parsed
 
 
@@ -456,8 +549,14 @@ def _origin_note(raw: RawConfig, loc: tuple[str, ...], message: str, main: str) 
     if exact is not None and not isinstance(_value_at(raw.values, loc), dict):
         origins = [exact]
     else:
-        named = [path for path in raw.origins if path[: len(loc)] == loc and len(path) > len(loc)
-                 and not isinstance(_value_at(raw.values, path), dict) and re.search(rf"\b{re.escape('.'.join(path[len(loc):]))}\b", message)]
+        named = [
+            path
+            for path in raw.origins
+            if path[: len(loc)] == loc
+            and len(path) > len(loc)
+            and not isinstance(_value_at(raw.values, path), dict)
+            and re.search(rf"\b{re.escape('.'.join(path[len(loc) :]))}\b", message)
+        ]
         origins = list(dict.fromkeys(raw.origins[path] for path in named))
     if not origins or origins == [main]:
         return ""
@@ -495,7 +594,9 @@ def validate(raw: RawConfig, source: str) -> RunConfig:
         raise ConfigError(f"{source}: invalid config:\n" + "\n".join(lines)) from None
 
 
-def compose(path: str | Path | None, overlays: list[str | Path] | None = None, overrides: list[str] | None = None) -> RawConfig:
+def compose(
+    path: str | Path | None, overlays: list[str | Path] | None = None, overrides: list[str] | None = None
+) -> RawConfig:
     """The raw config: file (with its `base:` chain), then overlay files, then `--set` overrides."""
     raw = load_raw(path) if path is not None else RawConfig()
     for overlay in overlays or []:
@@ -511,4 +612,5 @@ def load_config(
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    text: str = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return text

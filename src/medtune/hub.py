@@ -65,7 +65,10 @@ def installed_package_folder(package: str) -> Path:
 
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise HubError(f"{PACKAGE_PREFIX}{package}: no installed package {package!r}; install it first (e.g. pip install --no-deps {package.replace('_', '-')})")
+        raise HubError(
+            f"{PACKAGE_PREFIX}{package}: no installed package {package!r}; install it first (e.g. pip install "
+            f"--no-deps {package.replace('_', '-')})"
+        )
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
@@ -79,7 +82,9 @@ def resolve_model_source(name_or_path: str, revision: str | None = None) -> str:
     if name_or_path.startswith(MODELSCOPE_PREFIX):
         repo_id = name_or_path.removeprefix(MODELSCOPE_PREFIX)
         if not is_repo_id(repo_id):
-            raise HubError(f"{name_or_path!r}: expected {MODELSCOPE_PREFIX}<owner>/<name>, e.g. {MODELSCOPE_PREFIX}Qwen/Qwen3-1.7B")
+            raise HubError(
+                f"{name_or_path!r}: expected {MODELSCOPE_PREFIX}<owner>/<name>, e.g. {MODELSCOPE_PREFIX}Qwen/Qwen3-1.7B"
+            )
         return str(modelscope_snapshot(repo_id, "model", revision=revision))
     if name_or_path.startswith(PACKAGE_PREFIX):
         return str(installed_package_folder(name_or_path.removeprefix(PACKAGE_PREFIX)))
@@ -87,8 +92,10 @@ def resolve_model_source(name_or_path: str, revision: str | None = None) -> str:
     if path.exists():
         return str(path.resolve())
     if reads_as_local_path(name_or_path):
-        raise HubError(f"model {name_or_path!r}: no such folder ({path.absolute()}); read as a local folder, since a hub id "
-                       "has the form <owner>/<name>")
+        raise HubError(
+            f"model {name_or_path!r}: no such folder ({path.absolute()}); read as a local folder, since a hub id "
+            "has the form <owner>/<name>"
+        )
     if use_modelscope() and is_repo_id(name_or_path):
         return str(modelscope_snapshot(name_or_path, "model", revision=revision))
     return hugging_face_model(name_or_path, revision)
@@ -113,16 +120,20 @@ def hugging_face_model(repo_id: str, revision: str | None = None) -> str:
     elif not endpoint_reachable(endpoint):
         offline = f"the hub ({endpoint}) cannot be reached (offline?)"
     elif not repo_exists(repo_id):
-        raise HubError(f"model {repo_id!r}: read as a Hugging Face hub id (there is no local folder of that name), and the hub has "
-                       "no such model (or it is private or gated: log in with `hf auth login`)")
+        raise HubError(
+            f"model {repo_id!r}: read as a Hugging Face hub id (there is no local folder of that name), and the hub "
+            "has no such model (or it is private or gated: log in with `hf auth login`)"
+        )
     else:
         return repo_id
     cached = _cached_snapshot(repo_id, revision)
     if cached is not None:
         return cached
-    raise HubError(f"model {repo_id!r}: read as a Hugging Face hub id (there is no local folder of that name); it is not in the "
-                   f"local hub cache and {offline}. Offline, use --overlay configs/tiny.yaml (the offline tiny model) or set "
-                   "model.name_or_path to a local folder")
+    raise HubError(
+        f"model {repo_id!r}: read as a Hugging Face hub id (there is no local folder of that name); it is not in the "
+        f"local hub cache and {offline}. Offline, use --overlay configs/tiny.yaml (the offline tiny model) or set "
+        "model.name_or_path to a local folder"
+    )
 
 
 def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
@@ -178,12 +189,17 @@ def modelscope_data_file(spec: str, file_types: Sequence[str]) -> Path:
     file = folder / inside
     if not file.is_file():
         found = ", ".join(_relative(p, folder) for p in _data_files(folder, file_types)) or "none"
-        raise HubError(f"no file {inside!r} in ModelScope data set {repo_id} (cached at {folder}); its data files: {found}")
+        raise HubError(
+            f"no file {inside!r} in ModelScope data set {repo_id} (cached at {folder}); its data files: {found}"
+        )
     return file
 
 
 def modelscope_snapshot(
-    repo_id: str, repo_type: Literal["model", "dataset"], revision: str | None = None, allow_patterns: list[str] | None = None
+    repo_id: str,
+    repo_type: Literal["model", "dataset"],
+    revision: str | None = None,
+    allow_patterns: list[str] | None = None,
 ) -> Path:
     """Download (or, offline, look up) a ModelScope repo in the ModelScope cache and return its folder.
 
@@ -194,13 +210,21 @@ def modelscope_snapshot(
     offline = modelscope_offline()
     try:
         folder = snapshot_download(
-            repo_id=repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns, local_files_only=offline
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            allow_patterns=allow_patterns,
+            local_files_only=offline,
         )
-    except Exception as err:  # modelscope raises its own errors, requests' and ValueError; each becomes one clear message
+    except (
+        Exception
+    ) as err:  # modelscope raises its own errors, requests' and ValueError; each becomes one clear message
         what = f"ModelScope {repo_type} {repo_id}" + (f" (revision {revision})" if revision else "")
         if offline:
             switches = " / ".join(f"{name}=1" for name in OFFLINE_SWITCHES)
-            raise HubError(f"{what} is not in the ModelScope cache, and {switches} forbids downloading it: {err}") from err
+            raise HubError(
+                f"{what} is not in the ModelScope cache, and {switches} forbids downloading it: {err}"
+            ) from err
         hint = "With a copy already in the cache, set MODELSCOPE_OFFLINE=1 to use it"
         raise HubError(f"{what} could not be downloaded: {err}. {hint}") from err
     return Path(folder)

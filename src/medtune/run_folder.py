@@ -112,8 +112,9 @@ class RunFolder:
                 record = parse_json_object(line.rstrip("\r\n"), str(self.metrics), number)
                 step = record.get("step")
                 if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-                    raise RunFolderError(f"{self.metrics}:{number}: `step` must be a non-negative integer, "
-                                         f"got {step!r}")
+                    raise RunFolderError(
+                        f"{self.metrics}:{number}: `step` must be a non-negative integer, got {step!r}"
+                    )
                 records.append(record)
         if not records:
             raise RunFolderError(f"{self.metrics}: no metric records")
@@ -123,8 +124,11 @@ class RunFolder:
         """Complete checkpoints (renamed into place from their staging folder), oldest first."""
         if not self.checkpoints.is_dir():
             return []
-        found = [(int(match.group(1)), child) for child in self.checkpoints.iterdir()
-                 if (match := STEP_DIR.match(child.name)) and child.is_dir()]
+        found = [
+            (int(match.group(1)), child)
+            for child in self.checkpoints.iterdir()
+            if (match := STEP_DIR.match(child.name)) and child.is_dir()
+        ]
         return sorted(found)
 
     def resumable_checkpoint(self) -> tuple[int, Path] | None:
@@ -157,8 +161,9 @@ def read_json_object(path: Path, error: type[Exception] = RunFolderError) -> dic
     return parse_json_object(path.read_text(encoding="utf-8"), str(path), error=error)
 
 
-def parse_json_object(text: str, where: str, first_line: int = 1,
-                      error: type[Exception] = RunFolderError) -> dict[str, Any]:
+def parse_json_object(
+    text: str, where: str, first_line: int = 1, error: type[Exception] = RunFolderError
+) -> dict[str, Any]:
     """Text that must be one JSON object, found in `where` from line `first_line` on; errors say `where:line:`."""
     try:
         data = json.loads(text)

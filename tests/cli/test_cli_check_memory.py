@@ -7,20 +7,40 @@ import json
 import re
 import shutil
 
+from tests.conftest import CONFIGS
 from typer.testing import CliRunner
 
 from medtune.cli import app
 from medtune.model.tiny import shipped_tokenizer_dir
-from tests.conftest import CONFIGS
 
 runner = CliRunner()
-QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-                head_dim=128, vocab_size=151936, tie_word_embeddings=False)
+QWEN3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    tie_word_embeddings=False,
+)
 
 
 def check(tmp_path, model: str, gpu_memory: str, *extra: str):
-    result = runner.invoke(app, ["check", str(CONFIGS / "v1.yaml"), "--set", f"model.name_or_path={model}", "--set",
-                                 f"output_dir={tmp_path / 'runs'}", "--gpu-memory", gpu_memory, *extra])
+    result = runner.invoke(
+        app,
+        [
+            "check",
+            str(CONFIGS / "v1.yaml"),
+            "--set",
+            f"model.name_or_path={model}",
+            "--set",
+            f"output_dir={tmp_path / 'runs'}",
+            "--gpu-memory",
+            gpu_memory,
+            *extra,
+        ],
+    )
     table = re.sub(r"[│┃|]", " ", result.output)
     return result, " ".join(table.split())  # the table wraps long findings: compare words
 
@@ -50,7 +70,10 @@ def test_an_8b_model_fits_24gib_with_levers_and_not_4gib(tmp_path):
     assert "allocator = expandable_segments:True" in text and "speed.checkpoint_fraction = " in text
     result, text = check(tmp_path, str(folder), "4GiB")
     assert result.exit_code == 1
-    assert "training cannot fit a GPU of 4GiB" in text and "Biggest terms: base weights (4-bit NF4 with absmax) 3.3 GiB" in text
+    assert (
+        "training cannot fit a GPU of 4GiB" in text
+        and "Biggest terms: base weights (4-bit NF4 with absmax) 3.3 GiB" in text
+    )
 
 
 def test_a_bad_size_is_a_command_line_error(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+from tests.conftest import CONFIGS
 from typer.testing import CliRunner
 
 from medtune.cli import app
@@ -14,14 +15,26 @@ from medtune.config import AugmentConfig
 from medtune.data.augment import Augmenter
 from medtune.data.formats import Sample
 from medtune.data.lexicon import Lexicon
-from tests.conftest import CONFIGS
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
 
 def stats_args(data_file) -> list[str]:
-    return ["data", "stats", str(CONFIGS / "v1.yaml"), "--overlay", str(CONFIGS / "tiny.yaml"), "--set", f"data.train={data_file}",
-            "--set", "data.max_length=400", "--set", "data.val_fraction=0.25", "--set", "data.skip_bad_rows=true"]
+    return [
+        "data",
+        "stats",
+        str(CONFIGS / "v1.yaml"),
+        "--overlay",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"data.train={data_file}",
+        "--set",
+        "data.max_length=400",
+        "--set",
+        "data.val_fraction=0.25",
+        "--set",
+        "data.skip_bad_rows=true",
+    ]
 
 
 def test_stats_are_tables_with_rounded_numbers_and_the_rows_behind_each_count(tmp_path, short_rows_file):
@@ -47,18 +60,39 @@ def test_stats_are_tables_with_rounded_numbers_and_the_rows_behind_each_count(tm
 
 
 def test_preview_masked_only_needs_the_augmentation(short_rows_file):
-    args = ["data", "preview", "--overlay", str(CONFIGS / "tiny.yaml"), "--set", f"data.train={short_rows_file}", "--n", "1"]
+    args = [
+        "data",
+        "preview",
+        "--overlay",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"data.train={short_rows_file}",
+        "--n",
+        "1",
+    ]
     off = runner.invoke(app, [*args, str(CONFIGS / "v1.yaml"), "--masked-only"])
-    assert off.exit_code == 3 and off.output.startswith("error: masked_only") and len(off.output.strip().splitlines()) == 1
+    assert (
+        off.exit_code == 3 and off.output.startswith("error: masked_only") and len(off.output.strip().splitlines()) == 1
+    )
     on = runner.invoke(app, [*args, str(CONFIGS / "v3.yaml"), "--masked-only", "--set", "augment.probability=1.0"])
     assert on.exit_code == 0, on.output
     assert on.output.count("masked terms:") == 1
 
 
 def test_preview_shows_a_panel_per_sample_with_its_masks(short_rows_file):
-    args = ["data", "preview", str(CONFIGS / "v3.yaml"), "--overlay", str(CONFIGS / "tiny.yaml"),
-            "--set", f"data.train={short_rows_file}", "--set", "augment.probability=0.3",
-            "--set", "augment.fields=[question,think,answer]"]
+    args = [
+        "data",
+        "preview",
+        str(CONFIGS / "v3.yaml"),
+        "--overlay",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"data.train={short_rows_file}",
+        "--set",
+        "augment.probability=0.3",
+        "--set",
+        "augment.fields=[question,think,answer]",
+    ]
     every = runner.invoke(app, [*args, "--n", "8"])
     masked = runner.invoke(app, [*args, "--n", "2", "--masked-only"])
     assert every.exit_code == 0 and masked.exit_code == 0, every.output + masked.output
@@ -70,7 +104,9 @@ def test_preview_shows_a_panel_per_sample_with_its_masks(short_rows_file):
 
 
 def test_highlight_shows_each_mask_and_the_term_it_hides():
-    sample = Sample(question="头痛三天", think="考虑头痛", answer="头痛合并发热时，阿司匹林可退热。", source="hand-made:1")
+    sample = Sample(
+        question="头痛三天", think="考虑头痛", answer="头痛合并发热时，阿司匹林可退热。", source="hand-made:1"
+    )
     lexicon = Lexicon({"头痛": "symptom", "阿司匹林": "drug"}, "test")
     augmenter = Augmenter(AugmentConfig(enabled=True, probability=1.0, fields=["answer"]), lexicon, seed=7)
     masked, terms = augmenter.apply(sample, epoch=0, index=0)

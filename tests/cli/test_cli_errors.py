@@ -9,12 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.conftest import CONFIGS, REPO
 from typer.testing import CliRunner
 
 import medtune
 from medtune.cli import app
 from medtune.cli.errors import EXIT_CODES, exit_code_for
-from tests.conftest import CONFIGS, REPO
 
 runner = CliRunner()
 TINY = ["--overlay", str(CONFIGS / "tiny.yaml")]
@@ -38,8 +38,12 @@ def test_every_error_class_of_medtune_has_an_exit_code():
     """A new `class ...Error` in src/medtune must be given a code, or it would surface as a traceback; every name
     in the table must exist (read from the source, so the test imports no torch)."""
     package = Path(medtune.__file__).parent
-    defined = {name for source in package.rglob("*.py") for name in error_classes(source)
-               if not name.startswith("_") and name not in NEVER_REACH_THE_COMMAND_LINE}
+    defined = {
+        name
+        for source in package.rglob("*.py")
+        for name in error_classes(source)
+        if not name.startswith("_") and name not in NEVER_REACH_THE_COMMAND_LINE
+    }
     mapped = set()
     for exit_code in EXIT_CODES:
         for entry in exit_code.errors:
@@ -54,19 +58,24 @@ def test_every_error_class_of_medtune_has_an_exit_code():
 
 @pytest.mark.parametrize("readme", ["README.md", "README_zh.md"])
 def test_the_exit_codes_are_documented_in_help_and_both_readmes(readme):
-    documented = {int(code) for code in re.findall(r"^\| `(\d+)` \|", (REPO / readme).read_text(encoding="utf-8"), re.M)}
+    documented = {
+        int(code) for code in re.findall(r"^\| `(\d+)` \|", (REPO / readme).read_text(encoding="utf-8"), re.M)
+    }
     assert documented == {exit_code.code for exit_code in EXIT_CODES}
     shown = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["--help"]).output
     for exit_code in EXIT_CODES:
         assert f"{exit_code.code:>3}  {exit_code.meaning}" in shown
 
 
-@pytest.mark.parametrize("command, content, name, expected", [
-    (["data", "stats"], "{not json\n", "bad.jsonl", r"bad\.jsonl:1: .*invalid JSON"),
-    (["data", "stats"], "", "empty.jsonl", r"empty\.jsonl: no rows"),
-    (["data", "stats"], "question,answer\n", "rows.xyz", r"rows\.xyz: unsupported file type '\.xyz'"),
-    (["data", "preview"], "{not json\n", "bad.jsonl", r"bad\.jsonl:1: .*invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "command, content, name, expected",
+    [
+        (["data", "stats"], "{not json\n", "bad.jsonl", r"bad\.jsonl:1: .*invalid JSON"),
+        (["data", "stats"], "", "empty.jsonl", r"empty\.jsonl: no rows"),
+        (["data", "stats"], "question,answer\n", "rows.xyz", r"rows\.xyz: unsupported file type '\.xyz'"),
+        (["data", "preview"], "{not json\n", "bad.jsonl", r"bad\.jsonl:1: .*invalid JSON"),
+    ],
+)
 def test_data_commands_name_the_bad_file_in_one_line(tmp_path, command, content, name, expected):
     data = tmp_path / name
     data.write_text(content, encoding="utf-8")
@@ -79,8 +88,20 @@ def test_data_commands_name_the_bad_file_in_one_line(tmp_path, command, content,
 def test_a_binary_lexicon_is_one_line(tmp_path, short_rows_file, command):
     lexicon = tmp_path / "terms.txt"
     lexicon.write_bytes(bytes(range(128, 256)) * 4)
-    result = runner.invoke(app, [*command, str(CONFIGS / "v3.yaml"), *TINY, "--set", f"data.train={short_rows_file}",
-                                 "--set", f"augment.lexicon={lexicon}", "--set", f"output_dir={tmp_path / 'runs'}"])
+    result = runner.invoke(
+        app,
+        [
+            *command,
+            str(CONFIGS / "v3.yaml"),
+            *TINY,
+            "--set",
+            f"data.train={short_rows_file}",
+            "--set",
+            f"augment.lexicon={lexicon}",
+            "--set",
+            f"output_dir={tmp_path / 'runs'}",
+        ],
+    )
     assert result.exit_code == 4
     assert "terms.txt:1: not valid UTF-8" in one_error_line(result)
 
@@ -95,7 +116,8 @@ def write_experiment(tmp_path: Path, data_file: Path) -> Path:
     experiment.write_text(
         f"name: t\nversions: {{v1: {CONFIGS / 'v1.yaml'}, v2: {CONFIGS / 'v2.yaml'}}}\nseeds: [1]\n"
         f"overlays: [{CONFIGS / 'tiny.yaml'}]\noverrides: [data.train={data_file}, train.max_steps=1]\n"
-        f"output_dir: {tmp_path / 'runs'}\nreport_dir: {tmp_path / 'report'}\n")
+        f"output_dir: {tmp_path / 'runs'}\nreport_dir: {tmp_path / 'report'}\n"
+    )
     return experiment
 
 
@@ -117,7 +139,9 @@ def test_ablate_names_each_failed_run_and_its_log(tmp_path, short_rows_file, mon
     import medtune.ablate as ablate_module
 
     monkeypatch.setattr(ablate_module, "visible_gpus", lambda: 1)
-    monkeypatch.setattr(ablate_module.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, 4))
+    monkeypatch.setattr(
+        ablate_module.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, 4)
+    )
     result = runner.invoke(app, ["ablate", str(write_experiment(tmp_path, short_rows_file)), "--runs-per-gpu", "2"])
     assert result.exit_code == 9, result.output
     line = result.output.strip().splitlines()[-1]

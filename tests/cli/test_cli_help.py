@@ -9,15 +9,29 @@ import sys
 from importlib.metadata import version
 
 import pytest
+from tests.conftest import CONFIGS, REPO
 from typer.testing import CliRunner
 
 from medtune.cli import app
 from medtune.config import ConfigError
-from tests.conftest import CONFIGS, REPO
 
 runner = CliRunner(env={"COLUMNS": "200"})
-COMMANDS = [["train"], ["check"], ["ablate"], ["compare"], ["chat"], ["generate"], ["eval"], ["merge"], ["export"], ["serve"],
-            ["data"], ["data", "stats"], ["data", "preview"], []]
+COMMANDS = [
+    ["train"],
+    ["check"],
+    ["ablate"],
+    ["compare"],
+    ["chat"],
+    ["generate"],
+    ["eval"],
+    ["merge"],
+    ["export"],
+    ["serve"],
+    ["data"],
+    ["data", "stats"],
+    ["data", "preview"],
+    [],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "medtune")
@@ -37,11 +51,16 @@ def test_a_flag_takes_no_value_as_its_help_says():
 def test_version_names_medtune_and_its_libraries():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
-    assert result.output.splitlines()[0] == f"medtune {version('medtune')}" and f"torch {version('torch')}" in result.output
+    assert (
+        result.output.splitlines()[0] == f"medtune {version('medtune')}"
+        and f"torch {version('torch')}" in result.output
+    )
 
 
 def test_python_dash_m_is_the_same_command():
-    done = subprocess.run([sys.executable, "-m", "medtune.cli", "--version"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "medtune.cli", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and done.stdout.startswith("medtune ")
 
 

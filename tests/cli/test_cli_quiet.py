@@ -12,14 +12,16 @@ NOISE = ("FutureWarning", "UserWarning", "DeprecationWarning", "warnings.warn", 
 
 
 def test_quiet_libraries_hides_other_packages_but_not_medtune():
-    code = ("import logging, warnings\n"
-            "from medtune.cli.quiet import quiet_libraries\n"
-            "quiet_libraries()\n"
-            "warnings.warn('deprecated', FutureWarning)\n"
-            "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('Failed to load CPU gemm_4bit_forward')\n"
-            "logging.getLogger('medtune.model.load').warning('medtune speaking')\n"
-            "from transformers.utils import logging as hf\n"
-            "hf.get_logger('transformers.modeling_utils').warning('transformers speaking')\n")
+    code = (
+        "import logging, warnings\n"
+        "from medtune.cli.quiet import quiet_libraries\n"
+        "quiet_libraries()\n"
+        "warnings.warn('deprecated', FutureWarning)\n"
+        "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('Failed to load CPU gemm_4bit_forward')\n"
+        "logging.getLogger('medtune.model.load').warning('medtune speaking')\n"
+        "from transformers.utils import logging as hf\n"
+        "hf.get_logger('transformers.modeling_utils').warning('transformers speaking')\n"
+    )
     env = {key: value for key, value in os.environ.items() if not key.startswith("TRANSFORMERS_")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
@@ -31,10 +33,32 @@ def test_a_training_run_prints_only_medtune_lines(tmp_path, short_rows_file):
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("MEDTUNE_VERBOSE", None)
     done = subprocess.run(
-        [sys.executable, "-m", "medtune.cli", "train", str(CONFIGS / "v1.yaml"), "--overlay", str(CONFIGS / "tiny.yaml"),
-         "--set", f"output_dir={tmp_path}", "--set", f"data.train={short_rows_file}", "--set", "data.max_length=400",
-         "--set", "train.max_steps=1", "--set", "train.eval_steps=1", "--set", "train.logging_steps=1"],
-        capture_output=True, text=True, timeout=600, env=env)
+        [
+            sys.executable,
+            "-m",
+            "medtune.cli",
+            "train",
+            str(CONFIGS / "v1.yaml"),
+            "--overlay",
+            str(CONFIGS / "tiny.yaml"),
+            "--set",
+            f"output_dir={tmp_path}",
+            "--set",
+            f"data.train={short_rows_file}",
+            "--set",
+            "data.max_length=400",
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "train.eval_steps=1",
+            "--set",
+            "train.logging_steps=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval_loss" in done.stderr, "medtune's own log lines still show"
     noisy = [line for line in done.stderr.splitlines() if any(word in line for word in NOISE)]

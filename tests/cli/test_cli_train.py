@@ -1,21 +1,39 @@
-"""`medtune train`, `data preview` and `ablate` as a user meets them: bad rows, bad configs, an existing run, --skip-bad-rows."""
+"""`medtune train`, `data preview` and `ablate` as a user meets them: bad rows, bad configs, an existing run,
+--skip-bad-rows."""
 
 from __future__ import annotations
 
 import json
 
+from tests.conftest import CONFIGS
 from typer.testing import CliRunner
 
 from medtune.cli import app
-from tests.conftest import CONFIGS
 
 runner = CliRunner()
 
 
 def short_args(tmp_path, data_file):
-    return ["--overlay", str(CONFIGS / "tiny.yaml"), "--set", f"output_dir={tmp_path}", "--set", f"data.train={data_file}",
-            "--set", "data.max_length=640", "--set", "train.max_steps=1", "--set", "train.per_device_batch_size=1",
-            "--set", "data.val_fraction=0.2", "--set", "train.eval_steps=1", "--set", "train.save_steps=1"]
+    return [
+        "--overlay",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        f"data.train={data_file}",
+        "--set",
+        "data.max_length=640",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "train.per_device_batch_size=1",
+        "--set",
+        "data.val_fraction=0.2",
+        "--set",
+        "train.eval_steps=1",
+        "--set",
+        "train.save_steps=1",
+    ]
 
 
 def test_bad_row_names_file_line_field_then_skip_reports_it(tmp_path, short_rows_file):
@@ -23,13 +41,18 @@ def test_bad_row_names_file_line_field_then_skip_reports_it(tmp_path, short_rows
     broken = json.loads(rows[2])
     del broken["think"]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("\n".join([rows[0], rows[1], json.dumps(broken, ensure_ascii=False), *rows[3:8], "{not json"]) + "\n", encoding="utf-8")
+    bad.write_text(
+        "\n".join([rows[0], rows[1], json.dumps(broken, ensure_ascii=False), *rows[3:8], "{not json"]) + "\n",
+        encoding="utf-8",
+    )
 
     result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, bad)])
     assert result.exit_code == 4
     assert result.output.startswith("error: ") and "bad.jsonl:3" in result.output and "think" in result.output
 
-    result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, bad), "--skip-bad-rows", "--overwrite"])
+    result = runner.invoke(
+        app, ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, bad), "--skip-bad-rows", "--overwrite"]
+    )
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "v1" / "data_stats.json").read_text())
     skipped = {row["source"]: row["field"] for row in stats["files"]["train"]["skipped"]}
@@ -52,15 +75,32 @@ def test_bad_config_is_reported_not_raised(tmp_path):
 
 
 def test_data_preview_shows_masks_and_the_loss_mask(tmp_path, short_rows_file):
-    result = runner.invoke(app, ["data", "preview", str(CONFIGS / "v3.yaml"), "--overlay", str(CONFIGS / "tiny.yaml"),
-                                 "--set", f"data.train={short_rows_file}", "--set", "augment.probability=1.0",
-                                 "--set", "augment.fields=[question,think,answer]", "--n", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "preview",
+            str(CONFIGS / "v3.yaml"),
+            "--overlay",
+            str(CONFIGS / "tiny.yaml"),
+            "--set",
+            f"data.train={short_rows_file}",
+            "--set",
+            "augment.probability=1.0",
+            "--set",
+            "augment.fields=[question,think,answer]",
+            "--n",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("masked terms:") == 2 and "trained" in result.output and "<think>" in result.output
 
 
 def test_ablate_takes_runs_per_gpu_of_at_least_one():
-    result = runner.invoke(app, ["ablate", str(CONFIGS.parent / "experiments" / "quickstart.yaml"), "--runs-per-gpu", "0"])
+    result = runner.invoke(
+        app, ["ablate", str(CONFIGS.parent / "experiments" / "quickstart.yaml"), "--runs-per-gpu", "0"]
+    )
     assert result.exit_code == 2
     assert "--runs-per-gpu" in result.output
 

@@ -22,7 +22,9 @@ from medtune.data.formats import Sample
 from medtune.data.lexicon import Lexicon, load_lexicon
 from medtune.data.render import Encoded
 
-LEXICON = Lexicon({"头痛": "symptom", "发热": "symptom", "阿司匹林": "drug", "脑电图": "examination", "偏头痛": "disease"}, "test")
+LEXICON = Lexicon(
+    {"头痛": "symptom", "发热": "symptom", "阿司匹林": "drug", "脑电图": "examination", "偏头痛": "disease"}, "test"
+)
 SAMPLE = Sample(
     question="头痛三天，伴发热，吃过阿司匹林。",
     think="患者头痛伴发热，先排除偏头痛，必要时做脑电图。头痛仍需观察。",
@@ -104,7 +106,12 @@ def test_masks_do_not_depend_on_pythons_hash_salt():
     )
     here = repr([augmenter(probability=0.5, fields=["think"]).apply(SAMPLE, 1, index)[0].think for index in range(20)])
     for hash_seed in ("1", "2"):
-        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        run = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        )
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == here
 
@@ -124,19 +131,25 @@ def test_resumed_stats_and_masks_equal_the_uninterrupted_run():
     uninterrupted = [draw(augmenter(probability=0.3), uninterrupted_stats, epoch, range(40)) for epoch in range(2)]
 
     before_stats = AugmentStats()
-    before = draw(augmenter(probability=0.3), before_stats, 0, range(40)) + draw(augmenter(probability=0.3), before_stats, 1, range(25))
+    before = draw(augmenter(probability=0.3), before_stats, 0, range(40)) + draw(
+        augmenter(probability=0.3), before_stats, 1, range(25)
+    )
     checkpoint = json.loads(json.dumps(before_stats.state_dict()))
     resumed_stats = AugmentStats()
     resumed_stats.load_state_dict(checkpoint)
     after = draw(augmenter(probability=0.3), resumed_stats, 1, range(25, 40))
 
     assert before + after == uninterrupted[0] + uninterrupted[1]
-    assert [resumed_stats.epoch_summary(e) for e in range(2)] == [uninterrupted_stats.epoch_summary(e) for e in range(2)]
+    assert [resumed_stats.epoch_summary(e) for e in range(2)] == [
+        uninterrupted_stats.epoch_summary(e) for e in range(2)
+    ]
 
 
 @pytest.mark.parametrize("occurrence", ["first", "all"])
 def test_spans_point_at_the_mask_strings_in_the_new_text(occurrence):
-    aug = augmenter(probability=1.0, fields=["question", "think", "answer"], occurrence=occurrence, terms_per_sample=(1, 3))
+    aug = augmenter(
+        probability=1.0, fields=["question", "think", "answer"], occurrence=occurrence, terms_per_sample=(1, 3)
+    )
     tags = {"symptom": "症状", "drug": "药物", "examination": "检查", "disease": "疾病"}
     for index in range(200):
         masked, terms = aug.apply(SAMPLE, 0, index)
@@ -163,7 +176,9 @@ def test_terms_per_sample_counts_distinct_terms():
     for index in range(50):
         terms = aug.apply(SAMPLE, 0, index)[1]
         assert len({t.term for t in terms}) == 2
-    draws = Counter(len(augmenter(probability=1.0, fields=["think"]).apply(SAMPLE, 0, index)[1]) for index in range(400))
+    draws = Counter(
+        len(augmenter(probability=1.0, fields=["think"]).apply(SAMPLE, 0, index)[1]) for index in range(400)
+    )
     assert set(draws) == {1, 2}
 
 
@@ -198,7 +213,9 @@ def test_user_lexicon_category_appears_in_the_mask(tmp_path):
 
 
 def reference_augmenter(seed: int = 3, probability: float = 1.0) -> Augmenter:
-    return Augmenter.from_config(AugmentConfig(enabled=True, preset="reference-compatible", probability=probability), seed)
+    return Augmenter.from_config(
+        AugmentConfig(enabled=True, preset="reference-compatible", probability=probability), seed
+    )
 
 
 def test_reference_preset_masks_the_first_occurrence_of_one_word_in_the_answer():
@@ -220,7 +237,10 @@ def test_reference_preset_leaves_answers_without_its_words_alone():
 def test_reference_preset_searches_substrings_not_longest_matches():
     # 并发症状 holds both 并发症 and 症状; the reference tested `word in answer`, so either can be masked.
     sample = Sample(question="", think="", answer="出现并发症状")
-    outcomes = {reference_augmenter().apply(sample, 0, index)[0].answer.replace("[TERM]", "[MASK]").replace("...", "[MASK]") for index in range(60)}
+    outcomes = {
+        reference_augmenter().apply(sample, 0, index)[0].answer.replace("[TERM]", "[MASK]").replace("...", "[MASK]")
+        for index in range(60)
+    }
     assert outcomes == {"出现[MASK]状", "出现并发[MASK]"}
 
 

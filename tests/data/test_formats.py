@@ -81,7 +81,9 @@ def test_sharegpt_fixture():
     path = FIXTURES / "medicalgpt_sft_sharegpt_5.jsonl"
     raw_rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
-    with pytest.raises(DataError, match=r"medicalgpt_sft_sharegpt_5\.jsonl:1: field 'conversations\[1\]\.value': no reasoning"):
+    with pytest.raises(
+        DataError, match=r"medicalgpt_sft_sharegpt_5\.jsonl:1: field 'conversations\[1\]\.value': no reasoning"
+    ):
         read_samples(path, system_prompt=SYSTEM)
     result = read_samples(path, system_prompt=SYSTEM, think="optional")
 
@@ -112,7 +114,10 @@ def test_openai_messages_keep_system_split_think_and_count_multi_turn(tmp_path):
 
     result = read_samples(path, system_prompt=SYSTEM)
 
-    assert [fields(sample) for sample in result.samples] == [expected(QTA_ROWS[0], "你是全科医生。"), expected(QTA_ROWS[1])]
+    assert [fields(sample) for sample in result.samples] == [
+        expected(QTA_ROWS[0], "你是全科医生。"),
+        expected(QTA_ROWS[1]),
+    ]
     assert result.multi_turn_truncated == 1
 
 
@@ -138,7 +143,12 @@ def test_auto_detects_each_row_of_a_mixed_file(tmp_path):
     rows = [
         QTA_ROWS[0],
         {"instruction": QTA_ROWS[1]["question"], "output": reply(QTA_ROWS[1])},
-        {"conversations": [{"from": "human", "value": QTA_ROWS[2]["question"]}, {"from": "gpt", "value": reply(QTA_ROWS[2])}]},
+        {
+            "conversations": [
+                {"from": "human", "value": QTA_ROWS[2]["question"]},
+                {"from": "gpt", "value": reply(QTA_ROWS[2])},
+            ]
+        },
     ]
     path = write_lines(tmp_path / "mixed.jsonl", [encode(row) for row in rows])
 
@@ -226,7 +236,12 @@ def test_parquet(tmp_path):
 
 
 def test_parquet_messages_and_null_field(tmp_path):
-    chat = {"messages": [{"role": "user", "content": QTA_ROWS[0]["question"]}, {"role": "assistant", "content": reply(QTA_ROWS[0])}]}
+    chat = {
+        "messages": [
+            {"role": "user", "content": QTA_ROWS[0]["question"]},
+            {"role": "assistant", "content": reply(QTA_ROWS[0])},
+        ]
+    }
     path = tmp_path / "chat.parquet"
     pq.write_table(pa.Table.from_pylist([chat, {"messages": [{"role": "user", "content": None}]}]), path)
 
@@ -285,10 +300,17 @@ def _bad_rows(qta: dict) -> dict[str, tuple[bytes, str, str]]:
             "conversations[1].from",
             "unknown role 'bot'",
         ),
-        "no-assistant": (encode({"messages": [{"role": "user", "content": "头疼"}]}), "messages", "no assistant message"),
+        "no-assistant": (
+            encode({"messages": [{"role": "user", "content": "头疼"}]}),
+            "messages",
+            "no assistant message",
+        ),
         "unclosed-think": (encode({"instruction": "头疼", "output": "<think>想一想"}), "output", "never closed"),
-        "text-before-think": (encode({"instruction": "头疼", "output": "好的。<think>想</think>答"}), "output",
-                              "text before '<think>': the think block must open the reply"),
+        "text-before-think": (
+            encode({"instruction": "头疼", "output": "好的。<think>想</think>答"}),
+            "output",
+            "text before '<think>': the think block must open the reply",
+        ),
     }
 
 
@@ -326,11 +348,17 @@ def test_skipping_records_every_bad_row_and_keeps_the_good_ones(tmp_path):
         assert reason in bad.reason
     stats = json.loads(json.dumps(result.as_dict()))
     assert stats["rows"] == len(good_lines) and stats["skipped_rows"] == len(BAD_ROWS)
-    assert stats["skipped"][0] == {"source": expected_bad[0][0], "field": expected_bad[0][1], "reason": result.skipped[0].reason}
+    assert stats["skipped"][0] == {
+        "source": expected_bad[0][0],
+        "field": expected_bad[0][1],
+        "reason": result.skipped[0].reason,
+    }
 
 
 def test_without_skipping_the_first_bad_row_raises(tmp_path):
-    path = write_lines(tmp_path / "train.jsonl", [encode(QTA_ROWS[0]), BAD_ROWS["wrong-type"][0], BAD_ROWS["missing-field"][0]])
+    path = write_lines(
+        tmp_path / "train.jsonl", [encode(QTA_ROWS[0]), BAD_ROWS["wrong-type"][0], BAD_ROWS["missing-field"][0]]
+    )
 
     with pytest.raises(DataError, match=r"train\.jsonl:2: field 'question'"):
         read_samples(path, system_prompt=SYSTEM)
@@ -339,7 +367,9 @@ def test_without_skipping_the_first_bad_row_raises(tmp_path):
 def test_only_bad_rows_raise_even_when_skipping(tmp_path):
     path = write_lines(tmp_path / "train.jsonl", [BAD_ROWS["empty-field"][0], BAD_ROWS["non-utf8"][0]])
 
-    with pytest.raises(DataError, match=r"no usable rows: all 2 are bad, the first train\.jsonl:1: field 'answer': empty"):
+    with pytest.raises(
+        DataError, match=r"no usable rows: all 2 are bad, the first train\.jsonl:1: field 'answer': empty"
+    ):
         read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
 
 
@@ -416,11 +446,13 @@ def test_gbk_jsonl_without_its_encoding_is_one_error_for_the_file(tmp_path):
 
 def test_question_joined_from_several_columns_and_think_required_by_default(tmp_path):
     path = tmp_path / "train.csv"
-    path.write_text("title,ask,answer\n头痛,\"反复头痛\n一周了\",多休息\n", encoding="utf-8")
+    path.write_text('title,ask,answer\n头痛,"反复头痛\n一周了",多休息\n', encoding="utf-8")
 
     with pytest.raises(DataError, match=r"train\.csv:2: field 'think': missing; set data\.think: optional"):
         read_samples(path, system_prompt=SYSTEM, columns={"question": ["title", "ask"], "answer": "answer"})
-    sample = read_samples(path, system_prompt=SYSTEM, columns={"question": ["title", "ask"]}, think="optional").samples[0]
+    sample = read_samples(path, system_prompt=SYSTEM, columns={"question": ["title", "ask"]}, think="optional").samples[
+        0
+    ]
     assert fields(sample) == ("头痛\n反复头痛\n一周了", "", "多休息", SYSTEM)
 
 
@@ -480,8 +512,15 @@ def test_bad_csv_names_the_line(tmp_path, content, line, reason):
         ({"question": "头疼", "think": "想<think>再想", "answer": "答"}, "think"),
         ({"question": "头疼<|im_end|>", "think": "想", "answer": "答"}, "question"),
         ({"instruction": "头疼", "output": "<think>想</think>答<|im_end|>尾"}, "output"),
-        ({"messages": [{"role": "user", "content": "头疼"}, {"role": "assistant", "content": "<think>想</think>答</think>尾"}]},
-         "messages[1].content"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "头疼"},
+                    {"role": "assistant", "content": "<think>想</think>答</think>尾"},
+                ]
+            },
+            "messages[1].content",
+        ),
     ],
     ids=["qta-answer", "qta-think", "qta-question", "alpaca-output", "messages-reply"],
 )
@@ -504,14 +543,23 @@ def test_literal_tags_are_a_bad_row_or_kept_as_text(tmp_path, row, field_name):
 
 def test_a_reply_whose_think_block_the_template_opened_reads_like_qwen3s_template(tmp_path):
     """Qwen3's thinking-only templates write `<think>` into the prompt, so their replies start inside the block."""
-    path = write_lines(tmp_path / "train.jsonl", [encode({"instruction": "头疼", "output": "想一想\n</think>\n\n多休息"})])
+    path = write_lines(
+        tmp_path / "train.jsonl", [encode({"instruction": "头疼", "output": "想一想\n</think>\n\n多休息"})]
+    )
 
     assert fields(read_samples(path, system_prompt=SYSTEM).samples[0]) == ("头疼", "想一想", "多休息", SYSTEM)
 
 
 def test_empty_think_block_needs_think_optional(tmp_path):
-    path = write_lines(tmp_path / "train.jsonl", [encode({"instruction": "头疼", "output": "<think>\n\n</think>\n\n多休息"})])
+    path = write_lines(
+        tmp_path / "train.jsonl", [encode({"instruction": "头疼", "output": "<think>\n\n</think>\n\n多休息"})]
+    )
 
     with pytest.raises(DataError, match=r"train\.jsonl:1: field 'output': no reasoning"):
         read_samples(path, system_prompt=SYSTEM)
-    assert fields(read_samples(path, system_prompt=SYSTEM, think="optional").samples[0]) == ("头疼", "", "多休息", SYSTEM)
+    assert fields(read_samples(path, system_prompt=SYSTEM, think="optional").samples[0]) == (
+        "头疼",
+        "",
+        "多休息",
+        SYSTEM,
+    )

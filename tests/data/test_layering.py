@@ -25,6 +25,7 @@ def _medtune_imports(path: Path) -> set[str]:
 def test_data_imports_only_the_config_the_hub_and_itself():
     files = sorted(Path(medtune.data.__file__).parent.glob("*.py"))
     assert len(files) > 5
-    upward = {f"{path.name}: {name}" for path in files for name in _medtune_imports(path)
-              if not name.startswith(ALLOWED)}
+    upward = {
+        f"{path.name}: {name}" for path in files for name in _medtune_imports(path) if not name.startswith(ALLOWED)
+    }
     assert not upward, upward

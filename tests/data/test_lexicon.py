@@ -77,7 +77,14 @@ def test_shipped_medical_lexicon_loads_with_its_categories():
     categories = set(lexicon.categories.values())
     assert categories == {"disease", "symptom", "drug", "examination", "treatment", "body_part", "medical"}
     assert len(lexicon) > 15_000
-    expected = {"糖尿病": "disease", "头痛": "symptom", "阿莫西林胶囊": "drug", "脑电图": "examination", "胆囊切除术": "treatment", "甲状腺": "body_part"}
+    expected = {
+        "糖尿病": "disease",
+        "头痛": "symptom",
+        "阿莫西林胶囊": "drug",
+        "脑电图": "examination",
+        "胆囊切除术": "treatment",
+        "甲状腺": "body_part",
+    }
     assert {term: lexicon.categories[term] for term in expected} == expected
     stop_listed = ["医院", "检查", "治疗", "症状", "患者"]
     assert not any(word in lexicon.categories for word in stop_listed)
@@ -86,7 +93,20 @@ def test_shipped_medical_lexicon_loads_with_its_categories():
 
 def test_shipped_reference_lexicon_is_the_reference_experiments_12_words():
     lexicon = load_lexicon("reference")
-    assert lexicon.terms() == ["症状", "诊断", "治疗", "病因", "预防", "并发症", "药物", "剂量", "手术", "检查", "病理", "临床"]
+    assert lexicon.terms() == [
+        "症状",
+        "诊断",
+        "治疗",
+        "病因",
+        "预防",
+        "并发症",
+        "药物",
+        "剂量",
+        "手术",
+        "检查",
+        "病理",
+        "临床",
+    ]
     assert set(lexicon.categories.values()) == {"reference"}
 
 
@@ -160,7 +180,11 @@ def test_icd_names_yield_terms_without_coding_notes_and_buckets():
 def test_build_prefers_icd_categories_and_applies_the_stop_list(tmp_path):
     thuocl = write(tmp_path, "医院\t580436\n头痛\t20602\n青光眼\t900\n阿莫西林胶囊\t12\n胃\t10\n", "thuocl.txt")
     icd = write(tmp_path, "code\tdisease\nR51\t头痛\nH40\t青光眼\nA00\t其他霍乱\n", "icd.tsv")
-    assert build_medical_lexicon(thuocl, icd, stop_list={"医院"}) == {"头痛": "symptom", "青光眼": "disease", "阿莫西林胶囊": "drug"}
+    assert build_medical_lexicon(thuocl, icd, stop_list={"医院"}) == {
+        "头痛": "symptom",
+        "青光眼": "disease",
+        "阿莫西林胶囊": "drug",
+    }
 
 
 def test_build_rejects_a_malformed_source_line(tmp_path):
@@ -168,4 +192,3 @@ def test_build_rejects_a_malformed_source_line(tmp_path):
     icd = write(tmp_path, "code\tdisease\n", "icd.tsv")
     with pytest.raises(LexiconError, match=r"thuocl.txt:2: expected `term<TAB>frequency`"):
         build_medical_lexicon(thuocl, icd, stop_list=set())
-

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.conftest import tiny_config
 
 from medtune.config import ConfigError
 from medtune.data.preview import preview_samples, token_pieces
-from tests.conftest import tiny_config
 
 
 def test_characters_split_across_tokens_are_shown_whole(tokenizer):
@@ -25,8 +25,9 @@ def test_characters_split_across_tokens_are_shown_whole(tokenizer):
 
 
 def test_masked_only_shows_only_masked_samples(tmp_path: Path, short_rows_file: Path, tokenizer):
-    cfg = tiny_config("v3", tmp_path, short_rows_file, "augment.probability=0.3",
-                      "augment.fields=[question,think,answer]")
+    cfg = tiny_config(
+        "v3", tmp_path, short_rows_file, "augment.probability=0.3", "augment.fields=[question,think,answer]"
+    )
 
     every = preview_samples(cfg, tokenizer, n=8, epoch=0)
     masked = preview_samples(cfg, tokenizer, n=2, epoch=0, masked_only=True)

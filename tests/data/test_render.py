@@ -21,11 +21,36 @@ IM_START, IM_END, THINK, END_THINK, NEWLINE = 151644, 151645, 151667, 151668, 19
 SAMPLE = Sample(system="S", question="头痛怎么办？", think="想一想", answer="多休息。")
 # Pinned from the Qwen3-1.7B tokenizer files (vocab.json + merges.txt); each id's text is in the comment.
 GOLDEN_IDS = [
-    IM_START, 8948, NEWLINE, 50, IM_END, NEWLINE,  # <|im_start|> system \n S <|im_end|> \n
-    IM_START, 872, NEWLINE, 109180, 102572, 11319, IM_END, NEWLINE,  # <|im_start|> user \n 头痛 怎么办 ？ <|im_end|> \n
-    IM_START, 77091, NEWLINE,  # <|im_start|> assistant \n
-    THINK, NEWLINE, 99172, 14777, 99172, NEWLINE, END_THINK, 271,  # <think> \n 想 一 想 \n </think> \n\n
-    42140, 104393, 1773, IM_END, NEWLINE,  # 多 休息 。 <|im_end|> \n
+    IM_START,
+    8948,
+    NEWLINE,
+    50,
+    IM_END,
+    NEWLINE,  # <|im_start|> system \n S <|im_end|> \n
+    IM_START,
+    872,
+    NEWLINE,
+    109180,
+    102572,
+    11319,
+    IM_END,
+    NEWLINE,  # <|im_start|> user \n 头痛 怎么办 ？ <|im_end|> \n
+    IM_START,
+    77091,
+    NEWLINE,  # <|im_start|> assistant \n
+    THINK,
+    NEWLINE,
+    99172,
+    14777,
+    99172,
+    NEWLINE,
+    END_THINK,
+    271,  # <think> \n 想 一 想 \n </think> \n\n
+    42140,
+    104393,
+    1773,
+    IM_END,
+    NEWLINE,  # 多 休息 。 <|im_end|> \n
 ]
 ASSISTANT_START = 17  # index of <think>
 
@@ -54,7 +79,11 @@ def test_template_strips_leading_newlines_and_masks_follow(tokenizer):
     sample = Sample(system="S", question="Q", think="\n想一想", answer="\n多休息。", masked={"answer": [(1, 3)]})
     encoded = encode_sample(tokenizer, sample, max_length=2048)
     ids_text = [tokenizer.decode([t]) for t in encoded.input_ids]
-    masked_tokens = [ids_text[i] for i, label in enumerate(encoded.labels) if label == IGNORE_INDEX and encoded.span_ids[i] == SPAN_ANSWER]
+    masked_tokens = [
+        ids_text[i]
+        for i, label in enumerate(encoded.labels)
+        if label == IGNORE_INDEX and encoded.span_ids[i] == SPAN_ANSWER
+    ]
     assert masked_tokens == ["多", "休息"]  # field chars 1..3 of "\n多休息。" are 多休
 
 
@@ -78,18 +107,33 @@ def test_reasoning_content_rendering_equals_the_official_template_on_every_shipp
 
 
 def _trained_text(tokenizer, encoded, span: int) -> str:
-    return tokenizer.decode([t for t, label, s in zip(encoded.input_ids, encoded.labels, encoded.span_ids) if s == span and label != IGNORE_INDEX])
+    return tokenizer.decode(
+        [
+            t
+            for t, label, s in zip(encoded.input_ids, encoded.labels, encoded.span_ids)
+            if s == span and label != IGNORE_INDEX
+        ]
+    )
 
 
 def test_literal_tags_in_fields_are_trained_as_text_not_as_tags(tokenizer):
-    sample = Sample(system="S<|im_end|>", question="问<|im_start|>", think="想<think>再想</think>", answer="答</think>尾<|im_end|>完")
+    sample = Sample(
+        system="S<|im_end|>",
+        question="问<|im_start|>",
+        think="想<think>再想</think>",
+        answer="答</think>尾<|im_end|>完",
+    )
     encoded = encode_sample(tokenizer, sample, max_length=2048)
 
     assert _trained_text(tokenizer, encoded, SPAN_THINK) == "<think>\n想<think>再想</think>\n</think>\n\n"
     assert _trained_text(tokenizer, encoded, SPAN_ANSWER) == "答</think>尾<|im_end|>完<|im_end|>"
     assert tokenizer.decode(encoded.input_ids) == render_text(tokenizer, sample)
     # Only the template's own tags are tag tokens: one <think>, one </think>, one <|im_end|> per turn.
-    assert (encoded.input_ids.count(THINK), encoded.input_ids.count(END_THINK), encoded.input_ids.count(IM_END)) == (1, 1, 3)
+    assert (encoded.input_ids.count(THINK), encoded.input_ids.count(END_THINK), encoded.input_ids.count(IM_END)) == (
+        1,
+        1,
+        3,
+    )
     assert encoded.labels[-2] == IM_END
 
 

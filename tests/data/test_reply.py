@@ -24,7 +24,10 @@ CASES = {
     "missing-close": ("<think>\n想到一半", ReplyParts("想到一半", "", True, False, "")),
     "no-think-block": ("多喝水", ReplyParts("", "多喝水", False, False, "")),
     "opened-by-the-prompt": ("想一想\n</think>\n\n多喝水", ReplyParts("想一想", "多喝水", False, True, "")),
-    "text-before-think": ("好的。<think>\n想一想\n</think>\n\n多喝水", ReplyParts("想一想", "好的。\n\n多喝水", True, True, "好的。")),
+    "text-before-think": (
+        "好的。<think>\n想一想\n</think>\n\n多喝水",
+        ReplyParts("想一想", "好的。\n\n多喝水", True, True, "好的。"),
+    ),
     "text-before-unclosed-think": ("好的。<think>\n想", ReplyParts("想", "好的。", True, False, "好的。")),
     "second-close-stays-in-answer": ("<think>想</think>答</think>尾", ReplyParts("想", "答</think>尾", True, True, "")),
     "leading-blanks": ("\n \n<think>\n想\n</think>\n\n答\n", ReplyParts("想", "答", True, True, "")),
@@ -37,7 +40,9 @@ def test_each_shape_of_a_reply_splits_as_documented(text, expected):
     assert split_reply(text) == expected
 
 
-@pytest.mark.parametrize("think,answer", [("想一想", "多喝水"), ("", "多喝水"), ("第一步\n\n第二步", "答：\n1. 休息\n2. 喝水")])
+@pytest.mark.parametrize(
+    "think,answer", [("想一想", "多喝水"), ("", "多喝水"), ("第一步\n\n第二步", "答：\n1. 休息\n2. 喝水")]
+)
 def test_a_reply_written_by_reply_text_splits_back_into_its_parts(think, answer):
     text = reply_text(think, answer)
     assert text == f"{THINK_START}\n{think}\n{THINK_END}\n\n{answer}"
@@ -65,8 +70,12 @@ def test_the_tags_are_the_tokenizers_own_tokens(tokenizer):
 def test_both_parts_only_grow_as_a_reply_streams_in_whole_tags(case):
     """Streaming (chat, serve) prints what each part adds; a tag arrives whole, as one token."""
     text, expected = CASES[case]
-    inside_a_tag = {at.start() + offset for tag in (THINK_START, THINK_END) for at in re.finditer(re.escape(tag), text)
-                    for offset in range(1, len(tag))}
+    inside_a_tag = {
+        at.start() + offset
+        for tag in (THINK_START, THINK_END)
+        for at in re.finditer(re.escape(tag), text)
+        for offset in range(1, len(tag))
+    }
     previous = ReplyParts("", "", False, False, "")
     for cut in sorted(set(range(len(text) + 1)) - inside_a_tag):
         parts = split_reply(text[:cut])

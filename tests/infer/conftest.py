@@ -1,6 +1,7 @@
 """Tiny trained runs (real recipe, 4-bit NF4 + LoRA on CPU), trained once per test session.
 
-v1: LoRA only, a checkpoint at step 1 (the end, step 2, is adapter/). v2: embed_tokens and lm_head trained and kept tied.
+v1: LoRA only, a checkpoint at step 1 (the end, step 2, is adapter/).
+v2: embed_tokens and lm_head trained and kept tied.
 v2-untied: the same, but trained as two untied copies (`lora.tied_embeddings=untie`).
 """
 
@@ -10,12 +11,17 @@ from pathlib import Path
 
 import pytest
 import typer
+from tests.conftest import tiny_config
 from typer.testing import CliRunner
 
 from medtune.train.recipe import run
-from tests.conftest import tiny_config
 
-SHORT = ("train.max_steps=2", "train.per_device_batch_size=1", "train.gradient_accumulation_steps=2", "train.logging_steps=1")
+SHORT = (
+    "train.max_steps=2",
+    "train.per_device_batch_size=1",
+    "train.gradient_accumulation_steps=2",
+    "train.logging_steps=1",
+)
 
 
 def _train(tmp_path_factory, short_rows_file: Path, version: str, *overrides: str) -> Path:
@@ -35,7 +41,14 @@ def v2_run(tmp_path_factory, short_rows_file) -> Path:
 
 @pytest.fixture(scope="session")
 def v2_untied_run(tmp_path_factory, short_rows_file) -> Path:
-    return _train(tmp_path_factory, short_rows_file, "v2", "train.save_steps=2", "train.eval_steps=2", "lora.tied_embeddings=untie")
+    return _train(
+        tmp_path_factory,
+        short_rows_file,
+        "v2",
+        "train.save_steps=2",
+        "train.eval_steps=2",
+        "lora.tied_embeddings=untie",
+    )
 
 
 @pytest.fixture(scope="session")

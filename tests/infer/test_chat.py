@@ -62,7 +62,9 @@ class ScriptedModel(torch.nn.Module):
 
     def generate(self, input_ids, attention_mask, generation_config, streamer):
         self.prompts.append(self.tokenizer.decode(input_ids[0]))
-        new = self.tokenizer(self.replies.pop(0) + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        new = self.tokenizer(self.replies.pop(0) + "<|im_end|>", add_special_tokens=False, return_tensors="pt")[
+            "input_ids"
+        ][0]
         streamer.put(input_ids)
         for token in new:
             streamer.put(token[None])
@@ -72,8 +74,13 @@ class ScriptedModel(torch.nn.Module):
 
 def scripted_chat(monkeypatch, tokenizer, replies: list[str], questions: str) -> tuple[ScriptedModel, str]:
     """Run the chat loop on a scripted model, typing `questions` (one per line) and then end of input."""
-    run = AdapterRun(Path("adapter"), Path("."), "adapter",
-                     {"random_weights": False, "quant": {"mode": "none"}, "base_model": {"name_or_path": "scripted"}, "step": 1}, RunConfig())
+    run = AdapterRun(
+        Path("adapter"),
+        Path("."),
+        "adapter",
+        {"random_weights": False, "quant": {"mode": "none"}, "base_model": {"name_or_path": "scripted"}, "step": 1},
+        RunConfig(),
+    )
     model = ScriptedModel(tokenizer, replies)
     console = Console(file=io.StringIO(), width=200)
     lines = iter(questions.splitlines())
@@ -103,7 +110,9 @@ def test_stream_reply_returns_only_the_answer_for_the_history(tokenizer):
     run = AdapterRun(Path("adapter"), Path("."), "adapter", {}, RunConfig())
     model = ScriptedModel(tokenizer, ["<think>\n推理\n</think>\n\n回答"])
     printer = ReplyPrinter(Console(file=io.StringIO(), width=200), "show")
-    answer = stream_reply(InferenceModel(model, tokenizer, run, True), [{"role": "user", "content": "问"}], Decoding(), printer)
+    answer = stream_reply(
+        InferenceModel(model, tokenizer, run, True), [{"role": "user", "content": "问"}], Decoding(), printer
+    )
     assert answer == "回答" and printer.console.file.getvalue() == "推理\n\n回答\n"
 
 
@@ -112,21 +121,30 @@ def test_a_failing_generation_raises_instead_of_hanging(tokenizer):
     model = ScriptedModel(tokenizer, [])  # no reply scripted: generate raises IndexError
     printer = ReplyPrinter(Console(file=io.StringIO(), width=200), "show")
     with pytest.raises(IndexError):
-        stream_reply(InferenceModel(model, tokenizer, run, True), [{"role": "user", "content": "问"}], Decoding(), printer)
+        stream_reply(
+            InferenceModel(model, tokenizer, run, True), [{"role": "user", "content": "问"}], Decoding(), printer
+        )
 
 
 def test_reset_starts_a_new_conversation(monkeypatch, tokenizer):
-    model, output = scripted_chat(monkeypatch, tokenizer, ["<think>\n想\n</think>\n\n甲", "<think>\n想\n</think>\n\n乙"], "问一\n/reset\n问二\n")
+    model, output = scripted_chat(
+        monkeypatch, tokenizer, ["<think>\n想\n</think>\n\n甲", "<think>\n想\n</think>\n\n乙"], "问一\n/reset\n问二\n"
+    )
     assert "(new conversation)" in output and "问一" not in model.prompts[1] and "甲" not in model.prompts[1]
 
 
 def test_chat_command_on_the_tiny_model_with_piped_stdin(v1_run, cli_app, runner):
-    result = runner.invoke(cli_app, ["chat", str(v1_run), "--max-new-tokens", "3", "--think", "hide"],
-                           input="头痛怎么办？\n还有呢？\n/exit\n不该被读到\n")
+    result = runner.invoke(
+        cli_app,
+        ["chat", str(v1_run), "--max-new-tokens", "3", "--think", "hide"],
+        input="头痛怎么办？\n还有呢？\n/exit\n不该被读到\n",
+    )
     assert result.exit_code == 0, result.output
     assert "WARNING: random weights" in result.output and "adapter:" in result.output
     assert result.output.count("model>") == 2, "two questions answered, then /exit"
-    assert result.output.count("[cut at --max-new-tokens 3]") == 2, "random weights never end their turn within 3 tokens"
+    assert result.output.count("[cut at --max-new-tokens 3]") == 2, (
+        "random weights never end their turn within 3 tokens"
+    )
 
 
 def test_chat_command_names_a_missing_checkpoint(v1_run, cli_app, runner):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import CONFIGS
 
 from medtune.config import load_config
 from medtune.data.formats import DataError
@@ -14,11 +15,10 @@ from medtune.data.lexicon import load_lexicon
 from medtune.data.prepare import prepare_data
 from medtune.data.render import encode_sample
 from medtune.infer import evaluate as evaluate_module
-from medtune.infer.evaluate import eval_data, evaluate, loss_over, mask_questions
 from medtune.infer.decoding import Decoding
+from medtune.infer.evaluate import eval_data, evaluate, loss_over, mask_questions
 from medtune.infer.generation import Reply
 from medtune.infer.runs import load_for_inference, resolve_run
-from tests.conftest import CONFIGS
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +29,25 @@ def v1_model(v1_run):
 def test_default_data_is_the_runs_validation_split_and_its_loss_is_trainings(v1_run, v1_model):
     data = eval_data(v1_model.run.config, None, None)
     summary = json.loads((v1_run / "summary.json").read_text())
-    assert len(data.samples) == summary["data"]["validation"]["rows"] and data.source == summary["data"]["validation"]["source"]
-    training_eval = [json.loads(line) for line in (v1_run / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line][-1]
+    assert (
+        len(data.samples) == summary["data"]["validation"]["rows"]
+        and data.source == summary["data"]["validation"]["source"]
+    )
+    training_eval = [
+        json.loads(line) for line in (v1_run / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line
+    ][-1]
     loss = loss_over(v1_model, data.samples, batch_size=2)
     assert loss["eval_tokens"] == training_eval["eval_tokens"]
-    assert loss["eval_loss"] == pytest.approx(training_eval["eval_loss"], rel=1e-4), "the adapter must load exactly as trained"
+    assert loss["eval_loss"] == pytest.approx(training_eval["eval_loss"], rel=1e-4), (
+        "the adapter must load exactly as trained"
+    )
 
 
 def _rows_file(path: Path, count: int, bad_line: int | None = None) -> Path:
-    rows = [json.dumps({"question": f"头痛第{i}天怎么办", "think": f"想{i}", "answer": f"多休息{i}"}, ensure_ascii=False) for i in range(count)]
+    rows = [
+        json.dumps({"question": f"头痛第{i}天怎么办", "think": f"想{i}", "answer": f"多休息{i}"}, ensure_ascii=False)
+        for i in range(count)
+    ]
     if bad_line is not None:
         rows[bad_line - 1] = '{"question": "发烧", "think": "想"}'
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -68,8 +78,11 @@ def test_default_eval_rows_are_exactly_the_rows_training_validates_on(tmp_path, 
         train = tmp_path / "train.csv"
         train.write_text("ask,why,reply\n" + "".join(f"头痛{i},想{i},多休息{i}\n" for i in range(12)), encoding="utf-8")
         overrides.append("data.columns={question: ask, think: why, answer: reply}")
-    cfg = load_config(CONFIGS / "v1.yaml", [f"data.train={train}", "data.max_length=256", "speed.packed_row_tokens=null",
-                                            *overrides], overlays=[CONFIGS / "tiny.yaml"])
+    cfg = load_config(
+        CONFIGS / "v1.yaml",
+        [f"data.train={train}", "data.max_length=256", "speed.packed_row_tokens=null", *overrides],
+        overlays=[CONFIGS / "tiny.yaml"],
+    )
 
     prepared = prepare_data(cfg, tokenizer)
     data = eval_data(cfg, None, None)
@@ -82,8 +95,11 @@ def test_default_eval_rows_are_exactly_the_rows_training_validates_on(tmp_path, 
 
 
 def test_eval_refuses_a_run_that_held_out_no_rows(tmp_path):
-    cfg = load_config(CONFIGS / "v1.yaml", [f"data.train={_rows_file(tmp_path / 'train.jsonl', 5)}", "data.val_fraction=0"],
-                      overlays=[CONFIGS / "tiny.yaml"])
+    cfg = load_config(
+        CONFIGS / "v1.yaml",
+        [f"data.train={_rows_file(tmp_path / 'train.jsonl', 5)}", "data.val_fraction=0"],
+        overlays=[CONFIGS / "tiny.yaml"],
+    )
     with pytest.raises(DataError, match="the run held out no validation rows"):
         eval_data(cfg, None, None)
 
@@ -101,7 +117,8 @@ def test_masked_questions_change_only_the_question_and_are_repeatable(v1_model):
 
 
 def test_robust_metrics_compare_the_same_questions_clean_and_masked(v1_model, monkeypatch):
-    """Scripted replies: perfect answers to clean questions, empty answers to masked ones -> the drop is the clean score."""
+    """Scripted replies: perfect answers to clean questions, empty answers to masked ones -> the drop is the clean
+    score."""
     data = eval_data(v1_model.run.config, None, None)
     by_question = {s.question: s.answer for s in data.samples}
 
@@ -113,7 +130,11 @@ def test_robust_metrics_compare_the_same_questions_clean_and_masked(v1_model, mo
     result, rows = evaluate(v1_model, data, Decoding(greedy=True, max_new_tokens=4), batch_size=2)
     n_masked = len(mask_questions(data.samples, seed=0))
     assert n_masked > 0, "the validation questions hold lexicon terms"
-    assert result["rouge_l"] == pytest.approx(1.0) and result["think_compliance"] == 1.0 and result["n"] == len(data.samples)
+    assert (
+        result["rouge_l"] == pytest.approx(1.0)
+        and result["think_compliance"] == 1.0
+        and result["n"] == len(data.samples)
+    )
     assert result["robust"]["n"] == n_masked and result["robust"]["rouge_l"] == 0.0
     assert result["robust_drop"]["rouge_l"] == pytest.approx(1.0) and result["robust_drop"]["think_compliance"] == 0.0
     assert result["robust"]["eval_loss"] != result["robust"]["eval_loss_unmasked"]
@@ -124,12 +145,23 @@ def test_eval_command_writes_eval_json_for_the_adapter_and_the_base(v1_run, cli_
     result = runner.invoke(cli_app, ["eval", str(v1_run), "--limit", "2", "--max-new-tokens", "3", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     record = json.loads((v1_run / "eval.json").read_text())
-    for key in ("eval_loss", "perplexity", "bleu4", "rouge_l", "think_compliance", "term_recall", "think_chars", "answer_chars"):
+    for key in (
+        "eval_loss",
+        "perplexity",
+        "bleu4",
+        "rouge_l",
+        "think_compliance",
+        "term_recall",
+        "think_chars",
+        "answer_chars",
+    ):
         assert isinstance(record[key], float), key
     assert record["n"] == 2 and record["checkpoint"] == "adapter" and record["random_weights"] is True
     assert record["perplexity"] == pytest.approx(2.718281828 ** record["eval_loss"], rel=1e-6)
     assert set(record["robust_drop"]) == {"bleu4", "rouge_l", "think_compliance", "term_recall"}
-    assert record["finish_reasons"] == {"length": 2} and record["think_compliance"] == 0.0, "3 tokens never close a think block"
+    assert record["finish_reasons"] == {"length": 2} and record["think_compliance"] == 0.0, (
+        "3 tokens never close a think block"
+    )
     replies = (v1_run / "eval.replies.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(replies) == record["n"] + record["robust"]["n"]
 
@@ -145,6 +177,9 @@ def test_eval_of_a_checkpoint_gets_its_own_file_and_bad_data_is_named(v1_run, cl
     assert result.exit_code == 0, result.output
     assert json.loads((v1_run / "eval.step-000001.json").read_text())["checkpoint"] == "step-000001"
     bad = tmp_path / "val.jsonl"
-    bad.write_text('{"question": "头痛", "think": "想", "answer": "多休息"}\n{"question": "发烧", "think": "想"}\n', encoding="utf-8")
+    bad.write_text(
+        '{"question": "头痛", "think": "想", "answer": "多休息"}\n{"question": "发烧", "think": "想"}\n',
+        encoding="utf-8",
+    )
     result = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(bad)])
     assert result.exit_code == 4 and "val.jsonl:2: field 'answer': missing" in result.output

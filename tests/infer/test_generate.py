@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from medtune.data.formats import DataError
-from medtune.infer.generate import read_questions
 from medtune.infer.decoding import Decoding
+from medtune.infer.generate import read_questions
 from medtune.infer.generation import decode_reply, generate_replies
 from medtune.infer.runs import load_for_inference, resolve_run
 
@@ -24,14 +24,25 @@ def test_decode_reply_stops_at_im_end_and_ignores_the_padding_after_it(tokenizer
     ids = tokenizer("<think>\n想\n</think>\n\n多喝水", add_special_tokens=False)["input_ids"]
     im_end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
     stopped = decode_reply(tokenizer, ids + [im_end, pad, pad])
-    assert (stopped.finish_reason, stopped.think, stopped.answer, stopped.new_tokens) == ("stop", "想", "多喝水", len(ids) + 1)
+    assert (stopped.finish_reason, stopped.think, stopped.answer, stopped.new_tokens) == (
+        "stop",
+        "想",
+        "多喝水",
+        len(ids) + 1,
+    )
     cut = decode_reply(tokenizer, ids)
     assert (cut.finish_reason, cut.new_tokens) == ("length", len(ids))
 
 
 def test_decoding_defaults_are_qwen3_thinking_sampling_and_greedy_is_greedy(tokenizer):
     sampling = Decoding().generation_config(tokenizer)
-    assert (sampling.do_sample, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p) == (True, 0.6, 0.95, 20, 0.0)
+    assert (sampling.do_sample, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p) == (
+        True,
+        0.6,
+        0.95,
+        20,
+        0.0,
+    )
     assert sampling.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert Decoding(greedy=True).generation_config(tokenizer).do_sample is False
 
@@ -43,7 +54,11 @@ def v1_model(v1_run):
 
 def test_left_padded_batch_gives_what_one_at_a_time_gives(v1_model):
     """Prompts of different lengths in one batch: right padding would put pads between prompt and reply."""
-    questions = [conversation("头痛"), conversation("我最近三天一直咳嗽，晚上睡不着，需要去医院吗？"), conversation("发烧")]
+    questions = [
+        conversation("头痛"),
+        conversation("我最近三天一直咳嗽，晚上睡不着，需要去医院吗？"),
+        conversation("发烧"),
+    ]
     greedy = Decoding(greedy=True, max_new_tokens=4)
     batched = generate_replies(v1_model.model, v1_model.tokenizer, questions, greedy, batch_size=3)
     single = generate_replies(v1_model.model, v1_model.tokenizer, questions, greedy, batch_size=1)
@@ -53,9 +68,14 @@ def test_left_padded_batch_gives_what_one_at_a_time_gives(v1_model):
 
 def test_read_questions_accepts_question_only_rows_and_medtune_formats(tmp_path, short_rows_file):
     only = tmp_path / "q.jsonl"
-    only.write_text('{"question": "头痛怎么办？"}\n\n{"question": "发烧", "system": "你是儿科医生。"}\n', encoding="utf-8")
+    only.write_text(
+        '{"question": "头痛怎么办？"}\n\n{"question": "发烧", "system": "你是儿科医生。"}\n', encoding="utf-8"
+    )
     rows = read_questions(only, SYSTEM)
-    assert [(r.question, r.system, r.source) for r in rows] == [("头痛怎么办？", SYSTEM, "q.jsonl:1"), ("发烧", "你是儿科医生。", "q.jsonl:3")]
+    assert [(r.question, r.system, r.source) for r in rows] == [
+        ("头痛怎么办？", SYSTEM, "q.jsonl:1"),
+        ("发烧", "你是儿科医生。", "q.jsonl:3"),
+    ]
     alpaca = tmp_path / "a.jsonl"
     alpaca.write_text('{"instruction": "头痛怎么办？", "output": "多休息"}\n', encoding="utf-8")
     assert read_questions(alpaca, SYSTEM)[0].question == "头痛怎么办？"
@@ -63,15 +83,20 @@ def test_read_questions_accepts_question_only_rows_and_medtune_formats(tmp_path,
     table = tmp_path / "q.csv"  # one reader for every file type: question-only rows are not a JSONL special case
     table.write_text("question,system\n头痛怎么办？,\n发烧,你是儿科医生。\n", encoding="utf-8")
     assert [(r.question, r.system, r.source) for r in read_questions(table, SYSTEM)] == [
-        ("头痛怎么办？", SYSTEM, "q.csv:2"), ("发烧", "你是儿科医生。", "q.csv:3")]
+        ("头痛怎么办？", SYSTEM, "q.csv:2"),
+        ("发烧", "你是儿科医生。", "q.csv:3"),
+    ]
 
 
-@pytest.mark.parametrize("line, error", [
-    ('{"question": 3}', r"field 'question': wrong type"),
-    ('{"system": "你是儿科医生。", "think": ""}', r"field 'question': missing"),
-    ('{"text": "发烧"}', r"field '\(row\)': no known format \(keys: text\)"),
-    ('{"question": "咳嗽"', r"field '\(row\)': invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        ('{"question": 3}', r"field 'question': wrong type"),
+        ('{"system": "你是儿科医生。", "think": ""}', r"field 'question': missing"),
+        ('{"text": "发烧"}', r"field '\(row\)': no known format \(keys: text\)"),
+        ('{"question": "咳嗽"', r"field '\(row\)': invalid JSON"),
+    ],
+)
 def test_read_questions_names_file_line_and_field_as_the_data_reader_does(tmp_path, line, error):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "头痛"}\n' + line + '\n{"question": "发烧"}\n', encoding="utf-8")
@@ -81,10 +106,27 @@ def test_read_questions_names_file_line_and_field_as_the_data_reader_does(tmp_pa
 
 def test_generate_command_writes_think_and_answer_apart(v1_run, cli_app, runner, tmp_path):
     questions = tmp_path / "questions.jsonl"
-    questions.write_text('{"question": "头痛怎么办？"}\n{"question": "发烧三天了"}\n{"question": "咳嗽"}\n', encoding="utf-8")
+    questions.write_text(
+        '{"question": "头痛怎么办？"}\n{"question": "发烧三天了"}\n{"question": "咳嗽"}\n', encoding="utf-8"
+    )
     answers = tmp_path / "out" / "answers.jsonl"
-    result = runner.invoke(cli_app, ["generate", str(v1_run), "-i", str(questions), "-o", str(answers),
-                                     "--batch-size", "2", "--max-new-tokens", "3", "--seed", "1"])
+    result = runner.invoke(
+        cli_app,
+        [
+            "generate",
+            str(v1_run),
+            "-i",
+            str(questions),
+            "-o",
+            str(answers),
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--seed",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
     assert [row["question"] for row in rows] == ["头痛怎么办？", "发烧三天了", "咳嗽"]

@@ -27,7 +27,9 @@ BF16_TOLERANCE = 0.02
 
 
 def prompt_ids(tokenizer) -> torch.Tensor:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "头痛三天了，怎么办？"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "头痛三天了，怎么办？"}], tokenize=False, add_generation_prompt=True
+    )
     return tokenizer(text + "<think>\n", return_tensors="pt", add_special_tokens=False)["input_ids"]
 
 
@@ -44,7 +46,9 @@ def test_merged_model_matches_the_unmerged_adapter(run_fixture, tied, request, t
         merged_logits = merged(ids).logits.float()
     assert merged.dtype == torch.bfloat16
     assert (merged_logits - adapter_logits).abs().max() < BF16_TOLERANCE
-    assert (adapter_logits - base_logits).abs().max() > 5 * BF16_TOLERANCE, "the adapter must matter, or the test proves nothing"
+    assert (adapter_logits - base_logits).abs().max() > 5 * BF16_TOLERANCE, (
+        "the adapter must matter, or the test proves nothing"
+    )
     assert merged.config.tie_word_embeddings is tied and embeddings_tied(merged) is tied
     if not tied:
         assert not torch.equal(merged.get_input_embeddings().weight, merged.get_output_embeddings().weight)
@@ -70,4 +74,7 @@ def test_merge_command_refuses_to_overwrite_without_asking(v1_run, cli_app, runn
     assert first.exit_code == 0 and "RANDOM WEIGHTS" in first.output, first.output
     again = runner.invoke(cli_app, ["merge", str(v1_run), "-o", str(out)])
     assert again.exit_code == 6 and "already exists; pass --overwrite" in again.output
-    assert runner.invoke(cli_app, ["merge", str(v1_run), "-o", str(out), "--checkpoint", "1", "--overwrite"]).exit_code == 0
+    assert (
+        runner.invoke(cli_app, ["merge", str(v1_run), "-o", str(out), "--checkpoint", "1", "--overwrite"]).exit_code
+        == 0
+    )

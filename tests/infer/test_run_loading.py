@@ -33,7 +33,11 @@ def test_run_folder_checkpoint_and_adapter_folder(v1_run):
     final = resolve_run(v1_run)
     assert final.adapter_dir == v1_run / "adapter" and final.output_dir == v1_run and final.checkpoint == "adapter"
     first = resolve_run(v1_run, checkpoint=1)
-    assert first.adapter_dir == v1_run / "checkpoints" / "step-000001" and first.facts["step"] == 1 and first.output_dir == v1_run
+    assert (
+        first.adapter_dir == v1_run / "checkpoints" / "step-000001"
+        and first.facts["step"] == 1
+        and first.output_dir == v1_run
+    )
     direct = resolve_run(v1_run / "adapter")
     assert direct.adapter_dir == v1_run / "adapter" and direct.output_dir == v1_run / "adapter"
     assert final.random_weights and final.config.run_name == "v1"
@@ -41,7 +45,9 @@ def test_run_folder_checkpoint_and_adapter_folder(v1_run):
 
 def test_loads_the_4bit_base_as_trained_and_warns_about_random_weights(v1_run):
     loaded = load_for_inference(resolve_run(v1_run), device=torch.device("cpu"))
-    assert any(isinstance(module, bnb.nn.Linear4bit) for module in loaded.model.modules()), "the run trained on an NF4 base"
+    assert any(isinstance(module, bnb.nn.Linear4bit) for module in loaded.model.modules()), (
+        "the run trained on an NF4 base"
+    )
     assert not loaded.model.training and loaded.model.get_base_model().config.use_cache
     lines = describe(loaded)
     assert lines[0].startswith("WARNING: random weights") and "4-bit nf4" in lines[1] and "step 2" in lines[2]

@@ -84,7 +84,9 @@ def test_think_format_on_each_malformed_case(text, finish, present, closed, non_
     assert result.compliant == (present and closed and non_empty and stopped)
 
 
-LEXICON = parse_lexicon("糖尿病\tdisease\n糖尿病性白内障\tdisease\n阿司匹林\tdrug\n头痛\tsymptom\n".encode(), "test.tsv")
+LEXICON = parse_lexicon(
+    "糖尿病\tdisease\n糖尿病性白内障\tdisease\n阿司匹林\tdrug\n头痛\tsymptom\n".encode(), "test.tsv"
+)
 
 
 def test_term_recall_uses_longest_match_terms_of_the_reference():

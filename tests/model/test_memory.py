@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.conftest import CONFIGS
 
 from medtune.config import load_config
 from medtune.data.prepare import prepare_data
@@ -27,18 +28,32 @@ from medtune.model.memory import (
     read_model_shape,
 )
 from medtune.model.tiny import shipped_tokenizer_dir
-from tests.conftest import CONFIGS
 
 SIZES = {  # bench/gpu_speed.py QWEN3_SIZES: on top of the shipped Qwen3-1.7B config.json
     "1.7b": {},
-    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-               tie_word_embeddings=False),
-    "14b": dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=8,
-                tie_word_embeddings=False),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+    "14b": dict(
+        hidden_size=5120,
+        intermediate_size=17408,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
 }
 VARIANTS = {  # bench/gpu_speed.py VARIANTS (only the keys that differ from today's defaults)
-    "auto": [], "row_ckpt50": ["speed.checkpoint_fraction=0.5"], "row_ckpt85": ["speed.checkpoint_fraction=0.85"],
-    "row_ckpt100": ["speed.checkpoint_fraction=1.0"], "row_ckpt0": ["speed.checkpoint_fraction=0.0"],
+    "auto": [],
+    "row_ckpt50": ["speed.checkpoint_fraction=0.5"],
+    "row_ckpt85": ["speed.checkpoint_fraction=0.85"],
+    "row_ckpt100": ["speed.checkpoint_fraction=1.0"],
+    "row_ckpt0": ["speed.checkpoint_fraction=0.0"],
     "fused": ["speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],
     "peft_lora": ["speed.fused_lora=false", "speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],
     "peft_row": ["speed.fused_lora=false", "speed.checkpoint_fraction=0.65"],
@@ -46,7 +61,9 @@ VARIANTS = {  # bench/gpu_speed.py VARIANTS (only the keys that differ from toda
 CALL5, CALL6 = "bench/results/2026-11-29-call5/r/results.jsonl", "bench/results/2026-11-29-call6/r/results.jsonl"
 MULTI = "bench/results/2026-11-30-multigpu/"
 CALIBRATION_CALL = "bench/results/2026-11-30-memory-calibration/results.jsonl"
-LOSS_FIX = "bench/results/2026-11-30-memory-loss-fix/results.jsonl"  # after the loss freed its chunks and scaled in place
+LOSS_FIX = (
+    "bench/results/2026-11-30-memory-loss-fix/results.jsonl"  # after the loss freed its chunks and scaled in place
+)
 
 # (size, version, variant, first timed step, timed steps, processes, measured GiB, where)
 CALIBRATION = [
@@ -84,14 +101,27 @@ def shape_of(size: str) -> ModelShape:
     return ModelShape.from_config({**json.loads((shipped_tokenizer_dir() / "config.json").read_text()), **SIZES[size]})
 
 
-@pytest.mark.parametrize("size, version, variant, first, steps, processes, measured, where", CALIBRATION,
-                         ids=[f"{p[0]}-{p[1]}-{p[2]}-{p[5]}proc-{p[6]}" for p in CALIBRATION])
-def test_prediction_within_15_percent_of_the_measured_peak(train_lengths, size, version, variant, first, steps, processes,
-                                                          measured, where):
+@pytest.mark.parametrize(
+    "size, version, variant, first, steps, processes, measured, where",
+    CALIBRATION,
+    ids=[f"{p[0]}-{p[1]}-{p[2]}-{p[5]}proc-{p[6]}" for p in CALIBRATION],
+)
+def test_prediction_within_15_percent_of_the_measured_peak(
+    train_lengths, size, version, variant, first, steps, processes, measured, where
+):
     cfg = load_config(CONFIGS / f"{version}.yaml", ["model.name_or_path=tiny", *VARIANTS[variant]])
-    rows = packed_rows(train_lengths, cfg.train.samples_per_step(), range(first, first + steps), cfg.train.seed, cfg.row_tokens(),
-                       cfg.train.per_device_batch_size, processes)
-    predicted = estimate(shape_of(size), MemorySettings.from_run(cfg, liger=True, processes=processes), Levers.from_run(cfg), rows)
+    rows = packed_rows(
+        train_lengths,
+        cfg.train.samples_per_step(),
+        range(first, first + steps),
+        cfg.train.seed,
+        cfg.row_tokens(),
+        cfg.train.per_device_batch_size,
+        processes,
+    )
+    predicted = estimate(
+        shape_of(size), MemorySettings.from_run(cfg, liger=True, processes=processes), Levers.from_run(cfg), rows
+    )
     assert predicted.peak_gib == pytest.approx(measured, rel=0.15), f"{where}: {predicted.terms()}"
 
 
@@ -105,8 +135,9 @@ def test_the_timed_steps_are_the_bench_records_step_tokens(train_lengths):
 
 
 def test_kept_layer_bytes_match_the_saved_tensors_listed(train_lengths):
-    """13h + 9q + 6kv + 7i + 14r bytes per token for Qwen3-1.7B with dropout: 95,104; 1.10 GiB per kept layer was measured
-    (call 6: 0.85 -> 0.75 adds 3 layers and 3.31 GiB at 12,902 tokens), which this gives net of the layer input."""
+    """13h + 9q + 6kv + 7i + 14r bytes per token for Qwen3-1.7B with dropout: 95,104; 1.10 GiB per kept layer was
+    measured (call 6: 0.85 -> 0.75 adds 3 layers and 3.31 GiB at 12,902 tokens), which this gives net of the layer
+    input."""
     cfg = load_config(CONFIGS / "v1.yaml", ["model.name_or_path=tiny"])
     settings = MemorySettings.from_run(cfg, liger=True)
     per_token = kept_layer_bytes_per_token(shape_of("1.7b"), settings)
@@ -125,19 +156,26 @@ def test_nf4_bytes_and_the_terms_that_make_the_peak():
     one = estimate(shape_of("8b"), MemorySettings.from_run(cfg, liger=True), Levers.from_run(cfg), Rows(13000, 1))
     assert sum(one.terms().values()) == pytest.approx(one.peak_bytes)
     assert one.peak_phase == "lm_head gradient accumulator (fp32)"  # a trained 151,936 x 4,096 head
-    offloaded = estimate(shape_of("8b"), MemorySettings.from_run(cfg, liger=True),
-                         Levers.from_run(cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"offload_activations": True})})),
-                         Rows(13000, 1))
+    offloaded = estimate(
+        shape_of("8b"),
+        MemorySettings.from_run(cfg, liger=True),
+        Levers.from_run(cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"offload_activations": True})})),
+        Rows(13000, 1),
+    )
     saved = one.peak_bytes - offloaded.peak_bytes
     assert saved == pytest.approx((36 - 3) * 2 * 4096 * 13000)  # all but 3 layers' inputs leave the device
-    adamw = MemorySettings.from_run(load_config(CONFIGS / "v2.yaml", ["model.name_or_path=tiny", "train.optimizer=adamw"]), liger=True)
+    adamw = MemorySettings.from_run(
+        load_config(CONFIGS / "v2.yaml", ["model.name_or_path=tiny", "train.optimizer=adamw"]), liger=True
+    )
     with_states = estimate(shape_of("8b"), adamw, Levers.from_run(cfg), Rows(13000, 1))
     assert "AdamW states (2 per parameter, the parameter's dtype)" in with_states.persistent
     assert not any("paged" in note for note in with_states.notes) and any("paged" in note for note in one.notes)
 
 
 def test_the_shape_comes_from_config_json_alone(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({**json.loads((shipped_tokenizer_dir() / "config.json").read_text()), **SIZES["8b"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({**json.loads((shipped_tokenizer_dir() / "config.json").read_text()), **SIZES["8b"]})
+    )
     from medtune.config import ModelConfig
 
     assert read_model_shape(ModelConfig(name_or_path=str(tmp_path))) == shape_of("8b")  # no weights in the folder

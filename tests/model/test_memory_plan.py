@@ -7,16 +7,22 @@ import json
 
 import pytest
 import torch
+from tests.conftest import CONFIGS
 
 from medtune.config import ConfigError, load_config, parse_memory_size
 from medtune.data.prepare import prepare_data
 from medtune.model.memory import GIB, MemorySettings, ModelShape
 from medtune.model.memory_plan import MemoryBudgetError, plan_for_run, plan_memory, run_rows, size_budget, with_levers
 from medtune.model.tiny import shipped_tokenizer_dir
-from tests.conftest import CONFIGS
 
-QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-                tie_word_embeddings=False)
+QWEN3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    tie_word_embeddings=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +33,14 @@ def lengths(tokenizer) -> list[int]:
 
 def plan(version: str, lengths: list[int], budget_gib: float, *overrides: str, size: dict | None = None):
     cfg = load_config(CONFIGS / f"{version}.yaml", ["model.name_or_path=tiny", *overrides])
-    shape = ModelShape.from_config({**json.loads((shipped_tokenizer_dir() / "config.json").read_text()), **(size or {})})
+    shape = ModelShape.from_config(
+        {**json.loads((shipped_tokenizer_dir() / "config.json").read_text()), **(size or {})}
+    )
     settings = MemorySettings.from_run(cfg, liger=True)
-    return (cfg, *plan_memory(cfg, shape, settings, run_rows(cfg, lengths, 20, 1), budget_gib * GIB, f"{budget_gib} GiB"))
+    return (
+        cfg,
+        *plan_memory(cfg, shape, settings, run_rows(cfg, lengths, 20, 1), budget_gib * GIB, f"{budget_gib} GiB"),
+    )
 
 
 def test_defaults_stay_on_a_big_gpu(lengths):
@@ -55,8 +66,14 @@ def test_levers_move_cheapest_first_and_only_as_far_as_needed(lengths):
 
 
 def test_the_users_settings_win_with_a_warning(lengths):
-    cfg, found, levers = plan("v1", lengths, 8, "speed.checkpoint_fraction=0.5", "speed.packed_row_tokens=16384",
-                              "speed.offload_activations=false")
+    cfg, found, levers = plan(
+        "v1",
+        lengths,
+        8,
+        "speed.checkpoint_fraction=0.5",
+        "speed.packed_row_tokens=16384",
+        "speed.offload_activations=false",
+    )
     assert levers.checkpoint_fraction == 0.5 and levers.row_tokens == 16384 and levers.offload_activations is False
     held = "(speed.checkpoint_fraction, speed.offload_activations, speed.packed_row_tokens)"
     assert not found.fits and f"with the settings you wrote {held}" in found.notes[0]
@@ -69,7 +86,10 @@ def test_a_run_that_cannot_fit_stops_with_the_numbers(lengths):
     message = str(raised.value)
     assert isinstance(raised.value, ConfigError), "exit code 3, as a config the user must change"
     assert "training cannot fit 6 GiB" in message and "at the most frugal levers" in message
-    assert "Biggest terms: base weights (4-bit NF4 with absmax) 3.3 GiB, lm_head gradient accumulator (fp32) 2.8 GiB" in message
+    assert (
+        "Biggest terms: base weights (4-bit NF4 with absmax) 3.3 GiB, lm_head gradient accumulator (fp32) 2.8 GiB"
+        in message
+    )
 
 
 def test_the_plan_goes_into_a_copy_of_the_config(lengths):
@@ -82,13 +102,17 @@ def test_the_plan_goes_into_a_copy_of_the_config(lengths):
 def test_no_plan_on_cpu(lengths):
     cfg = load_config(CONFIGS / "v1.yaml", ["model.name_or_path=tiny"])
     found, effective = plan_for_run(cfg, lengths, 10, torch.device("cpu"), processes=1, fsdp=False)
-    assert found.budget_gib is None and found.lines() == ["memory plan: none (training on the CPU: no GPU memory to plan)"]
+    assert found.budget_gib is None and found.lines() == [
+        "memory plan: none (training on the CPU: no GPU memory to plan)"
+    ]
     assert effective.speed.offload_activations is False and cfg.speed.offload_activations == "auto"
     on_a_gpu, _ = plan_for_run(cfg, lengths, 10, None, processes=1, fsdp=False, budget_size="24GiB", training=False)
     assert on_a_gpu.fits and on_a_gpu.budget_gib == pytest.approx(size_budget("24GiB")[0] / GIB)
 
 
-@pytest.mark.parametrize("text, size", [("20GiB", 20 * 2**30), ("8GB", 8 * 10**9), ("512MiB", 512 * 2**20), ("1.5 GiB", int(1.5 * 2**30))])
+@pytest.mark.parametrize(
+    "text, size", [("20GiB", 20 * 2**30), ("8GB", 8 * 10**9), ("512MiB", 512 * 2**20), ("1.5 GiB", int(1.5 * 2**30))]
+)
 def test_memory_sizes_parse(text, size):
     assert parse_memory_size(text) == size
 
@@ -96,5 +120,7 @@ def test_memory_sizes_parse(text, size):
 @pytest.mark.parametrize("bad", ["20", "20G", "20gib", "-1GiB", "0GiB", "GiB", "twenty GiB", "auto"])
 def test_a_bad_budget_is_a_config_error_naming_the_key(bad):
     with pytest.raises(ConfigError, match=r"speed\.memory_budget: expected a size such as 20GiB"):
-        load_config(CONFIGS / "v1.yaml", [f"speed.memory_budget={bad}"] if bad != "auto" else ["speed.memory_budget=Auto"])
+        load_config(
+            CONFIGS / "v1.yaml", [f"speed.memory_budget={bad}"] if bad != "auto" else ["speed.memory_budget=Auto"]
+        )
     assert load_config(CONFIGS / "v1.yaml", ["speed.memory_budget=24GiB"]).speed.memory_budget == "24GiB"

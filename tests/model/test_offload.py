@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import CONFIGS, tiny_config
 
 from medtune.config import ModelConfig, QuantConfig, SpeedConfig, load_config
 from medtune.data.batching import micro_batches
@@ -13,7 +14,6 @@ from medtune.model.load import apply_lora, load_base_model
 from medtune.model.offload import ActivationOffload, offloading
 from medtune.model.speed import apply_speed
 from medtune.train.loss import causal_lm_loss_sums
-from tests.conftest import CONFIGS, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -22,12 +22,18 @@ def round_trip(offload: ActivationOffload, tensor: torch.Tensor) -> torch.Tensor
     return offload.unpack(offload.pack(tensor))
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))])
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+)
 def test_pack_unpack_round_trip_is_exact(device):
     offload = ActivationOffload(min_bytes=0)
     generator = torch.Generator().manual_seed(0)
-    for tensor in (torch.randn(64, 48, generator=generator).to(torch.bfloat16), torch.randn(5, 7, 3, generator=generator),
-                   torch.randn(32, 16, generator=generator).t(), torch.randint(0, 2, (40,), generator=generator).bool()):
+    for tensor in (
+        torch.randn(64, 48, generator=generator).to(torch.bfloat16),
+        torch.randn(5, 7, 3, generator=generator),
+        torch.randn(32, 16, generator=generator).t(),
+        torch.randint(0, 2, (40,), generator=generator).bool(),
+    ):
         tensor = tensor.to(device)
         packed = offload.pack(tensor)
         assert packed is not tensor and packed.host.device.type == "cpu"
@@ -53,6 +59,7 @@ def test_what_is_not_offloaded_and_what_is_copied_once():
 def tiny_step():
     """The tiny model with v2's LoRA and trained embeddings (dropout 0: equal draws either way), every layer recomputed.
     Not quantized: CPU 4-bit matmuls are slow, and the hooks see the same activations either way."""
+
     def build():
         torch.manual_seed(0)
         loaded = load_base_model(ModelConfig(name_or_path="tiny"), QuantConfig(mode="none"), CPU)
@@ -70,6 +77,7 @@ def loss_and_grads(model, batch, offload_min_bytes: int | None) -> tuple[torch.T
     plain = backbone.forward
     counted = []
     if offload_min_bytes is not None:
+
         def counting(*args, **kwargs):
             offload = ActivationOffload(offload_min_bytes)
             counted.append(offload)
@@ -84,7 +92,9 @@ def loss_and_grads(model, batch, offload_min_bytes: int | None) -> tuple[torch.T
     return loss.detach(), grads, sum(len(offload.saved) for offload in counted)
 
 
-def test_loss_and_gradients_with_offloading_equal_those_without_bitwise(tiny_step, tmp_path, short_rows_file, tokenizer):
+def test_loss_and_gradients_with_offloading_equal_those_without_bitwise(
+    tiny_step, tmp_path, short_rows_file, tokenizer
+):
     encoded = sorted(prepare_data(tiny_config("v2", tmp_path, short_rows_file), tokenizer).train.encoded, key=len)[:2]
     batch = micro_batches(encoded, 4, 4096, True, tokenizer.pad_token_id)[0]
     assert len(batch["sample_lengths"]) == 2

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import CONFIGS
 
 from medtune.config import ConfigError, ModelConfig, QuantConfig, SpeedConfig, load_config
 from medtune.data.batching import micro_batches
 from medtune.model.load import apply_lora, load_base_model
 from medtune.model.speed import apply_speed, per_sample_attention
 from medtune.train.loss import causal_lm_loss_sums
-from tests.conftest import CONFIGS
 
 CPU = torch.device("cpu")
 TRAINING = {"packing": True, "gradient_checkpointing": True}  # the training defaults apply_speed is given
@@ -38,7 +38,10 @@ def test_per_sample_attention_keeps_attention_inside_each_sample():
     generator = torch.Generator().manual_seed(0)
     lengths = [5, 11, 1, 7]
     query = torch.randn(1, 4, sum(lengths), 8, generator=generator)
-    key, value = torch.randn(1, 2, sum(lengths), 8, generator=generator), torch.randn(1, 2, sum(lengths), 8, generator=generator)
+    key, value = (
+        torch.randn(1, 2, sum(lengths), 8, generator=generator),
+        torch.randn(1, 2, sum(lengths), 8, generator=generator),
+    )
     out = per_sample_attention(query, key, value, lengths, None)
     assert out.shape == (1, sum(lengths), 4, 8)
     assert torch.allclose(out, block_diagonal_reference(query, key, value, lengths), atol=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medtune.report.analysis import Version
-from medtune.report.charts import COINCIDE_TOLERANCE, CJK_FONTS, build_figure, cjk_font, coinciding_curves, draw_chart
+from medtune.report.charts import CJK_FONTS, COINCIDE_TOLERANCE, build_figure, cjk_font, coinciding_curves, draw_chart
 from medtune.report.inputs import Run, Source
 
 MAX_STEPS = 400
@@ -19,15 +19,36 @@ def loss_curve(steps: np.ndarray, shift: float = 0.0) -> np.ndarray:
     return 1.0 + 2.0 * np.exp(-steps / 80) + shift  # spans 1.01 .. 2.75 over the logged steps
 
 
-def make_version(name: str, shift: float = 0.0, seeds: int = 1, warmup_ratio: float = 0.0, max_grad_norm: float | None = 0.3,
-                 logged: range = range(10, MAX_STEPS + 1, 10)) -> Version:
+def make_version(
+    name: str,
+    shift: float = 0.0,
+    seeds: int = 1,
+    warmup_ratio: float = 0.0,
+    max_grad_norm: float | None = 0.3,
+    logged: range = range(10, MAX_STEPS + 1, 10),
+) -> Version:
     steps = np.array(logged)
     runs = []
     for seed in range(seeds):
-        records = [{"step": int(step), "epoch": step / MAX_STEPS, "loss": float(loss), "grad_norm": 0.2 + 0.01 * seed,
-                    "learning_rate": 2e-4} for step, loss in zip(steps, loss_curve(steps, shift + 0.001 * seed))]
-        config = {"train": {"schedule": "cosine", "lr": 2e-4, "max_steps": MAX_STEPS, "warmup_ratio": warmup_ratio,
-                            "max_grad_norm": max_grad_norm}}
+        records = [
+            {
+                "step": int(step),
+                "epoch": step / MAX_STEPS,
+                "loss": float(loss),
+                "grad_norm": 0.2 + 0.01 * seed,
+                "learning_rate": 2e-4,
+            }
+            for step, loss in zip(steps, loss_curve(steps, shift + 0.001 * seed))
+        ]
+        config = {
+            "train": {
+                "schedule": "cosine",
+                "lr": 2e-4,
+                "max_steps": MAX_STEPS,
+                "warmup_ratio": warmup_ratio,
+                "max_grad_norm": max_grad_norm,
+            }
+        }
         runs.append(Run(f"{name}-seed{seed + 1}", records, config, {}, {}, Source("medtune_run", "runs/test")))
     return Version(name, runs)
 
@@ -51,7 +72,11 @@ def test_identical_curves_are_drawn_in_distinct_styles():
 def test_coinciding_pairs_are_found_within_the_tolerance():
     value_range = 2.0 * (math.exp(-10 / 80) - math.exp(-MAX_STEPS / 80))
     just_inside = 0.9 * COINCIDE_TOLERANCE * value_range
-    versions = [make_version("v1"), make_version("v2", shift=-0.3), make_version("v3", shift=-0.3 + just_inside, seeds=3)]
+    versions = [
+        make_version("v1"),
+        make_version("v2", shift=-0.3),
+        make_version("v3", shift=-0.3 + just_inside, seeds=3),
+    ]
     assert coinciding_curves(versions, "loss") == [("v2", "v3")]
     versions[2] = make_version("v3", shift=-0.3 + 2 * COINCIDE_TOLERANCE * value_range, seeds=3)
     assert coinciding_curves(versions, "loss") == []
@@ -71,7 +96,11 @@ def test_one_clipping_line_when_the_versions_share_max_grad_norm():
 
 
 def test_clipping_lines_name_the_versions_when_they_differ():
-    versions = [make_version("v1", max_grad_norm=1.0), make_version("v2", max_grad_norm=0.3), make_version("v3", max_grad_norm=None)]
+    versions = [
+        make_version("v1", max_grad_norm=1.0),
+        make_version("v2", max_grad_norm=0.3),
+        make_version("v3", max_grad_norm=None),
+    ]
     (axes,) = build_figure(versions, "grad_norm", "grad norm", "step", None).axes
     labels = [line.get_label() for line in axes.lines if line.get_label().startswith("max_grad_norm")]
     assert labels == ["max_grad_norm = 0.3 (v2)", "max_grad_norm = 1 (v1)"]

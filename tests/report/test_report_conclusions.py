@@ -29,25 +29,60 @@ STEPS = np.arange(1, 101)
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def make_run(name: str, loss: np.ndarray, steps: np.ndarray = STEPS, warmup_ratio: float = 0.0, max_steps: int = 100,
-             grad_norm: np.ndarray | None = None, eval_loss: float | None = None, logged_lr: bool = True, **train: Any) -> Run:
+def make_run(
+    name: str,
+    loss: np.ndarray,
+    steps: np.ndarray = STEPS,
+    warmup_ratio: float = 0.0,
+    max_steps: int = 100,
+    grad_norm: np.ndarray | None = None,
+    eval_loss: float | None = None,
+    logged_lr: bool = True,
+    **train: Any,
+) -> Run:
     """A medtune-like run with a linear (or, with warmup, cosine) schedule peaking at 2e-4."""
     grad = grad_norm if grad_norm is not None else 0.2 + 0.01 * np.sin(steps + len(name))
     warmup = int(np.ceil(warmup_ratio * max_steps))
     done = steps - 1.0
-    lr = 2e-4 * np.where(done < warmup, done / max(warmup, 1), np.maximum(0.0, (max_steps - done) / (max_steps - warmup)))
+    lr = 2e-4 * np.where(
+        done < warmup, done / max(warmup, 1), np.maximum(0.0, (max_steps - done) / (max_steps - warmup))
+    )
     records: list[dict[str, Any]] = [
-        {"step": int(step), "loss": float(value), "grad_norm": float(norm), **({"learning_rate": float(rate)} if logged_lr else {})}
+        {
+            "step": int(step),
+            "loss": float(value),
+            "grad_norm": float(norm),
+            **({"learning_rate": float(rate)} if logged_lr else {}),
+        }
         for step, value, norm, rate in zip(steps, loss, grad, lr)
     ]
     if eval_loss is not None:
         records.append({"step": int(steps[-1]), "eval_loss": eval_loss})
-    config = {"model": {"name_or_path": "tiny"}, "data": {"max_length": 512},
-              "train": {"lr": 2e-4, "schedule": "linear", "warmup_ratio": warmup_ratio, "max_steps": max_steps, "max_grad_norm": 0.3, **train}}
-    return Run(name, records, config, {"max_steps": max_steps, "random_weights": False}, {}, Source("medtune_run", f"runs/{name}"))
+    config = {
+        "model": {"name_or_path": "tiny"},
+        "data": {"max_length": 512},
+        "train": {
+            "lr": 2e-4,
+            "schedule": "linear",
+            "warmup_ratio": warmup_ratio,
+            "max_steps": max_steps,
+            "max_grad_norm": 0.3,
+            **train,
+        },
+    }
+    return Run(
+        name,
+        records,
+        config,
+        {"max_steps": max_steps, "random_weights": False},
+        {},
+        Source("medtune_run", f"runs/{name}"),
+    )
 
 
-def summarise(versions: list[Version], steps: list[int] | None = None, lang: str = "en", made_by: str = "compare") -> tuple[Summary, str]:
+def summarise(
+    versions: list[Version], steps: list[int] | None = None, lang: str = "en", made_by: str = "compare"
+) -> tuple[Summary, str]:
     """The typed summary with its insights, and the report as Markdown (no charts)."""
     w = words(lang)
     data = analyse(versions, steps, DEFAULT_PHASE_BOUNDS)
@@ -75,7 +110,9 @@ def test_warmup_version_that_starts_higher_and_ends_lower_converges_better():
     warm = np.where(STEPS <= 10, base + 0.4, 0.85 + 2.0 * np.exp(-STEPS / 25))  # above the baseline during its warmup
     assert (warm[:10] > base[:10]).all() and (warm[10:] < base[10:]).all()
     assert np.argmax(np.abs(warm - base)) < 10  # the single step of largest gap lies inside the warmup
-    summary, markdown = summarise([Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", warm, warmup_ratio=0.1)])])
+    summary, markdown = summarise(
+        [Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", warm, warmup_ratio=0.1)])]
+    )
     pair = summary.advantages.convergence.pairs["v2"]
     assert pair.start == 11 and pair.warmup_end == 10  # the window starts at the first step at the peak LR
     assert pair.diff < 0 and pair.significant and pair.share_lower == 1.0
@@ -89,7 +126,10 @@ def test_warmup_version_that_starts_higher_and_ends_lower_converges_better():
 def test_exact_ties_name_no_winner():
     base = baseline_loss()
     grad = np.full(len(STEPS), 0.5)  # every step above max_grad_norm 0.3 in all versions
-    versions = [Version(name, [make_run(name, base + offset, grad_norm=grad + offset)]) for name, offset in (("v1", 0.0), ("v2", 1e-4), ("v3", -1e-4))]
+    versions = [
+        Version(name, [make_run(name, base + offset, grad_norm=grad + offset)])
+        for name, offset in (("v1", 0.0), ("v2", 1e-4), ("v3", -1e-4))
+    ]
     summary, markdown = summarise(versions)
     matrix = summary.advantages
     assert matrix.convergence.best == [] and matrix.final_train_loss.best == []
@@ -103,8 +143,11 @@ def test_exact_ties_name_no_winner():
 
 def test_two_versions_tied_at_the_top_are_both_named():
     base = baseline_loss()
-    versions = [Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", base - 0.2)]),
-                Version("v3", [make_run("v3", base - 0.2 + 1e-4)])]
+    versions = [
+        Version("v1", [make_run("v1", base)]),
+        Version("v2", [make_run("v2", base - 0.2)]),
+        Version("v3", [make_run("v3", base - 0.2 + 1e-4)]),
+    ]
     summary, _ = summarise(versions)
     assert summary.advantages.convergence.best == ["v2", "v3"]
     assert summary.advantages.final_train_loss.best == ["v2", "v3"]
@@ -127,8 +170,10 @@ def test_identical_runs_given_as_seeds_warn_and_make_no_noise_claim():
 def test_near_zero_references_get_absolute_differences_and_no_largest_gap():
     assert relative_change(-0.0014, -0.032) is None and relative_change(2.0, 1.5) == pytest.approx(-0.25)
     base = baseline_loss()
-    versions = [Version("v1", [make_run("v1", base, eval_loss=float(base[-1]) - 0.0014)]),
-                Version("v2", [make_run("v2", base - 0.1, eval_loss=float(base[-1]) - 0.1 - 0.032)])]
+    versions = [
+        Version("v1", [make_run("v1", base, eval_loss=float(base[-1]) - 0.0014)]),
+        Version("v2", [make_run("v2", base - 0.1, eval_loss=float(base[-1]) - 0.1 - 0.032)]),
+    ]
     summary, markdown = summarise(versions)
     gap = summary.advantages.overfit_gap.vs_baseline["v2"]
     assert gap.rel is None and gap.diff == pytest.approx(-0.0306)
@@ -154,18 +199,27 @@ def test_runs_of_different_lengths_and_setups_are_warned_about():
 
 def test_repeated_rows_of_the_step_table_are_left_out_and_said():
     coarse = np.arange(10, 101, 10)
-    runs = [Version(name, [make_run(name, 1.0 + 2.0 * np.exp(-coarse / 30) - shift, steps=coarse)]) for name, shift in (("v1", 0), ("v2", 0.1))]
+    runs = [
+        Version(name, [make_run(name, 1.0 + 2.0 * np.exp(-coarse / 30) - shift, steps=coarse)])
+        for name, shift in (("v1", 0), ("v2", 0.1))
+    ]
     summary, markdown = summarise(runs, steps=[10, 11, 50])
     assert [row.step for row in summary.train_loss.rows] == [10, 50]
-    assert any(warning.kind == "repeated_rows" and warning.step == 11 and warning.same_as == 10 for warning in summary.warnings)
+    assert any(
+        warning.kind == "repeated_rows" and warning.step == 11 and warning.same_as == 10 for warning in summary.warnings
+    )
     assert "would repeat the row for step 10" in markdown
 
 
 def test_learning_rate_comes_from_the_config_and_first_logged_is_not_called_initial():
     coarse = np.arange(20, 101, 20)  # nothing logged inside the 10-step warmup
     loss = 1.0 + 2.0 * np.exp(-coarse / 30)
-    summary, markdown = summarise([Version("v1", [make_run("v1", loss, steps=coarse)]),
-                                   Version("v2", [make_run("v2", loss - 0.1, steps=coarse, warmup_ratio=0.1)])])
+    summary, markdown = summarise(
+        [
+            Version("v1", [make_run("v1", loss, steps=coarse)]),
+            Version("v2", [make_run("v2", loss - 0.1, steps=coarse, warmup_ratio=0.1)]),
+        ]
+    )
     check = summary.learning_rate.schedule_check["v2"]["v2"]
     assert (check.peak_lr, check.warmup_steps, check.total_steps) == (2e-4, 10, 100)
     assert summary.learning_rate.first_logged_step.values["v2"].mean == 20
@@ -196,35 +250,83 @@ def test_coinciding_curves_are_noted_under_their_chart():
     assert "The curves of v1 and v2 coincide" in after_chart
 
 
-ALLOWED_LATIN = {"medtune", "summary", "json", "Welch", "transformers", "get_scheduler", "tiny", "fonts", "noto", "cjk", "wqy",
-                 "microhei", "ablate", "seeds", "name", "runs", "seed", "linear", "cosine", "constant", "n.s",
-                 "SwanLab", "TensorBoard", "HF", "Trainer", "TrainingArguments", "LoRA", "Python", "repr", "pickle"}
+ALLOWED_LATIN = {
+    "medtune",
+    "summary",
+    "json",
+    "Welch",
+    "transformers",
+    "get_scheduler",
+    "tiny",
+    "fonts",
+    "noto",
+    "cjk",
+    "wqy",
+    "microhei",
+    "ablate",
+    "seeds",
+    "name",
+    "runs",
+    "seed",
+    "linear",
+    "cosine",
+    "constant",
+    "n.s",
+    "SwanLab",
+    "TensorBoard",
+    "HF",
+    "Trainer",
+    "TrainingArguments",
+    "LoRA",
+    "Python",
+    "repr",
+    "pickle",
+}
 """Names of tools, formats and options that Chinese text keeps as they are."""
 
 
 def english_words(markdown: str, summary: Summary) -> list[str]:
-    """Latin words of a report that are not names, keys, paths, numbers or the few technical terms kept in Chinese text."""
+    """Latin words of a report that are not names, keys, paths, numbers or the few technical terms kept in Chinese
+    text."""
     runs = [run for version in summary.versions for run in version.runs]
     paths = {run.source.path for run in runs}
-    quoted = {value for run in runs for note in run.notes for value in note.fields.values() if isinstance(value, str)}  # paths, keys, values
+    quoted = {
+        value for run in runs for note in run.notes for value in note.fields.values() if isinstance(value, str)
+    }  # paths, keys, values
     settings = {str(value) for row in summary.config_diff for values in row.values.values() for value in values}
     names = {summary.baseline, *summary.names, *(run.name for run in runs), *paths, *quoted, *settings}
     text = markdown
-    for name in sorted(names, key=len, reverse=True):  # whole words only: the key `optim` is not part of train.optimizer
+    for name in sorted(
+        names, key=len, reverse=True
+    ):  # whole words only: the key `optim` is not part of train.optimizer
         text = re.sub(rf"(?<![\w.]){re.escape(name)}(?![\w])", " ", text)
     words_ = re.findall(r"[A-Za-z][A-Za-z_.]*[A-Za-z]", text)
-    return [word for word in words_ if word not in ALLOWED_LATIN and "_" not in word and "." not in word and len(word) > 1
-            and not re.fullmatch(r"v\d+|e|p|n|sd", word)]
+    return [
+        word
+        for word in words_
+        if word not in ALLOWED_LATIN
+        and "_" not in word
+        and "." not in word
+        and len(word) > 1
+        and not re.fullmatch(r"v\d+|e|p|n|sd", word)
+    ]
 
 
 def test_chinese_report_has_no_english_sentences():
     base = baseline_loss()
-    versions = [Version("v1", [make_run("v1-seed1", base, eval_loss=1.3), make_run("v1-seed2", base, eval_loss=1.3)]),
-                Version("v2", [make_run("v2-seed1", base - 0.1, warmup_ratio=0.1, eval_loss=1.2, steps=STEPS, max_steps=100)]),
-                Version("v3", [make_run("v3-seed1", base[:50], steps=STEPS[:50], max_steps=50)])]
+    versions = [
+        Version("v1", [make_run("v1-seed1", base, eval_loss=1.3), make_run("v1-seed2", base, eval_loss=1.3)]),
+        Version("v2", [make_run("v2-seed1", base - 0.1, warmup_ratio=0.1, eval_loss=1.2, steps=STEPS, max_steps=100)]),
+        Version("v3", [make_run("v3-seed1", base[:50], steps=STEPS[:50], max_steps=50)]),
+    ]
     versions[2].runs[0].config["data"]["max_length"] = 1024
     summary, markdown = summarise(versions, steps=[10, 10, 50], lang="zh")
-    assert {warning.kind for warning in summary.warnings} >= {"identical_runs", "planned_steps", "setting", "repeated_rows"}
+    assert {warning.kind for warning in summary.warnings} >= {
+        "identical_runs",
+        "planned_steps",
+        "setting",
+        "repeated_rows",
+    }
     assert english_words(markdown, summary) == []
     english, _ = summarise(versions, steps=[10, 10, 50], lang="en")
     assert len(english_words(_, english)) > 50  # the check does find English where there is some
@@ -233,7 +335,9 @@ def test_chinese_report_has_no_english_sentences():
 def write_run_folder(run: Run, folder: Path) -> Path:
     """A medtune run folder of the run, without summary.json and eval.json (so the report notes both missing)."""
     folder.mkdir(parents=True)
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in run.records), encoding="utf-8")
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps(record) + "\n" for record in run.records), encoding="utf-8"
+    )
     (folder / "config.resolved.yaml").write_text(yaml.safe_dump({"run_name": run.name, **run.config}), encoding="utf-8")
     return folder
 
@@ -246,7 +350,9 @@ def swanlab04_with_foreign_settings(swanlog: Path) -> Path:
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     lora = config["peft_config"]["value"]["default"]
     assert lora.startswith("LoraConfig(") and "init_lora_weights=True" in lora  # the text form SwanLab 0.4 stores
-    config["peft_config"]["value"]["default"] = lora.replace("init_lora_weights=True", "init_lora_weights=<function gaussian at 0x7f3a>")
+    config["peft_config"]["value"]["default"] = lora.replace(
+        "init_lora_weights=True", "init_lora_weights=<function gaussian at 0x7f3a>"
+    )
     config["optim"] = {"desc": "", "sort": 16, "value": "adafactor"}
     config["lr_scheduler_type"]["value"] = "polynomial"
     config_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
@@ -257,20 +363,44 @@ def trainer_checkpoint(folder: Path) -> Path:
     """An HF Trainer checkpoint: trainer_state.json with an epoch counter, TrainingArguments with epochs and a
     `constant` schedule given a warmup, and PEFT's adapter_config.json."""
     folder.mkdir(parents=True)
-    history = [{"step": int(step), "epoch": round(step / 40, 4), "loss": float(1.0 + 2.0 * np.exp(-step / 30)),
-                "grad_norm": 0.25 + 0.01 * (step % 3), "learning_rate": 1e-4} for step in range(5, 81, 5)]
+    history = [
+        {
+            "step": int(step),
+            "epoch": round(step / 40, 4),
+            "loss": float(1.0 + 2.0 * np.exp(-step / 30)),
+            "grad_norm": 0.25 + 0.01 * (step % 3),
+            "learning_rate": 1e-4,
+        }
+        for step in range(5, 81, 5)
+    ]
     (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}), encoding="utf-8")
-    args = {"run_name": "hf-seed1", "learning_rate": 1e-4, "lr_scheduler_type": "constant", "warmup_steps": 5, "max_steps": -1,
-            "num_train_epochs": 3, "max_grad_norm": 0.3, "optim": "adamw_torch"}
+    args = {
+        "run_name": "hf-seed1",
+        "learning_rate": 1e-4,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 5,
+        "max_steps": -1,
+        "num_train_epochs": 3,
+        "max_grad_norm": 0.3,
+        "optim": "adamw_torch",
+    }
     (folder / "training_args.json").write_text(json.dumps(args), encoding="utf-8")
-    (folder / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}), encoding="utf-8")
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}), encoding="utf-8"
+    )
     return folder
 
 
 def test_chinese_report_of_imported_runs_words_sources_and_notes_in_chinese(tmp_path):
     base = baseline_loss()
-    specs = [("medtune", write_run_folder(make_run(f"m-seed{seed}", base + 0.01 * seed), tmp_path / f"m-seed{seed}")) for seed in (1, 2)]
-    specs += [("swanlab", swanlab04_with_foreign_settings(tmp_path / "swanlog")), ("trainer", trainer_checkpoint(tmp_path / "hf" / "checkpoint-80"))]
+    specs = [
+        ("medtune", write_run_folder(make_run(f"m-seed{seed}", base + 0.01 * seed), tmp_path / f"m-seed{seed}"))
+        for seed in (1, 2)
+    ]
+    specs += [
+        ("swanlab", swanlab04_with_foreign_settings(tmp_path / "swanlog")),
+        ("trainer", trainer_checkpoint(tmp_path / "hf" / "checkpoint-80")),
+    ]
     versions = group_versions(specs)
     summary, markdown = summarise(versions, lang="zh")
     notes = {run.name: {note.code for note in run.notes} for version in summary.versions for run in version.runs}
@@ -291,7 +421,9 @@ def test_chinese_report_of_imported_runs_words_sources_and_notes_in_chinese(tmp_
 
 def test_a_renamed_summary_key_fails_validation():
     base = baseline_loss()
-    data = analyse([Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", base - 0.1)])], None, DEFAULT_PHASE_BOUNDS)
+    data = analyse(
+        [Version("v1", [make_run("v1", base)]), Version("v2", [make_run("v2", base - 0.1)])], None, DEFAULT_PHASE_BOUNDS
+    )
     Summary.model_validate(data)
     data["advantages"]["convergence"]["winners"] = data["advantages"]["convergence"].pop("best")
     with pytest.raises(ValidationError, match="best"):

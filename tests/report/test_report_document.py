@@ -27,7 +27,9 @@ def reports(fabricated, tmp_path_factory):
     built = {}
     for lang in ("en", "zh"):
         out = tmp_path_factory.mktemp(f"report-{lang}")
-        summary = build_report([run.folder for run in fabricated], out_dir=out, baseline="v1", steps=[100, 200, 300, 400], lang=lang)
+        summary = build_report(
+            [run.folder for run in fabricated], out_dir=out, baseline="v1", steps=[100, 200, 300, 400], lang=lang
+        )
         built[lang] = (summary, out)
     return built
 
@@ -67,7 +69,7 @@ def test_every_number_in_the_markdown_is_in_summary_json(reports, fabricated, la
     for number, _percent in tokens:
         value = float(number)
         index = np.searchsorted(known, value)
-        nearby = known[max(index - 1, 0): index + 1]
+        nearby = known[max(index - 1, 0) : index + 1]
         assert np.any(np.abs(nearby - value) <= tolerance(number)), f"{number} in report.md is not in summary.json"
 
 
@@ -93,7 +95,9 @@ def test_random_weights_and_single_run_warnings(reports):
         assert '<p class="warning">' in html and marker in html
     markdown = (reports["en"][1] / "report.md").read_text(encoding="utf-8")
     assert "v3: one run each. There is no run-to-run noise to test against" in markdown
-    assert "--name v1=runs/v1-seed1" in markdown and "`" not in (reports["en"][1] / "report.html").read_text(encoding="utf-8")
+    assert "--name v1=runs/v1-seed1" in markdown and "`" not in (reports["en"][1] / "report.html").read_text(
+        encoding="utf-8"
+    )
     noise = reports["en"][0]["noise"]["final_train_loss_sd"]
     assert f"final training loss {noise:.4f}" in markdown
 
@@ -101,7 +105,19 @@ def test_random_weights_and_single_run_warnings(reports):
 def test_chinese_report_uses_chinese_terms(reports):
     _, out = reports["zh"]
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    for term in ("训练损失", "验证损失", "梯度稳定性", "学习率", "预热", "余弦衰减", "线性衰减", "收敛", "过拟合风险", "稳定性", "显著"):
+    for term in (
+        "训练损失",
+        "验证损失",
+        "梯度稳定性",
+        "学习率",
+        "预热",
+        "余弦衰减",
+        "线性衰减",
+        "收敛",
+        "过拟合风险",
+        "稳定性",
+        "显著",
+    ):
         assert term in markdown, term
     for english in ("Training loss", "Gradient stability", "Insights", "configured schedule"):
         assert english not in markdown
@@ -119,7 +135,11 @@ def test_wording_tables_have_the_same_keys_and_fields():
 def test_every_source_kind_and_note_code_has_words():
     codes = {f"source_{kind}" for kind in get_args(SourceKind)} | {f"note_{code}" for code in get_args(NoteCode)}
     assert codes <= WORDING["en"].keys()  # the same keys in zh: test above
-    worded = {key for key in WORDING["en"] if key.startswith(("source_", "note_")) and key not in ("note_at_file", "note_at_key")}
+    worded = {
+        key
+        for key in WORDING["en"]
+        if key.startswith(("source_", "note_")) and key not in ("note_at_file", "note_at_key")
+    }
     assert worded == codes  # no words left for a code that is gone
 
 
@@ -145,7 +165,12 @@ def test_single_run_versions_without_noise_estimate(make_run, tmp_path):
     assert "No version has several distinct runs, so there is no estimate of the run-to-run noise." in markdown
     assert all(row["vs_baseline"]["v2"]["test"] == "min_effect" for row in summary["train_loss"]["rows"])
     assert "minimum effect for one run per version" in markdown
-    assert [row["step"] for row in summary["train_loss"]["rows"]] == [100, 200, 300, 400]  # default: quarters of training
+    assert [row["step"] for row in summary["train_loss"]["rows"]] == [
+        100,
+        200,
+        300,
+        400,
+    ]  # default: quarters of training
 
 
 def test_chinese_report_without_a_cjk_font_labels_charts_in_english(make_run, tmp_path, monkeypatch):
@@ -154,7 +179,11 @@ def test_chinese_report_without_a_cjk_font_labels_charts_in_english(make_run, tm
     monkeypatch.setattr(medtune.report.charts, "cjk_font", lambda: None)
     build_report([make_run("v1", 1).folder], out_dir=tmp_path / "out", lang="zh")
     markdown = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
-    warnings = [line for line in markdown.split(WORDING["zh"]["intro"].split("：")[0])[0].splitlines() if line.startswith("> **")]
+    warnings = [
+        line
+        for line in markdown.split(WORDING["zh"]["intro"].split("：")[0])[0].splitlines()
+        if line.startswith("> **")
+    ]
     assert any(WORDING["zh"]["warn_no_cjk_font"] in line for line in warnings)  # said at the top, before the intro
     assert "![训练损失](loss.png)" in markdown
 
@@ -163,20 +192,35 @@ def test_chinese_report_without_a_cjk_font_labels_charts_in_english(make_run, tm
 LINE_COLOURS = {"v1": (31, 119, 180), "v2": (255, 127, 14), "v3": (44, 160, 44)}
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install -y chromium)"
+)
 def test_html_renders_offline_with_charts_in_chromium(reports, tmp_path):
     from PIL import Image
 
     _, out = reports["zh"]
     html_path = out / "report.html"
-    assert "src=\"http" not in html_path.read_text(encoding="utf-8")  # nothing to fetch: charts are inline
+    assert 'src="http' not in html_path.read_text(encoding="utf-8")  # nothing to fetch: charts are inline
     screenshot = tmp_path / "shot.png"
     subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}", "--window-size=1200,3000",
-         html_path.as_uri()],
-        check=True, capture_output=True, timeout=120,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={screenshot}",
+            "--window-size=1200,3000",
+            html_path.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     pixels = np.asarray(Image.open(screenshot).convert("RGB")).reshape(-1, 3).astype(int)
     packed = pixels[:, 0] << 16 | pixels[:, 1] << 8 | pixels[:, 2]

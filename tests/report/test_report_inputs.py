@@ -20,7 +20,10 @@ from medtune.report.sources import load_runs
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize("name, version", [("v2-seed3", "v2"), ("v2_s11", "v2"), ("v2", "v2"), ("seed-study", "seed-study"), ("v1-seed", "v1-seed")])
+@pytest.mark.parametrize(
+    "name, version",
+    [("v2-seed3", "v2"), ("v2_s11", "v2"), ("v2", "v2"), ("seed-study", "seed-study"), ("v1-seed", "v1-seed")],
+)
 def test_version_of_strips_seed_suffixes(name, version):
     assert version_of(name) == version
 
@@ -28,10 +31,15 @@ def test_version_of_strips_seed_suffixes(name, version):
 def test_grouping_by_run_name_and_by_name_option(make_run):
     a, b, c = make_run("v1", 1), make_run("v1", 2, run_name="v1_s2"), make_run("v2", 1, run_name="other")
     versions = group_versions([a.folder, b.folder, ("v2", c.folder)])
-    assert [(version.name, [run.name for run in version.runs]) for version in versions] == [("v1", ["v1-seed1", "v1_s2"]), ("v2", ["other"])]
+    assert [(version.name, [run.name for run in version.runs]) for version in versions] == [
+        ("v1", ["v1-seed1", "v1_s2"]),
+        ("v2", ["other"]),
+    ]
 
 
-@pytest.mark.parametrize("schedule, warmup", [("linear", 0), ("linear", 7), ("cosine", 0), ("cosine", 7), ("constant", 7)])
+@pytest.mark.parametrize(
+    "schedule, warmup", [("linear", 0), ("linear", 7), ("cosine", 0), ("cosine", 7), ("constant", 7)]
+)
 def test_expected_lr_equals_transformers_get_scheduler(schedule, warmup):
     import torch
     from transformers import get_scheduler
@@ -45,7 +53,9 @@ def test_expected_lr_equals_transformers_get_scheduler(schedule, warmup):
         reference.append(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
-    np.testing.assert_allclose(multiplier(ScheduleSpec(schedule, 1.0, warmup, total), np.arange(total + 1)), reference, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        multiplier(ScheduleSpec(schedule, 1.0, warmup, total), np.arange(total + 1)), reference, rtol=1e-12, atol=1e-15
+    )
 
 
 def test_logged_lr_that_does_not_follow_the_config_is_flagged(make_run, tmp_path):
@@ -64,7 +74,14 @@ def test_logged_lr_that_does_not_follow_the_config_is_flagged(make_run, tmp_path
 
 
 def test_schedule_check_says_why_it_could_not_check():
-    run = Run("r", [{"step": 1, "loss": 1.0, "learning_rate": 1e-4}], {"train": {"schedule": "polynomial", "lr": 1e-4}}, {}, {}, Source("medtune_run", "runs/r"))
+    run = Run(
+        "r",
+        [{"step": 1, "loss": 1.0, "learning_rate": 1e-4}],
+        {"train": {"schedule": "polynomial", "lr": 1e-4}},
+        {},
+        {},
+        Source("medtune_run", "runs/r"),
+    )
     assert check_schedule(run, 0.01)["reason"] == "unknown_schedule"
     run.config = {"train": {"schedule": "cosine", "lr": 1e-4}}
     assert check_schedule(run, 0.01)["reason"] == "no_total"
@@ -125,8 +142,27 @@ def test_bad_options_are_explained(make_run, tmp_path):
 def test_cli_writes_the_report_and_says_where(make_run, tmp_path):
     a, b, c = make_run("v1", 1), make_run("v1", 2), make_run("v2", 1)
     out = tmp_path / "reports" / "cmp"
-    result = CliRunner().invoke(app, ["compare", "--name", f"base={a.folder}", "--name", f"base={b.folder}", str(c.folder),
-                                        "--baseline", "base", "--steps", "100,400", "--lang", "zh", "--phases", "0.2,0.6", "-o", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--name",
+            f"base={a.folder}",
+            "--name",
+            f"base={b.folder}",
+            str(c.folder),
+            "--baseline",
+            "base",
+            "--steps",
+            "100,400",
+            "--lang",
+            "zh",
+            "--phases",
+            "0.2,0.6",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert str(out / "report.md") in result.output
     summary = json.loads((out / "summary.json").read_text())

@@ -38,7 +38,9 @@ def mean_ci(values):
     values = np.asarray(values, dtype=float)
     if len(values) == 1:
         return float(values[0]), None
-    return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return float(values.mean()), float(
+        stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    )
 
 
 def welch_p(a, b):
@@ -102,9 +104,15 @@ def test_eval_loss_and_generalisation_gap(report, fabricated):
     rows = summary["eval_loss"]["rows"]
     assert [row["step"] for row in rows] == [100, 200, 300, 400]
     for row in rows:
-        evals = {name: [at(run.eval_steps, run.eval_loss, row["step"]) for run in runs] for name, runs in versions.items()}
-        gaps = {name: [at(run.eval_steps, run.eval_loss, row["step"]) - at(run.steps, run.loss, row["step"]) for run in runs]
-                for name, runs in versions.items()}
+        evals = {
+            name: [at(run.eval_steps, run.eval_loss, row["step"]) for run in runs] for name, runs in versions.items()
+        }
+        gaps = {
+            name: [
+                at(run.eval_steps, run.eval_loss, row["step"]) - at(run.steps, run.loss, row["step"]) for run in runs
+            ]
+            for name, runs in versions.items()
+        }
         for name in versions:
             check_cell(row["values"][name], evals[name])
             check_cell(row["gap"]["values"][name], gaps[name])
@@ -112,7 +120,9 @@ def test_eval_loss_and_generalisation_gap(report, fabricated):
         check_versus(row["vs_baseline"]["v3"], evals["v1"], evals["v3"])
         for name in ("v2", "v3"):  # a signed gap has no meaningful ratio: absolute differences only
             assert row["gap"]["vs_baseline"][name]["rel"] is None
-            assert row["gap"]["vs_baseline"][name]["diff"] == pytest.approx(np.mean(gaps[name]) - np.mean(gaps["v1"]), rel=1e-9)
+            assert row["gap"]["vs_baseline"][name]["diff"] == pytest.approx(
+                np.mean(gaps[name]) - np.mean(gaps["v1"]), rel=1e-9
+            )
 
 
 def test_gradient_stability(report, fabricated):
@@ -124,8 +134,10 @@ def test_gradient_stability(report, fabricated):
         phase = [np.searchsorted(limits, run.steps, side="left") for run in runs]
         for index, label in enumerate(("warmup", "early", "late")):
             for statistic, function in (("min", np.min), ("max", np.max), ("median", np.median)):
-                check_cell(grad["phases"][label][statistic]["values"][name],
-                           [function(run.grad_norm[p == index]) for run, p in zip(runs, phase)])
+                check_cell(
+                    grad["phases"][label][statistic]["values"][name],
+                    [function(run.grad_norm[p == index]) for run, p in zip(runs, phase)],
+                )
         after = [run.grad_norm[run.steps > 40] for run in runs]
         cvs[name] = [a.std(ddof=1) / a.mean() for a in after]
         check_cell(grad["sd_after_warmup"]["values"][name], [a.std(ddof=1) for a in after])
@@ -134,7 +146,9 @@ def test_gradient_stability(report, fabricated):
     pairs = {(pair["reference"], pair["other"]): pair for pair in grad["cv_pairs"]}
     assert set(pairs) == {("v1", "v2"), ("v1", "v3"), ("v2", "v3")}
     for (reference, other), pair in pairs.items():
-        assert pair["rel"] == pytest.approx((np.mean(cvs[other]) - np.mean(cvs[reference])) / np.mean(cvs[reference]), rel=1e-9)
+        assert pair["rel"] == pytest.approx(
+            (np.mean(cvs[other]) - np.mean(cvs[reference])) / np.mean(cvs[reference]), rel=1e-9
+        )
     assert pairs[("v1", "v2")]["p_value"] == pytest.approx(welch_p(cvs["v1"], cvs["v2"]), rel=1e-6)
     assert pairs[("v2", "v3")]["test"] == "min_effect"  # one v3 run: 5% of the reference CV
     assert pairs[("v2", "v3")]["threshold"] == pytest.approx(0.05 * np.mean(cvs["v2"]), rel=1e-9)
@@ -147,7 +161,9 @@ def test_learning_rate_dynamics_and_schedule_check(report, fabricated):
         check_cell(rates["first_logged"]["values"][name], [run.learning_rate[0] for run in runs])
         check_cell(rates["first_logged_step"]["values"][name], [run.steps[0] for run in runs])
         check_cell(rates["largest_logged"]["values"][name], [run.learning_rate.max() for run in runs])
-        check_cell(rates["largest_logged_step"]["values"][name], [run.steps[run.learning_rate.argmax()] for run in runs])
+        check_cell(
+            rates["largest_logged_step"]["values"][name], [run.steps[run.learning_rate.argmax()] for run in runs]
+        )
         check_cell(rates["mid"]["values"][name], [at(run.steps, run.learning_rate, 200) for run in runs])
         check_cell(rates["last_logged"]["values"][name], [run.learning_rate[-1] for run in runs])
         for run in runs:
@@ -168,8 +184,12 @@ def test_advantages_matrix(report, fabricated):
     for name in ("v2", "v3"):
         pair_runs = versions["v1"] + versions[name]
         first = max(run.steps[0] for run in pair_runs)
-        end = min(run.steps[-1] for run in pair_runs)  # v2 and v3 warm up for 10% of 400 steps: the window starts after 40
-        grid = np.array(sorted({s for run in pair_runs for s in run.steps.tolist() if first <= s <= end and s > 40}), dtype=float)
+        end = min(
+            run.steps[-1] for run in pair_runs
+        )  # v2 and v3 warm up for 10% of 400 steps: the window starts after 40
+        grid = np.array(
+            sorted({s for run in pair_runs for s in run.steps.tolist() if first <= s <= end and s > 40}), dtype=float
+        )
         start = grid[0]
         base, other = window_losses(versions["v1"], grid), window_losses(versions[name], grid)
         entry = matrix["convergence"]["pairs"][name]
@@ -185,8 +205,13 @@ def test_advantages_matrix(report, fabricated):
     for name in versions:
         check_cell(matrix["final_eval_loss"]["values"][name], finals[name])
         check_cell(matrix["overfit_gap"]["values"][name], [run.eval_loss[-1] - run.loss[-1] for run in versions[name]])
-        check_cell(matrix["overfit_ratio"]["values"][name], [run.eval_loss[-1] / run.loss[-1] for run in versions[name]])
-        check_cell(matrix["evaluation"]["think.bleu"]["values"][name], [run.evaluation["think"]["bleu"] for run in versions[name]])
+        check_cell(
+            matrix["overfit_ratio"]["values"][name], [run.eval_loss[-1] / run.loss[-1] for run in versions[name]]
+        )
+        check_cell(
+            matrix["evaluation"]["think.bleu"]["values"][name],
+            [run.evaluation["think"]["bleu"] for run in versions[name]],
+        )
     assert min(finals, key=lambda name: np.mean(finals[name])) in matrix["final_eval_loss"]["best"]
     assert "model" not in matrix["evaluation"]  # text values of eval.json are not metrics
 
@@ -214,14 +239,18 @@ def test_noise_and_random_weights(report, fabricated):
     versions = by_version(fabricated)
     noise = summary["noise"]
     assert noise["single_run_versions"] == ["v3"] and noise["from_versions"] == ["v1", "v2"]
-    assert noise["final_train_loss_sd"] == pytest.approx(pooled([[run.loss[-1] for run in versions[name]] for name in ("v1", "v2")]))
+    assert noise["final_train_loss_sd"] == pytest.approx(
+        pooled([[run.loss[-1] for run in versions[name]] for name in ("v1", "v2")])
+    )
     assert summary["random_weights"]["any"] and len(summary["random_weights"]["runs"]) == len(fabricated)
 
 
 def test_summary_json_on_disk_is_the_returned_summary(report):
     summary, out = report
     assert json.loads((out / "summary.json").read_text(encoding="utf-8")) == summary
-    assert {"loss.png", "eval_loss.png", "grad_norm.png", "learning_rate.png", "report.md", "report.html"} <= {p.name for p in out.iterdir()}
+    assert {"loss.png", "eval_loss.png", "grad_norm.png", "learning_rate.png", "report.md", "report.html"} <= {
+        p.name for p in out.iterdir()
+    }
 
 
 def test_insights_follow_the_numbers(report):
@@ -232,7 +261,11 @@ def test_insights_follow_the_numbers(report):
     stability = {(i["reference"], i["other"]): i for i in summary["insights"] if i["kind"].startswith("stability")}
     for pair in summary["grad_norm"]["cv_pairs"]:
         insight = stability[(pair["reference"], pair["other"])]
-        expected = ("stability_narrows" if pair["diff"] < 0 else "stability_widens") if pair["significant"] else "stability_tie"
+        expected = (
+            ("stability_narrows" if pair["diff"] < 0 else "stability_widens")
+            if pair["significant"]
+            else "stability_tie"
+        )
         assert insight["kind"] == expected
         assert f"{pair['rel'] * 100:+.2f}%" in insight["text"]
     assert "schedule_ok" in kinds and "schedule_bad" not in kinds

@@ -42,9 +42,21 @@ def hf_run(tmp_path_factory):
     model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=2))
     report_to = ["tensorboard", "swanlab"] if swanlab_available() else ["tensorboard"]
     args = TrainingArguments(
-        output_dir=str(root / "out"), run_name="hf-seed1", max_steps=HF_STEPS, logging_steps=1, eval_strategy="steps",
-        eval_steps=6, save_steps=HF_STEPS, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.25,
-        max_grad_norm=0.5, per_device_train_batch_size=4, report_to=report_to, use_cpu=True, seed=1,
+        output_dir=str(root / "out"),
+        run_name="hf-seed1",
+        max_steps=HF_STEPS,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=6,
+        save_steps=HF_STEPS,
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.25,
+        max_grad_norm=0.5,
+        per_device_train_batch_size=4,
+        report_to=report_to,
+        use_cpu=True,
+        seed=1,
     )
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(root / "tb")
     try:
@@ -85,7 +97,11 @@ def test_trainer_state_with_training_args_json(hf_run, tmp_path):
     (checkpoint / "training_args.json").write_text(json.dumps(args.to_dict()))
     (run,) = load_runs(checkpoint / "trainer_state.json")
     assert run.name == "hf-seed1"
-    assert (run.setting("train.schedule"), run.setting("train.lr"), run.setting("train.warmup_ratio")) == ("cosine", 1e-3, 0.25)
+    assert (run.setting("train.schedule"), run.setting("train.lr"), run.setting("train.warmup_ratio")) == (
+        "cosine",
+        1e-3,
+        0.25,
+    )
     assert run.setting("train.max_grad_norm") == 0.5
     check = check_schedule(run, 0.01)
     # transformers 5 logs the LR the step used
@@ -142,17 +158,24 @@ def test_swanlab_010_unfinished_record_file_is_read_up_to_the_last_complete_reco
     (run,) = load_runs(copy)
     steps, values = run.series("loss")
     assert 0 < len(steps) < HF_STEPS
-    assert dict(zip(steps.tolist(), values.tolist())) == {s: v for s, v in logged(history, "loss").items() if s in steps}
+    assert dict(zip(steps.tolist(), values.tolist())) == {
+        s: v for s, v in logged(history, "loss").items() if s in steps
+    }
     assert [note.fields["file"] for note in run.notes if note.code == "incomplete_record"] == [str(record_file)]
 
 
 @pytest.mark.skipif(not swanlab_available(), reason="swanlab is not installed (pip install 'medtune[swanlab]')")
 def test_report_across_three_sources(hf_run, tmp_path):
     root, _, _ = hf_run
-    summary = build_report([("swanlab", root / "swanlog"), ("tensorboard", root / "tb"), ("trainer", root / "out")], out_dir=tmp_path / "out")
+    summary = build_report(
+        [("swanlab", root / "swanlog"), ("tensorboard", root / "tb"), ("trainer", root / "out")],
+        out_dir=tmp_path / "out",
+    )
     assert [version["name"] for version in summary["versions"]] == ["swanlab", "tensorboard", "trainer"]
     for name in ("tensorboard", "trainer"):
-        assert abs(summary["train_loss"]["rows"][-1]["vs_baseline"][name]["rel"]) < 1e-6  # one training, three records of it
+        assert (
+            abs(summary["train_loss"]["rows"][-1]["vs_baseline"][name]["rel"]) < 1e-6
+        )  # one training, three records of it
 
 
 def load_fixture_script():
@@ -166,7 +189,12 @@ def test_swanlab_04_local_log():
     script = load_fixture_script()
     runs = load_runs(FIXTURES / "swanlab04" / "swanlog")
     assert sorted(run.name for run in runs) == sorted(script.RUNS)
-    names = {"train/loss": "loss", "train/grad_norm": "grad_norm", "train/learning_rate": "learning_rate", "eval/loss": "eval_loss"}
+    names = {
+        "train/loss": "loss",
+        "train/grad_norm": "grad_norm",
+        "train/learning_rate": "learning_rate",
+        "eval/loss": "eval_loss",
+    }
     for run in runs:
         expected = script.expected_series(run.name)
         for tag, key in names.items():
@@ -185,8 +213,14 @@ def test_swanlab_04_report_diffs_the_trainer_arguments(tmp_path):
     assert diff["lora.modules_to_save"] == {"v1": [[]], "v2": [["lm_head"]]}
     assert not [key for key in diff if key.startswith("hf.peft")]
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
-    raw = {run["name"]: run["imported_config"]["swanlab_config"] for version in written["versions"] for run in version["runs"]}
-    assert raw["v2-seed1"]["peft_config"] == {"default": load_fixture_script().lora_repr("v2-seed1")}  # the text, as logged
+    raw = {
+        run["name"]: run["imported_config"]["swanlab_config"]
+        for version in written["versions"]
+        for run in version["runs"]
+    }
+    assert raw["v2-seed1"]["peft_config"] == {
+        "default": load_fixture_script().lora_repr("v2-seed1")
+    }  # the text, as logged
 
 
 def test_swanlab_04_database_with_pending_wal_is_read_and_left_alone(tmp_path):

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from medtune.run_folder import LEGACY_STATE_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, RunFolder
-from medtune.train.checkpoint import CheckpointError, load_training_state, rng_state, save_checkpoint, save_training_state
+from medtune.train.checkpoint import (
+    CheckpointError,
+    load_training_state,
+    rng_state,
+    save_checkpoint,
+    save_training_state,
+)
 
 
 def assert_same(a, b, where="state"):
@@ -44,9 +50,15 @@ def optimizer_state() -> dict:
 def test_a_state_is_read_back_equal_and_stored_without_pickle(tmp_path):
     shared = torch.arange(6, dtype=torch.float32)  # one tensor met twice (bitsandbytes shares its quantization map)
     random.random()
-    state = {"step": 7, "elapsed": 1.5, "optimizer": optimizer_state(), "rng": rng_state(),
-             "window": {"loss": 0.0, "grad_norms": [0.5, float("nan")], "note": None},
-             "shared": [shared, shared, shared[2:4]], "augment_stats": None}
+    state = {
+        "step": 7,
+        "elapsed": 1.5,
+        "optimizer": optimizer_state(),
+        "rng": rng_state(),
+        "window": {"loss": 0.0, "grad_norms": [0.5, float("nan")], "note": None},
+        "shared": [shared, shared, shared[2:4]],
+        "augment_stats": None,
+    }
     save_training_state(tmp_path, state)
     loaded = load_training_state(tmp_path)
     assert_same(state["optimizer"], loaded["optimizer"])
@@ -80,19 +92,28 @@ def test_a_pickle_that_would_run_a_command_is_refused_and_runs_nothing(tmp_path)
             return os.system, (f"touch {marker}",)
 
     torch.save({"step": 3, "optimizer": Exploit()}, tmp_path / LEGACY_STATE_FILE)
-    with pytest.raises(CheckpointError, match=r"training_state\.pt: cannot read the training state \(it asks to call \S*system"):
+    with pytest.raises(
+        CheckpointError, match=r"training_state\.pt: cannot read the training state \(it asks to call \S*system"
+    ):
         load_training_state(tmp_path)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(("name", "content", "reason"), [
-    (LEGACY_STATE_FILE, b"", "the file is empty or cut short"),
-    (LEGACY_STATE_FILE, b"\x80\x02not a checkpoint", "not a checkpoint torch can read"),
-    (STATE_TENSORS_FILE, b"garbage", "Error while deserializing header"),
-    (STATE_JSON_FILE, b'{"format": "something else"}', "not a medtune training state"),
-    (STATE_JSON_FILE, b'{"format": "medtune training state", "version": 99, "state": {}}', "format version 99"),
-    (STATE_JSON_FILE, b'{"format": "medtune training state", "version": 1, "state": {"$tensor": "missing"}}', "does not match"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        (LEGACY_STATE_FILE, b"", "the file is empty or cut short"),
+        (LEGACY_STATE_FILE, b"\x80\x02not a checkpoint", "not a checkpoint torch can read"),
+        (STATE_TENSORS_FILE, b"garbage", "Error while deserializing header"),
+        (STATE_JSON_FILE, b'{"format": "something else"}', "not a medtune training state"),
+        (STATE_JSON_FILE, b'{"format": "medtune training state", "version": 99, "state": {}}', "format version 99"),
+        (
+            STATE_JSON_FILE,
+            b'{"format": "medtune training state", "version": 1, "state": {"$tensor": "missing"}}',
+            "does not match",
+        ),
+    ],
+)
 def test_a_damaged_state_is_one_line_naming_the_file_and_what_to_do(tmp_path, name, content, reason):
     if name != LEGACY_STATE_FILE:
         save_training_state(tmp_path, {"step": 1, "moment": torch.ones(2)})
@@ -121,13 +142,17 @@ def test_only_the_newest_checkpoint_keeps_its_training_state(tmp_path):
 
 
 def test_a_bitsandbytes_8bit_optimizer_resumes_exactly(tmp_path):
-    """CUDA's default optimizer: its state nests a quantization dict (8-bit moments, maps, absmax) under each parameter."""
+    """CUDA's default optimizer: its state nests a quantization dict (8-bit moments, maps, absmax) under each
+    parameter."""
     import bitsandbytes as bnb
 
     def loss(params):
-        return sum((p ** 2).sum() for p in params)
+        return sum((p**2).sum() for p in params)
 
-    params = [torch.nn.Parameter(torch.randn(4096, 8)), torch.nn.Parameter(torch.randn(8))]  # 4,096+ elements: 8-bit moments
+    params = [
+        torch.nn.Parameter(torch.randn(4096, 8)),
+        torch.nn.Parameter(torch.randn(8)),
+    ]  # 4,096+ elements: 8-bit moments
     optimizer = bnb.optim.AdamW8bit(params, lr=1e-2)
     loss(params).backward()
     optimizer.step()

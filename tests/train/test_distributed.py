@@ -13,14 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import tiny_config
 
 from medtune.config import RunConfig, dump_config
 from medtune.train.distributed import DistContext, check_global_batch
 from medtune.train.recipe import run
-from tests.conftest import tiny_config
 
-OVERRIDES = ("lora.dropout=0.0", "train.max_steps=2", "train.per_device_batch_size=1", "train.gradient_accumulation_steps=4",
-             "train.eval_steps=2", "train.save_steps=2", "train.logging_steps=1")
+OVERRIDES = (
+    "lora.dropout=0.0",
+    "train.max_steps=2",
+    "train.per_device_batch_size=1",
+    "train.gradient_accumulation_steps=4",
+    "train.eval_steps=2",
+    "train.save_steps=2",
+    "train.logging_steps=1",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,10 @@ def assert_same_training(single: Path, parallel: Path, cfg: RunConfig) -> None:
             if key in a:
                 assert abs(a[key] - b[key]) <= 1e-4 * abs(a[key]) + 1e-7, (key, a, b)
         assert a.get("tokens_seen") == b.get("tokens_seen") and a.get("eval_tokens") == b.get("eval_tokens")
-    wa, wb = load_file(single / "adapter" / "adapter_model.safetensors"), load_file(parallel / "adapter" / "adapter_model.safetensors")
+    wa, wb = (
+        load_file(single / "adapter" / "adapter_model.safetensors"),
+        load_file(parallel / "adapter" / "adapter_model.safetensors"),
+    )
     assert wa.keys() == wb.keys()
     # One process and two sum a step's fp32 gradients in a different order, so each gradient element differs by
     # about eps_fp32 (1.2e-7) x sqrt(summed terms) of its scale; the losses above agree to 1e-6. AdamW divides each
@@ -62,15 +72,38 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path, short_rows_f
     config_file = tmp_path / "two.yaml"
     config_file.write_text(dump_config(cfg), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "medtune.cli", "train", str(config_file)], env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "medtune.cli",
+            "train",
+            str(config_file),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     parallel = cfg.run_dir()
     assert_same_training(single, parallel, cfg)
     env_json = json.loads((parallel / "env.json").read_text())
     assert env_json["processes"] == 2
-    assert env_json["batch"] == {"global_batch": 4, "processes": 2, "per_device_batch_size": 1, "samples_per_process": 2,
-                                 "micro_batches_per_process": 2, "packed_row_tokens": 16384, "parallelism": "ddp"}
+    assert env_json["batch"] == {
+        "global_batch": 4,
+        "processes": 2,
+        "per_device_batch_size": 1,
+        "samples_per_process": 2,
+        "micro_batches_per_process": 2,
+        "packed_row_tokens": 16384,
+        "parallelism": "ddp",
+    }
     assert "batch: 4 samples per optimizer step" in done.stderr  # rich wraps the rest of the line
     assert json.loads((single / "env.json").read_text())["batch"]["parallelism"] == "none"
 
@@ -90,10 +123,36 @@ def test_two_nodes_meeting_through_a_rendezvous_equal_one_process(tmp_path, shor
     config_file.write_text(dump_config(cfg), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-                               "--node_rank", str(node), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "medtune-test",
-                               "-m", "medtune.cli", "train", str(config_file)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(node),
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                endpoint,
+                "--rdzv_id",
+                "medtune-test",
+                "-m",
+                "medtune.cli",
+                "train",
+                str(config_file),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
     outputs = [node.communicate(timeout=900) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stdout[-2000:] + stderr[-4000:]

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
+from tests.conftest import tiny_config
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
@@ -28,17 +29,41 @@ from medtune.run_folder import RunFolder
 from medtune.train.fsdp import full_optimizer_state, load_full_optimizer_state
 from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, run
-from tests.conftest import tiny_config
 
-OVERRIDES = ("lora.dropout=0.0", "lora.tied_embeddings=untie", "train.max_steps=3", "train.per_device_batch_size=1", "train.gradient_accumulation_steps=3",
-             "train.eval_steps=2", "train.save_steps=1", "train.logging_steps=1")
+OVERRIDES = (
+    "lora.dropout=0.0",
+    "lora.tied_embeddings=untie",
+    "train.max_steps=3",
+    "train.per_device_batch_size=1",
+    "train.gradient_accumulation_steps=3",
+    "train.eval_steps=2",
+    "train.save_steps=1",
+    "train.logging_steps=1",
+)
 
 
 def torchrun_train(cfg: RunConfig, config_file: Path, *args: str) -> Path:
     config_file.write_text(dump_config(cfg), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "medtune.cli", "train", str(config_file), *args], env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "medtune.cli",
+            "train",
+            str(config_file),
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return cfg.run_dir()
 
@@ -54,7 +79,9 @@ def assert_same_adapter(a: Path, b: Path) -> None:
         assert torch.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-5), key
 
 
-def test_fsdp_two_processes_resume_a_single_process_run_and_train_what_it_trains(tmp_path, short_rows_file, monkeypatch):
+def test_fsdp_two_processes_resume_a_single_process_run_and_train_what_it_trains(
+    tmp_path, short_rows_file, monkeypatch
+):
     """One process trains steps 1-3; another is stopped after step 1, whose checkpoint keeps the training state. Two
     FSDP processes resume that checkpoint (moments sharded on load) and train steps 2-3 (3 samples: one process pads
     with a zero-weight forward), save a checkpoint at step 2, eval, and save the adapter: all as the one process did."""
@@ -139,6 +166,7 @@ def test_parallelism_is_validated(tmp_path, short_rows_file):
 
 def test_fsdp_stores_4bit_weights_in_the_compute_dtype():
     """FSDP shards the 4-bit weights like the layer's other parameters: stored in the compute dtype, not uint8."""
+
     def storage(fsdp: bool) -> torch.dtype:
         model = load_base_model(ModelConfig(), QuantConfig(), torch.device("cpu"), fsdp=fsdp).model
         return model.model.layers[0].self_attn.q_proj.weight.dtype

@@ -37,7 +37,7 @@ def trained_model(fsdp_loaded: nn.Module, ctx: DistContext) -> PeftModel:
     model = apply_lora(fsdp_loaded, LoraConfig(dropout=0.0))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     shard_model(model, ctx, CPU)
@@ -50,8 +50,11 @@ def loss_and_gradients(model: PeftModel, rank: int) -> tuple[torch.Tensor, dict[
     ids = torch.randint(0, 1000, (2, 12), generator=generator)
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
-    grads = {name: (p.grad.full_tensor() if is_sharded(p) else p.grad).clone()
-             for name, p in model.named_parameters() if p.requires_grad}
+    grads = {
+        name: (p.grad.full_tensor() if is_sharded(p) else p.grad).clone()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
     return loss.detach(), grads
 
 

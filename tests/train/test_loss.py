@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import tiny_config
 
 from medtune.data.batching import micro_batches
 from medtune.train.loss import causal_lm_loss_sums, head_weight, linear_cross_entropy
-from tests.conftest import tiny_config
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -76,8 +76,15 @@ def test_a_head_with_bias_is_refused():
 def test_packed_rows_give_the_loss_and_gradients_of_one_sample_at_a_time(tmp_path, short_rows_file, packed_attention):
     from medtune.train.recipe import FineTuneRecipe
 
-    cfg = tiny_config("v1", tmp_path, short_rows_file, "lora.dropout=0.0", f"speed.packed_attention={packed_attention}",
-                      "train.per_device_batch_size=2", "train.gradient_accumulation_steps=2")
+    cfg = tiny_config(
+        "v1",
+        tmp_path,
+        short_rows_file,
+        "lora.dropout=0.0",
+        f"speed.packed_attention={packed_attention}",
+        "train.per_device_batch_size=2",
+        "train.gradient_accumulation_steps=2",
+    )
     recipe = FineTuneRecipe(cfg)
     recipe.setup()
     items = recipe._next_step_samples()[:3]
@@ -118,12 +125,18 @@ def test_speed_defaults_match_speed_off_on_cpu(tmp_path, short_rows_file):
 
     results = []
     for overrides in ((), ("speed.packed_attention=mask", "speed.mixed_precision=none", "speed.fused_kernels=none")):
-        recipe = FineTuneRecipe(tiny_config("v2", tmp_path / str(len(overrides)), short_rows_file, "lora.dropout=0.0", *overrides))
+        recipe = FineTuneRecipe(
+            tiny_config("v2", tmp_path / str(len(overrides)), short_rows_file, "lora.dropout=0.0", *overrides)
+        )
         recipe.setup()
         grad_norm = recipe.train_step(recipe._next_step_samples())
         results.append((recipe.window.loss / recipe.window.tokens, grad_norm, recipe.speed_plan))
         recipe.cleanup()
     (auto_loss, auto_norm, auto_plan), (off_loss, off_norm, _) = results
-    assert auto_plan.packed_attention == "per_sample" and auto_plan.mixed_precision == "none" and auto_plan.fused_kernels == "none"
+    assert (
+        auto_plan.packed_attention == "per_sample"
+        and auto_plan.mixed_precision == "none"
+        and auto_plan.fused_kernels == "none"
+    )
     assert abs(auto_loss - off_loss) < 1e-5 * off_loss
     assert abs(auto_norm - off_norm) < 1e-4 * off_norm

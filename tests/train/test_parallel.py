@@ -12,10 +12,15 @@ from medtune.train.parallel import DataParallel, FullyShardedParallel, SinglePro
 TWO = DistContext(rank=0, world_size=2)
 
 
-@pytest.mark.parametrize(("choice", "ctx", "expected"), [
-    ("ddp", DistContext(), SingleProcess), ("fsdp", DistContext(), SingleProcess),  # one process: nothing to share
-    ("ddp", TWO, DataParallel), ("fsdp", TWO, FullyShardedParallel),
-])
+@pytest.mark.parametrize(
+    ("choice", "ctx", "expected"),
+    [
+        ("ddp", DistContext(), SingleProcess),
+        ("fsdp", DistContext(), SingleProcess),  # one process: nothing to share
+        ("ddp", TWO, DataParallel),
+        ("fsdp", TWO, FullyShardedParallel),
+    ],
+)
 def test_the_factory_picks_by_config_and_process_count(choice, ctx, expected):
     parallel = build_parallelism(TrainConfig(parallelism=choice), ctx)
     assert type(parallel) is expected
@@ -24,7 +29,9 @@ def test_the_factory_picks_by_config_and_process_count(choice, ctx, expected):
 
 def test_every_process_needs_a_sample_of_each_step():
     with pytest.raises(ValueError, match="fewer than the 4 processes"):
-        build_parallelism(TrainConfig(per_device_batch_size=1, gradient_accumulation_steps=2), DistContext(world_size=4))
+        build_parallelism(
+            TrainConfig(per_device_batch_size=1, gradient_accumulation_steps=2), DistContext(world_size=4)
+        )
 
 
 def test_only_fsdp_shards_weights_and_refuses_8bit_optimizers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from tests.conftest import CONFIGS, tiny_config
 from typer.testing import CliRunner
 
 from medtune.cli import app
@@ -11,7 +12,6 @@ from medtune.data.prepare import prepare_data
 from medtune.model.load import load_tokenizer
 from medtune.train.preflight import preflight
 from medtune.train.recipe import run
-from tests.conftest import CONFIGS, tiny_config
 
 
 def by_check(findings) -> dict[str, list[tuple[str, str]]]:
@@ -30,42 +30,67 @@ def test_a_sound_config_passes_with_its_schedule_worked_out(tmp_path, short_rows
     assert found["run folder"] == [("ok", f"{cfg.run_dir()} (new)")]
     assert found["data"][0][1].startswith("12 training rows")
     mean = float(found["data"][0][1].split(", ")[1].split(" tokens")[0])  # rounded to a whole token
-    (level, message), = found["batch"]
+    ((level, message),) = found["batch"]
     step_tokens = float(message.split("about ")[1].split(" tokens")[0].replace(",", ""))
     assert level == "ok" and abs(step_tokens - 2 * mean) <= 1, "2 samples per step"
     assert message.endswith("about 1 forward pass(es) in packed rows of up to 16,384 tokens")
-    rows_of_one = by_check(preflight(tiny_config("v2", tmp_path, short_rows_file, "speed.packed_row_tokens=640")))["batch"]
+    rows_of_one = by_check(preflight(tiny_config("v2", tmp_path, short_rows_file, "speed.packed_row_tokens=640")))[
+        "batch"
+    ]
     assert rows_of_one[0][1].endswith("about 2 forward pass(es) in packed rows of up to 640 tokens")
 
 
 def test_what_would_waste_a_run_is_flagged(tmp_path, short_rows_file):
-    cfg = tiny_config("v1", tmp_path, short_rows_file, "train.max_steps=80", "train.eval_steps=null", "train.save_steps=100",
-                      "data.max_length=450")
+    cfg = tiny_config(
+        "v1",
+        tmp_path,
+        short_rows_file,
+        "train.max_steps=80",
+        "train.eval_steps=null",
+        "train.save_steps=100",
+        "data.max_length=450",
+    )
     found = by_check(preflight(cfg))
     assert ("warn", "train.eval_steps is null: no eval loss during or after training") in found["eval"]
     assert found["checkpoints"][0][0] == "warn" and "a crash or a kill" in found["checkpoints"][0][1]
-    assert any(level == "warn" and "passes over the training rows: expect overfitting" in message for level, message in found["schedule"])
+    assert any(
+        level == "warn" and "passes over the training rows: expect overfitting" in message
+        for level, message in found["schedule"]
+    )
     data = [message for level, message in found["data"] if level == "warn"]
     stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats["train"]
     cut_short = stats["truncated"] - stats["answer_cut"]
     assert cut_short > 0, "the test needs rows cut at max_length that keep part of their answer"
-    assert any(m.startswith(f"{cut_short} of 12 training rows are cut at max_length 450: the end of their answer") for m in data), data
+    assert any(
+        m.startswith(f"{cut_short} of 12 training rows are cut at max_length 450: the end of their answer")
+        for m in data
+    ), data
 
 
 def test_a_missing_model_is_reported_under_model_not_data(tmp_path, short_rows_file):
     cfg = tiny_config("v1", tmp_path, short_rows_file, f"model.name_or_path={tmp_path / 'no-such-model'}")
     found = by_check(preflight(cfg))
-    (level, message), = found["model"]
+    ((level, message),) = found["model"]
     assert level == "error" and "no such folder" in message and "read as a local folder" in message
     assert "data" not in found
 
 
 def test_errors_fail_the_cli_and_an_existing_run_is_reported(tmp_path, short_rows_file):
-    too_short = ["--overlay", str(CONFIGS / "tiny.yaml"), "--set", f"output_dir={tmp_path}", "--set", f"data.train={short_rows_file}",
-                 "--set", "data.max_length=40"]
+    too_short = [
+        "--overlay",
+        str(CONFIGS / "tiny.yaml"),
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        f"data.train={short_rows_file}",
+        "--set",
+        "data.max_length=40",
+    ]
     result = CliRunner().invoke(app, ["check", str(CONFIGS / "v1.yaml"), *too_short])
     assert result.exit_code == 1, result.output
-    assert "no trainable rows: every answer is cut away by truncation to max_length=40" in " ".join(result.output.split())
+    assert "no trainable rows: every answer is cut away by truncation to max_length=40" in " ".join(
+        result.output.split()
+    )
 
     cfg = tiny_config("v1", tmp_path, short_rows_file, "train.max_steps=1")
     run(cfg)
@@ -78,8 +103,10 @@ def test_skip_bad_rows_turns_a_bad_row_from_an_error_into_a_warning(tmp_path, sh
     data = tmp_path / "with_bad_row.jsonl"
     data.write_text(short_rows_file.read_text(encoding="utf-8") + '{"question": "q", "think": "t"}\n', encoding="utf-8")
     cfg = tiny_config("v1", tmp_path, data)
-    (level, message), = by_check(preflight(cfg))["data"]
+    ((level, message),) = by_check(preflight(cfg))["data"]
     assert level == "error" and "with_bad_row.jsonl:17" in message
     skipped = by_check(preflight(cfg, skip_bad_rows=True))["data"]
-    assert skipped[0][0] == "warn" and "1 bad rows skipped" in skipped[0][1] and "with_bad_row.jsonl:17" in skipped[0][1]
+    assert (
+        skipped[0][0] == "warn" and "1 bad rows skipped" in skipped[0][1] and "with_bad_row.jsonl:17" in skipped[0][1]
+    )
     assert cfg.data.skip_bad_rows is False, "the caller's config is left as it was"

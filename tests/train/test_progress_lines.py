@@ -36,9 +36,17 @@ def test_a_process_that_does_not_show_progress_prints_nothing(capsys):
 
 
 def test_the_end_summary_says_losses_speed_time_and_where_the_adapter_is():
-    summary = {"run_name": "v2", "step": 30, "random_weights": True, "tokens_per_s": 812.4, "train_seconds": 125.0,
-               "wall_seconds": 3725.0, "last_train": {"step": 30, "loss": 9.87654}, "last_eval": {"step": 30, "eval_loss": 9.9},
-               "model": {"name_or_path": "models/qwen3-random", "size": "1.7B parameters", "architecture": "Qwen3ForCausalLM"}}
+    summary = {
+        "run_name": "v2",
+        "step": 30,
+        "random_weights": True,
+        "tokens_per_s": 812.4,
+        "train_seconds": 125.0,
+        "wall_seconds": 3725.0,
+        "last_train": {"step": 30, "loss": 9.87654},
+        "last_eval": {"step": 30, "eval_loss": 9.9},
+        "model": {"name_or_path": "models/qwen3-random", "size": "1.7B parameters", "architecture": "Qwen3ForCausalLM"},
+    }
     lines = summary_lines(summary, "runs/v2/adapter")
     assert lines[0] == "finished v2: 30 steps"
     assert lines[1].startswith("  model    models/qwen3-random (1.7B parameters, Qwen3ForCausalLM); RANDOM WEIGHTS")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from tests.conftest import tiny_config
 
 from medtune.data.batching import micro_batches
 from medtune.model.load import load_base_model
@@ -18,7 +19,6 @@ from medtune.run_folder import LEGACY_STATE_FILE, RunFolder
 from medtune.train.checkpoint import CheckpointError
 from medtune.train.interrupt import TrainingInterrupted
 from medtune.train.recipe import FineTuneRecipe, RunExistsError, run
-from tests.conftest import tiny_config
 
 TIMING_KEYS = {"tokens_per_s", "elapsed_s", "peak_memory_gib"}
 
@@ -30,12 +30,23 @@ def read_metrics(run_dir):
 def test_v2_tiny_run_folder_is_complete_and_only_lora_trains(tmp_path, short_rows_file):
     cfg = tiny_config("v2", tmp_path, short_rows_file, "train.max_steps=4", "train.save_steps=2", "train.eval_steps=2")
     run_dir = run(cfg)
-    for name in ("config.resolved.yaml", "env.json", "data_stats.json", "metrics.jsonl", "summary.json", "adapter/adapter_model.safetensors",
-                 "adapter/tokenizer.json", "checkpoints/step-000002/adapter_config.json", "checkpoints/step-000002/medtune_adapter.json"):
+    for name in (
+        "config.resolved.yaml",
+        "env.json",
+        "data_stats.json",
+        "metrics.jsonl",
+        "summary.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "checkpoints/step-000002/adapter_config.json",
+        "checkpoints/step-000002/medtune_adapter.json",
+    ):
         assert (run_dir / name).exists(), name
     # only what resume needs: the end is adapter/ (no checkpoint of it), and a complete run keeps no optimizer state
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-000002"]
-    assert not any(p.name.startswith("training_state") or p.name == "tokenizer.json" for p in (run_dir / "checkpoints").rglob("*"))
+    assert not any(
+        p.name.startswith("training_state") or p.name == "tokenizer.json" for p in (run_dir / "checkpoints").rglob("*")
+    )
     records = read_metrics(run_dir)
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
@@ -45,11 +56,22 @@ def test_v2_tiny_run_folder_is_complete_and_only_lora_trains(tmp_path, short_row
     for r in train:
         assert r["loss_think"] is not None and r["loss_answer"] is not None and r["grad_norm"] > 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "complete" and summary["random_weights"] is True and "random" in summary["random_weights_note"]
+    assert (
+        summary["status"] == "complete"
+        and summary["random_weights"] is True
+        and "random" in summary["random_weights_note"]
+    )
     model = summary["model"]  # what the model is, apart from whether its weights are random
     assert model["name_or_path"] == "tiny" and model["architecture"] == "Qwen3ForCausalLM"
-    assert (Path(model["source"]) / "config.json").is_file() and 9e6 < model["parameters"] < 1.1e7 and model["size"] == "9.8M parameters"
-    assert summary["embeddings"]["trained_embeddings"] == ["embed_tokens", "lm_head"] and summary["embeddings"]["embeddings_tied"]
+    assert (
+        (Path(model["source"]) / "config.json").is_file()
+        and 9e6 < model["parameters"] < 1.1e7
+        and model["size"] == "9.8M parameters"
+    )
+    assert (
+        summary["embeddings"]["trained_embeddings"] == ["embed_tokens", "lm_head"]
+        and summary["embeddings"]["embeddings_tied"]
+    )
 
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
@@ -60,19 +82,35 @@ def test_v2_tiny_run_folder_is_complete_and_only_lora_trains(tmp_path, short_row
     base = load_base_model(cfg.model, cfg.quant, torch.device("cpu")).model
     original_embed = base.get_input_embeddings().weight.detach().clone()
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
-    assert not torch.equal(original_embed, embed.to(original_embed.dtype)), "the trained embedding differs from the base"
-    assert torch.equal(model.get_base_model().model.embed_tokens.original_module.weight, original_embed), "base stays frozen"
+    assert not torch.equal(original_embed, embed.to(original_embed.dtype)), (
+        "the trained embedding differs from the base"
+    )
+    assert torch.equal(model.get_base_model().model.embed_tokens.original_module.weight, original_embed), (
+        "base stays frozen"
+    )
 
 
 def test_loss_and_gradients_do_not_depend_on_the_accumulation_split(tmp_path, short_rows_file):
     """Token-weighted loss over the whole step: 4x1, 1x4, 2x2, packing into one row or into rows of one sample each
     give the same loss and grad norm."""
     results, passes = [], []
-    for batch, accum, packing, row_tokens in ((4, 1, False, "null"), (1, 4, False, "null"), (2, 2, True, 16384), (2, 2, True, 640),
-                                               (2, 2, False, "null")):
-        cfg = tiny_config("v1", tmp_path / f"{batch}-{accum}-{packing}-{row_tokens}", short_rows_file, "lora.dropout=0.0",
-                          f"train.per_device_batch_size={batch}", f"train.gradient_accumulation_steps={accum}", f"train.packing={packing}",
-                          f"speed.packed_row_tokens={row_tokens}")
+    for batch, accum, packing, row_tokens in (
+        (4, 1, False, "null"),
+        (1, 4, False, "null"),
+        (2, 2, True, 16384),
+        (2, 2, True, 640),
+        (2, 2, False, "null"),
+    ):
+        cfg = tiny_config(
+            "v1",
+            tmp_path / f"{batch}-{accum}-{packing}-{row_tokens}",
+            short_rows_file,
+            "lora.dropout=0.0",
+            f"train.per_device_batch_size={batch}",
+            f"train.gradient_accumulation_steps={accum}",
+            f"train.packing={packing}",
+            f"speed.packed_row_tokens={row_tokens}",
+        )
         recipe = FineTuneRecipe(cfg)
         recipe.setup()
         items = recipe._next_step_samples()
@@ -101,10 +139,14 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_f
         return original_step(self, items)
 
     monkeypatch.setattr(FineTuneRecipe, "train_step", interrupted)
-    with pytest.raises(TrainingInterrupted, match="^interrupted at step 3; the last checkpoint is step 2: resume with --resume$"):
+    with pytest.raises(
+        TrainingInterrupted, match="^interrupted at step 3; the last checkpoint is step 2: resume with --resume$"
+    ):
         run(cfg)
     summary = json.loads((cfg.run_dir() / "summary.json").read_text())
-    assert (summary["status"], summary["step"], summary["stopped_at_step"]) == ("interrupted", 2, 3), "step = what resume continues from"
+    assert (summary["status"], summary["step"], summary["stopped_at_step"]) == ("interrupted", 2, 3), (
+        "step = what resume continues from"
+    )
     monkeypatch.setattr(FineTuneRecipe, "train_step", original_step)
     with pytest.raises(RunExistsError, match="--resume"):
         run(cfg)
@@ -125,8 +167,17 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_f
 
 def test_v3_run_records_the_realised_augmentation_per_epoch(tmp_path, short_rows_file):
     """12 train rows, 2 per step, 8 steps: epoch 0 ends at step 6, so one epoch record and one final record."""
-    cfg = tiny_config("v3", tmp_path, short_rows_file, "augment.probability=0.5", "augment.fields=[question,answer]",
-                      "train.max_steps=8", "train.eval_steps=8", "train.save_steps=8", "train.logging_steps=4")
+    cfg = tiny_config(
+        "v3",
+        tmp_path,
+        short_rows_file,
+        "augment.probability=0.5",
+        "augment.fields=[question,answer]",
+        "train.max_steps=8",
+        "train.eval_steps=8",
+        "train.save_steps=8",
+        "train.logging_steps=4",
+    )
     run_dir = run(cfg)
     records = [r["augment"] for r in read_metrics(run_dir) if "augment" in r]
     assert [r["epoch"] for r in records] == [0, 1]
@@ -142,8 +193,17 @@ def test_v3_run_records_the_realised_augmentation_per_epoch(tmp_path, short_rows
 def test_an_augmented_run_that_ends_with_an_epoch_logs_that_epoch_once(tmp_path, short_rows_file):
     """12 train rows, 2 per step, one epoch: its record is logged at step 6, and the end adds none (there is no
     epoch 1 to summarise)."""
-    cfg = tiny_config("v3", tmp_path, short_rows_file, "augment.probability=0.5", "train.max_steps=null", "train.epochs=1",
-                      "train.eval_steps=6", "train.save_steps=6", "train.logging_steps=6")
+    cfg = tiny_config(
+        "v3",
+        tmp_path,
+        short_rows_file,
+        "augment.probability=0.5",
+        "train.max_steps=null",
+        "train.epochs=1",
+        "train.eval_steps=6",
+        "train.save_steps=6",
+        "train.logging_steps=6",
+    )
     run_dir = run(cfg)
     records = [(r["step"], r["augment"]) for r in read_metrics(run_dir) if "augment" in r]
     assert [(step, record["epoch"], record["samples"]) for step, record in records] == [(6, 0, 12)]
@@ -151,8 +211,9 @@ def test_an_augmented_run_that_ends_with_an_epoch_logs_that_epoch_once(tmp_path,
     assert summary["status"] == "complete" and summary["augmentation"]["epochs"] == [records[0][1]]
 
 
-def test_ctrl_c_saves_the_step_it_stops_at_and_a_run_without_validation_rows_prints_no_eval_loss(tmp_path, short_rows_file,
-                                                                                               monkeypatch, capsys):
+def test_ctrl_c_saves_the_step_it_stops_at_and_a_run_without_validation_rows_prints_no_eval_loss(
+    tmp_path, short_rows_file, monkeypatch, capsys
+):
     cfg = tiny_config("v1", tmp_path, short_rows_file, "data.val_fraction=0", "train.save_steps=10")
     original_step = FineTuneRecipe.train_step
 
@@ -172,7 +233,9 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_a_run_without_validation_rows_pri
     assert not any("eval_loss" in record for record in read_metrics(cfg.run_dir()))
 
 
-def test_a_failed_run_leaves_no_stub_folder_and_bad_data_fails_before_the_model_loads(tmp_path, short_rows_file, monkeypatch):
+def test_a_failed_run_leaves_no_stub_folder_and_bad_data_fails_before_the_model_loads(
+    tmp_path, short_rows_file, monkeypatch
+):
     cfg = tiny_config("v1", tmp_path, short_rows_file)
 
     def fails(self, items):
@@ -196,7 +259,8 @@ def test_a_failed_run_leaves_no_stub_folder_and_bad_data_fails_before_the_model_
 
 
 def test_resume_never_runs_a_pickled_training_state(tmp_path, short_rows_file):
-    """An old-format checkpoint whose pickle would run a command: resume refuses it, naming the file, and runs nothing."""
+    """An old-format checkpoint whose pickle would run a command: resume refuses it, naming the file, and runs
+    nothing."""
     marker = tmp_path / "pwned"
 
     class Exploit:
@@ -210,6 +274,8 @@ def test_resume_never_runs_a_pickled_training_state(tmp_path, short_rows_file):
     torch.save({"step": 2, "optimizer": Exploit()}, folder / LEGACY_STATE_FILE)
     with pytest.raises(CheckpointError) as refused:
         run(cfg, resume=True)
-    assert str(refused.value).startswith(f"{folder / LEGACY_STATE_FILE}: cannot read the training state (it asks to call ")
+    assert str(refused.value).startswith(
+        f"{folder / LEGACY_STATE_FILE}: cannot read the training state (it asks to call "
+    )
     assert "system" in str(refused.value) and "\n" not in str(refused.value)
     assert not marker.exists()

@@ -2,7 +2,11 @@ import math
 
 import pytest
 import torch
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from medtune.config import TrainConfig
 from medtune.train.schedules import build_scheduler, warmup_steps

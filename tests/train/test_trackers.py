@@ -15,13 +15,41 @@ import pytest
 from medtune.config import RunConfig, TrainConfig
 from medtune.train.trackers import TRACKER_PACKAGES, TrackerError, build_trackers, scalar_metrics, swanlab_mode
 
-TRAIN_1 = {"step": 1, "epoch": 0.5, "loss": 2.5, "loss_think": 2.4, "loss_answer": None, "grad_norm": 1.25,
-           "grad_norm_max": 1.5, "learning_rate": 2e-4, "tokens_seen": 800, "tokens_per_s": 100.5,
-           "peak_memory_gib": 0.0, "elapsed_s": 8.0}
+TRAIN_1 = {
+    "step": 1,
+    "epoch": 0.5,
+    "loss": 2.5,
+    "loss_think": 2.4,
+    "loss_answer": None,
+    "grad_norm": 1.25,
+    "grad_norm_max": 1.5,
+    "learning_rate": 2e-4,
+    "tokens_seen": 800,
+    "tokens_per_s": 100.5,
+    "peak_memory_gib": 0.0,
+    "elapsed_s": 8.0,
+}
 TRAIN_2 = {**TRAIN_1, "step": 2, "epoch": 1.0, "loss": 2.25, "loss_answer": 2.0, "tokens_seen": 1600, "elapsed_s": 16.0}
-EVAL_2 = {"step": 2, "epoch": 1.0, "eval_loss": 2.375, "eval_loss_think": 2.25, "eval_loss_answer": 2.5, "eval_tokens": 300}
-AUGMENT_2 = {"step": 2, "epoch": 1.0, "augment": {"epoch": 0, "samples": 8, "masked_samples": 1, "masked_share": 0.125,
-                                                  "terms_masked": 2, "terms_by_category": {"症状": 2}}}
+EVAL_2 = {
+    "step": 2,
+    "epoch": 1.0,
+    "eval_loss": 2.375,
+    "eval_loss_think": 2.25,
+    "eval_loss_answer": 2.5,
+    "eval_tokens": 300,
+}
+AUGMENT_2 = {
+    "step": 2,
+    "epoch": 1.0,
+    "augment": {
+        "epoch": 0,
+        "samples": 8,
+        "masked_samples": 1,
+        "masked_share": 0.125,
+        "terms_masked": 2,
+        "terms_by_category": {"症状": 2},
+    },
+}
 RECORDS = [TRAIN_1, TRAIN_2, EVAL_2, AUGMENT_2]
 
 
@@ -40,8 +68,13 @@ def log_all(trackers, records) -> None:
 def test_scalar_metrics_flattens_nested_records_and_leaves_out_none_step_and_text():
     record = {**AUGMENT_2, "note": "text", "flag": True, "missing": None}
     assert scalar_metrics(record) == {
-        "epoch": 1.0, "augment/epoch": 0, "augment/samples": 8, "augment/masked_samples": 1, "augment/masked_share": 0.125,
-        "augment/terms_masked": 2, "augment/terms_by_category/症状": 2,
+        "epoch": 1.0,
+        "augment/epoch": 0,
+        "augment/samples": 8,
+        "augment/masked_samples": 1,
+        "augment/masked_share": 0.125,
+        "augment/terms_masked": 2,
+        "augment/terms_by_category/症状": 2,
     }
     assert "loss_answer" not in scalar_metrics(TRAIN_1)
 
@@ -50,7 +83,9 @@ def test_scalar_metrics_flattens_nested_records_and_leaves_out_none_step_and_tex
 def test_missing_package_names_the_extra_and_nothing_starts(tmp_path, monkeypatch, tracker):
     monkeypatch.setitem(sys.modules, TRACKER_PACKAGES[tracker], None)  # makes the import fail
     others = [name for name in ("tensorboard",) if name != tracker]
-    with pytest.raises(TrackerError, match=rf"report_to: {tracker} needs the {tracker} package: pip install 'medtune\[{tracker}\]'"):
+    with pytest.raises(
+        TrackerError, match=rf"report_to: {tracker} needs the {tracker} package: pip install 'medtune\[{tracker}\]'"
+    ):
         build_trackers(config(tmp_path, *others, tracker), tmp_path)
     assert not (tmp_path / "tensorboard").exists()
 
@@ -69,12 +104,31 @@ def test_tensorboard_round_trip(tmp_path):
         for key, value in scalar_metrics(record).items():
             expected.setdefault(key, []).append((record["step"], pytest.approx(value, rel=1e-6)))
     assert logged == expected
-    assert sorted(logged) == sorted([
-        "epoch", "loss", "loss_think", "loss_answer", "grad_norm", "grad_norm_max", "learning_rate", "tokens_seen",
-        "tokens_per_s", "peak_memory_gib", "elapsed_s", "eval_loss", "eval_loss_think", "eval_loss_answer", "eval_tokens",
-        "augment/epoch", "augment/samples", "augment/masked_samples", "augment/masked_share", "augment/terms_masked",
-        "augment/terms_by_category/症状",
-    ])
+    assert sorted(logged) == sorted(
+        [
+            "epoch",
+            "loss",
+            "loss_think",
+            "loss_answer",
+            "grad_norm",
+            "grad_norm_max",
+            "learning_rate",
+            "tokens_seen",
+            "tokens_per_s",
+            "peak_memory_gib",
+            "elapsed_s",
+            "eval_loss",
+            "eval_loss_think",
+            "eval_loss_answer",
+            "eval_tokens",
+            "augment/epoch",
+            "augment/samples",
+            "augment/masked_samples",
+            "augment/masked_share",
+            "augment/terms_masked",
+            "augment/terms_by_category/症状",
+        ]
+    )
     assert logged["loss_answer"] == [(2, 2.0)]  # None at step 1 is left out, not logged as 0
     assert logged["augment/terms_by_category/症状"] == [(2, 2.0)]
     config_text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode("utf-8")
@@ -102,7 +156,14 @@ def test_swanlab_mode_is_offline_without_an_api_key_and_follows_an_explicit_mode
 @pytest.fixture
 def no_tracker_login(tmp_path, monkeypatch):
     """No API key anywhere: no key in the environment, SwanLab's settings folder empty, no project files in cwd."""
-    for name in ("SWANLAB_API_KEY", "SWANLAB_MODE", "SWANLAB_PROJECT_NAME", "WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT"):
+    for name in (
+        "SWANLAB_API_KEY",
+        "SWANLAB_MODE",
+        "SWANLAB_PROJECT_NAME",
+        "WANDB_API_KEY",
+        "WANDB_MODE",
+        "WANDB_PROJECT",
+    ):
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "home"
     for name in ("SWANLAB_ROOT", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):

@@ -30,7 +30,9 @@ def data_stats(
     config: ConfigArg,
     set_: SetOpt = None,
     overlay: OverlayOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON (as in a run's data_stats.json).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the numbers as JSON (as in a run's data_stats.json).")
+    ] = False,
 ) -> None:
     """Read and encode the data as training would; show rows, bad rows, truncation and token lengths."""
     import json
@@ -54,9 +56,12 @@ def data_preview(
     set_: SetOpt = None,
     overlay: OverlayOpt = None,
     n: Annotated[int, typer.Option("--n", metavar="N", min=1, help="How many training samples to show.")] = 5,
-    epoch: Annotated[int, typer.Option("--epoch", metavar="N", min=0, help="Which epoch's augmentation draw to show.")] = 0,
-    masked_only: Annotated[bool, typer.Option("--masked-only", help="Show only samples the augmentation masks (v3), "
-                                                                     "skipping the others.")] = False,
+    epoch: Annotated[
+        int, typer.Option("--epoch", metavar="N", min=0, help="Which epoch's augmentation draw to show.")
+    ] = 0,
+    masked_only: Annotated[
+        bool, typer.Option("--masked-only", help="Show only samples the augmentation masks (v3), skipping the others.")
+    ] = False,
 ) -> None:
     """Show rendered training samples: trained tokens highlighted, masked terms marked, as the model sees them."""
     from rich.console import Console
@@ -78,7 +83,10 @@ def show_stats(stats: dict[str, Any], console) -> None:
     Generic over the keys, so a count added to data_stats.json shows up here without a change."""
     files = {split: flatten(info) for split, info in stats.get("files", {}).items()}
     splits = {split: flatten(stats[split]) for split in SPLITS if split in stats}
-    for title, columns in (("files read", files), (f"splits as encoded (max_length {stats.get('max_length', '?')})", splits)):
+    for title, columns in (
+        ("files read", files),
+        (f"splits as encoded (max_length {stats.get('max_length', '?')})", splits),
+    ):
         console.print(columns_table(title, columns))
         _list_rows(console, columns)
 
@@ -102,8 +110,9 @@ def _list_rows(console, rows_by_split: dict[str, dict[str, Any]]) -> None:
                 console.print(Padding(Text(line), (0, 0, 0, 2)))
 
 
-PREVIEW_LEGEND = ("dim: prompt (no loss) · cyan: think (loss) · green: answer (loss) · "
-                  "red on white: masked, left out of the loss")
+PREVIEW_LEGEND = (
+    "dim: prompt (no loss) · cyan: think (loss) · green: answer (loss) · red on white: masked, left out of the loss"
+)
 
 
 def show_preview(shown: Preview, tokenizer: PreTrainedTokenizerBase, max_length: int, console: Console) -> None:

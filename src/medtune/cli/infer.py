@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,10 +24,15 @@ class ThinkDisplay(str, Enum):
 def chat(
     run: RunArg,
     checkpoint: CheckpointOpt = None,
-    think: Annotated[ThinkDisplay, typer.Option("--think", help="Show the reasoning dimmed, or hide it.")] = ThinkDisplay.show,
+    think: Annotated[
+        ThinkDisplay, typer.Option("--think", help="Show the reasoning dimmed, or hide it.")
+    ] = ThinkDisplay.show,
     greedy: GreedyOpt = False,
     max_new_tokens: MaxNewTokensOpt = Decoding.max_new_tokens,
-    system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="System prompt; default: the one the run trained with.")] = None,
+    system: Annotated[
+        str | None,
+        typer.Option("--system", metavar="TEXT", help="System prompt; default: the one the run trained with."),
+    ] = None,
 ) -> None:
     """Chat with a fine-tuned model in the console, reply streamed token by token."""
     from rich.console import Console
@@ -42,10 +47,28 @@ def chat(
 
 def generate(
     run: RunArg,
-    input_file: Annotated[Path, typer.Option("--input", "-i", metavar="FILE", exists=True, dir_okay=False, show_default=False,
-                                             help="Questions: JSONL/JSON/Parquet in any medtune format, or JSONL rows with only `question`.")],
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", show_default=False,
-                                         help="Answers JSONL: source, question, think, answer, finish_reason, new_tokens.")],
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="Questions: JSONL/JSON/Parquet in any medtune format, or JSONL rows with only `question`.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            show_default=False,
+            help="Answers JSONL: source, question, think, answer, finish_reason, new_tokens.",
+        ),
+    ],
     checkpoint: CheckpointOpt = None,
     batch_size: BatchSizeOpt = 8,
     max_new_tokens: MaxNewTokensOpt = Decoding.max_new_tokens,
@@ -59,7 +82,9 @@ def generate(
     from medtune.infer.runs import load_for_inference, resolve_run
 
     adapter_run = resolve_run(run, checkpoint)
-    questions = read_questions(input_file, adapter_run.config.data.system_prompt)  # bad input stops here, before the model loads
+    questions = read_questions(
+        input_file, adapter_run.config.data.system_prompt
+    )  # bad input stops here, before the model loads
     loaded = load_for_inference(adapter_run)
     set_seed(seed)
     rows = answer_rows(questions, loaded, Decoding(greedy=greedy, max_new_tokens=max_new_tokens), batch_size)
@@ -71,15 +96,32 @@ def generate(
 
 def eval_command(
     run: RunArg,
-    data: Annotated[Optional[str], typer.Option("--data", metavar="FILE|medtune:NAME",
-                                                help="Rows with reference answers (any medtune format); default: the run's own validation rows.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            metavar="FILE|medtune:NAME",
+            help="Rows with reference answers (any medtune format); default: the run's own validation rows.",
+        ),
+    ] = None,
     checkpoint: CheckpointOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=1, help="Evaluate only the first N rows.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", metavar="N", min=1, help="Evaluate only the first N rows.")
+    ] = None,
     max_new_tokens: MaxNewTokensOpt = Decoding.max_new_tokens,
     batch_size: BatchSizeOpt = 8,
-    no_adapter: Annotated[bool, typer.Option("--no-adapter", help="Evaluate the base model alone (writes eval.base.json).")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
-                                                   help="Where to write; default RUN/eval.json (eval.step-N.json, eval.base.json).")] = None,
+    no_adapter: Annotated[
+        bool, typer.Option("--no-adapter", help="Evaluate the base model alone (writes eval.base.json).")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Where to write; default RUN/eval.json (eval.step-N.json, eval.base.json).",
+        ),
+    ] = None,
 ) -> None:
     """Eval loss, perplexity, BLEU-4, ROUGE-L, think format, term recall and robustness to masked terms (greedy)."""
     from rich.console import Console
@@ -98,7 +140,10 @@ def eval_command(
 
 def merge(
     run: RunArg,
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", show_default=False, help="Folder for the merged bf16 model.")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", metavar="DIR", show_default=False, help="Folder for the merged bf16 model."),
+    ],
     checkpoint: CheckpointOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
@@ -123,20 +168,41 @@ class ServeBackend(str, Enum):
     vllm = "vllm"
 
 
-ModelRunArg = Annotated[Path, typer.Argument(help="Run folder (uses its adapter/), an adapter folder, or a merged model folder.",
-                                             metavar="RUN", show_default=False)]
+ModelRunArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Run folder (uses its adapter/), an adapter folder, or a merged model folder.",
+        metavar="RUN",
+        show_default=False,
+    ),
+]
 
 
 def export(
     run: ModelRunArg,
-    gguf: Annotated[Path, typer.Option("--gguf", metavar="FILE.gguf", show_default=False,
-                                       help="The GGUF file to write; FILE.Modelfile (for Ollama) is written beside it.")],
-    quant: Annotated[GgufQuant, typer.Option("--quant", help="Weight type: f16, bf16, or q8_0 (8-bit, half the size).")] = GgufQuant.q8_0,
+    gguf: Annotated[
+        Path,
+        typer.Option(
+            "--gguf",
+            metavar="FILE.gguf",
+            show_default=False,
+            help="The GGUF file to write; FILE.Modelfile (for Ollama) is written beside it.",
+        ),
+    ],
+    quant: Annotated[
+        GgufQuant, typer.Option("--quant", help="Weight type: f16, bf16, or q8_0 (8-bit, half the size).")
+    ] = GgufQuant.q8_0,
     checkpoint: CheckpointOpt = None,
-    system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="System prompt for the Modelfile; default: the one the run trained with.")] = None,
+    system: Annotated[
+        str | None,
+        typer.Option(
+            "--system", metavar="TEXT", help="System prompt for the Modelfile; default: the one the run trained with."
+        ),
+    ] = None,
 ) -> None:
     """Write a GGUF for llama.cpp and Ollama (the adapter merged in), with an Ollama Modelfile beside it."""
-    from medtune.infer.export import check_gguf_path, export as export_gguf, load_source
+    from medtune.infer.export import check_gguf_path, load_source
+    from medtune.infer.export import export as export_gguf
 
     check_gguf_path(gguf)
     source = load_source(run, checkpoint)
@@ -147,13 +213,21 @@ def export(
 
 def serve(
     run: ModelRunArg,
-    host: Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on (0.0.0.0 opens it to the network).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on (0.0.0.0 opens it to the network).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="Port to listen on.")] = 8000,
-    think: Annotated[ThinkDisplay, typer.Option("--think", help="Return the reasoning in reasoning_content, or leave it out.")] = ThinkDisplay.show,
+    think: Annotated[
+        ThinkDisplay, typer.Option("--think", help="Return the reasoning in reasoning_content, or leave it out.")
+    ] = ThinkDisplay.show,
     checkpoint: CheckpointOpt = None,
-    backend: Annotated[ServeBackend, typer.Option("--backend", help="transformers, or vllm (installed separately; serves a merged folder).")] = ServeBackend.transformers,
+    backend: Annotated[
+        ServeBackend,
+        typer.Option("--backend", help="transformers, or vllm (installed separately; serves a merged folder)."),
+    ] = ServeBackend.transformers,
 ) -> None:
-    """OpenAI-compatible server (/v1/chat/completions, /v1/models) with a chat page at /; one request generates at a time."""
+    """OpenAI-compatible server (/v1/chat/completions, /v1/models) with a chat page at /; one request generates at a
+    time."""
     import uvicorn
 
     from medtune.infer.runs import RANDOM_WEIGHTS_WARNING
@@ -162,5 +236,7 @@ def serve(
     served = load_served_model(run, checkpoint, backend.value)
     if served.random_weights:
         typer.secho(f"WARNING: {RANDOM_WEIGHTS_WARNING}", fg=typer.colors.RED, err=True)
-    typer.echo(f"serving {served.name} on http://{host}:{port}/ (API: http://{host}:{port}/v1, model id {served.name!r})")
+    typer.echo(
+        f"serving {served.name} on http://{host}:{port}/ (API: http://{host}:{port}/v1, model id {served.name!r})"
+    )
     uvicorn.run(create_app(served, think.value), host=host, port=port, log_level="info")

@@ -44,10 +44,25 @@ app = typer.Typer(
 
 @app.callback()
 def global_options(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", envvar=VERBOSE_ENV, show_envvar=True,
-                                          help="Also show what libraries print (warnings, log records).")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
-                                          help="Show the versions of medtune and its main libraries, then exit.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            envvar=VERBOSE_ENV,
+            show_envvar=True,
+            help="Also show what libraries print (warnings, log records).",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_show_version,
+            is_eager=True,
+            help="Show the versions of medtune and its main libraries, then exit.",
+        ),
+    ] = False,
 ) -> None:
     if verbose:
         os.environ[VERBOSE_ENV] = "1"  # the processes a command starts (ablate's runs, torchrun workers) inherit it

@@ -37,7 +37,9 @@ def columns_table(title: str, columns: dict[str, dict[str, Any]]):
     table.add_column("")
     for name in columns:
         table.add_column(name, justify="right", overflow="fold")
-    keys = dict.fromkeys(key for column in columns.values() for key, value in column.items() if not isinstance(value, list))
+    keys = dict.fromkeys(
+        key for column in columns.values() for key, value in column.items() if not isinstance(value, list)
+    )
     for key in keys:
         table.add_row(key.replace("_", " "), *(cell(column.get(key, "")) for column in columns.values()))
     return table

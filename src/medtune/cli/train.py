@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,17 +15,21 @@ def train(
     set_: SetOpt = None,
     overlay: OverlayOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing run of the same name first.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Delete an existing run of the same name first.")
+    ] = False,
     skip_bad_rows: SkipBadRowsOpt = False,
 ) -> None:
     """Fine-tune one run from a config; writes <output_dir>/<run_name>/."""
     from medtune.train.recipe import run
 
-    run_dir = run(load_cli_config(config, overlay, set_), resume=resume, overwrite=overwrite, skip_bad_rows=skip_bad_rows or None)
+    run_dir = run(
+        load_cli_config(config, overlay, set_), resume=resume, overwrite=overwrite, skip_bad_rows=skip_bad_rows or None
+    )
     typer.echo(f"run complete: {run_dir}")
 
 
-def _memory_size(value: Optional[str]) -> Optional[str]:
+def _memory_size(value: str | None) -> str | None:
     from medtune.config import parse_memory_size
 
     if value is not None:
@@ -41,10 +45,17 @@ def check(
     set_: SetOpt = None,
     overlay: OverlayOpt = None,
     skip_bad_rows: SkipBadRowsOpt = False,
-    gpu_memory: Annotated[Optional[str], typer.Option(
-        "--gpu-memory", metavar="SIZE", callback=_memory_size,
-        help="Predict the training peak on a GPU of this size (24GiB, 8GB) and plan the levers, without loading weights; "
-             "default: this machine's GPU, if any.")] = None,
+    gpu_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-memory",
+            metavar="SIZE",
+            callback=_memory_size,
+            help="Predict the training peak on a GPU of this size (24GiB, 8GB) and plan the levers, without loading "
+            "weights; "
+            "default: this machine's GPU, if any.",
+        ),
+    ] = None,
 ) -> None:
     """Pre-flight check of a run: environment, run folder, data as training encodes it, schedule, GPU memory plan;
     exit 1 on errors."""
@@ -66,13 +77,33 @@ def check(
 
 
 def ablate(
-    experiment: Annotated[Optional[Path], typer.Argument(
-        help="Experiment YAML (versions x seeds); default: experiments/quickstart.yaml of the project, looked for "
-             "in the working folder, its parents, then the checkout medtune was installed from.", metavar="EXPERIMENT", dir_okay=False, show_default=False)] = None,
-    seeds: Annotated[Optional[str], typer.Option(
-        "--seeds", metavar="N|LIST", help="A count (3: three seeds counting up from train.seed's default) or a list (1,2,3).")] = None,
-    runs_per_gpu: Annotated[Optional[int], typer.Option("--runs-per-gpu", metavar="N", min=1,
-                                                        help="Runs at once per GPU (default: the experiment's runs_per_gpu, 1).")] = None,
+    experiment: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Experiment YAML (versions x seeds); default: experiments/quickstart.yaml of the project, looked for "
+            "in the working folder, its parents, then the checkout medtune was installed from.",
+            metavar="EXPERIMENT",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            metavar="N|LIST",
+            help="A count (3: three seeds counting up from train.seed's default) or a list (1,2,3).",
+        ),
+    ] = None,
+    runs_per_gpu: Annotated[
+        int | None,
+        typer.Option(
+            "--runs-per-gpu",
+            metavar="N",
+            min=1,
+            help="Runs at once per GPU (default: the experiment's runs_per_gpu, 1).",
+        ),
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Train every version x seed that is not complete (resuming interrupted ones), then write the report."""

@@ -70,7 +70,7 @@ class Augmenter:
         )
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, seed: int) -> "Augmenter":
+    def from_config(cls, cfg: AugmentConfig, seed: int) -> Augmenter:
         return cls(cfg, load_lexicon(cfg.lexicon), seed)
 
     def apply(self, sample: Sample, epoch: int, index: int) -> tuple[Sample, list[MaskedTerm]]:
@@ -82,7 +82,9 @@ class Augmenter:
         masks of a sample do not depend on the shuffle order.
         """
         if sample.masked:
-            raise ValueError(f"{sample.source or 'sample'}: already has masked spans; augment the original sample, once per draw")
+            raise ValueError(
+                f"{sample.source or 'sample'}: already has masked spans; augment the original sample, once per draw"
+            )
         rng = sample_rng(self.seed, epoch, index) if self.cfg.redraw_every_epoch else sample_rng(self.seed, index)
         if rng.random() >= self.cfg.probability:
             return dataclasses.replace(sample, masked={}), []
@@ -115,7 +117,11 @@ class Augmenter:
             return []
         word = rng.choice(present)
         start = text.find(word)
-        return [_Choice(field, start, start + len(word), word, self.lexicon.categories[word], rng.choice(self.cfg.mask_styles))]
+        return [
+            _Choice(
+                field, start, start + len(word), word, self.lexicon.categories[word], rng.choice(self.cfg.mask_styles)
+            )
+        ]
 
     def _replace(self, sample: Sample, choices: list[_Choice]) -> tuple[Sample, list[MaskedTerm]]:
         """Rebuild each field with its chosen occurrences replaced, noting where each mask lands in the new text."""
@@ -123,7 +129,9 @@ class Augmenter:
         masked: dict[str, list[tuple[int, int]]] = {}
         masked_terms: list[MaskedTerm] = []
         for field in SAMPLE_FIELDS:
-            field_choices = sorted((choice for choice in choices if choice.field == field), key=lambda choice: choice.start)
+            field_choices = sorted(
+                (choice for choice in choices if choice.field == field), key=lambda choice: choice.start
+            )
             if not field_choices:
                 continue
             text = getattr(sample, field)
@@ -153,7 +161,9 @@ class AugmentStats:
 
     def record(self, epoch: int, masked_terms: list[MaskedTerm]) -> None:
         """Call once per sample drawn, masked or not."""
-        counts = self._epochs.setdefault(epoch, {"samples": 0, "masked_samples": 0, "terms_masked": 0, "terms_by_category": Counter()})
+        counts = self._epochs.setdefault(
+            epoch, {"samples": 0, "masked_samples": 0, "terms_masked": 0, "terms_by_category": Counter()}
+        )
         counts["samples"] += 1
         counts["masked_samples"] += bool(masked_terms)
         counts["terms_masked"] += len(masked_terms)
@@ -187,4 +197,6 @@ class AugmentStats:
                 for record in state["epochs"]
             }
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ValueError(f"augmentation stats in the checkpoint are malformed ({type(err).__name__}: {err})") from None
+            raise ValueError(
+                f"augmentation stats in the checkpoint are malformed ({type(err).__name__}: {err})"
+            ) from None

@@ -156,8 +156,17 @@ def packed_batch(row: list[Encoded]) -> dict[str, torch.Tensor | int]:
     span_ids = torch.tensor([[s for e in row for s in e.span_ids]])
     position_ids = torch.tensor([[p for e in row for p in range(len(e))]])
     lengths = [len(e) for e in row]
-    boundaries = {"sample_lengths": lengths, "cu_seq_lens": torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)}
-    return {"input_ids": input_ids, "position_ids": position_ids, "n_input": input_ids.numel(), **boundaries, **_loss_selection(labels, span_ids)}
+    boundaries = {
+        "sample_lengths": lengths,
+        "cu_seq_lens": torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32),
+    }
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "n_input": input_ids.numel(),
+        **boundaries,
+        **_loss_selection(labels, span_ids),
+    }
 
 
 def padded_batch(group: list[Encoded], pad_id: int) -> dict[str, torch.Tensor | int]:
@@ -169,7 +178,12 @@ def padded_batch(group: list[Encoded], pad_id: int) -> dict[str, torch.Tensor | 
     span_ids = torch.tensor([e.span_ids + [0] * p for e, p in zip(group, pad)])
     attention_mask = torch.tensor([[1] * len(e) + [0] * p for e, p in zip(group, pad)])
     n_input = sum(len(e) for e in group)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "n_input": n_input, **_loss_selection(labels, span_ids)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "n_input": n_input,
+        **_loss_selection(labels, span_ids),
+    }
 
 
 def micro_batches(

@@ -14,8 +14,8 @@ import io
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from importlib.resources import files
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,9 @@ def read_samples(
         result.multi_turn_truncated += truncated
         result.formats[row_format] = result.formats.get(row_format, 0) + 1
         result.without_think += not sample.think
-        result.literal_tags += any(tag in text for tag in CHAT_TAGS for text in (sample.question, sample.think, sample.answer))
+        result.literal_tags += any(
+            tag in text for tag in CHAT_TAGS for text in (sample.question, sample.think, sample.answer)
+        )
     if not result.samples and not result.skipped:
         raise DataError(file, "no rows")
     if not result.samples:
@@ -197,7 +199,9 @@ def resolve_data_path(spec: str) -> Path:
     folder = files("medtune").joinpath("resources", "data")
     shipped = {entry.name.removesuffix(".jsonl"): entry for entry in folder.iterdir() if entry.name.endswith(".jsonl")}
     if name not in shipped:
-        raise DataError(spec, f"no shipped data set {name!r}; shipped: {', '.join(SHIPPED_PREFIX + n for n in sorted(shipped))}")
+        raise DataError(
+            spec, f"no shipped data set {name!r}; shipped: {', '.join(SHIPPED_PREFIX + n for n in sorted(shipped))}"
+        )
     return Path(str(shipped[name]))
 
 
@@ -276,7 +280,9 @@ def _json_array_rows(path: Path, lines: list[str]) -> Iterator[tuple[int, Any]]:
     try:
         data = json.loads("\n".join(lines))
     except json.JSONDecodeError as err:
-        raise DataError(file, f"invalid JSON: {err.msg} (column {err.colno})", line=err.lineno, field_name=ROW) from None
+        raise DataError(
+            file, f"invalid JSON: {err.msg} (column {err.colno})", line=err.lineno, field_name=ROW
+        ) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
     if not isinstance(data, list):
@@ -292,7 +298,9 @@ def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[tuple[in
         header = [name.strip() for name in next(reader, [])]
         twice = sorted({name for name in header if header.count(name) > 1})
         if twice:
-            raise DataError(file, f"the header names column {', '.join(map(repr, twice))} twice", line=1, field_name=ROW)
+            raise DataError(
+                file, f"the header names column {', '.join(map(repr, twice))} twice", line=1, field_name=ROW
+            )
         start = reader.line_num + 1
         for record in reader:
             line, start = start, reader.line_num + 1
@@ -303,7 +311,12 @@ def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[tuple[in
                 continue
             yield line, dict(zip(header, record))
     except csv.Error as err:
-        raise DataError(file, f"not readable as {'TSV' if delimiter == chr(9) else 'CSV'}: {err}", line=reader.line_num, field_name=ROW) from None
+        raise DataError(
+            file,
+            f"not readable as {'TSV' if delimiter == chr(9) else 'CSV'}: {err}",
+            line=reader.line_num,
+            field_name=ROW,
+        ) from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -334,7 +347,9 @@ def _detect_format(row: Any) -> str:
         return "alpaca"
     keys = ", ".join(sorted(map(str, row))) or "none"
     raise _RowProblem(
-        ROW, f"no known format (keys: {keys}); expected question/think/answer, instruction/input/output, or messages/conversations"
+        ROW,
+        f"no known format (keys: {keys}); expected question/think/answer, instruction/input/output, or "
+        "messages/conversations",
     )
 
 
@@ -344,7 +359,11 @@ def _require_object(row: Any) -> None:
 
 
 def _type_name(value: Any) -> str:
-    return "null" if value is None else {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
+    return (
+        "null"
+        if value is None
+        else {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
+    )
 
 
 def _text(row: dict[str, Any], key: str, *, required: bool, allow_empty: bool = False, label: str | None = None) -> str:
@@ -386,8 +405,11 @@ def _check_tags(text: str, label: str, rules: RowRules) -> None:
         return
     tags = [tag for tag in CHAT_TAGS if tag in text]
     if tags:
-        raise _RowProblem(label, f"holds the chat-template tag {tags[0]!r}; remove it, or set data.literal_tags: text to "
-                                 "train it as plain characters")
+        raise _RowProblem(
+            label,
+            f"holds the chat-template tag {tags[0]!r}; remove it, or set data.literal_tags: text to "
+            "train it as plain characters",
+        )
 
 
 def _split_think(reply: str, field_name: str, rules: RowRules) -> tuple[str, str]:
@@ -402,8 +424,9 @@ def _split_think(reply: str, field_name: str, rules: RowRules) -> tuple[str, str
     if not answer:
         raise _RowProblem(field_name, f"empty answer after the {THINK_END} block")
     if not think and rules.think == "required":
-        raise _RowProblem(field_name, f"no reasoning: no {THINK_START}...{THINK_END} block with text before the answer; "
-                                      f"{_NO_THINK}")
+        raise _RowProblem(
+            field_name, f"no reasoning: no {THINK_START}...{THINK_END} block with text before the answer; {_NO_THINK}"
+        )
     _check_tags(think, field_name, rules)
     _check_tags(answer, field_name, rules)
     return think, answer
@@ -459,7 +482,9 @@ def _messages_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
         _check_tags(text, where, rules)
     think, answer = _split_think(reply[0], reply[1], rules)
     exchanges = sum(role != "system" for role, _, _ in messages)
-    sample = Sample(question=question[0], think=think, answer=answer, system=(system and system[0]) or rules.system_prompt)
+    sample = Sample(
+        question=question[0], think=think, answer=answer, system=(system and system[0]) or rules.system_prompt
+    )
     return sample, exchanges > 2
 
 

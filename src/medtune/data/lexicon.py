@@ -40,15 +40,56 @@ CATEGORY_TAGS = {
 # suffixes of themselves: the exceptions at the end were found by reading the short terms each rule catches.
 SUFFIX_CATEGORIES: dict[str, str | None] = {
     **dict.fromkeys(
-        ["炎", "病", "癌", "瘤", "症", "综合征", "综合症", "结石", "骨折", "血栓", "障碍", "内障", "不全", "衰竭", "硬化", "中毒",
-         "溃疡", "贫血", "失常", "畸形", "感染", "损伤", "积液"],
+        [
+            "炎",
+            "病",
+            "癌",
+            "瘤",
+            "症",
+            "综合征",
+            "综合症",
+            "结石",
+            "骨折",
+            "血栓",
+            "障碍",
+            "内障",
+            "不全",
+            "衰竭",
+            "硬化",
+            "中毒",
+            "溃疡",
+            "贫血",
+            "失常",
+            "畸形",
+            "感染",
+            "损伤",
+            "积液",
+        ],
         "disease",
     ),
     **dict.fromkeys(
-        ["痛", "瘙痒", "眩晕", "头晕", "腹胀", "腹泻", "泄泻", "咳嗽", "呕吐", "恶心", "发热", "发烧", "出血", "水肿"], "symptom"
+        ["痛", "瘙痒", "眩晕", "头晕", "腹胀", "腹泻", "泄泻", "咳嗽", "呕吐", "恶心", "发热", "发烧", "出血", "水肿"],
+        "symptom",
     ),
     **dict.fromkeys(
-        ["片", "胶囊", "注射液", "颗粒", "丸", "口服液", "乳膏", "软膏", "气雾剂", "喷雾剂", "滴眼液", "糖浆", "霉素", "沙星", "西林", "他汀"],
+        [
+            "片",
+            "胶囊",
+            "注射液",
+            "颗粒",
+            "丸",
+            "口服液",
+            "乳膏",
+            "软膏",
+            "气雾剂",
+            "喷雾剂",
+            "滴眼液",
+            "糖浆",
+            "霉素",
+            "沙星",
+            "西林",
+            "他汀",
+        ],
         "drug",
     ),
     **dict.fromkeys(["检查", "造影", "电图", "试验", "活检"], "examination"),
@@ -59,8 +100,35 @@ SUFFIX_CATEGORIES: dict[str, str | None] = {
     **dict.fromkeys(["胸片", "牙片", "涂片"], "examination"),
     **dict.fromkeys(["睾丸"], "body_part"),
     **dict.fromkeys(
-        ["技术", "学术", "艺术", "美术", "武术", "战术", "止痛", "镇痛", "消炎", "起病", "适应症", "禁忌症", "切片", "照片",
-         "薄片", "萼片", "盾片", "斑片", "花被片", "载玻片", "蜡片", "骨片", "筋骨", "接骨", "无骨", "甲骨", "肮脏"],
+        [
+            "技术",
+            "学术",
+            "艺术",
+            "美术",
+            "武术",
+            "战术",
+            "止痛",
+            "镇痛",
+            "消炎",
+            "起病",
+            "适应症",
+            "禁忌症",
+            "切片",
+            "照片",
+            "薄片",
+            "萼片",
+            "盾片",
+            "斑片",
+            "花被片",
+            "载玻片",
+            "蜡片",
+            "骨片",
+            "筋骨",
+            "接骨",
+            "无骨",
+            "甲骨",
+            "肮脏",
+        ],
         None,
     ),
 }
@@ -71,8 +139,28 @@ ICD_SYMPTOM_CHAPTER = "R"
 # Words that mark an ICD name as a classification bucket ("其他…", "…,不可归类在他处者") rather than a term
 # someone would write; "[" is left over when a name has two bracketed alternatives.
 ICD_BUCKET_MARKERS = (
-    "[", "其他", "未特指", "他处", "不明", "和", "或", "、", "的", "与", "伴", "及", "(", "（", "在", "引起", "所致", "有关", "特发于", "累及",
-    "除外", "包括",
+    "[",
+    "其他",
+    "未特指",
+    "他处",
+    "不明",
+    "和",
+    "或",
+    "、",
+    "的",
+    "与",
+    "伴",
+    "及",
+    "(",
+    "（",
+    "在",
+    "引起",
+    "所致",
+    "有关",
+    "特发于",
+    "累及",
+    "除外",
+    "包括",
 )
 
 
@@ -161,7 +249,9 @@ def load_lexicon(name_or_path: str) -> Lexicon:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise LexiconError(f"{path}: lexicon file not found (shipped lexicons: {', '.join(SHIPPED_LEXICONS)})") from None
+        raise LexiconError(
+            f"{path}: lexicon file not found (shipped lexicons: {', '.join(SHIPPED_LEXICONS)})"
+        ) from None
     except IsADirectoryError:
         raise LexiconError(f"{path}: is a folder, expected a lexicon file") from None
     except OSError as err:
@@ -175,7 +265,9 @@ def parse_lexicon(data: bytes, source: str) -> Lexicon:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise LexiconError(f"{source}:{line}: not valid UTF-8 (byte {data[err.start]:#04x}); save the file as UTF-8") from None
+        raise LexiconError(
+            f"{source}:{line}: not valid UTF-8 (byte {data[err.start]:#04x}); save the file as UTF-8"
+        ) from None
     categories: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
@@ -183,20 +275,28 @@ def parse_lexicon(data: bytes, source: str) -> Lexicon:
             continue
         control = _CONTROL.search(line.removesuffix("\r"))
         if control:
-            raise LexiconError(f"{source}:{number}: control character U+{ord(control.group()):04X}; a lexicon is a text file "
-                               "of `term` or `term<TAB>category` lines, not a binary file")
+            raise LexiconError(
+                f"{source}:{number}: control character U+{ord(control.group()):04X}; a lexicon is a text file "
+                "of `term` or `term<TAB>category` lines, not a binary file"
+            )
         fields = line.split("\t")
         if len(fields) > 2:
-            raise LexiconError(f"{source}:{number}: expected `term` or `term<TAB>category`, found {len(fields)} TAB-separated fields")
+            raise LexiconError(
+                f"{source}:{number}: expected `term` or `term<TAB>category`, found {len(fields)} TAB-separated fields"
+            )
         term = fields[0].strip()
         category = fields[1].strip() if len(fields) == 2 else DEFAULT_CATEGORY
         if not term:
             raise LexiconError(f"{source}:{number}: empty term before the TAB")
         if not category:
-            raise LexiconError(f"{source}:{number}: empty category after the TAB (leave out the TAB for the default `{DEFAULT_CATEGORY}`)")
+            raise LexiconError(
+                f"{source}:{number}: empty category after the TAB (leave out the TAB for the default "
+                f"`{DEFAULT_CATEGORY}`)"
+            )
         if term in categories and categories[term] != category:
             raise LexiconError(
-                f"{source}:{number}: term {term!r} has category {category!r} here but {categories[term]!r} on line {first_line[term]}"
+                f"{source}:{number}: term {term!r} has category {category!r} here but {categories[term]!r} on line "
+                f"{first_line[term]}"
             )
         categories.setdefault(term, category)
         first_line.setdefault(term, number)

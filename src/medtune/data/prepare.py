@@ -28,8 +28,14 @@ def percentiles(lengths: list[int]) -> dict[str, float]:
     if not lengths:
         return {}
     arr = np.asarray(lengths)
-    return {"mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
-            "p99": float(np.percentile(arr, 99)), "min": int(arr.min()), "max": int(arr.max())}
+    return {
+        "mean": float(arr.mean()),
+        "p50": float(np.percentile(arr, 50)),
+        "p90": float(np.percentile(arr, 90)),
+        "p99": float(np.percentile(arr, 99)),
+        "min": int(arr.min()),
+        "max": int(arr.max()),
+    }
 
 
 def _encode_split(samples: list[Sample], encode, stats: dict[str, Any]) -> tuple[list[Sample], list[Encoded]]:
@@ -44,8 +50,15 @@ def _encode_split(samples: list[Sample], encode, stats: dict[str, Any]) -> tuple
             continue
         kept_samples.append(sample)
         kept.append(encoded)
-    stats.update(rows=len(samples), trained_rows=len(kept), truncated=len(truncated), answer_cut=len(cut),
-                 truncated_rows=truncated, answer_cut_rows=cut, token_length=percentiles([len(e) for e in kept]))
+    stats.update(
+        rows=len(samples),
+        trained_rows=len(kept),
+        truncated=len(truncated),
+        answer_cut=len(cut),
+        truncated_rows=truncated,
+        answer_cut_rows=cut,
+        token_length=percentiles([len(e) for e in kept]),
+    )
     return kept_samples, kept
 
 
@@ -56,14 +69,20 @@ def prepare_data(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared
         return encode_sample(tokenizer, sample, data.max_length)
 
     split = split_rows(data, cfg.train.seed)
-    stats: dict[str, Any] = {"max_length": data.max_length,
-                             "files": {role: read.as_dict() for role, read in split.files().items()},
-                             "train": {"source": data.train}, "validation": {"source": split.validation_source}}
+    stats: dict[str, Any] = {
+        "max_length": data.max_length,
+        "files": {role: read.as_dict() for role, read in split.files().items()},
+        "train": {"source": data.train},
+        "validation": {"source": split.validation_source},
+    }
     train_samples, train_encoded = _encode_split(split.train, encode, stats["train"])
     _, val_encoded = _encode_split(split.validation, encode, stats["validation"])
     if not train_encoded:
-        raise DataError(data.train, f"no trainable rows: every answer is cut away by truncation to max_length="
-                                    f"{data.max_length} ({len(stats['train']['answer_cut_rows'])} rows); raise data.max_length")
+        raise DataError(
+            data.train,
+            f"no trainable rows: every answer is cut away by truncation to max_length="
+            f"{data.max_length} ({len(stats['train']['answer_cut_rows'])} rows); raise data.max_length",
+        )
     augment = None
     if cfg.augment.enabled:
         from medtune.data.augment import Augmenter

@@ -33,8 +33,9 @@ class Preview:
     epoch_size: int  # training samples per epoch
 
 
-def preview_samples(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, n: int, epoch: int,
-                    masked_only: bool = False) -> Preview:
+def preview_samples(
+    cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, n: int, epoch: int, masked_only: bool = False
+) -> Preview:
     """The first `n` samples of the given epoch in training order, augmentation applied as in training.
 
     With `masked_only`, the first `n` samples of the epoch that the augmentation masks (v3 previews): the
@@ -72,6 +73,6 @@ def token_pieces(tokenizer: PreTrainedTokenizerBase, input_ids: list[int]) -> li
         if text.endswith("\ufffd") and end < len(input_ids):
             pieces.append("")  # an incomplete character: wait for the token that completes it
             continue
-        pieces.append(text[len(done):])
+        pieces.append(text[len(done) :])
         prefix_start, read_start = read_start, end
     return pieces

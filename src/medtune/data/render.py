@@ -57,7 +57,9 @@ def assistant_message(tokenizer: PreTrainedTokenizerBase, sample: Sample) -> dic
 
 def render_text(tokenizer: PreTrainedTokenizerBase, sample: Sample) -> str:
     """The full training text: system, user, and the assistant turn with its think block."""
-    return tokenizer.apply_chat_template([*prompt_messages(sample), assistant_message(tokenizer, sample)], tokenize=False)
+    return tokenizer.apply_chat_template(
+        [*prompt_messages(sample), assistant_message(tokenizer, sample)], tokenize=False
+    )
 
 
 @dataclass
@@ -132,7 +134,9 @@ def _literal_tag_cuts(text: str, spans: Layout, tags: list[str]) -> list[int]:
     return sorted(set(cuts))
 
 
-def tokenize_with_offsets(tokenizer: PreTrainedTokenizerBase, text: str, cuts: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+def tokenize_with_offsets(
+    tokenizer: PreTrainedTokenizerBase, text: str, cuts: list[int]
+) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and character offsets of `text`, tokenized piece by piece between the cuts.
 
     A tokenizer splits its text at every tag before anything else, so tokenizing the pieces between tags
@@ -153,7 +157,9 @@ def encode_sample(tokenizer: PreTrainedTokenizerBase, sample: Sample, max_length
     masked = _masked_char_ranges(sample, spans)
     start, end = spans.turn
     answer_start = spans.fields["answer"][0]
-    input_ids, offsets = tokenize_with_offsets(tokenizer, text, _literal_tag_cuts(text, spans, list(tokenizer.get_added_vocab())))
+    input_ids, offsets = tokenize_with_offsets(
+        tokenizer, text, _literal_tag_cuts(text, spans, list(tokenizer.get_added_vocab()))
+    )
     labels, span_ids = [], []
     for token_id, (begin, last) in zip(input_ids, offsets):
         if begin < start or begin >= end:

@@ -12,9 +12,17 @@ from medtune.data.formats import ReadResult, Sample, read_samples, resolve_data_
 
 def read_data_file(data: DataConfig, spec: str, max_rows: int | None) -> ReadResult:
     """One data file read with the run's `data` settings (format, columns, encoding, think, tags, bad rows)."""
-    return read_samples(resolve_data_path(spec), format=data.format, system_prompt=data.system_prompt,
-                        skip_bad_rows=data.skip_bad_rows, max_rows=max_rows, columns=data.columns,
-                        encoding=data.encoding, think=data.think, literal_tags=data.literal_tags)
+    return read_samples(
+        resolve_data_path(spec),
+        format=data.format,
+        system_prompt=data.system_prompt,
+        skip_bad_rows=data.skip_bad_rows,
+        max_rows=max_rows,
+        columns=data.columns,
+        encoding=data.encoding,
+        think=data.think,
+        literal_tags=data.literal_tags,
+    )
 
 
 def split_train_validation(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

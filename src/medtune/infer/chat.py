@@ -67,13 +67,17 @@ class ReplyPrinter:
 def stream_reply(loaded: InferenceModel, messages: Messages, decoding: Decoding, printer: ReplyPrinter) -> str:
     """Generate one reply in a thread while printing it; return the answer (what the history keeps)."""
     tokenizer = loaded.tokenizer
-    inputs = tokenizer(prompt_text(tokenizer, messages), return_tensors="pt", add_special_tokens=False).to(loaded.device)
+    inputs = tokenizer(prompt_text(tokenizer, messages), return_tensors="pt", add_special_tokens=False).to(
+        loaded.device
+    )
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     generated: dict = {}
 
     def work() -> None:
         try:
-            generated["ids"] = loaded.model.generate(**inputs, generation_config=decoding.generation_config(tokenizer), streamer=streamer)
+            generated["ids"] = loaded.model.generate(
+                **inputs, generation_config=decoding.generation_config(tokenizer), streamer=streamer
+            )
         except BaseException as err:  # ending the stream unblocks the reading loop, which re-raises it
             generated["error"] = err
             streamer.end()
@@ -92,7 +96,9 @@ def stream_reply(loaded: InferenceModel, messages: Messages, decoding: Decoding,
     return reply.answer
 
 
-def chat_loop(loaded: InferenceModel, system_prompt: str, decoding: Decoding, think: ThinkMode, console: Console) -> None:
+def chat_loop(
+    loaded: InferenceModel, system_prompt: str, decoding: Decoding, think: ThinkMode, console: Console
+) -> None:
     """Read questions until end of input or /exit; /reset starts a new conversation."""
     for line in describe(loaded):
         console.print(line, style="bold red" if line.startswith("WARNING") else "dim", markup=False)

@@ -31,18 +31,26 @@ class Decoding:
         (Qwen3's temperature 0.6, top_k 20), which for greedy decoding would only add warnings."""
         from transformers import GenerationConfig
 
-        stop = dict(max_new_tokens=self.max_new_tokens, eos_token_id=turn_end_id(tokenizer),
-                    pad_token_id=tokenizer.pad_token_id)
+        stop = dict(
+            max_new_tokens=self.max_new_tokens, eos_token_id=turn_end_id(tokenizer), pad_token_id=tokenizer.pad_token_id
+        )
         if self.greedy:  # transformers' neutral values, which it does not count as sampling settings
             return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, **stop)
-        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                min_p=self.min_p, **stop)
+        return GenerationConfig(
+            do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, **stop
+        )
 
     def as_dict(self) -> dict:
         if self.greedy:
             return {"greedy": True, "max_new_tokens": self.max_new_tokens}
-        return {"greedy": False, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "min_p": self.min_p, "max_new_tokens": self.max_new_tokens}
+        return {
+            "greedy": False,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
 
 def turn_end_id(tokenizer: PreTrainedTokenizerBase) -> int:

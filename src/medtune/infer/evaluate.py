@@ -52,8 +52,10 @@ def eval_data(cfg: RunConfig, data: str | None, limit: int | None) -> EvalData:
         samples, source = split.validation, split.validation_source
         skipped = (split.validation_file or split.train_file).skipped
         if not samples:
-            raise DataError(cfg.data.train, f"the run held out no validation rows (val_fraction {cfg.data.val_fraction}); "
-                                            "pass --data")
+            raise DataError(
+                cfg.data.train,
+                f"the run held out no validation rows (val_fraction {cfg.data.val_fraction}); pass --data",
+            )
     return EvalData(samples[:limit] if limit is not None else samples, source, len(skipped))
 
 
@@ -64,12 +66,26 @@ def loss_over(loaded: InferenceModel, samples: list[Sample], batch_size: int) ->
     cfg = loaded.run.config
     encoded = [encode_sample(loaded.tokenizer, sample, cfg.data.max_length) for sample in samples]
     kept = [item for item in encoded if not item.answer_cut]
-    total = float(summed_loss_over(loaded.model, kept, batch_size=batch_size, row_tokens=cfg.data.max_length, packing=False,
-                                   pad_id=loaded.tokenizer.pad_token_id, device=loaded.device, chunk_tokens=cfg.train.loss_chunk_tokens)[0])
+    total = float(
+        summed_loss_over(
+            loaded.model,
+            kept,
+            batch_size=batch_size,
+            row_tokens=cfg.data.max_length,
+            packing=False,
+            pad_id=loaded.tokenizer.pad_token_id,
+            device=loaded.device,
+            chunk_tokens=cfg.train.loss_chunk_tokens,
+        )[0]
+    )
     tokens = trained_token_counts(kept)[0]
     loss = total / tokens if tokens else None
-    return {"eval_loss": loss, "perplexity": math.exp(loss) if loss is not None else None, "eval_tokens": tokens,
-            "answer_cut": len(encoded) - len(kept)}
+    return {
+        "eval_loss": loss,
+        "perplexity": math.exp(loss) if loss is not None else None,
+        "eval_tokens": tokens,
+        "answer_cut": len(encoded) - len(kept),
+    }
 
 
 def mask_questions(samples: list[Sample], seed: int) -> list[tuple[int, Sample, int]]:
@@ -84,7 +100,9 @@ def mask_questions(samples: list[Sample], seed: int) -> list[tuple[int, Sample, 
 
 
 def _drop(clean: dict[str, Any], masked: dict[str, Any]) -> dict[str, float | None]:
-    return {key: clean[key] - masked[key] if clean[key] is not None and masked[key] is not None else None for key in SCORES}
+    return {
+        key: clean[key] - masked[key] if clean[key] is not None and masked[key] is not None else None for key in SCORES
+    }
 
 
 def evaluate(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_size: int) -> tuple[dict, list[dict]]:
@@ -92,7 +110,9 @@ def evaluate(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_s
     samples = data.samples
     lexicon = load_lexicon("medical")
     answers = [sample.answer for sample in samples]
-    replies = generate_with_progress(loaded, [prompt_messages(s) for s in samples], decoding, batch_size, "eval: replies")
+    replies = generate_with_progress(
+        loaded, [prompt_messages(s) for s in samples], decoding, batch_size, "eval: replies"
+    )
     clean = reply_scores(replies, answers, lexicon)
     result: dict[str, Any] = {**loss_over(loaded, samples, batch_size), **clean, "n": len(samples)}
 
@@ -101,12 +121,15 @@ def evaluate(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_s
     if masked:
         indices = [index for index, _, _ in masked]
         masked_samples = [sample for _, sample, _ in masked]
-        masked_replies = generate_with_progress(loaded, [prompt_messages(s) for s in masked_samples], decoding, batch_size, "eval: masked")
+        masked_replies = generate_with_progress(
+            loaded, [prompt_messages(s) for s in masked_samples], decoding, batch_size, "eval: masked"
+        )
         subset_answers = [answers[i] for i in indices]
         robust = reply_scores(masked_replies, subset_answers, lexicon)
         clean_subset = reply_scores([replies[i] for i in indices], subset_answers, lexicon)
         result["robust"] = {
-            "n": len(masked), "terms_masked": sum(count for _, _, count in masked),
+            "n": len(masked),
+            "terms_masked": sum(count for _, _, count in masked),
             "eval_loss": loss_over(loaded, masked_samples, batch_size)["eval_loss"],
             "eval_loss_unmasked": loss_over(loaded, [samples[i] for i in indices], batch_size)["eval_loss"],
             **{key: robust[key] for key in (*SCORES, "think_chars", "answer_chars")},
@@ -122,8 +145,16 @@ def evaluate(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_s
 
 
 def _reply_row(sample: Sample, reply: Reply, masked: bool) -> dict[str, Any]:
-    return {"source": sample.source, "masked": masked, "question": sample.question, "think": reply.think, "answer": reply.answer,
-            "reference_answer": sample.answer, "finish_reason": reply.finish_reason, "new_tokens": reply.new_tokens}
+    return {
+        "source": sample.source,
+        "masked": masked,
+        "question": sample.question,
+        "think": reply.think,
+        "answer": reply.answer,
+        "reference_answer": sample.answer,
+        "finish_reason": reply.finish_reason,
+        "new_tokens": reply.new_tokens,
+    }
 
 
 def default_output(run: AdapterRun, with_adapter: bool) -> Path:
@@ -131,7 +162,9 @@ def default_output(run: AdapterRun, with_adapter: bool) -> Path:
     return RunFolder(run.output_dir).evaluation(run.checkpoint if with_adapter else None)
 
 
-def run_eval(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_size: int, output: Path) -> dict[str, Any]:
+def run_eval(
+    loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_size: int, output: Path
+) -> dict[str, Any]:
     """Evaluate and write `output` (eval.json) and, next to it, every reply (`<stem>.replies.jsonl`)."""
     metrics, rows = evaluate(loaded, data, decoding, batch_size)
     run = loaded.run
@@ -142,8 +175,12 @@ def run_eval(loaded: InferenceModel, data: EvalData, decoding: Decoding, batch_s
         "data": data.source,
         "skipped_rows": data.skipped_rows,
         "decoding": decoding.as_dict(),
-        "model": {"base": run.facts["base_model"]["name_or_path"], "quant": run.facts["quant"]["mode"],
-                  "adapter": str(run.adapter_dir) if loaded.with_adapter else None, "step": run.facts["step"]},
+        "model": {
+            "base": run.facts["base_model"]["name_or_path"],
+            "quant": run.facts["quant"]["mode"],
+            "adapter": str(run.adapter_dir) if loaded.with_adapter else None,
+            "step": run.facts["step"],
+        },
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(replies_path(output), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

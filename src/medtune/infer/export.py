@@ -29,8 +29,16 @@ from medtune.infer.runs import AdapterRun, resolve_run
 from medtune.model.tiny import is_random_weights
 from medtune.run_folder import ADAPTER_DIR, is_adapter_folder, write_atomic
 
-QUANT_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
-FILE_TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+QUANT_TYPES = {
+    "f16": gguf.GGMLQuantizationType.F16,
+    "bf16": gguf.GGMLQuantizationType.BF16,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+}
+FILE_TYPES = {
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+}
 MODELFILE_SUFFIX = ".Modelfile"
 OLLAMA_CONTEXT = 8192
 """Ollama's num_ctx (its default, 2048 or 4096 by version, cuts long thinking replies); capped at the model's own."""
@@ -55,8 +63,13 @@ ARCHITECTURES = {
 
 # llama.cpp names a tokenizer's pre-tokenizer (`tokenizer.ggml.pre`), which decides how text is split before BPE.
 # Recognised here from tokenizer.json's own pre_tokenizer, so a tokenizer llama.cpp would split differently is refused.
-_QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _BYTE_LEVEL_WITH_GPT2_REGEX = ("ByteLevel", True)
 PRE_TOKENIZERS = {
     (("Split", _QWEN2_SPLIT), ("ByteLevel", False)): "qwen2",
@@ -99,7 +112,8 @@ def load_model_folder(path: Path) -> ExportSource:
 
 
 def run_model_name(run: AdapterRun) -> str:
-    """The name a run's model goes by (GGUF general.name, the served model id): the run, plus the checkpoint if not final."""
+    """The name a run's model goes by (GGUF general.name, the served model id): the run, plus the checkpoint if not
+    final."""
     return run.output_dir.name if run.checkpoint == ADAPTER_DIR else f"{run.output_dir.name}-{run.checkpoint}"
 
 
@@ -127,7 +141,9 @@ def architecture_of(model: PreTrainedModel) -> Architecture:
         raise ExportError(f"architecture {names[0]} is not supported for GGUF export (supported: {supported})")
     rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
-        raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not supported for GGUF export (only the default rope)")
+        raise ExportError(
+            f"rope scaling {rope.get('rope_type')!r} is not supported for GGUF export (only the default rope)"
+        )
     return ARCHITECTURES[names[0]]
 
 
@@ -138,13 +154,18 @@ def pre_tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
     key = []
     for step in steps:
         kind = step.get("type")
-        detail = {"Split": (step.get("pattern") or {}).get("Regex"), "ByteLevel": step.get("use_regex"),
-                  "Digits": step.get("individual_digits")}.get(kind)
+        detail = {
+            "Split": (step.get("pattern") or {}).get("Regex"),
+            "ByteLevel": step.get("use_regex"),
+            "Digits": step.get("individual_digits"),
+        }.get(kind)
         key.append((kind, detail))
     name = PRE_TOKENIZERS.get(tuple(key))
     if name is None:
-        raise ExportError(f"the tokenizer's pre-tokenizer {key} is not one medtune can name for llama.cpp "
-                          f"(known: {', '.join(sorted(PRE_TOKENIZERS.values()))})")
+        raise ExportError(
+            f"the tokenizer's pre-tokenizer {key} is not one medtune can name for llama.cpp "
+            f"(known: {', '.join(sorted(PRE_TOKENIZERS.values()))})"
+        )
     return name
 
 
@@ -174,7 +195,9 @@ def vocabulary(tokenizer: PreTrainedTokenizerBase, rows: int) -> tuple[list[str]
 
 def _permute_rotary_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """HF's rotate-half row order to llama.cpp's interleaved pairs (convert_hf_to_gguf.py's LlamaModel.permute)."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def gguf_tensors(model: PreTrainedModel, arch: Architecture) -> Iterator[tuple[str, torch.Tensor]]:
@@ -210,8 +233,6 @@ def encode_tensor(tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> np.
     if qtype == gguf.GGMLQuantizationType.F16:
         return data.astype(np.float16)
     return gguf.quants.quantize(data, qtype)
-
-
 
 
 def _add_hyperparameters(writer: gguf.GGUFWriter, model: PreTrainedModel, arch: Architecture, quant: str) -> None:
@@ -291,7 +312,7 @@ def write_gguf(source: ExportSource, output: Path, quant: str) -> Path:
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            for name, tensor in gguf_tensors(model, arch):
+            for _name, tensor in gguf_tensors(model, arch):
                 writer.write_tensor_data(encode_tensor(tensor, tensor_type(quant, tuple(tensor.shape))))
         writer.close()
         os.replace(staging, output)
@@ -336,13 +357,22 @@ def _triple_quoted(field: str, text: str) -> str:
 def modelfile_text(gguf_name: str, system_prompt: str | None, context_length: int) -> str:
     """The Modelfile: the GGUF beside it, the chat template, the trained system prompt, stop and sampling."""
     decoding = Decoding()
-    lines = [f"# Ollama model: ollama create NAME -f {gguf_name.removesuffix('.gguf')}{MODELFILE_SUFFIX}",
-             f"FROM ./{gguf_name}", _triple_quoted("TEMPLATE", OLLAMA_TEMPLATE)]
+    lines = [
+        f"# Ollama model: ollama create NAME -f {gguf_name.removesuffix('.gguf')}{MODELFILE_SUFFIX}",
+        f"FROM ./{gguf_name}",
+        _triple_quoted("TEMPLATE", OLLAMA_TEMPLATE),
+    ]
     if system_prompt:
         lines.append(_triple_quoted("SYSTEM", system_prompt))
-    lines += [f'PARAMETER stop "{TURN_END}"', f"PARAMETER temperature {decoding.temperature}",
-              f"PARAMETER top_p {decoding.top_p}", f"PARAMETER top_k {decoding.top_k}", f"PARAMETER min_p {decoding.min_p}",
-              f"PARAMETER num_predict {decoding.max_new_tokens}", f"PARAMETER num_ctx {min(OLLAMA_CONTEXT, context_length)}"]
+    lines += [
+        f'PARAMETER stop "{TURN_END}"',
+        f"PARAMETER temperature {decoding.temperature}",
+        f"PARAMETER top_p {decoding.top_p}",
+        f"PARAMETER top_k {decoding.top_k}",
+        f"PARAMETER min_p {decoding.min_p}",
+        f"PARAMETER num_predict {decoding.max_new_tokens}",
+        f"PARAMETER num_ctx {min(OLLAMA_CONTEXT, context_length)}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -360,7 +390,9 @@ def export(source: ExportSource, output: Path, quant: str, system_prompt: str | 
     """Write the GGUF and its Modelfile; `system_prompt` overrides the one the run trained with."""
     check_gguf_path(output)
     prompt = system_prompt if system_prompt is not None else source.system_prompt
-    text = modelfile_text(output.name, prompt, source.model.config.max_position_embeddings)  # may refuse: before the long write
+    text = modelfile_text(
+        output.name, prompt, source.model.config.max_position_embeddings
+    )  # may refuse: before the long write
     write_gguf(source, output, quant)
     modelfile = modelfile_path(output)
     write_atomic(modelfile, text)

@@ -20,11 +20,21 @@ def read_questions(path: Path, system_prompt: str) -> list[Sample]:
     return read_samples(path, system_prompt=system_prompt, think="optional", answer="optional").samples
 
 
-def answer_rows(samples: list[Sample], loaded: InferenceModel, decoding: Decoding, batch_size: int) -> list[dict[str, Any]]:
+def answer_rows(
+    samples: list[Sample], loaded: InferenceModel, decoding: Decoding, batch_size: int
+) -> list[dict[str, Any]]:
     replies = generate_with_progress(loaded, [prompt_messages(s) for s in samples], decoding, batch_size, "generate")
-    return [{"source": sample.source, "question": sample.question, "think": reply.think, "answer": reply.answer,
-             "finish_reason": reply.finish_reason, "new_tokens": reply.new_tokens}
-            for sample, reply in zip(samples, replies)]
+    return [
+        {
+            "source": sample.source,
+            "question": sample.question,
+            "think": reply.think,
+            "answer": reply.answer,
+            "finish_reason": reply.finish_reason,
+            "new_tokens": reply.new_tokens,
+        }
+        for sample, reply in zip(samples, replies)
+    ]
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -77,8 +77,13 @@ def generate_replies(
     replies: list[Reply] = []
     for start in range(0, len(conversations), batch_size):
         batch = conversations[start : start + batch_size]
-        inputs = tokenizer([prompt_text(tokenizer, messages) for messages in batch], return_tensors="pt", padding=True,
-                           padding_side="left", add_special_tokens=False).to(device)
+        inputs = tokenizer(
+            [prompt_text(tokenizer, messages) for messages in batch],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        ).to(device)
         output = model.generate(**inputs, generation_config=config)
         new_ids = output[:, inputs["input_ids"].shape[1] :].tolist()  # device sync, once per batch
         replies += [decode_reply(tokenizer, ids) for ids in new_ids]

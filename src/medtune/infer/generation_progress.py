@@ -13,9 +13,22 @@ from medtune.infer.runs import InferenceModel
 def generate_with_progress(
     loaded: InferenceModel, conversations: list[Messages], decoding: Decoding, batch_size: int, description: str
 ) -> list[Reply]:
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
     with progress:
         task = progress.add_task(description, total=len(conversations))
-        return generate_replies(loaded.model, loaded.tokenizer, conversations, decoding, batch_size,
-                                on_batch_done=lambda n: progress.advance(task, n))
+        return generate_replies(
+            loaded.model,
+            loaded.tokenizer,
+            conversations,
+            decoding,
+            batch_size,
+            on_batch_done=lambda n: progress.advance(task, n),
+        )

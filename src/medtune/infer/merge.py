@@ -16,8 +16,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medtune.config import QuantConfig
-from medtune.model.load import default_device, embeddings_tied, load_adapter, load_base_model
 from medtune.infer.runs import AdapterRun
+from medtune.model.load import default_device, embeddings_tied, load_adapter, load_base_model
 
 MERGE_QUANT = QuantConfig(mode="none", compute_dtype="bf16")
 MERGE_FACTS_FILE = "medtune_merge.json"
@@ -40,13 +40,15 @@ def check_embeddings(merged: PreTrainedModel, run: AdapterRun) -> bool:
     if run.facts["embeddings_tied"]:
         if not same_values:
             raise MergeError(
-                f"{run.adapter_dir}: the run kept embed_tokens and lm_head tied (medtune_adapter.json), but after merging they "
+                f"{run.adapter_dir}: the run kept embed_tokens and lm_head tied (medtune_adapter.json), but after "
+                "merging they "
                 "differ; a tied save would drop the trained lm_head. Was the adapter edited after training?"
             )
         return True
     if shared and run.facts["trained_embeddings"]:
         raise MergeError(
-            f"{run.adapter_dir}: the run trained {', '.join(run.facts['trained_embeddings'])} untied, but the merged model "
+            f"{run.adapter_dir}: the run trained {', '.join(run.facts['trained_embeddings'])} untied, but the merged "
+            "model "
             "shares one matrix for both; saving it would lose one of the trained copies"
         )
     return False
@@ -76,8 +78,12 @@ def merge_run(run: AdapterRun, output: Path, overwrite: bool = False) -> Path:
     try:
         merged.save_pretrained(staging)  # writes generation_config.json (the base's sampling defaults) too
         tokenizer.save_pretrained(staging)
-        facts = {"adapter": str(run.adapter_dir), "step": run.facts["step"], "random_weights": run.random_weights,
-                 "system_prompt": run.config.data.system_prompt}
+        facts = {
+            "adapter": str(run.adapter_dir),
+            "step": run.facts["step"],
+            "random_weights": run.random_weights,
+            "system_prompt": run.config.data.system_prompt,
+        }
         (staging / MERGE_FACTS_FILE).write_text(json.dumps(facts, ensure_ascii=False, indent=2), encoding="utf-8")
         if output.exists():
             shutil.rmtree(output)

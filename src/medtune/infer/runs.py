@@ -17,7 +17,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medtune.config import ConfigError, ModelConfig, QuantConfig, RunConfig, load_config
 from medtune.model.load import default_device, load_adapter, load_base_model
-from medtune.run_folder import ADAPTER_CONFIG_FILE, ADAPTER_DIR, ADAPTER_FACTS_FILE, CONFIG_FILE, RunFolder, is_adapter_folder
+from medtune.run_folder import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_DIR,
+    ADAPTER_FACTS_FILE,
+    CONFIG_FILE,
+    RunFolder,
+    is_adapter_folder,
+)
 
 RANDOM_WEIGHTS_WARNING = "random weights (offline tiny model): outputs are noise and show only that the pipeline works"
 
@@ -80,7 +87,9 @@ def resolve_run(path: str | Path, checkpoint: int | None = None) -> AdapterRun:
     if checkpoint is not None:
         folder = run_folder.checkpoint(checkpoint)
         if not is_adapter_folder(folder):
-            raise RunNotFoundError(f"{path}: no checkpoint at step {checkpoint}; saved steps: {_checkpoint_steps(path)}")
+            raise RunNotFoundError(
+                f"{path}: no checkpoint at step {checkpoint}; saved steps: {_checkpoint_steps(path)}"
+            )
         adapter_dir, output_dir, name = folder, path, folder.name
     elif is_adapter_folder(run_folder.adapter):
         adapter_dir, output_dir, name = run_folder.adapter, path, ADAPTER_DIR
@@ -102,7 +111,9 @@ def resolve_run(path: str | Path, checkpoint: int | None = None) -> AdapterRun:
     return AdapterRun(adapter_dir, output_dir, name, facts, config)
 
 
-def load_for_inference(run: AdapterRun, with_adapter: bool = True, device: torch.device | None = None) -> InferenceModel:
+def load_for_inference(
+    run: AdapterRun, with_adapter: bool = True, device: torch.device | None = None
+) -> InferenceModel:
     """The base as trained (4-bit or not) plus the adapter, in eval mode with the KV cache on."""
     loaded = load_base_model(run.base_model_config(), run.trained_quant_config(), device or default_device())
     model = load_adapter(loaded.model, run.adapter_dir) if with_adapter else loaded.model

@@ -93,8 +93,12 @@ class ThinkFormat:
 def think_format(reply: Reply) -> ThinkFormat:
     parts = reply.parts
     present = parts.opened and not parts.preamble
-    return ThinkFormat(present=present, closed=present and parts.closed, non_empty=present and bool(parts.think),
-                       stopped=reply.finish_reason == "stop")
+    return ThinkFormat(
+        present=present,
+        closed=present and parts.closed,
+        non_empty=present and bool(parts.think),
+        stopped=reply.finish_reason == "stop",
+    )
 
 
 def reference_terms(lexicon: Lexicon, reference_answer: str) -> set[str]:
@@ -132,6 +136,9 @@ def reply_scores(replies: Sequence[Reply], reference_answers: Sequence[str], lex
         "term_recall": found / total if total else None,
         "think_chars": sum(len(reply.think) for reply in replies) / n,
         "answer_chars": sum(len(answer) for answer in answers) / n,
-        "think_checks": {check: sum(getattr(f, check) for f in formats) / n for check in ("present", "closed", "non_empty", "stopped")},
+        "think_checks": {
+            check: sum(getattr(f, check) for f in formats) / n
+            for check in ("present", "closed", "non_empty", "stopped")
+        },
         "reference_terms": total,
     }

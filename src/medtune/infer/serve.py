@@ -4,8 +4,8 @@
 `content`, as vLLM's and DeepSeek's reasoning APIs do (`--think hide` leaves the reasoning out);
 `/v1/models` lists the one model served; `/` is a small chat page. With transformers, one request generates
 at a time: the others wait in arrival order (an asyncio lock is first come, first served), so no two
-replies share a forward pass and none is interleaved with another; vLLM batches them in its engine. Bad requests get a 4xx with an OpenAI-style JSON error
-naming the field, and the server keeps serving.
+replies share a forward pass and none is interleaved with another; vLLM batches them in its engine. Bad requests
+get a 4xx with an OpenAI-style JSON error naming the field, and the server keeps serving.
 
 The transformers backend serves a run (its base loaded as trained, 4-bit or not, plus the adapter) or a
 merged folder; with vLLM installed, `--backend vllm` serves a merged folder through vLLM's engine.
@@ -49,7 +49,9 @@ class ServeError(RuntimeError):
 class ApiError(Exception):
     """A request the server refuses: an HTTP status and one line naming the field at fault."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
@@ -72,7 +74,10 @@ class ChatMessage(BaseModel):
         """OpenAI's list-of-parts form, joined: text is the only kind of part this model reads."""
         if not isinstance(content, list):
             return content
-        if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
+        if not all(
+            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            for part in content
+        ):
             raise ValueError('only text parts ({"type": "text", "text": "..."}) are supported')
         return "".join(part["text"] for part in content)
 
@@ -113,7 +118,11 @@ class ChatRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_length_limit(self) -> ChatRequest:
-        if self.max_tokens is not None and self.max_completion_tokens is not None and self.max_tokens != self.max_completion_tokens:
+        if (
+            self.max_tokens is not None
+            and self.max_completion_tokens is not None
+            and self.max_tokens != self.max_completion_tokens
+        ):
             raise ValueError("max_tokens and max_completion_tokens disagree; give one")
         return self
 
@@ -121,7 +130,9 @@ class ChatRequest(BaseModel):
         """Decoding settings; unset fields keep medtune's defaults (Qwen3 thinking mode), temperature 0 is greedy."""
         limit = self.max_completion_tokens or self.max_tokens or min(MAX_TOKENS_DEFAULT, max_tokens_limit)
         if limit > max_tokens_limit:
-            raise ApiError(400, f"max_tokens: {limit} is more than the model's context ({max_tokens_limit} tokens)", "max_tokens")
+            raise ApiError(
+                400, f"max_tokens: {limit} is more than the model's context ({max_tokens_limit} tokens)", "max_tokens"
+            )
         if self.temperature == 0:
             return Decoding(greedy=True, max_new_tokens=limit)
         default = Decoding()
@@ -148,7 +159,9 @@ class Completion:
 
 
 class Backend(Protocol):
-    def generate(self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion) -> AsyncIterator[str]:
+    def generate(
+        self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion
+    ) -> AsyncIterator[str]:
         """Text pieces of the reply as they come (special tokens left out); fills `done` by the end."""
         ...
 
@@ -159,7 +172,9 @@ class TransformersBackend:
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
 
-    async def generate(self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion) -> AsyncIterator[str]:
+    async def generate(
+        self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion
+    ) -> AsyncIterator[str]:
         import torch
         from transformers import StoppingCriteria, TextIteratorStreamer
 
@@ -183,8 +198,12 @@ class TransformersBackend:
                 if seed is not None:
                     torch.manual_seed(seed)
                 with torch.no_grad():
-                    result["ids"] = self.model.generate(**inputs, generation_config=decoding.generation_config(tokenizer),
-                                                        streamer=streamer, stopping_criteria=[StopWhenCancelled()])
+                    result["ids"] = self.model.generate(
+                        **inputs,
+                        generation_config=decoding.generation_config(tokenizer),
+                        streamer=streamer,
+                        stopping_criteria=[StopWhenCancelled()],
+                    )
             except BaseException as err:  # ending the stream unblocks the reader, which re-raises it
                 result["error"] = err
                 streamer.end()
@@ -222,18 +241,30 @@ class VllmBackend:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    async def generate(self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion) -> AsyncIterator[str]:
+    async def generate(
+        self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion
+    ) -> AsyncIterator[str]:
         from vllm import SamplingParams
 
-        sampling = dict(temperature=0.0) if decoding.greedy else dict(
-            temperature=decoding.temperature, top_p=decoding.top_p, top_k=decoding.top_k, min_p=decoding.min_p)
-        params = SamplingParams(max_tokens=decoding.max_new_tokens, stop_token_ids=[turn_end_id(self.tokenizer)],
-                                skip_special_tokens=True, seed=seed, **sampling)
+        sampling = (
+            dict(temperature=0.0)
+            if decoding.greedy
+            else dict(
+                temperature=decoding.temperature, top_p=decoding.top_p, top_k=decoding.top_k, min_p=decoding.min_p
+            )
+        )
+        params = SamplingParams(
+            max_tokens=decoding.max_new_tokens,
+            stop_token_ids=[turn_end_id(self.tokenizer)],
+            skip_special_tokens=True,
+            seed=seed,
+            **sampling,
+        )
         sent = ""
         async for output in self.engine.generate(prompt_text(self.tokenizer, messages), params, uuid.uuid4().hex):
             text = output.outputs[0].text  # the whole reply so far
-            if text[len(sent):]:
-                yield text[len(sent):]
+            if text[len(sent) :]:
+                yield text[len(sent) :]
                 sent = text
             done.prompt_tokens = len(output.prompt_token_ids or [])
             done.completion_tokens = len(output.outputs[0].token_ids)
@@ -287,7 +318,11 @@ def _partial_tag_length(text: str) -> int:
 
 
 def _chunk(base: dict, delta: dict, finish_reason: str | None = None) -> str:
-    payload = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    payload = {
+        **base,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
@@ -314,7 +349,9 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, err: Exception) -> JSONResponse:
-        return JSONResponse(_error_body(f"generation failed: {type(err).__name__}: {err}", None, "server_error"), status_code=500)
+        return JSONResponse(
+            _error_body(f"generation failed: {type(err).__name__}: {err}", None, "server_error"), status_code=500
+        )
 
     @app.get("/", response_class=HTMLResponse)
     async def chat_page() -> str:
@@ -326,14 +363,25 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict:
-        entry = {"id": served.name, "object": "model", "created": served.created, "owned_by": "medtune",
-                 "max_model_len": served.max_tokens_limit, "random_weights": served.random_weights}
+        entry = {
+            "id": served.name,
+            "object": "model",
+            "created": served.created,
+            "owned_by": "medtune",
+            "max_model_len": served.max_tokens_limit,
+            "random_weights": served.random_weights,
+        }
         return {"object": "list", "data": [entry]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatRequest):
         if request.model is not None and request.model != served.name:
-            raise ApiError(404, f"model: {request.model!r} is not served here; this server serves {served.name!r}", "model", "not_found_error")
+            raise ApiError(
+                404,
+                f"model: {request.model!r} is not served here; this server serves {served.name!r}",
+                "model",
+                "not_found_error",
+            )
         decoding = request.decoding(served.max_tokens_limit)
         messages = [{"role": message.role, "content": message.content} for message in request.messages]
         if messages[0]["role"] != "system" and served.system_prompt:
@@ -341,7 +389,9 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return StreamingResponse(_stream(messages, decoding, request.seed, base, include_usage), media_type="text/event-stream")
+            return StreamingResponse(
+                _stream(messages, decoding, request.seed, base, include_usage), media_type="text/event-stream"
+            )
         done = Completion()
         async with turn():
             text = "".join([piece async for piece in served.backend.generate(messages, decoding, request.seed, done)])
@@ -349,12 +399,21 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
         message = {"role": "assistant", "content": parts.answer}
         if think == "show":
             message["reasoning_content"] = parts.think
-        usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-                 "total_tokens": done.prompt_tokens + done.completion_tokens}
-        return {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason}],
-                "usage": usage}
+        usage = {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+        }
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": done.finish_reason}],
+            "usage": usage,
+        }
 
-    async def _stream(messages: Messages, decoding: Decoding, seed: int | None, base: dict, include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(
+        messages: Messages, decoding: Decoding, seed: int | None, base: dict, include_usage: bool
+    ) -> AsyncIterator[str]:
         """Server-sent events: the role, then reasoning and answer deltas, the finish reason, usage, [DONE].
 
         Each delta is what the reply split so far (`split_reply`) adds to its part; that split only ever
@@ -370,7 +429,7 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
                 parts = split_reply(settled)
                 for key, part in (("reasoning_content", parts.think), ("content", parts.answer)):
                     if (key == "content" or think == "show") and part != sent[key] and part.startswith(sent[key]):
-                        yield _chunk(base, {key: part[len(sent[key]):]})
+                        yield _chunk(base, {key: part[len(sent[key]) :]})
                         sent[key] = part
 
             try:
@@ -379,14 +438,18 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
                     for chunk in deltas(text[: len(text) - _partial_tag_length(text)]):
                         yield chunk
             except Exception as err:  # headers are sent: the error goes into the stream, as OpenAI's does
-                yield f"data: {json.dumps(_error_body(f'generation failed: {type(err).__name__}: {err}', None, 'server_error'))}\n\n"
+                error_body = _error_body(f"generation failed: {type(err).__name__}: {err}", None, "server_error")
+                yield f"data: {json.dumps(error_body)}\n\n"
                 return
             for chunk in deltas(text):
                 yield chunk
         yield _chunk(base, {}, done.finish_reason)
         if include_usage:
-            usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-                     "total_tokens": done.prompt_tokens + done.completion_tokens}
+            usage = {
+                "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.completion_tokens,
+                "total_tokens": done.prompt_tokens + done.completion_tokens,
+            }
             yield f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
 
@@ -409,19 +472,35 @@ def load_served_model(path: Path, checkpoint: int | None = None, backend: str = 
         raise ServeError(f"{path}: --checkpoint applies to a run folder; this is a merged model folder")
     if backend == "vllm":
         if not is_model_folder(path):
-            raise ServeError(f"{path}: --backend vllm serves a merged folder; run `medtune merge {path} -o MERGED` first")
+            raise ServeError(
+                f"{path}: --backend vllm serves a merged folder; run `medtune merge {path} -o MERGED` first"
+            )
         if importlib.util.find_spec("vllm") is None:
             raise ServeError("--backend vllm: vLLM is not installed (pip install vllm, on a machine with a GPU)")
         from transformers import AutoConfig
 
         facts, config = merge_facts(path), AutoConfig.from_pretrained(path)
         random = bool(facts.get("random_weights", is_random_weights(config)))
-        return ServedModel(VllmBackend(path), path.name, facts.get("system_prompt"), random, config.max_position_embeddings)
+        return ServedModel(
+            VllmBackend(path), path.name, facts.get("system_prompt"), random, config.max_position_embeddings
+        )
     if is_model_folder(path):
         source = load_model_folder(path)
         backend_ = TransformersBackend(source.model, source.tokenizer)
-        return ServedModel(backend_, source.name, source.system_prompt, source.random_weights, source.model.config.max_position_embeddings)
+        return ServedModel(
+            backend_,
+            source.name,
+            source.system_prompt,
+            source.random_weights,
+            source.model.config.max_position_embeddings,
+        )
     run = resolve_run(path, checkpoint)
     loaded = load_for_inference(run)
     limit = loaded.model.config.max_position_embeddings
-    return ServedModel(TransformersBackend(loaded.model, loaded.tokenizer), run_model_name(run), run.config.data.system_prompt, run.random_weights, limit)
+    return ServedModel(
+        TransformersBackend(loaded.model, loaded.tokenizer),
+        run_model_name(run),
+        run.config.data.system_prompt,
+        run.random_weights,
+        limit,
+    )

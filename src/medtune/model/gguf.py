@@ -20,7 +20,9 @@ from medtune.model.cache import cached_folder, hash_file
 ORIGIN_FILE = "medtune_gguf.json"
 
 
-def gguf_model_folder(source: str, gguf_file: str, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+def gguf_model_folder(
+    source: str, gguf_file: str, revision: str | None = None, trust_remote_code: bool = False
+) -> Path:
     """An ordinary model folder equal to `from_pretrained(source, gguf_file=gguf_file)`, built once per file content."""
     local_file = Path(cached_file(source, gguf_file, revision=revision))
     digest = hash_file(local_file)

@@ -14,10 +14,17 @@ from unittest import mock
 
 import torch
 import torch.distributed as dist
-from peft import LoraConfig as PeftLoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 from torch.distributed.tensor import DTensor
 from torch.nn.modules.module import register_module_parameter_registration_hook
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from medtune.config import LoraConfig, ModelConfig, QuantConfig
 from medtune.hub import resolve_model_source
@@ -39,7 +46,8 @@ class LoadedModel:
 
 
 def model_source(cfg: ModelConfig) -> str:
-    """What from_pretrained receives: the tiny model's or a de-quantised GGUF's cache folder, a local folder, or a hub id."""
+    """What from_pretrained receives: the tiny model's or a de-quantised GGUF's cache folder, a local folder, or a
+    hub id."""
     if cfg.name_or_path == TINY_NAME:
         return str(tiny_model_dir())
     source = resolve_model_source(cfg.name_or_path, cfg.revision)
@@ -60,15 +68,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     source = model_source(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_base_model(model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torch.device, fsdp: bool = False) -> LoadedModel:
+def load_base_model(
+    model_cfg: ModelConfig, quant_cfg: QuantConfig, device: torch.device, fsdp: bool = False
+) -> LoadedModel:
     """Load weights exactly as a user with hub access would; quantize to 4-bit when asked.
 
     With `fsdp` the 4-bit weights are stored in the compute dtype (bf16 on CUDA) instead of uint8, the
@@ -141,16 +149,28 @@ def keep_own_shards(rank: int, processes: int) -> Iterator[None]:
     import transformers.modeling_utils
 
     def keep_own_chunk(module: torch.nn.Module, name: str, param: torch.nn.Parameter) -> torch.nn.Parameter | None:
-        if not (isinstance(module, bnb.nn.Linear4bit) and name == "weight" and isinstance(param, bnb.nn.Params4bit)
-                and param.bnb_quantized and not param.is_meta):
+        if not (
+            isinstance(module, bnb.nn.Linear4bit)
+            and name == "weight"
+            and isinstance(param, bnb.nn.Params4bit)
+            and param.bnb_quantized
+            and not param.is_meta
+        ):
             return None
         chunks = torch.chunk(param.data, processes, dim=0)
         local = chunks[rank].clone() if rank < len(chunks) else param.data.new_empty((0, *param.shape[1:]))
         setattr(module, WEIGHT_SHARD, WeightShard(local, rank, processes))
-        return bnb.nn.Params4bit(param.data.new_empty(1).expand(param.shape), requires_grad=False,
-                                 quant_state=param.quant_state, blocksize=param.blocksize,
-                                 compress_statistics=param.compress_statistics, quant_type=param.quant_type,
-                                 quant_storage=param.quant_storage, module=module, bnb_quantized=True)
+        return bnb.nn.Params4bit(
+            param.data.new_empty(1).expand(param.shape),
+            requires_grad=False,
+            quant_state=param.quant_state,
+            blocksize=param.blocksize,
+            compress_statistics=param.compress_statistics,
+            quant_type=param.quant_type,
+            quant_storage=param.quant_storage,
+            module=module,
+            bnb_quantized=True,
+        )
 
     with contextlib.ExitStack() as stack:
         if hasattr(transformers.modeling_utils, WHOLE_MODEL_WARMUP):  # an optimisation transformers may drop or rename
@@ -180,7 +200,10 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     tied = embeddings_tied(model)
     keep_tied = tied and cfg.tied_embeddings == "keep" and bool(trained_embeddings)
     if tied and trained_embeddings and cfg.tied_embeddings == "untie":
-        log.warning("embed_tokens and lm_head are tied in the base model; training them as two untied copies (tied_embeddings: untie)")
+        log.warning(
+            "embed_tokens and lm_head are tied in the base model; training them as two untied copies "
+            "(tied_embeddings: untie)"
+        )
     lora_config = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

@@ -18,7 +18,8 @@ storage (plain Linear, FSDP's bf16 storage) stays its own module, and only the a
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,8 +48,9 @@ def nf4_dense_weight(layer: nn.Module) -> DenseWeight | None:
             cached = (current, absmax.float())
             layer._medtune_absmax = cached
         current, absmax = cached
-        return torch.ops.bitsandbytes.dequantize_4bit.default(layer.weight.data, absmax, current.blocksize, current.quant_type,
-                                                              current.shape, current.dtype)
+        return torch.ops.bitsandbytes.dequantize_4bit.default(
+            layer.weight.data, absmax, current.blocksize, current.quant_type, current.shape, current.dtype
+        )
 
     return dense
 
@@ -60,8 +62,16 @@ class FusedLora(torch.autograd.Function):
     backward pass, as bitsandbytes does."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor, dense_weight: DenseWeight | None,
-                base_out: torch.Tensor | None, scale: float, p: float) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight_a: torch.Tensor,
+        weight_b: torch.Tensor,
+        dense_weight: DenseWeight | None,
+        base_out: torch.Tensor | None,
+        scale: float,
+        p: float,
+    ) -> torch.Tensor:
         device = x.device.type
         autocast = torch.is_autocast_enabled(device)
         compute = torch.get_autocast_dtype(device) if autocast else weight_a.dtype
@@ -69,7 +79,9 @@ class FusedLora(torch.autograd.Function):
             flat = x.reshape(-1, x.shape[-1])
             if dense_weight is not None:
                 weight = dense_weight()
-                base_dtype = compute if autocast else weight.dtype  # bitsandbytes' matmul runs under the caller's autocast
+                base_dtype = (
+                    compute if autocast else weight.dtype
+                )  # bitsandbytes' matmul runs under the caller's autocast
                 base_out = flat.to(base_dtype) @ weight.to(base_dtype).t()
                 ctx.base_dtype = base_dtype
             out_dtype = x.dtype if dense_weight is not None else base_out.dtype
@@ -96,15 +108,22 @@ class FusedLora(torch.autograd.Function):
             grad_low_rank = (grad @ b).mul_(ctx.scale)
             if need_a:
                 inputs = x.reshape(-1, x.shape[-1]).to(ctx.compute)
-                inputs = inputs if mask is None else torch.ops.aten.native_dropout_backward(inputs, mask, ctx.keep_scale)
+                inputs = (
+                    inputs if mask is None else torch.ops.aten.native_dropout_backward(inputs, mask, ctx.keep_scale)
+                )
                 grad_a = (grad_low_rank.t() @ inputs).to(ctx.a_dtype)
             if need_x:
                 grad_x = grad_low_rank @ a
-                grad_x = grad_x if mask is None else torch.ops.aten.native_dropout_backward(grad_x, mask, ctx.keep_scale)
+                grad_x = (
+                    grad_x if mask is None else torch.ops.aten.native_dropout_backward(grad_x, mask, ctx.keep_scale)
+                )
                 if ctx.dense_weight is not None:  # + the base's input gradient, in the same kernel
                     base_dtype = ctx.base_dtype
-                    grad_x = torch.addmm(grad_x.to(base_dtype), grad_out.reshape(-1, grad_out.shape[-1]).to(base_dtype),
-                                         ctx.dense_weight().to(base_dtype))
+                    grad_x = torch.addmm(
+                        grad_x.to(base_dtype),
+                        grad_out.reshape(-1, grad_out.shape[-1]).to(base_dtype),
+                        ctx.dense_weight().to(base_dtype),
+                    )
                 grad_x = grad_x.to(x.dtype).view(x.shape)
         return grad_x, grad_a, grad_b, None, (grad_out if need_base else None), None, None
 
@@ -112,15 +131,23 @@ class FusedLora(torch.autograd.Function):
 def fused_lora_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """Forward of a PEFT LoRA layer through `FusedLora`; anything but one plain LoRA adapter goes to PEFT's own."""
     active = self.active_adapters
-    if (self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None or len(active) != 1
-            or active[0] not in self.lora_A or active[0] in getattr(self, "lora_variant", {})):
+    if (
+        self.disable_adapters
+        or self.merged
+        or kwargs.get("adapter_names") is not None
+        or len(active) != 1
+        or active[0] not in self.lora_A
+        or active[0] in getattr(self, "lora_variant", {})
+    ):
         return type(self).forward(self, x, *args, **kwargs)
     name = active[0]
     dropout = self.lora_dropout[name]
     p = dropout.p if self.training and isinstance(dropout, nn.Dropout) else 0.0
     dense_weight = self._medtune_dense_weight if not args and not kwargs else None
     base_out = None if dense_weight is not None else self.base_layer(x, *args, **kwargs)
-    return FusedLora.apply(x, self.lora_A[name].weight, self.lora_B[name].weight, dense_weight, base_out, self.scaling[name], p)
+    return FusedLora.apply(
+        x, self.lora_A[name].weight, self.lora_B[name].weight, dense_weight, base_out, self.scaling[name], p
+    )
 
 
 def install_fused_lora(model: nn.Module) -> tuple[int, int]:

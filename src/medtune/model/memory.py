@@ -19,9 +19,10 @@ table). They were measured with paged 8-bit AdamW, whose states live in managed 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Iterator
+from typing import Any
 
 from medtune.config import ModelConfig, RunConfig
 
@@ -63,19 +64,33 @@ class ModelShape:
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
         try:
             hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-            return cls(hidden=hidden, layers=int(config["num_hidden_layers"]), heads=heads,
-                       kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=int(config.get("head_dim") or hidden // heads),
-                       intermediate=int(config["intermediate_size"]), vocab=int(config["vocab_size"]),
-                       tied=bool(config.get("tie_word_embeddings", False)))
+            return cls(
+                hidden=hidden,
+                layers=int(config["num_hidden_layers"]),
+                heads=heads,
+                kv_heads=int(config.get("num_key_value_heads") or heads),
+                head_dim=int(config.get("head_dim") or hidden // heads),
+                intermediate=int(config["intermediate_size"]),
+                vocab=int(config["vocab_size"]),
+                tied=bool(config.get("tie_word_embeddings", False)),
+            )
         except KeyError as missing:
-            raise ValueError(f"config.json has no {missing.args[0]}: the memory model needs a decoder's sizes") from None
+            raise ValueError(
+                f"config.json has no {missing.args[0]}: the memory model needs a decoder's sizes"
+            ) from None
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each linear projection of a decoder layer."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv), "o_proj": (q, self.hidden),
-                "gate_proj": (self.hidden, self.intermediate), "up_proj": (self.hidden, self.intermediate),
-                "down_proj": (self.intermediate, self.hidden)}
+        return {
+            "q_proj": (self.hidden, q),
+            "k_proj": (self.hidden, kv),
+            "v_proj": (self.hidden, kv),
+            "o_proj": (q, self.hidden),
+            "gate_proj": (self.hidden, self.intermediate),
+            "up_proj": (self.hidden, self.intermediate),
+            "down_proj": (self.intermediate, self.hidden),
+        }
 
     def linear_weights(self) -> int:
         return self.layers * sum(i * o for i, o in self.projections().values())
@@ -97,7 +112,9 @@ def read_model_shape(model: ModelConfig) -> ModelShape:
         source, extra = resolve_model_source(model.name_or_path, model.revision), {"gguf_file": model.gguf_file}
     else:
         source, extra = model_source(model), {}
-    config = AutoConfig.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code, **extra)
+    config = AutoConfig.from_pretrained(
+        source, revision=model.revision, trust_remote_code=model.trust_remote_code, **extra
+    )
     return ModelShape.from_config(config.get_text_config().to_dict())
 
 
@@ -122,12 +139,21 @@ class MemorySettings:
     @classmethod
     def from_run(cls, cfg: RunConfig, liger: bool, processes: int = 1) -> MemorySettings:
         """The settings of `cfg` on CUDA (the optimizer resolved as there)."""
-        return cls(quant=cfg.quant.mode, double_quant=cfg.quant.double_quant, lora_r=cfg.lora.r,
-                   lora_targets=tuple(cfg.lora.target_modules), lora_dropout=cfg.lora.dropout,
-                   trained_embeddings=frozenset(cfg.lora.modules_to_save) & {"embed_tokens", "lm_head"},
-                   untie=cfg.lora.tied_embeddings == "untie", optimizer=cfg.train.resolved_optimizer("cuda", fsdp=False),
-                   fused_lora=cfg.speed.fused_lora, liger=liger and cfg.speed.fused_kernels != "none",
-                   gradient_checkpointing=cfg.train.gradient_checkpointing, packing=cfg.train.packing, processes=processes)
+        return cls(
+            quant=cfg.quant.mode,
+            double_quant=cfg.quant.double_quant,
+            lora_r=cfg.lora.r,
+            lora_targets=tuple(cfg.lora.target_modules),
+            lora_dropout=cfg.lora.dropout,
+            trained_embeddings=frozenset(cfg.lora.modules_to_save) & {"embed_tokens", "lm_head"},
+            untie=cfg.lora.tied_embeddings == "untie",
+            optimizer=cfg.train.resolved_optimizer("cuda", fsdp=False),
+            fused_lora=cfg.speed.fused_lora,
+            liger=liger and cfg.speed.fused_kernels != "none",
+            gradient_checkpointing=cfg.train.gradient_checkpointing,
+            packing=cfg.train.packing,
+            processes=processes,
+        )
 
 
 @dataclass(frozen=True)
@@ -142,8 +168,12 @@ class Levers:
 
     @classmethod
     def from_run(cls, cfg: RunConfig) -> Levers:
-        return cls(checkpoint_fraction=cfg.speed.checkpoint_fraction, row_tokens=cfg.row_tokens(),
-                   offload_activations=cfg.speed.offload_activations is True, loss_chunk_tokens=cfg.train.loss_chunk_tokens)
+        return cls(
+            checkpoint_fraction=cfg.speed.checkpoint_fraction,
+            row_tokens=cfg.row_tokens(),
+            offload_activations=cfg.speed.offload_activations is True,
+            loss_chunk_tokens=cfg.train.loss_chunk_tokens,
+        )
 
     def checkpointed_layers(self, shape: ModelShape, settings: MemorySettings) -> int:
         """As `apply_speed` rounds it."""
@@ -152,7 +182,8 @@ class Levers:
 
 @dataclass(frozen=True)
 class Rows:
-    """The forward passes of a run's steps with one packed-row capacity: the longest row, and the most rows in a step."""
+    """The forward passes of a run's steps with one packed-row capacity: the longest row, and the most rows in a
+    step."""
 
     longest: int
     most_per_step: int
@@ -227,14 +258,17 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
     frozen_matrices = 1 if shape.tied else 2
     trained = settings.trained_embeddings
     trained_copies = 0 if not trained else (1 if shape.tied and not settings.untie else len(trained))
-    lora_params = shape.layers * settings.lora_r * sum(i + o for name, (i, o) in shape.projections().items()
-                                                       if name in settings.lora_targets)
+    lora_params = (
+        shape.layers
+        * settings.lora_r
+        * sum(i + o for name, (i, o) in shape.projections().items() if name in settings.lora_targets)
+    )
     head_trained = "lm_head" in trained
     trained_params = lora_params + trained_copies * embedding
 
     persistent = {
-        "base weights" + (" (4-bit NF4 with absmax)" if quantized else " (bf16)"):
-            linear * (nf4_bytes_per_weight(settings.double_quant) if quantized else BF16),
+        "base weights" + (" (4-bit NF4 with absmax)" if quantized else " (bf16)"): linear
+        * (nf4_bytes_per_weight(settings.double_quant) if quantized else BF16),
         "embed_tokens / lm_head (bf16, frozen)": frozen_matrices * embedding * BF16,
         "fused LoRA's cached block scales": linear * FP32 / NF4_BLOCK if quantized and settings.fused_lora else 0,
         "LoRA adapters (fp32) and their gradients": lora_params * FP32 * 2,
@@ -245,12 +279,16 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
     if settings.processes > 1 and own_embedding_gradient:  # DDP's buckets hold every gradient all the time
         persistent["embed_tokens gradient (DDP bucket)"] = embedding * BF16
     if settings.optimizer == "adamw":
-        persistent["AdamW states (2 per parameter, the parameter's dtype)"] = 2 * (lora_params * FP32 + trained_copies * embedding * BF16)
+        persistent["AdamW states (2 per parameter, the parameter's dtype)"] = 2 * (
+            lora_params * FP32 + trained_copies * embedding * BF16
+        )
     elif settings.optimizer == "adamw_8bit":
         persistent["8-bit AdamW states"] = 2 * trained_params
     else:
-        notes.append(f"paged 8-bit AdamW: {2 * trained_params / GIB:.2f} GiB of states in managed memory, paged to the host "
-                     "under pressure (not counted)")
+        notes.append(
+            f"paged 8-bit AdamW: {2 * trained_params / GIB:.2f} GiB of states in managed memory, paged to the host "
+            "under pressure (not counted)"
+        )
 
     checkpointed = levers.checkpointed_layers(shape, settings)
     kept = shape.layers - checkpointed
@@ -258,22 +296,30 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
     per_kept_layer = kept_layer_bytes_per_token(shape, settings) * tokens
     if levers.offload_activations:
         on_device = min(shape.layers, OFFLOAD_LAYERS_ON_DEVICE)
-        held = {f"activations on the device while offloading ({on_device} layers' worth)":
-                min(kept, on_device) * per_kept_layer + min(checkpointed, on_device) * layer_input}
+        held = {
+            f"activations on the device while offloading ({on_device} layers' worth)": min(kept, on_device)
+            * per_kept_layer
+            + min(checkpointed, on_device) * layer_input
+        }
     else:
-        held = {f"activations of {kept} kept layers": kept * per_kept_layer,
-                f"inputs of {checkpointed} recomputed layers": checkpointed * layer_input}
+        held = {
+            f"activations of {kept} kept layers": kept * per_kept_layer,
+            f"inputs of {checkpointed} recomputed layers": checkpointed * layer_input,
+        }
     held["final hidden states"] = 2 * layer_input
 
     trained_tokens = HEAD_BYTES_PER_TOKEN_FEATURE * shape.hidden * tokens
     chunk = min(levers.loss_chunk_tokens, tokens)
     phases = {
-        f"lm_head + cross-entropy chunks of {chunk:,} tokens": HEAD_CHUNK_BYTES_PER_LOGIT * chunk * shape.vocab + trained_tokens,
+        f"lm_head + cross-entropy chunks of {chunk:,} tokens": HEAD_CHUNK_BYTES_PER_LOGIT * chunk * shape.vocab
+        + trained_tokens,
         "one layer's backward pass": per_kept_layer,
     }
     if head_trained:
         accumulate = embedding * BF16 if rows.most_per_step > 1 or settings.processes > 1 else 0  # .grad exists: a copy
-        phases["lm_head gradient accumulator (fp32)"] = HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding + accumulate + trained_tokens
+        phases["lm_head gradient accumulator (fp32)"] = (
+            HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding + accumulate + trained_tokens
+        )
     return MemoryEstimate(persistent, held, phases, notes)
 
 
@@ -293,8 +339,15 @@ def step_lengths(lengths: list[int], samples_per_step: int, steps: range, seed: 
         yield batch
 
 
-def packed_rows(lengths: list[int], samples_per_step: int, steps: range, seed: int, capacity: int | None,
-                batch_size: int, processes: int = 1) -> Rows:
+def packed_rows(
+    lengths: list[int],
+    samples_per_step: int,
+    steps: range,
+    seed: int,
+    capacity: int | None,
+    batch_size: int,
+    processes: int = 1,
+) -> Rows:
     """The longest forward pass of `steps` (tokens) and the most passes in one step, for one process's share.
 
     With `capacity` (packing), rows are packed as training packs them; without, padded batches of `batch_size`.
@@ -307,7 +360,7 @@ def packed_rows(lengths: list[int], samples_per_step: int, steps: range, seed: i
         if capacity is not None:
             rows = [sum(map(len, row)) for row in _pack_rows([range(length) for length in share], capacity)]
         else:
-            rows = [batch_size * max(share[start:start + batch_size]) for start in range(0, len(share), batch_size)]
+            rows = [batch_size * max(share[start : start + batch_size]) for start in range(0, len(share), batch_size)]
         longest, most = max(longest, *rows), max(most, len(rows))
     return Rows(longest, most)
 
@@ -317,4 +370,3 @@ def liger_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("liger_kernel") is not None
-

@@ -18,8 +18,9 @@ stops before training with the numbers; one that would fit only by changing the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from medtune.config import ConfigError, RunConfig, parse_memory_size
 from medtune.model.memory import GIB, Levers, MemoryEstimate, MemorySettings, ModelShape, Rows, estimate, packed_rows
@@ -65,8 +66,10 @@ class MemoryPlan:
         if self.budget_gib is None:
             return [f"memory plan: none ({self.budget})", *self.notes]
         verdict = "fits" if self.fits else "does NOT fit"
-        lines = [f"memory plan: {self.budget}: {self.budget_gib:.1f} GiB; predicted peak {self.predicted_peak_gib:.1f} GiB "
-                 f"allocated, {self.predicted_reserved_gib:.1f} GiB reserved: {verdict}"]
+        lines = [
+            f"memory plan: {self.budget}: {self.budget_gib:.1f} GiB; predicted peak {self.predicted_peak_gib:.1f} GiB "
+            f"allocated, {self.predicted_reserved_gib:.1f} GiB reserved: {verdict}"
+        ]
         lines += [f"  {change.lever} = {change.value}: {change.reason}" for change in self.levers]
         if not self.levers:
             lines.append("  levers as configured")
@@ -99,9 +102,9 @@ class _Search:
         return reserved_bytes(self.estimate(levers), levers)
 
     def first_fitting(self, current: Levers, candidates: list[Levers]) -> tuple[Levers, bool]:
-        """The first candidate that fits (they go from least to most frugal); else the first that gets lowest, if that is
-        lower than `current` (a lever that does not lower the peak, e.g. smaller loss chunks when a layer's backward
-        pass sets it, is left alone)."""
+        """The first candidate that fits (they go from least to most frugal); else the first that gets lowest, if that
+        is lower than `current` (a lever that does not lower the peak, e.g. smaller loss chunks when a layer's
+        backward pass sets it, is left alone)."""
         best, lowest = current, self.reserved(current)
         for candidate in candidates:
             reserved = self.reserved(candidate)
@@ -112,8 +115,14 @@ class _Search:
         return best, False
 
 
-def plan_memory(cfg: RunConfig, shape: ModelShape, settings: MemorySettings, rows_for: Callable[[int], Rows],
-                budget_bytes: float, budget: str) -> tuple[MemoryPlan, Levers]:
+def plan_memory(
+    cfg: RunConfig,
+    shape: ModelShape,
+    settings: MemorySettings,
+    rows_for: Callable[[int], Rows],
+    budget_bytes: float,
+    budget: str,
+) -> tuple[MemoryPlan, Levers]:
     """The levers that fit `budget_bytes` of reserved memory, changing only what the user did not set.
 
     Raises MemoryBudgetError when not even the most frugal levers fit.
@@ -121,10 +130,12 @@ def plan_memory(cfg: RunConfig, shape: ModelShape, settings: MemorySettings, row
     search = _Search(shape, settings, rows_for, budget_bytes)
     configured = Levers.from_run(cfg)
     speed_set, train_set = cfg.speed.model_fields_set, cfg.train.model_fields_set
-    free = {"checkpoint_fraction": settings.gradient_checkpointing and "checkpoint_fraction" not in speed_set,
-            "loss_chunk_tokens": "loss_chunk_tokens" not in train_set,
-            "offload_activations": cfg.speed.offload_activations == "auto",
-            "packed_row_tokens": settings.packing and "packed_row_tokens" not in speed_set}
+    free = {
+        "checkpoint_fraction": settings.gradient_checkpointing and "checkpoint_fraction" not in speed_set,
+        "loss_chunk_tokens": "loss_chunk_tokens" not in train_set,
+        "offload_activations": cfg.speed.offload_activations == "auto",
+        "packed_row_tokens": settings.packing and "packed_row_tokens" not in speed_set,
+    }
     chosen, fitted = _choose(search, configured, cfg.data.max_length, free)
     if not fitted:
         everything = {lever: lever != "checkpoint_fraction" or settings.gradient_checkpointing for lever in free}
@@ -132,13 +143,21 @@ def plan_memory(cfg: RunConfig, shape: ModelShape, settings: MemorySettings, row
         held = [lever for lever in free if everything[lever] and not free[lever]]
         if not could_fit:
             _raise_cannot_fit(search, frugal, budget_bytes, budget)
-        warning = (f"the predicted peak does not fit {budget} ({budget_bytes / GIB:.1f} GiB) with the settings you wrote "
-                   f"({', '.join(_key(lever) for lever in held)}); it would with {_describe(frugal)}")
+        warning = (
+            f"the predicted peak does not fit {budget} ({budget_bytes / GIB:.1f} GiB) with the settings you wrote "
+            f"({', '.join(_key(lever) for lever in held)}); it would with {_describe(frugal)}"
+        )
     final = search.estimate(chosen)
-    plan = MemoryPlan(budget=budget, budget_gib=budget_bytes / GIB, predicted_peak_gib=final.peak_gib,
-                      predicted_reserved_gib=reserved_bytes(final, chosen) / GIB, fits=fitted,
-                      levers=_changes(configured, chosen, search),
-                      terms_gib={name: round(value / GIB, 3) for name, value in final.terms().items()}, notes=list(final.notes))
+    plan = MemoryPlan(
+        budget=budget,
+        budget_gib=budget_bytes / GIB,
+        predicted_peak_gib=final.peak_gib,
+        predicted_reserved_gib=reserved_bytes(final, chosen) / GIB,
+        fits=fitted,
+        levers=_changes(configured, chosen, search),
+        terms_gib={name: round(value / GIB, 3) for name, value in final.terms().items()},
+        notes=list(final.notes),
+    )
     if not fitted:
         plan.notes.insert(0, warning)
     return plan, chosen
@@ -154,8 +173,9 @@ def _choose(search: _Search, levers: Levers, max_length: int, free: dict[str, bo
     if free["checkpoint_fraction"]:
         layers = search.shape.layers
         now = levers.checkpointed_layers(search.shape, search.settings)
-        levers, fitted = search.first_fitting(levers, [replace(levers, checkpoint_fraction=count / layers)
-                                                       for count in range(now + 1, layers + 1)])
+        levers, fitted = search.first_fitting(
+            levers, [replace(levers, checkpoint_fraction=count / layers) for count in range(now + 1, layers + 1)]
+        )
         if fitted:
             return levers, True
     if free["loss_chunk_tokens"]:
@@ -176,9 +196,14 @@ def _choose(search: _Search, levers: Levers, max_length: int, free: dict[str, bo
     return levers, fitted
 
 
-LEVER_KEYS = {"expandable_segments": "allocator", "checkpoint_fraction": "speed.checkpoint_fraction",
-              "loss_chunk_tokens": "train.loss_chunk_tokens", "offload_activations": "speed.offload_activations",
-              "packed_row_tokens": "speed.packed_row_tokens", "row_tokens": "speed.packed_row_tokens"}
+LEVER_KEYS = {
+    "expandable_segments": "allocator",
+    "checkpoint_fraction": "speed.checkpoint_fraction",
+    "loss_chunk_tokens": "train.loss_chunk_tokens",
+    "offload_activations": "speed.offload_activations",
+    "packed_row_tokens": "speed.packed_row_tokens",
+    "row_tokens": "speed.packed_row_tokens",
+}
 
 
 def _key(lever: str) -> str:
@@ -186,8 +211,10 @@ def _key(lever: str) -> str:
 
 
 def _describe(levers: Levers) -> str:
-    return (f"checkpoint_fraction {levers.checkpoint_fraction:.2f}, loss_chunk_tokens {levers.loss_chunk_tokens}, "
-            f"offload_activations {str(levers.offload_activations).lower()}, packed_row_tokens {levers.row_tokens:,}")
+    return (
+        f"checkpoint_fraction {levers.checkpoint_fraction:.2f}, loss_chunk_tokens {levers.loss_chunk_tokens}, "
+        f"offload_activations {str(levers.offload_activations).lower()}, packed_row_tokens {levers.row_tokens:,}"
+    )
 
 
 def _changes(before: Levers, after: Levers, search: _Search) -> list[LeverChange]:
@@ -206,8 +233,13 @@ def _changes(before: Levers, after: Levers, search: _Search) -> list[LeverChange
             continue
         moved = replace(current, **{name: value})
         saved = search.reserved(current) - search.reserved(moved)
-        shown = "expandable_segments:True" if name == "expandable_segments" else f"{value:.2f}" if isinstance(value, float) else (
-            str(value).lower() if isinstance(value, bool) else value)
+        shown = (
+            "expandable_segments:True"
+            if name == "expandable_segments"
+            else f"{value:.2f}"
+            if isinstance(value, float)
+            else (str(value).lower() if isinstance(value, bool) else value)
+        )
         changes.append(LeverChange(_key(name), shown, f"{reason}; {saved / GIB:.1f} GiB less reserved"))
         current = moved
     return changes
@@ -217,9 +249,12 @@ def _raise_cannot_fit(search: _Search, frugal: Levers, budget_bytes: float, budg
     predicted = search.estimate(frugal)
     raise MemoryBudgetError(
         f"training cannot fit {budget} ({budget_bytes / GIB:.1f} GiB for the allocator): the predicted "
-        f"peak at the most frugal levers ({_describe(frugal)}, expandable segments) is {predicted.peak_gib:.1f} GiB allocated, "
-        f"{reserved_bytes(predicted, frugal) / GIB:.1f} GiB reserved. Biggest terms: {predicted.biggest_terms()}. What is "
-        "left: a smaller model, a lower lora.r, fewer trained modules (lora.modules_to_save), or a GPU with more memory")
+        f"peak at the most frugal levers ({_describe(frugal)}, expandable segments) is {predicted.peak_gib:.1f} GiB "
+        "allocated, "
+        f"{reserved_bytes(predicted, frugal) / GIB:.1f} GiB reserved. Biggest terms: {predicted.biggest_terms()}. "
+        "What is "
+        "left: a smaller model, a lower lora.r, fewer trained modules (lora.modules_to_save), or a GPU with more memory"
+    )
 
 
 # ---- budgets -----------------------------------------------------------------------------------
@@ -227,7 +262,10 @@ def size_budget(size: str) -> tuple[float, str]:
     """A GPU of `size` (a size string): what the allocator may reserve after the CUDA context and the margin."""
     total = parse_memory_size(size)
     allocator = (total - CUDA_CONTEXT_BYTES) * (1 - AUTO_MARGIN)
-    return allocator, f"a GPU of {size}, less the CUDA context ({CUDA_CONTEXT_BYTES / GIB:.1f} GiB) and a {AUTO_MARGIN:.0%} margin"
+    return (
+        allocator,
+        f"a GPU of {size}, less the CUDA context ({CUDA_CONTEXT_BYTES / GIB:.1f} GiB) and a {AUTO_MARGIN:.0%} margin",
+    )
 
 
 def device_budget(device: Any) -> tuple[float, str]:
@@ -238,7 +276,9 @@ def device_budget(device: Any) -> tuple[float, str]:
     fraction = memory_fraction(device)
     room = min(free, fraction * total - torch.cuda.memory_reserved(device))
     capped = f", capped at {fraction * total / GIB:.1f} GiB for this process" if fraction < 1 else ""
-    return room * (1 - AUTO_MARGIN), f"speed.memory_budget auto: {free / GIB:.1f} GiB free on {device}{capped}, less a {AUTO_MARGIN:.0%} margin"
+    return room * (
+        1 - AUTO_MARGIN
+    ), f"speed.memory_budget auto: {free / GIB:.1f} GiB free on {device}{capped}, less a {AUTO_MARGIN:.0%} margin"
 
 
 def run_rows(cfg: RunConfig, lengths: list[int], steps: int, processes: int) -> Callable[[int], Rows]:
@@ -248,8 +288,15 @@ def run_rows(cfg: RunConfig, lengths: list[int], steps: int, processes: int) -> 
 
     def rows_for(capacity: int) -> Rows:
         if capacity not in found:
-            found[capacity] = packed_rows(lengths, train.samples_per_step(), range(steps), train.seed,
-                                          capacity if train.packing else None, train.per_device_batch_size, processes)
+            found[capacity] = packed_rows(
+                lengths,
+                train.samples_per_step(),
+                range(steps),
+                train.seed,
+                capacity if train.packing else None,
+                train.per_device_batch_size,
+                processes,
+            )
         return found[capacity]
 
     return rows_for
@@ -267,15 +314,28 @@ def with_levers(cfg: RunConfig, levers: Levers) -> RunConfig:
     return effective
 
 
-def plan_for_run(cfg: RunConfig, lengths: list[int], steps: int, device: Any, processes: int, fsdp: bool,
-                 budget_size: str | None = None, training: bool = True) -> tuple[MemoryPlan, RunConfig]:
+def plan_for_run(
+    cfg: RunConfig,
+    lengths: list[int],
+    steps: int,
+    device: Any,
+    processes: int,
+    fsdp: bool,
+    budget_size: str | None = None,
+    training: bool = True,
+) -> tuple[MemoryPlan, RunConfig]:
     """The memory plan of a run on `device` (or, with `budget_size`, on a GPU of that size, as `check` asks), and the
     config training runs with: `cfg` with the plan's levers. `training` also sets the allocator for this process.
     No planning on CPU or under FSDP."""
     from medtune.model.memory import liger_installed, read_model_shape
 
-    no_plan = ("training on the CPU: no GPU memory to plan" if budget_size is None and getattr(device, "type", "cuda") != "cuda"
-               else "train.parallelism fsdp: the memory model covers a process that holds the whole model" if fsdp else None)
+    no_plan = (
+        "training on the CPU: no GPU memory to plan"
+        if budget_size is None and getattr(device, "type", "cuda") != "cuda"
+        else "train.parallelism fsdp: the memory model covers a process that holds the whole model"
+        if fsdp
+        else None
+    )
     if no_plan is not None:
         effective = cfg.model_copy(deep=True)
         if cfg.speed.offload_activations == "auto":  # only a plan turns it on
@@ -289,8 +349,10 @@ def plan_for_run(cfg: RunConfig, lengths: list[int], steps: int, device: Any, pr
         sized, _ = size_budget(cfg.speed.memory_budget)
         room, _ = device_budget(device)
         budget_bytes = min(sized, room)
-        budget = (f"speed.memory_budget {cfg.speed.memory_budget}, less the CUDA context and a {AUTO_MARGIN:.0%} margin"
-                  + (f" (the device has less free: {room / GIB:.1f} GiB)" if room < sized else ""))
+        budget = (
+            f"speed.memory_budget {cfg.speed.memory_budget}, less the CUDA context and a {AUTO_MARGIN:.0%} margin"
+            + (f" (the device has less free: {room / GIB:.1f} GiB)" if room < sized else "")
+        )
     shape = read_model_shape(cfg.model)
     settings = MemorySettings.from_run(cfg, liger=liger_installed(), processes=processes)
     plan, levers = plan_memory(cfg, shape, settings, run_rows(cfg, lengths, steps, processes), budget_bytes, budget)

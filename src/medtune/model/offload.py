@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,15 +55,25 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
 
     def worth_offloading(self, tensor: torch.Tensor) -> bool:
         """Activations only: not parameters (they stay where they are), not small tensors, not other devices' kinds."""
-        return (tensor.device.type in ("cuda", "cpu") and not isinstance(tensor, nn.Parameter)
-                and not (tensor.is_leaf and tensor.requires_grad) and type(tensor) is torch.Tensor
-                and tensor.numel() * tensor.element_size() >= self.min_bytes)
+        return (
+            tensor.device.type in ("cuda", "cpu")
+            and not isinstance(tensor, nn.Parameter)
+            and not (tensor.is_leaf and tensor.requires_grad)
+            and type(tensor) is torch.Tensor
+            and tensor.numel() * tensor.element_size() >= self.min_bytes
+        )
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor | _Offloaded:
         if not self.worth_offloading(tensor):
             return tensor
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
-               tensor.dtype, tensor._version)
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.stride(),
+            tensor.dtype,
+            tensor._version,
+        )
         if key in self.by_key:
             return self.by_key[key]
         if tensor.is_cuda:
@@ -117,7 +128,8 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
 
 
 def offloading(forward: Callable[..., Any], min_bytes: int = MIN_OFFLOAD_BYTES) -> Callable[..., Any]:
-    """`forward` with its saved tensors offloaded: a fresh `ActivationOffload` per call (nothing is kept across steps)."""
+    """`forward` with its saved tensors offloaded: a fresh `ActivationOffload` per call (nothing is kept across
+    steps)."""
 
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:

@@ -23,8 +23,9 @@ import inspect
 import logging
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,9 @@ def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
     return states if groups == 1 else states.repeat_interleave(groups, dim=1)
 
 
-def per_sample_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: list[int], scaling: float | None) -> torch.Tensor:
+def per_sample_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: list[int], scaling: float | None
+) -> torch.Tensor:
     """Causal SDPA on each sample of a packed row: [1, H, T, D] in, [1, T, H, D] out."""
     groups = query.shape[1] // key.shape[1]
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
@@ -83,7 +86,14 @@ def _varlen_kernel() -> tuple[Callable, set[str]] | None:
     return varlen_attn, set(inspect.signature(varlen_attn).parameters)
 
 
-def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_lens: torch.Tensor, longest: int, scaling: float | None) -> torch.Tensor:
+def varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_lens: torch.Tensor,
+    longest: int,
+    scaling: float | None,
+) -> torch.Tensor:
     """One flash-attention call over a packed row, causal inside each sample: [1, H, T, D] in, [1, T, H, D] out."""
     kernel, params = _varlen_kernel()
     options: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
@@ -101,8 +111,14 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 
 
 def varlen_attention_forward(
-    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
-    scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: varlen flash attention over packed rows (boundaries from `loss.packing_kwargs`).
 
@@ -114,8 +130,14 @@ def varlen_attention_forward(
 
 
 def per_sample_attention_forward(
-    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
-    scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: one causal SDPA call per sample of a packed row (any device)."""
     return per_sample_attention(query, key, value, kwargs.get("sample_lengths") or [query.shape[2]], scaling), None
@@ -133,7 +155,10 @@ def _varlen_works(device: torch.device, dtype: torch.dtype) -> str | None:
     generator = torch.Generator(device=device).manual_seed(0)
     lengths = [37, 91, 5]
     q = torch.randn(1, 4, sum(lengths), 128, device=device, dtype=dtype, generator=generator, requires_grad=True)
-    k, v = (torch.randn(1, 2, sum(lengths), 128, device=device, dtype=dtype, generator=generator, requires_grad=True) for _ in range(2))
+    k, v = (
+        torch.randn(1, 2, sum(lengths), 128, device=device, dtype=dtype, generator=generator, requires_grad=True)
+        for _ in range(2)
+    )
     cu = torch.tensor([0, 37, 128, 133], device=device, dtype=torch.int32)
     try:
         fast = varlen_attention(q, k, v, cu, max(lengths), None)
@@ -202,7 +227,9 @@ def _install_liger(causal_lm: PreTrainedModel) -> None:
     plain_rope = getattr(modeling.apply_rotary_pos_emb, "medtune_plain", modeling.apply_rotary_pos_emb)
 
     @functools.wraps(plain_rope)
-    def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope(
+        q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if q.is_cuda:
             return liger_rope(q, k, cos, sin, None, unsqueeze_dim)
         return plain_rope(q, k, cos, sin, unsqueeze_dim)
@@ -217,8 +244,9 @@ def _install_liger(causal_lm: PreTrainedModel) -> None:
 
 
 # ---- the entry point ---------------------------------------------------------------------------
-def apply_speed(model: nn.Module, cfg: SpeedConfig, device: torch.device, *, packing: bool,
-                gradient_checkpointing: bool) -> SpeedPlan:
+def apply_speed(
+    model: nn.Module, cfg: SpeedConfig, device: torch.device, *, packing: bool, gradient_checkpointing: bool
+) -> SpeedPlan:
     """Apply the levers of `cfg` to a PEFT-wrapped causal LM in place and say what was applied.
 
     Call after LoRA: the fused MLP calls the LoRA-wrapped projections. `packing`: batches are packed rows, whose
@@ -235,7 +263,9 @@ def apply_speed(model: nn.Module, cfg: SpeedConfig, device: torch.device, *, pac
         _install_packed_attention(causal_lm, cfg.packed_attention, device, plan)
 
     base_dtype = causal_lm.get_input_embeddings().weight.dtype
-    if cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda" and base_dtype == torch.bfloat16):
+    if cfg.mixed_precision == "bf16" or (
+        cfg.mixed_precision == "auto" and device.type == "cuda" and base_dtype == torch.bfloat16
+    ):
         backbone.forward = _under_autocast(backbone.forward, device.type, torch.bfloat16)
         plan.mixed_precision = "bf16"
 

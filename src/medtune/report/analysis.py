@@ -31,7 +31,14 @@ from medtune.report.stats import (
 
 IGNORED_CONFIG_KEYS = {"run_name", "output_dir", "seed", "logging_dir"}
 """Config keys (last dotted part) that differ between runs without making them different experiments."""
-SAME_SETUP_KEYS = ("model.name_or_path", "model.gguf_file", "data.train", "data.validation", "data.max_length", "data.max_rows")
+SAME_SETUP_KEYS = (
+    "model.name_or_path",
+    "model.gguf_file",
+    "data.train",
+    "data.validation",
+    "data.max_length",
+    "data.max_rows",
+)
 """Settings that make versions incomparable when they differ: a warning at the top of the report."""
 PHASES = ("warmup", "early", "late")
 LR_TOLERANCE = 0.01
@@ -62,7 +69,11 @@ def analyse(versions: list[Version], steps: Sequence[int] | None, phase_bounds: 
         "baseline": versions[0].name,
         "confidence": CONFIDENCE,
         "alpha": ALPHA,
-        "min_effect": {"loss": LOSS_EFFECT.as_dict(), "share": SHARE_EFFECT.as_dict(), "other": DEFAULT_EFFECT.as_dict()},
+        "min_effect": {
+            "loss": LOSS_EFFECT.as_dict(),
+            "share": SHARE_EFFECT.as_dict(),
+            "other": DEFAULT_EFFECT.as_dict(),
+        },
         "near_zero": NEAR_ZERO,
         "versions": [_version_facts(version) for version in versions],
         "random_weights": _random_weights(versions),
@@ -85,11 +96,19 @@ def identical_runs(versions: list[Version]) -> list[dict[str, Any]]:
     pairs = []
     for version in versions:
         for run in version.runs:
-            fingerprint = tuple((tuple(steps.tolist()), tuple(values.tolist())) for steps, values in map(run.series, COMPARED_SERIES))
+            fingerprint = tuple(
+                (tuple(steps.tolist()), tuple(values.tolist())) for steps, values in map(run.series, COMPARED_SERIES)
+            )
             if fingerprint in seen:
                 first_version, first_run = seen[fingerprint]
-                pairs.append({"original": first_run, "duplicate": run.name, "versions": [first_version, version.name],
-                              "same_version": first_version == version.name})
+                pairs.append(
+                    {
+                        "original": first_run,
+                        "duplicate": run.name,
+                        "versions": [first_version, version.name],
+                        "same_version": first_version == version.name,
+                    }
+                )
             else:
                 seen[fingerprint] = (version.name, run.name)
     return pairs
@@ -114,14 +133,20 @@ def per_run(version: Version, measure: Callable[[Run], float | None]) -> list[fl
     return [value for value in (measure(run) for run in version.runs) if value is not None]
 
 
-def summarised(versions: list[Version], measure: Callable[[Run], float | None], effect: MinimumEffect = DEFAULT_EFFECT,
-               relative: bool = True) -> dict[str, Any]:
+def summarised(
+    versions: list[Version],
+    measure: Callable[[Run], float | None],
+    effect: MinimumEffect = DEFAULT_EFFECT,
+    relative: bool = True,
+) -> dict[str, Any]:
     """A per-run quantity: per version mean/CI/n and the comparison with the baseline."""
     values = {version.name: per_run(version, measure) for version in versions}
     baseline = versions[0].name
     return {
         "values": {name: describe(runs) for name, runs in values.items()},
-        "vs_baseline": {name: compare(values[baseline], runs, effect, relative) for name, runs in values.items() if name != baseline},
+        "vs_baseline": {
+            name: compare(values[baseline], runs, effect, relative) for name, runs in values.items() if name != baseline
+        },
         "per_run": values,
     }
 
@@ -134,7 +159,9 @@ def tied_best(per_version: dict[str, list[float]], effect: MinimumEffect, lower:
         return []
     means = {name: float(np.mean(values)) for name, values in present.items()}
     leader = min(means, key=means.get) if lower else max(means, key=means.get)
-    tied = [name for name in present if name == leader or not compare(present[leader], present[name], effect)["significant"]]
+    tied = [
+        name for name in present if name == leader or not compare(present[leader], present[name], effect)["significant"]
+    ]
     return [] if len(tied) == len(present) else tied
 
 
@@ -192,18 +219,25 @@ def config_diff(versions: list[Version]) -> list[dict[str, Any]]:
     return rows
 
 
-def metric_table(versions: list[Version], key: str, steps: Sequence[int], effect: MinimumEffect = LOSS_EFFECT) -> dict[str, Any]:
+def metric_table(
+    versions: list[Version], key: str, steps: Sequence[int], effect: MinimumEffect = LOSS_EFFECT
+) -> dict[str, Any]:
     """One row per requested step: the metric at the nearest logged step of every run. A requested step whose
     nearest logged steps are those of an earlier row would repeat that row: it is left out and listed."""
     rows, repeated = [], []
     for step in steps:
-        used = {version.name: sorted({hit[0] for run in version.runs if (hit := nearest(run, key, step))}) for version in versions}
+        used = {
+            version.name: sorted({hit[0] for run in version.runs if (hit := nearest(run, key, step))})
+            for version in versions
+        }
         same = next((row["step"] for row in rows if row["steps_used"] == used), None)
         if same is not None:
             repeated.append({"step": int(step), "same_as": same})
             continue
         row = summarised(versions, lambda run, step=step: hit[1] if (hit := nearest(run, key, step)) else None, effect)
-        rows.append({"step": int(step), "steps_used": used, "exact": all(found == [step] for found in used.values()), **row})
+        rows.append(
+            {"step": int(step), "steps_used": used, "exact": all(found == [step] for found in used.values()), **row}
+        )
     return {"key": key, "rows": rows, "repeated": repeated}
 
 
@@ -212,7 +246,9 @@ def eval_table(versions: list[Version]) -> dict[str, Any]:
     steps = sorted({int(step) for version in versions for run in version.runs for step in run.series("eval_loss")[0]})
     table = metric_table(versions, "eval_loss", steps)
     for row in table["rows"]:
-        row["gap"] = summarised(versions, lambda run, step=row["step"]: _generalisation_gap(run, step), LOSS_EFFECT, relative=False)
+        row["gap"] = summarised(
+            versions, lambda run, step=row["step"]: _generalisation_gap(run, step), LOSS_EFFECT, relative=False
+        )
     return table
 
 
@@ -237,6 +273,7 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
             steps, values = run.series("grad_norm")
             chosen = values[phase_of(run, steps, phase_bounds) == phase]
             return float(statistic(chosen)) if len(chosen) else None
+
         return measure
 
     def after_warmup(statistic: Callable[[np.ndarray], float]) -> Callable[[Run], float | None]:
@@ -244,6 +281,7 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
             steps, values = run.series("grad_norm")
             chosen = values[phase_of(run, steps, phase_bounds) > 0]
             return float(statistic(chosen)) if len(chosen) >= 2 else None
+
         return measure
 
     def clipped(run: Run) -> float | None:
@@ -259,8 +297,13 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
         "phase_steps": {
             version.name: {run.name: _phase_steps(run, phase_bounds) for run in version.runs} for version in versions
         },
-        "first_logged": {version.name: min((int(run.series("grad_norm")[0][0]) for run in version.runs if len(run.series("grad_norm")[0])),
-                                           default=None) for version in versions},
+        "first_logged": {
+            version.name: min(
+                (int(run.series("grad_norm")[0][0]) for run in version.runs if len(run.series("grad_norm")[0])),
+                default=None,
+            )
+            for version in versions
+        },
         "phases": {
             phase: {name: summarised(versions, in_phase(index, statistic)) for name, statistic in statistics.items()}
             for index, phase in enumerate(PHASES)
@@ -268,9 +311,16 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
         "sd_after_warmup": summarised(versions, after_warmup(lambda values: values.std(ddof=1))),
         "cv_after_warmup": summarised(versions, cv),
         "clipped_fraction": clipped_fraction,
-        "max_grad_norm": {version.name: sorted({str(run.setting("train.max_grad_norm")) for run in version.runs}) for version in versions},
+        "max_grad_norm": {
+            version.name: sorted({str(run.setting("train.max_grad_norm")) for run in version.runs})
+            for version in versions
+        },
         "cv_pairs": [
-            {"reference": first.name, "other": second.name, **compare(per_run(first, cv), per_run(second, cv), DEFAULT_EFFECT)}
+            {
+                "reference": first.name,
+                "other": second.name,
+                **compare(per_run(first, cv), per_run(second, cv), DEFAULT_EFFECT),
+            }
             for index, first in enumerate(versions)
             for second in versions[index + 1 :]
         ],
@@ -286,6 +336,7 @@ def _phase_steps(run: Run, phase_bounds: Sequence[float]) -> list[list[float]]:
 
 def lr_dynamics(versions: list[Version]) -> dict[str, Any]:
     """Logged LR values, each with the step it was logged at, next to the schedule the config sets."""
+
     def logged(pick: Callable[[Run, np.ndarray, np.ndarray], int], want_step: bool) -> Callable[[Run], float | None]:
         def measure(run: Run) -> float | None:
             steps, values = run.series("learning_rate")
@@ -293,6 +344,7 @@ def lr_dynamics(versions: list[Version]) -> dict[str, Any]:
                 return None
             index = pick(run, steps, values)
             return float(steps[index]) if want_step else float(values[index])
+
         return measure
 
     picks: dict[str, Callable[[Run, np.ndarray, np.ndarray], int]] = {
@@ -305,9 +357,17 @@ def lr_dynamics(versions: list[Version]) -> dict[str, Any]:
     for name, pick in picks.items():
         result[name] = summarised(versions, logged(pick, want_step=False))
         result[f"{name}_step"] = summarised(versions, logged(pick, want_step=True))
-    checks = {version.name: {run.name: check_schedule(run, LR_TOLERANCE) for run in version.runs} for version in versions}
-    return {**result, "tolerance": LR_TOLERANCE, "schedule_check": checks,
-            "warmup_unlogged": {version.name: [run.name for run in version.runs if _warmup_unlogged(run)] for version in versions}}
+    checks = {
+        version.name: {run.name: check_schedule(run, LR_TOLERANCE) for run in version.runs} for version in versions
+    }
+    return {
+        **result,
+        "tolerance": LR_TOLERANCE,
+        "schedule_check": checks,
+        "warmup_unlogged": {
+            version.name: [run.name for run in version.runs if _warmup_unlogged(run)] for version in versions
+        },
+    }
 
 
 def _warmup_unlogged(run: Run) -> bool:
@@ -331,11 +391,13 @@ def _final(key: str) -> Callable[[Run], float | None]:
     def measure(run: Run) -> float | None:
         _, values = run.series(key)
         return float(values[-1]) if len(values) else None
+
     return measure
 
 
 def advantages(versions: list[Version], summary: dict[str, Any]) -> dict[str, Any]:
     """The matrix of criteria x versions (comparisons only), with the leading versions per criterion."""
+
     def overfit_gap(run: Run) -> float | None:
         steps, _ = run.series("eval_loss")
         return _generalisation_gap(run, int(steps[-1])) if len(steps) else None
@@ -353,10 +415,17 @@ def advantages(versions: list[Version], summary: dict[str, Any]) -> dict[str, An
         "overfit_gap": summarised(versions, overfit_gap, LOSS_EFFECT, relative=False),
         "overfit_ratio": summarised(versions, overfit_ratio),
         "augmentation": {key: summarised(versions, _augment_measure(key)) for key in _augment_keys(versions)},
-        "evaluation": {key: summarised(versions, _eval_measure(key)) for key in _eval_keys(versions) if not is_eval_metadata(key)},
+        "evaluation": {
+            key: summarised(versions, _eval_measure(key)) for key in _eval_keys(versions) if not is_eval_metadata(key)
+        },
     }
-    for criterion, effect in (("final_train_loss", LOSS_EFFECT), ("final_eval_loss", LOSS_EFFECT), ("grad_norm_cv", DEFAULT_EFFECT),
-                              ("overfit_gap", LOSS_EFFECT), ("overfit_ratio", DEFAULT_EFFECT)):
+    for criterion, effect in (
+        ("final_train_loss", LOSS_EFFECT),
+        ("final_eval_loss", LOSS_EFFECT),
+        ("grad_norm_cv", DEFAULT_EFFECT),
+        ("overfit_gap", LOSS_EFFECT),
+        ("overfit_ratio", DEFAULT_EFFECT),
+    ):
         matrix[criterion]["best"] = tied_best(matrix[criterion]["per_run"], effect)
     return matrix
 
@@ -373,7 +442,10 @@ class LossWindow:
     def window_means(self) -> dict[str, list[float]]:
         """Per run: the area under its loss curve over the window, divided by the window's length."""
         span = float(self.grid[-1] - self.grid[0])
-        return {name: [float(np.trapezoid(curve, self.grid) / span) for curve in runs] for name, runs in self.per_run.items()}
+        return {
+            name: [float(np.trapezoid(curve, self.grid) / span) for curve in runs]
+            for name, runs in self.per_run.items()
+        }
 
 
 def loss_window(versions: list[Version]) -> LossWindow | None:
@@ -384,10 +456,15 @@ def loss_window(versions: list[Version]) -> LossWindow | None:
     warmup_end = max(configured_warmup(run) or 0 for run in runs)  # step warmup_end + 1 is the first at the peak LR
     start = max(int(steps[0]) for steps, _ in series)
     end = min(int(steps[-1]) for steps, _ in series)
-    grid = np.array(sorted({int(step) for steps, _ in series for step in steps if start <= step <= end and step > warmup_end}), dtype=float)
+    grid = np.array(
+        sorted({int(step) for steps, _ in series for step in steps if start <= step <= end and step > warmup_end}),
+        dtype=float,
+    )
     if len(grid) < 2:
         return None
-    per_run = {version.name: np.array([np.interp(grid, *run.series("loss")) for run in version.runs]) for version in versions}
+    per_run = {
+        version.name: np.array([np.interp(grid, *run.series("loss")) for run in version.runs]) for version in versions
+    }
     return LossWindow(warmup_end, grid, per_run)
 
 
@@ -403,16 +480,23 @@ def convergence(versions: list[Version]) -> dict[str, Any]:
         means = window.window_means()
         base_curve, curve_ = window.per_run[baseline.name].mean(axis=0), window.per_run[version.name].mean(axis=0)
         pairs[version.name] = {
-            "warmup_end": window.warmup_end, "start": int(window.grid[0]), "end": int(window.grid[-1]), "points": len(window.grid),
-            "share_lower": float(np.mean(curve_ < base_curve)), "share_higher": float(np.mean(curve_ > base_curve)),
-            "baseline_window_loss": float(np.mean(means[baseline.name])), "window_loss": float(np.mean(means[version.name])),
+            "warmup_end": window.warmup_end,
+            "start": int(window.grid[0]),
+            "end": int(window.grid[-1]),
+            "points": len(window.grid),
+            "share_lower": float(np.mean(curve_ < base_curve)),
+            "share_higher": float(np.mean(curve_ > base_curve)),
+            "baseline_window_loss": float(np.mean(means[baseline.name])),
+            "window_loss": float(np.mean(means[version.name])),
             **compare(means[baseline.name], means[version.name], LOSS_EFFECT),
         }
     everyone = loss_window(versions)
     means = everyone.window_means() if everyone else {}
     target, reached = steps_to_loss(versions)
     return {
-        "window": {"warmup_end": everyone.warmup_end, "start": int(everyone.grid[0]), "end": int(everyone.grid[-1])} if everyone else None,
+        "window": {"warmup_end": everyone.warmup_end, "start": int(everyone.grid[0]), "end": int(everyone.grid[-1])}
+        if everyone
+        else None,
         "window_loss": {name: describe(values) for name, values in means.items()},
         "best": tied_best(means, LOSS_EFFECT),
         "target_loss": target,
@@ -429,7 +513,10 @@ def steps_to_loss(versions: list[Version]) -> tuple[float | None, dict[str, int 
     if not finals:
         return None, {}
     target = max(finals)
-    reached = {name: next((step for step, point in points.items() if point["mean"] <= target), None) for name, points in curves.items()}
+    reached = {
+        name: next((step for step, point in points.items() if point["mean"] <= target), None)
+        for name, points in curves.items()
+    }
     return target, reached
 
 
@@ -445,7 +532,11 @@ def curve(version: Version, key: str) -> dict[int, dict[str, Any]]:
 
 def realised_augmentation(run: Run) -> dict[str, float]:
     """Totals over the run's `augment` records (the last record of each epoch), else the summary's numbers."""
-    by_epoch = {record["augment"].get("epoch"): record["augment"] for record in run.records if isinstance(record.get("augment"), dict)}
+    by_epoch = {
+        record["augment"].get("epoch"): record["augment"]
+        for record in run.records
+        if isinstance(record.get("augment"), dict)
+    }
     if by_epoch:
         totals = {key: float(sum(epoch.get(key) or 0 for epoch in by_epoch.values())) for key in AUGMENT_COUNTS}
         totals["masked_share"] = totals["masked_samples"] / totals["samples"] if totals["samples"] else 0.0
@@ -479,16 +570,23 @@ def evaluation_setup(versions: list[Version]) -> list[dict[str, Any]]:
     """The eval.json metadata per version (distinct values over its runs), for its own small table."""
     rows = []
     for key in (key for key in _eval_keys(versions) if is_eval_metadata(key)):
-        values = {version.name: sorted({value for value in per_run(version, _eval_measure(key))}) for version in versions}
+        values = {
+            version.name: sorted({value for value in per_run(version, _eval_measure(key))}) for version in versions
+        }
         rows.append({"key": key, "values": values})
     return rows
 
 
-def sanity_warnings(versions: list[Version], summary: dict[str, Any], duplicates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def sanity_warnings(
+    versions: list[Version], summary: dict[str, Any], duplicates: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """What makes the comparison itself questionable, for the top of the report (docs/REPORT.md, "Warnings")."""
     warnings: list[dict[str, Any]] = [{"kind": "identical_runs", **pair} for pair in duplicates]
     for kind, measure in (("planned_steps", Run.max_steps), ("last_steps", last_step)):
-        values = {version.name: sorted({value for run in version.runs if (value := measure(run)) is not None}) for version in versions}
+        values = {
+            version.name: sorted({value for run in version.runs if (value := measure(run)) is not None})
+            for version in versions
+        }
         if len({value for found in values.values() for value in found}) > 1:
             warnings.append({"kind": kind, "values": values})
     for row in summary["config_diff"]:

@@ -54,16 +54,25 @@ def build_report(
     font = charts.cjk_font()  # also for Chinese run names in English reports
     if lang != "en" and font is None:
         data["warnings"].append({"kind": "no_cjk_font"})
-    data.update(made_by=made_by, lang=lang, medtune_version=__version__,
-                coinciding={key: [list(pair) for pair in charts.coinciding_curves(versions, key)] for key in CHARTS})
+    data.update(
+        made_by=made_by,
+        lang=lang,
+        medtune_version=__version__,
+        coinciding={key: [list(pair) for pair in charts.coinciding_curves(versions, key)] for key in CHARTS},
+    )
     summary = Summary.model_validate(data)
     summary.insights = insights(summary)
     for insight in summary.insights:
         insight.text = insight_text(insight, w)
 
     chart_words = w if lang == "en" or font else words("en")
-    pngs = charts.draw_charts(versions, {key: chart_words[f"chart_{key}"] for key in CHARTS}, chart_words["chart_step"], font,
-                              chart_words["chart_warmup"])
+    pngs = charts.draw_charts(
+        versions,
+        {key: chart_words[f"chart_{key}"] for key in CHARTS},
+        chart_words["chart_step"],
+        font,
+        chart_words["chart_warmup"],
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for key, png in pngs.items():
@@ -104,7 +113,9 @@ def order_versions(versions: list[Version], baseline: str | None) -> list[Versio
 def check_phases(phases: Sequence[float]) -> tuple[float, float]:
     bounds = tuple(float(bound) for bound in phases)
     if len(bounds) != 2 or not 0 < bounds[0] < bounds[1] < 1:
-        raise ReportError(f"phases must be two fractions 0 < end of warmup < end of early phase < 1, got {list(phases)}")
+        raise ReportError(
+            f"phases must be two fractions 0 < end of warmup < end of early phase < 1, got {list(phases)}"
+        )
     return bounds
 
 

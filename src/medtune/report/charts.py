@@ -17,8 +17,17 @@ import numpy as np
 from medtune.report.analysis import Version, curve
 from medtune.report.schedule import schedule_spec
 
-CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
-             "SimHei", "Microsoft YaHei", "PingFang SC", "Droid Sans Fallback")
+CJK_FONTS = (
+    "Noto Sans CJK SC",
+    "Noto Sans CJK JP",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+    "Droid Sans Fallback",
+)
 CJK_FONT_FILES = ("notosanscjk", "notoserifcjk", "sourcehansans", "wqy-", "droidsansfallback", "simhei", "msyh")
 """Lower-case pieces of the file names of those fonts, to find one installed after matplotlib cached its font list."""
 COINCIDE_TOLERANCE = 0.01
@@ -62,11 +71,15 @@ def line_style(index: int, points: int, versions: int) -> dict[str, Any]:
     }
 
 
-def coinciding_curves(versions: list[Version], key: str, tolerance: float = COINCIDE_TOLERANCE) -> list[tuple[str, str]]:
+def coinciding_curves(
+    versions: list[Version], key: str, tolerance: float = COINCIDE_TOLERANCE
+) -> list[tuple[str, str]]:
     """Pairs of versions whose mean curves of `key` coincide: at every step both logged, |difference| <= `tolerance`
     x the range of all versions' means on the chart. Pairs with no common step never coincide."""
-    means = {version.name: {step: point["mean"] for step, point in curve(version, key).items() if point["mean"] is not None}
-             for version in versions}
+    means = {
+        version.name: {step: point["mean"] for step, point in curve(version, key).items() if point["mean"] is not None}
+        for version in versions
+    }
     values = [value for points in means.values() for value in points.values()]
     if not values:
         return []
@@ -79,7 +92,9 @@ def coinciding_curves(versions: list[Version], key: str, tolerance: float = COIN
     return pairs
 
 
-def build_figure(versions: list[Version], key: str, title: str, x_label: str, font: str | None, warmup_label: str = "warmup") -> Any | None:
+def build_figure(
+    versions: list[Version], key: str, title: str, x_label: str, font: str | None, warmup_label: str = "warmup"
+) -> Any | None:
     """The chart as a matplotlib Figure, or None when no run logged `key`."""
     from matplotlib.figure import Figure
 
@@ -93,7 +108,9 @@ def build_figure(versions: list[Version], key: str, title: str, x_label: str, fo
         steps = list(points)
         means = np.array([point["mean"] for point in points.values()])
         label = version.name.replace("$", r"\$")
-        axes.plot(steps, means, label=f"{label} (n={len(version.runs)})", **line_style(index, len(steps), len(versions)))
+        axes.plot(
+            steps, means, label=f"{label} (n={len(version.runs)})", **line_style(index, len(steps), len(versions))
+        )
         if len(version.runs) >= 2:
             half = np.array([point["ci95"] for point in points.values()])
             axes.fill_between(steps, means - half, means + half, color=f"C{index % 10}", alpha=0.15, linewidth=0)
@@ -122,14 +139,20 @@ def _clipping_lines(axes: Any, versions: list[Version]) -> None:
                 by_threshold.setdefault(float(threshold), []).append(version.name)
     for threshold, names in sorted(by_threshold.items()):
         whose = "" if len(by_threshold) == 1 and len(names) == len(versions) else f" ({', '.join(names)})"
-        axes.axhline(threshold, color="0.3", linestyle=(0, (1, 2)), linewidth=1.2, label=f"max_grad_norm = {threshold:g}{whose}")
+        axes.axhline(
+            threshold, color="0.3", linestyle=(0, (1, 2)), linewidth=1.2, label=f"max_grad_norm = {threshold:g}{whose}"
+        )
 
 
 def _warmup_spans(axes: Any, versions: list[Version], label: str) -> None:
     """Steps 0 to the configured warmup end, shaded in the version's colour (grey for a span versions share)."""
     by_warmup: dict[int, list[int]] = {}
     for index, version in enumerate(versions):
-        warmups = {spec.warmup_steps for spec, _ in map(schedule_spec, version.runs) if spec is not None and spec.warmup_steps > 0}
+        warmups = {
+            spec.warmup_steps
+            for spec, _ in map(schedule_spec, version.runs)
+            if spec is not None and spec.warmup_steps > 0
+        }
         for warmup in warmups:
             by_warmup.setdefault(warmup, []).append(index)
     for warmup, indices in sorted(by_warmup.items(), reverse=True):  # the longest first, so shorter spans show on it
@@ -138,7 +161,9 @@ def _warmup_spans(axes: Any, versions: list[Version], label: str) -> None:
         axes.axvspan(0, warmup, color=color, alpha=0.12, linewidth=0, label=f"{label} {names}: 0-{warmup}")
 
 
-def draw_chart(versions: list[Version], key: str, title: str, x_label: str, font: str | None, warmup_label: str = "warmup") -> bytes | None:
+def draw_chart(
+    versions: list[Version], key: str, title: str, x_label: str, font: str | None, warmup_label: str = "warmup"
+) -> bytes | None:
     """The chart as PNG bytes, or None when no run logged `key`."""
     figure = build_figure(versions, key, title, x_label, font, warmup_label)
     if figure is None:
@@ -148,7 +173,10 @@ def draw_chart(versions: list[Version], key: str, title: str, x_label: str, font
     return buffer.getvalue()
 
 
-def draw_charts(versions: list[Version], titles: dict[str, str], x_label: str, font: str | None, warmup_label: str = "warmup") -> dict[str, bytes]:
-    """Metric key -> PNG bytes, for each metric some run logged; `warmup_label` names the shaded warmup on the LR chart."""
+def draw_charts(
+    versions: list[Version], titles: dict[str, str], x_label: str, font: str | None, warmup_label: str = "warmup"
+) -> dict[str, bytes]:
+    """Metric key -> PNG bytes, for each metric some run logged; `warmup_label` names the shaded warmup on the LR
+    chart."""
     charts = {key: draw_chart(versions, key, title, x_label, font, warmup_label) for key, title in titles.items()}
     return {key: png for key, png in charts.items() if png is not None}

@@ -120,10 +120,24 @@ def signed_number(value: float | None) -> str:
 
 
 PARAM_FORMATS: dict[str, Callable[[Any], str]] = {
-    "loss": loss, "base_loss": loss, "value": number, "base_value": number, "target": loss,
-    "threshold": number, "gap": signed_loss, "gap_low": signed_loss, "gap_high": signed_loss,
-    "p": p_value, "deviation": pct, "fraction": pct, "fraction_low": pct, "fraction_high": pct, "share": pct,
-    "step": step, "start": step, "end": step,
+    "loss": loss,
+    "base_loss": loss,
+    "value": number,
+    "base_value": number,
+    "target": loss,
+    "threshold": number,
+    "gap": signed_loss,
+    "gap_low": signed_loss,
+    "gap_high": signed_loss,
+    "p": p_value,
+    "deviation": pct,
+    "fraction": pct,
+    "fraction_low": pct,
+    "fraction_high": pct,
+    "share": pct,
+    "step": step,
+    "start": step,
+    "end": step,
 }
 """How each insight parameter is written; the others (names, counts) are written as they are."""
 
@@ -145,14 +159,26 @@ def build_document(summary: Summary, w: dict[str, str], chart_files: dict[str, s
     blocks += [Heading(w["insights_heading"]), Bullets([insight.text for insight in summary.insights])]
     for chart in CHARTS:
         if chart in chart_files:
-            index = next(i for i, block in enumerate(blocks) if isinstance(block, Heading) and block.text == w[_CHART_SECTION[chart]])
-            notes = [Paragraph(w["coinciding_note"].format(first=first, second=second)) for first, second in summary.coinciding.get(chart, [])]
+            index = next(
+                i
+                for i, block in enumerate(blocks)
+                if isinstance(block, Heading) and block.text == w[_CHART_SECTION[chart]]
+            )
+            notes = [
+                Paragraph(w["coinciding_note"].format(first=first, second=second))
+                for first, second in summary.coinciding.get(chart, [])
+            ]
             end = _section_end(blocks, index)
             blocks[end:end] = [Image(chart_files[chart], w[f"chart_{chart}"]), *notes]
     return blocks
 
 
-_CHART_SECTION = {"loss": "train_heading", "eval_loss": "eval_heading", "grad_norm": "grad_heading", "learning_rate": "lr_heading"}
+_CHART_SECTION = {
+    "loss": "train_heading",
+    "eval_loss": "eval_heading",
+    "grad_norm": "grad_heading",
+    "learning_rate": "lr_heading",
+}
 
 
 def _section_end(blocks: list[Block], heading_index: int) -> int:
@@ -165,7 +191,10 @@ def _section_end(blocks: list[Block], heading_index: int) -> int:
 def insight_text(insight: Insight, w: dict[str, str]) -> str:
     """An insight as a sentence of the report's language."""
     data = insight.model_dump()
-    params = {key: PARAM_FORMATS[key](value) if key in PARAM_FORMATS and value is not None else value for key, value in data.items()}
+    params = {
+        key: PARAM_FORMATS[key](value) if key in PARAM_FORMATS and value is not None else value
+        for key, value in data.items()
+    }
     for key in ("versions", "reached"):
         if key in data:
             params[key] = w["list_sep"].join(data[key])
@@ -184,7 +213,9 @@ def insight_text(insight: Insight, w: dict[str, str]) -> str:
 def verdict_text(judged: dict[str, Any], w: dict[str, str]) -> str:
     """A judgement (insights.verdict) as words."""
     p = judged.get("p")
-    return w[f"verdict_{judged['verdict']}"].format(p=p_value(p) if p is not None else "", threshold=number(judged.get("threshold")))
+    return w[f"verdict_{judged['verdict']}"].format(
+        p=p_value(p) if p is not None else "", threshold=number(judged.get("threshold"))
+    )
 
 
 def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
@@ -196,10 +227,19 @@ def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
     for warning in summary.warnings:
         if warning.kind == "identical_runs":
             key = "warn_identical_same" if warning.same_version else "warn_identical_across"
-            texts.append(w[key].format(first=warning.original, second=warning.duplicate, version=warning.versions[0],
-                                       other=warning.versions[1]))
+            texts.append(
+                w[key].format(
+                    first=warning.original,
+                    second=warning.duplicate,
+                    version=warning.versions[0],
+                    other=warning.versions[1],
+                )
+            )
         elif warning.kind in ("planned_steps", "last_steps", "setting"):
-            values = w["list_sep"].join(w["labelled"].format(label=name, text=_setting_value(found, w)) for name, found in warning.values.items())
+            values = w["list_sep"].join(
+                w["labelled"].format(label=name, text=_setting_value(found, w))
+                for name, found in warning.values.items()
+            )
             texts.append(w[f"warn_{warning.kind}"].format(values=values, key=getattr(warning, "key", "")))
         elif warning.kind == "repeated_rows":
             texts.append(w["warn_repeated_rows"].format(step=warning.step, same_as=warning.same_as))
@@ -217,26 +257,48 @@ def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
 def _method_section(summary: Summary, w: dict[str, str]) -> list[Block]:
     effects = summary.min_effect
     method = w["stats_method"].format(
-        confidence_pct=round(summary.confidence * 100), alpha=f"{summary.alpha:g}",
-        loss_rel=pct(effects["loss"].relative), loss_abs=f"{effects['loss'].absolute:g}",
-        share_abs=f"{effects['share'].absolute * 100:g}", other_rel=pct(effects["other"].relative), near_zero=pct(summary.near_zero))
+        confidence_pct=round(summary.confidence * 100),
+        alpha=f"{summary.alpha:g}",
+        loss_rel=pct(effects["loss"].relative),
+        loss_abs=f"{effects['loss'].absolute:g}",
+        share_abs=f"{effects['share'].absolute * 100:g}",
+        other_rel=pct(effects["other"].relative),
+        near_zero=pct(summary.near_zero),
+    )
     return [Heading(w["method_heading"]), Paragraph(method), Paragraph(w["convergence_method"])]
 
 
 def _runs_section(summary: Summary, w: dict[str, str]) -> list[Block]:
     flags = {True: w["yes"], False: w["no"], None: w["unknown"]}
     rows = [
-        [version.name, run.name, source_text(run.source, w), step(run.last_step), step(run.max_steps), flags[run.random_weights],
-         w["part_sep"].join(note_text(note, w) for note in run.notes)]
+        [
+            version.name,
+            run.name,
+            source_text(run.source, w),
+            step(run.last_step),
+            step(run.max_steps),
+            flags[run.random_weights],
+            w["part_sep"].join(note_text(note, w) for note in run.notes),
+        ]
         for version in summary.versions
         for run in version.runs
     ]
-    headers = [w[key] for key in ("col_version", "col_run", "col_source", "col_last_step", "col_planned", "col_random", "col_notes")]
+    headers = [
+        w[key]
+        for key in ("col_version", "col_run", "col_source", "col_last_step", "col_planned", "col_random", "col_notes")
+    ]
     blocks: list[Block] = [Heading(w["runs_heading"]), Table(headers, rows)]
     noise = summary.noise
     if noise.from_versions:
-        blocks.append(Paragraph(w["noise_known"].format(versions=w["list_sep"].join(noise.from_versions),
-                                                        train_sd=loss(noise.final_train_loss_sd), eval_sd=loss(noise.final_eval_loss_sd))))
+        blocks.append(
+            Paragraph(
+                w["noise_known"].format(
+                    versions=w["list_sep"].join(noise.from_versions),
+                    train_sd=loss(noise.final_train_loss_sd),
+                    eval_sd=loss(noise.final_eval_loss_sd),
+                )
+            )
+        )
     else:
         blocks.append(Paragraph(w["noise_unknown"]))
     return blocks
@@ -249,7 +311,10 @@ def source_text(source: SourceFacts, w: dict[str, str]) -> str:
 
 def note_text(note: NoteFacts, w: dict[str, str]) -> str:
     """A run's note in the report's language, after the file (and config key) it is about."""
-    fields = {key: w["list_sep"].join(map(str, value)) if isinstance(value, list) else value for key, value in note.fields.items()}
+    fields = {
+        key: w["list_sep"].join(map(str, value)) if isinstance(value, list) else value
+        for key, value in note.fields.items()
+    }
     text = w[f"note_{note.code}"].format(**fields)
     if "key" in fields:
         return w["note_at_key"].format(file=fields["file"], key=fields["key"], note=text)
@@ -280,16 +345,26 @@ def _versions_section(summary: Summary, w: dict[str, str], names: list[str]) -> 
     return blocks + [Table([w["col_setting"], *names], rows)]
 
 
-def _metric_rows(table: Any, names: list[str], baseline: str, w: dict[str, str]) -> tuple[list[str], list[list[str]], list[str]]:
+def _metric_rows(
+    table: Any, names: list[str], baseline: str, w: dict[str, str]
+) -> tuple[list[str], list[list[str]], list[str]]:
     others = [name for name in names if name != baseline]
     headers = [w["col_step"], *names, *(w["col_trend"].format(version=name, baseline=baseline) for name in others)]
     rows, notes = [], []
     for row in table.rows:
-        rows.append([str(row.step), *(stat(row.values[name], loss) for name in names), *(trend(row.vs_baseline[name]) for name in others)])
+        rows.append(
+            [
+                str(row.step),
+                *(stat(row.values[name], loss) for name in names),
+                *(trend(row.vs_baseline[name]) for name in others),
+            ]
+        )
         for name in names:
             used = [found for found in row.steps_used[name] if found != row.step]
             if used:
-                notes.append(w["nearest_note"].format(step=row.step, version=name, used=w["list_sep"].join(map(str, used))))
+                notes.append(
+                    w["nearest_note"].format(step=row.step, version=name, used=w["list_sep"].join(map(str, used)))
+                )
     return headers, rows, notes
 
 
@@ -317,8 +392,12 @@ def _grad_section(summary: Summary, w: dict[str, str], names: list[str]) -> list
     headers = [w["col_version"]]
     for index, phase in enumerate(PHASES):
         label = w[f"phase_{phase}"]
-        headers += [w["col_phase_range"].format(phase=label, start=f"{edges[index] * 100:g}", end=f"{edges[index + 1] * 100:g}"),
-                    w["col_phase_median"].format(phase=label)]
+        headers += [
+            w["col_phase_range"].format(
+                phase=label, start=f"{edges[index] * 100:g}", end=f"{edges[index + 1] * 100:g}"
+            ),
+            w["col_phase_median"].format(phase=label),
+        ]
     headers += [w["col_sd"], w["col_cv"], w["col_cv_change"].format(baseline=baseline), w["col_clipped"]]
     rows, notes = [], []
     for name in names:
@@ -326,10 +405,17 @@ def _grad_section(summary: Summary, w: dict[str, str], names: list[str]) -> list
         for phase in PHASES:
             stats = grad.phases[phase]
             low, high = stats["min"].values[name], stats["max"].values[name]
-            cells += [f"{stat(low, number)} – {stat(high, number)}" if low.mean is not None else MISSING, stat(stats["median"].values[name], number)]
+            cells += [
+                f"{stat(low, number)} – {stat(high, number)}" if low.mean is not None else MISSING,
+                stat(stats["median"].values[name], number),
+            ]
         cv_change = grad.cv_after_warmup.vs_baseline.get(name)
-        cells += [stat(grad.sd_after_warmup.values[name], number), stat(grad.cv_after_warmup.values[name], number),
-                  trend(cv_change, signed_number) if cv_change else w["reference"], stat(grad.clipped_fraction.values[name], pct)]
+        cells += [
+            stat(grad.sd_after_warmup.values[name], number),
+            stat(grad.cv_after_warmup.values[name], number),
+            trend(cv_change, signed_number) if cv_change else w["reference"],
+            stat(grad.clipped_fraction.values[name], pct),
+        ]
         rows.append(cells)
         if grad.phases["warmup"]["min"].values[name].mean is None and grad.first_logged[name] is not None:
             end = max(phase_steps[0][1] for phase_steps in grad.phase_steps[name].values())
@@ -337,15 +423,22 @@ def _grad_section(summary: Summary, w: dict[str, str], names: list[str]) -> list
     blocks: list[Block] = [Heading(w["grad_heading"]), Table(headers, rows), Paragraph(w["grad_note"])]
     blocks += [Bullets(notes)] if notes else []
     if grad.cv_pairs:
-        pair_rows = [[pair.reference, pair.other, trend(pair, signed_number), verdict_text(verdict(pair), w)] for pair in grad.cv_pairs]
-        blocks += [Heading(w["pairs_heading"], level=3),
-                   Table([w["col_reference"], w["col_other"], w["col_change"], w["col_verdict"]], pair_rows)]
+        pair_rows = [
+            [pair.reference, pair.other, trend(pair, signed_number), verdict_text(verdict(pair), w)]
+            for pair in grad.cv_pairs
+        ]
+        blocks += [
+            Heading(w["pairs_heading"], level=3),
+            Table([w["col_reference"], w["col_other"], w["col_change"], w["col_verdict"]], pair_rows),
+        ]
     return blocks
 
 
 def _at_step(values: Summarised, steps: Summarised, name: str, w: dict[str, str]) -> str:
     logged_at = steps.values[name]
-    at = step(logged_at.mean) if _same_in_every_run(logged_at) else stat(logged_at, step)  # n is said by the value already
+    at = (
+        step(logged_at.mean) if _same_in_every_run(logged_at) else stat(logged_at, step)
+    )  # n is said by the value already
     return f"{stat(values.values[name], lr)} {w['at_step_paren'].format(step=at)}"
 
 
@@ -354,27 +447,47 @@ def _lr_section(summary: Summary, w: dict[str, str], names: list[str]) -> list[B
     rows, notes = [], []
     for name in names:
         checks = rates.schedule_check[name]
-        rows.append([
-            name, w["part_sep"].join(sorted({_schedule_text(check, w) for check in checks.values()})),
-            _at_step(rates.first_logged, rates.first_logged_step, name, w),
-            _at_step(rates.largest_logged, rates.largest_logged_step, name, w),
-            _at_step(rates.mid, rates.mid_step, name, w),
-            _at_step(rates.last_logged, rates.last_logged_step, name, w),
-            _checks_text(checks, w),
-        ])
+        rows.append(
+            [
+                name,
+                w["part_sep"].join(sorted({_schedule_text(check, w) for check in checks.values()})),
+                _at_step(rates.first_logged, rates.first_logged_step, name, w),
+                _at_step(rates.largest_logged, rates.largest_logged_step, name, w),
+                _at_step(rates.mid, rates.mid_step, name, w),
+                _at_step(rates.last_logged, rates.last_logged_step, name, w),
+                _checks_text(checks, w),
+            ]
+        )
         if rates.warmup_unlogged[name]:
-            notes.append(w["warmup_unlogged_note"].format(version=name, runs=w["list_sep"].join(rates.warmup_unlogged[name])))
-    keys = ("col_version", "col_schedule", "col_first_logged", "col_largest_logged", "col_mid", "col_last_logged", "col_check")
-    blocks: list[Block] = [Heading(w["lr_heading"]), Table([w[key] for key in keys], rows),
-                           Paragraph(w["lr_note"].format(tolerance=pct(rates.tolerance)))]
+            notes.append(
+                w["warmup_unlogged_note"].format(version=name, runs=w["list_sep"].join(rates.warmup_unlogged[name]))
+            )
+    keys = (
+        "col_version",
+        "col_schedule",
+        "col_first_logged",
+        "col_largest_logged",
+        "col_mid",
+        "col_last_logged",
+        "col_check",
+    )
+    blocks: list[Block] = [
+        Heading(w["lr_heading"]),
+        Table([w[key] for key in keys], rows),
+        Paragraph(w["lr_note"].format(tolerance=pct(rates.tolerance))),
+    ]
     return blocks + ([Bullets(notes)] if notes else [])
 
 
 def _schedule_text(check: Any, w: dict[str, str]) -> str:
     if not check.checked:
         return str(check.schedule) if check.schedule is not None else w["missing"]
-    return w["schedule_desc"].format(schedule=w[f"schedule_{check.schedule}"], warmup=check.warmup_steps,
-                                     peak=lr(check.peak_lr), total=check.total_steps)
+    return w["schedule_desc"].format(
+        schedule=w[f"schedule_{check.schedule}"],
+        warmup=check.warmup_steps,
+        peak=lr(check.peak_lr),
+        total=check.total_steps,
+    )
 
 
 def _checks_text(checks: dict[str, Any], w: dict[str, str]) -> str:
@@ -383,7 +496,9 @@ def _checks_text(checks: dict[str, Any], w: dict[str, str]) -> str:
     if all(check.checked and check.matches for check in checks.values()) and len(conventions) == 1:
         worst = max(checks.values(), key=lambda check: check.max_deviation)
         return _check_text(worst, w)
-    return w["part_sep"].join(w["labelled"].format(label=run, text=_check_text(check, w)) for run, check in checks.items())
+    return w["part_sep"].join(
+        w["labelled"].format(label=run, text=_check_text(check, w)) for run, check in checks.items()
+    )
 
 
 def _check_text(check: Any, w: dict[str, str]) -> str:
@@ -401,20 +516,36 @@ def _best(names: list[str], w: dict[str, str]) -> str:
 def _advantages_section(summary: Summary, w: dict[str, str], names: list[str]) -> list[Block]:
     matrix, baseline = summary.advantages, summary.baseline
     rows = [_convergence_row(summary, names, baseline, w)]
-    labelled = [(w["crit_final_train"], matrix.final_train_loss, loss, signed_loss), (w["crit_final_eval"], matrix.final_eval_loss, loss, signed_loss),
-                (w["crit_stability"], matrix.grad_norm_cv, number, signed_number), (w["crit_overfit_gap"], matrix.overfit_gap, signed_loss, signed_loss),
-                (w["crit_overfit_ratio"], matrix.overfit_ratio, number, signed_number)]
-    labelled += [(w["crit_augment"].format(key=key), entry, number, signed_number) for key, entry in matrix.augmentation.items()]
-    labelled += [(w["crit_eval"].format(key=key), entry, number, signed_number) for key, entry in matrix.evaluation.items()]
+    labelled = [
+        (w["crit_final_train"], matrix.final_train_loss, loss, signed_loss),
+        (w["crit_final_eval"], matrix.final_eval_loss, loss, signed_loss),
+        (w["crit_stability"], matrix.grad_norm_cv, number, signed_number),
+        (w["crit_overfit_gap"], matrix.overfit_gap, signed_loss, signed_loss),
+        (w["crit_overfit_ratio"], matrix.overfit_ratio, number, signed_number),
+    ]
+    labelled += [
+        (w["crit_augment"].format(key=key), entry, number, signed_number) for key, entry in matrix.augmentation.items()
+    ]
+    labelled += [
+        (w["crit_eval"].format(key=key), entry, number, signed_number) for key, entry in matrix.evaluation.items()
+    ]
     for label, entry, fmt, fmt_diff in labelled:
         cells = [label]
         for name in names:
             comparison = entry.vs_baseline.get(name)
             value = stat(entry.values[name], fmt)
-            cells.append(value if comparison is None or comparison.diff is None else w["with_aside"].format(value=value, aside=trend(comparison, fmt_diff)))
+            cells.append(
+                value
+                if comparison is None or comparison.diff is None
+                else w["with_aside"].format(value=value, aside=trend(comparison, fmt_diff))
+            )
         best = getattr(entry, "best", None)
         rows.append(cells + [_best(best, w) if best is not None else w["not_ranked"]])
-    return [Heading(w["advantages_heading"]), Table([w["col_criterion"], *names, w["col_best"]], rows), Paragraph(w["advantages_note"])]
+    return [
+        Heading(w["advantages_heading"]),
+        Table([w["col_criterion"], *names, w["col_best"]], rows),
+        Paragraph(w["advantages_note"]),
+    ]
 
 
 def _convergence_row(summary: Summary, names: list[str], baseline: str, w: dict[str, str]) -> list[str]:

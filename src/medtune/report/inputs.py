@@ -20,10 +20,24 @@ SEED_SUFFIX = re.compile(r"(?:-seed\d+|_s\d+)$")
 SourceKind = Literal["medtune_run", "swanlab_run_file", "swanlab_local_log", "tensorboard", "trainer_state"]
 """What a run was read from; the report words each kind as `source_<kind>` (wording.py)."""
 NoteCode = Literal[
-    "missing_file", "planned_from_epochs", "planned_unknown", "tracker_no_summary", "trainer_no_summary",
-    "no_training_args", "training_args_pickle", "no_args_summary", "config_not_recognised", "incomplete_record",
-    "adapters_other", "not_lora_config", "repr_syntax", "repr_too_deep", "repr_not_literal",
-    "schedule_unknown", "constant_ignores_warmup", "optimizer_unknown",
+    "missing_file",
+    "planned_from_epochs",
+    "planned_unknown",
+    "tracker_no_summary",
+    "trainer_no_summary",
+    "no_training_args",
+    "training_args_pickle",
+    "no_args_summary",
+    "config_not_recognised",
+    "incomplete_record",
+    "adapters_other",
+    "not_lora_config",
+    "repr_syntax",
+    "repr_too_deep",
+    "repr_not_literal",
+    "schedule_unknown",
+    "constant_ignores_warmup",
+    "optimizer_unknown",
 ]
 """What the report may say about a run's input; each code is worded as `note_<code>` (wording.py)."""
 
@@ -87,7 +101,8 @@ class Run:
         return node
 
     def max_steps(self) -> int | None:
-        """Planned optimizer steps: the trainer's own count, or else the estimate from epochs; None when nothing says."""
+        """Planned optimizer steps: the trainer's own count, or else the estimate from epochs; None when nothing
+        says."""
         counted = self.counted_steps()
         if counted is not None:
             return counted
@@ -95,7 +110,8 @@ class Run:
         return estimate["planned"] if estimate else None
 
     def counted_steps(self) -> int | None:
-        """Planned steps as a count: the trainer's own (summary.json's `max_steps`), or the config's `train.max_steps`."""
+        """Planned steps as a count: the trainer's own (summary.json's `max_steps`), or the config's
+        `train.max_steps`."""
         for value in (self.summary.get("max_steps"), self.setting("train.max_steps")):
             if _count(value):
                 return value
@@ -108,12 +124,22 @@ class Run:
         if not is_number(epochs) or epochs <= 0 or counter is None:
             return None
         step, epoch = counter
-        return {"planned": round(epochs * step / epoch), "epochs": epochs, "steps_per_epoch": step / epoch, "epoch": epoch, "step": step}
+        return {
+            "planned": round(epochs * step / epoch),
+            "epochs": epochs,
+            "steps_per_epoch": step / epoch,
+            "epoch": epoch,
+            "step": step,
+        }
 
     def _epoch_counter(self) -> tuple[int, float] | None:
-        """(step, epoch) of the latest record with a positive epoch: the smallest relative error when epochs are rounded."""
-        counted = [(int(record["step"]), float(record["epoch"])) for record in self.records
-                   if is_number(record.get("epoch")) and record["epoch"] > 0 and record["step"] > 0]
+        """(step, epoch) of the latest record with a positive epoch: the smallest relative error when epochs are
+        rounded."""
+        counted = [
+            (int(record["step"]), float(record["epoch"]))
+            for record in self.records
+            if is_number(record.get("epoch")) and record["epoch"] > 0 and record["step"] > 0
+        ]
         return max(counted) if counted else None
 
 
@@ -156,5 +182,6 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def parse_json_object(text: str, where: str, first_line: int = 1) -> dict[str, Any]:
-    """Text that must be one JSON object, found in `where` from line `first_line` on; a ReportError says `where:line:`."""
+    """Text that must be one JSON object, found in `where` from line `first_line` on; a ReportError says
+    `where:line:`."""
     return run_folder.parse_json_object(text, where, first_line, error=ReportError)

@@ -30,7 +30,10 @@ def verdict(comparison: Comparison) -> dict[str, Any]:
     if comparison.test == "welch":
         return {"verdict": "welch_yes" if comparison.significant else "welch_no", "p": comparison.p_value}
     if comparison.test == "min_effect":
-        return {"verdict": "min_effect_yes" if comparison.significant else "min_effect_no", "threshold": comparison.threshold}
+        return {
+            "verdict": "min_effect_yes" if comparison.significant else "min_effect_no",
+            "threshold": comparison.threshold,
+        }
     return {"verdict": "unknown"}
 
 
@@ -45,10 +48,23 @@ def _convergence(summary: Summary) -> list[dict[str, Any]]:
         if pair is None or pair.diff is None:
             found.append({"kind": "convergence_none", "version": name, "baseline": baseline})
             continue
-        kind = ("convergence_lower" if pair.diff < 0 else "convergence_higher") if pair.significant else "convergence_tie"
-        found.append({"kind": kind, "version": name, "baseline": baseline, "start": pair.start, "end": pair.end,
-                      "share": pair.share_lower if pair.diff < 0 or not pair.significant else pair.share_higher,
-                      "loss": pair.window_loss, "base_loss": pair.baseline_window_loss, **_change(pair), **verdict(pair)})
+        kind = (
+            ("convergence_lower" if pair.diff < 0 else "convergence_higher") if pair.significant else "convergence_tie"
+        )
+        found.append(
+            {
+                "kind": kind,
+                "version": name,
+                "baseline": baseline,
+                "start": pair.start,
+                "end": pair.end,
+                "share": pair.share_lower if pair.diff < 0 or not pair.significant else pair.share_higher,
+                "loss": pair.window_loss,
+                "base_loss": pair.baseline_window_loss,
+                **_change(pair),
+                **verdict(pair),
+            }
+        )
     window = convergence.window
     if window is not None and len(summary.versions) > 1:
         if convergence.best:
@@ -57,8 +73,13 @@ def _convergence(summary: Summary) -> list[dict[str, Any]]:
             found.append({"kind": "fastest_none", "start": window.start, "end": window.end})
     reached = {name: step for name, step in convergence.steps_to_target.items() if step is not None}
     if convergence.target_loss is not None and len(reached) > 1:
-        found.append({"kind": "target", "target": convergence.target_loss,
-                      "reached": [f"{name} {step}" for name, step in reached.items()]})
+        found.append(
+            {
+                "kind": "target",
+                "target": convergence.target_loss,
+                "reached": [f"{name} {step}" for name, step in reached.items()],
+            }
+        )
     return found
 
 
@@ -68,9 +89,20 @@ def _final_eval(summary: Summary) -> list[dict[str, Any]]:
     for name, entry in final_eval.vs_baseline.items():
         if entry.diff is None:
             continue
-        kind = ("final_eval_lower" if entry.diff < 0 else "final_eval_higher") if entry.significant else "final_eval_tie"
-        found.append({"kind": kind, "version": name, "baseline": baseline, "loss": final_eval.values[name].mean,
-                      "base_loss": final_eval.values[baseline].mean, **_change(entry), **verdict(entry)})
+        kind = (
+            ("final_eval_lower" if entry.diff < 0 else "final_eval_higher") if entry.significant else "final_eval_tie"
+        )
+        found.append(
+            {
+                "kind": kind,
+                "version": name,
+                "baseline": baseline,
+                "loss": final_eval.values[name].mean,
+                "base_loss": final_eval.values[baseline].mean,
+                **_change(entry),
+                **verdict(entry),
+            }
+        )
     return found
 
 
@@ -81,8 +113,17 @@ def _stability(summary: Summary) -> list[dict[str, Any]]:
         if pair.diff is None:
             continue
         kind = ("stability_narrows" if pair.diff < 0 else "stability_widens") if pair.significant else "stability_tie"
-        found.append({"kind": kind, "reference": pair.reference, "other": pair.other, "value": cv[pair.other].mean,
-                      "base_value": cv[pair.reference].mean, **_change(pair), **verdict(pair)})
+        found.append(
+            {
+                "kind": kind,
+                "reference": pair.reference,
+                "other": pair.other,
+                "value": cv[pair.other].mean,
+                "base_value": cv[pair.reference].mean,
+                **_change(pair),
+                **verdict(pair),
+            }
+        )
     return found
 
 
@@ -95,7 +136,11 @@ def _overfitting(summary: Summary) -> list[dict[str, Any]]:
         return [{"kind": "overfit_none"}]
     largest = tied_best(gaps.per_run, LOSS_EFFECT, lower=False)
     if not largest:
-        return [{"kind": "overfit_tie", "gap_low": min(means.values()), "gap_high": max(means.values())}] if len(means) > 1 else []
+        return (
+            [{"kind": "overfit_tie", "gap_low": min(means.values()), "gap_high": max(means.values())}]
+            if len(means) > 1
+            else []
+        )
     return [{"kind": "overfit", "gaps": {name: means[name] for name in largest}}]
 
 
@@ -108,18 +153,36 @@ def _clipping(summary: Summary) -> list[dict[str, Any]]:
         return [{"kind": "clipping_none"}]
     if clipped.most:
         return [{"kind": "clipping", "fractions": {name: means[name] for name in clipped.most}}]
-    return [{"kind": "clipping_tie", "fraction_low": min(means.values()), "fraction_high": max(means.values())}] if len(means) > 1 else []
+    return (
+        [{"kind": "clipping_tie", "fraction_low": min(means.values()), "fraction_high": max(means.values())}]
+        if len(means) > 1
+        else []
+    )
 
 
 def _schedule(summary: Summary) -> list[dict[str, Any]]:
     checks = summary.learning_rate.schedule_check
-    checked = [(version, run, check) for version, runs in checks.items() for run, check in runs.items() if check.checked]
+    checked = [
+        (version, run, check) for version, runs in checks.items() for run, check in runs.items() if check.checked
+    ]
     bad = [
-        {"kind": "schedule_bad", "version": version, "run": run, "schedule": check.schedule,
-         "deviation": check.max_deviation, "step": check.max_deviation_step}
+        {
+            "kind": "schedule_bad",
+            "version": version,
+            "run": run,
+            "schedule": check.schedule,
+            "deviation": check.max_deviation,
+            "step": check.max_deviation_step,
+        }
         for version, run, check in checked
         if not check.matches
     ]
     if bad or not checked:
         return bad
-    return [{"kind": "schedule_ok", "count": len(checked), "deviation": max(check.max_deviation or 0.0 for _, _, check in checked)}]
+    return [
+        {
+            "kind": "schedule_ok",
+            "count": len(checked),
+            "deviation": max(check.max_deviation or 0.0 for _, _, check in checked),
+        }
+    ]

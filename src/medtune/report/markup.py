@@ -35,7 +35,10 @@ def to_markdown(blocks: list[Block]) -> str:
         elif isinstance(block, Paragraph):
             parts.append(f"> **{markdown_text(block.text)}**" if block.warning else markdown_text(block.text))
         elif isinstance(block, Table):
-            lines = ["| " + " | ".join(markdown_text(cell) for cell in block.headers) + " |", "|" + " --- |" * len(block.headers)]
+            lines = [
+                "| " + " | ".join(markdown_text(cell) for cell in block.headers) + " |",
+                "|" + " --- |" * len(block.headers),
+            ]
             lines += ["| " + " | ".join(markdown_text(cell) for cell in row) + " |" for row in block.rows]
             parts.append("\n".join(lines))
         elif isinstance(block, Bullets):
@@ -53,10 +56,16 @@ def to_html(blocks: list[Block], image_folder: Path, lang: str) -> str:
         if isinstance(block, Heading):
             body.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
         elif isinstance(block, Paragraph):
-            body.append(f'<p class="warning">{html.escape(block.text)}</p>' if block.warning else f"<p>{html.escape(block.text)}</p>")
+            body.append(
+                f'<p class="warning">{html.escape(block.text)}</p>'
+                if block.warning
+                else f"<p>{html.escape(block.text)}</p>"
+            )
         elif isinstance(block, Table):
             head = "".join(f"<th>{html.escape(cell)}</th>" for cell in block.headers)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in block.rows)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in block.rows
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(block, Bullets):
             body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in block.items) + "</ul>")

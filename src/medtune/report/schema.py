@@ -77,7 +77,8 @@ class SourceFacts(_Strict):
 
 
 class NoteFacts(_Strict):
-    """Something a run's input lacks or that could not be mapped (runs.Note): worded as `note_<code>` filled by `fields`."""
+    """Something a run's input lacks or that could not be mapped (runs.Note): worded as `note_<code>` filled by
+    `fields`."""
 
     code: NoteCode
     fields: dict[str, Any]
@@ -233,7 +234,9 @@ class NoCjkFont(_Strict):
     kind: Literal["no_cjk_font"]
 
 
-Warning = Annotated[IdenticalRuns | DifferentSteps | DifferentSetting | RepeatedRows | NoCjkFont, Field(discriminator="kind")]
+Warning = Annotated[
+    IdenticalRuns | DifferentSteps | DifferentSetting | RepeatedRows | NoCjkFont, Field(discriminator="kind")
+]
 
 
 class Insight(BaseModel):
@@ -263,7 +266,8 @@ class Summary(_Strict):
     warnings: list[Warning]
     insights: list[Insight] = Field(default_factory=list)
     coinciding: dict[str, list[list[str]]] = Field(default_factory=dict)
-    """Chart key -> pairs of versions whose mean curves coincide within charts.COINCIDE_TOLERANCE of the chart's range."""
+    """Chart key -> pairs of versions whose mean curves coincide within charts.COINCIDE_TOLERANCE of the chart's
+    range."""
     made_by: Literal["compare", "ablate"] = "compare"
     lang: str = DEFAULT_LANGUAGE
     medtune_version: str | None = None

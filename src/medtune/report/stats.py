@@ -53,7 +53,12 @@ def describe(values: Sequence[float]) -> dict[str, float | int | None]:
     if n == 1:
         return {"mean": float(array[0]), "sd": None, "n": 1, "ci95": None}
     sd = float(array.std(ddof=1))
-    return {"mean": float(array.mean()), "sd": sd, "n": n, "ci95": float(stats.t.ppf(1 - ALPHA / 2, n - 1) * sd / math.sqrt(n))}
+    return {
+        "mean": float(array.mean()),
+        "sd": sd,
+        "n": n,
+        "ci95": float(stats.t.ppf(1 - ALPHA / 2, n - 1) * sd / math.sqrt(n)),
+    }
 
 
 def pooled_sd(groups: Sequence[Sequence[float]]) -> float | None:
@@ -73,8 +78,11 @@ def relative_change(reference: float, value: float) -> float | None:
     return (value - reference) / abs(reference)
 
 
-def compare(baseline: Sequence[float], other: Sequence[float], effect: MinimumEffect, relative: bool = True) -> dict[str, object]:
-    """How `other` differs from `baseline`: difference (and relative change) of the means and whether it is worth stating.
+def compare(
+    baseline: Sequence[float], other: Sequence[float], effect: MinimumEffect, relative: bool = True
+) -> dict[str, object]:
+    """How `other` differs from `baseline`: difference (and relative change) of the means and whether it is worth
+    stating.
 
     `test` is "welch" (p_value set) or "min_effect" (threshold set); `significant` is None only without values.
     `relative=False` for signed quantities (e.g. eval - train gap), whose ratios mean nothing.
@@ -84,8 +92,12 @@ def compare(baseline: Sequence[float], other: Sequence[float], effect: MinimumEf
         return {"diff": None, "rel": None, "p_value": None, "threshold": None, "test": None, "significant": None}
     base_mean, mean = float(base.mean()), float(values.mean())
     diff = mean - base_mean
-    result: dict[str, object] = {"diff": diff, "rel": relative_change(base_mean, mean) if relative else None,
-                                 "p_value": None, "threshold": None}
+    result: dict[str, object] = {
+        "diff": diff,
+        "rel": relative_change(base_mean, mean) if relative else None,
+        "p_value": None,
+        "threshold": None,
+    }
     if len(base) >= 2 and len(values) >= 2:
         if _constant(base) and _constant(values):  # no spread to test against (e.g. the same LR in every seed)
             p_value = 1.0 if np.isclose(mean, base_mean, rtol=1e-9, atol=0) else 0.0

@@ -111,7 +111,9 @@ def load_training_state(folder: Path) -> dict[str, Any]:
     try:
         return _decode(document["state"], tensors)
     except (KeyError, TypeError, ValueError) as err:
-        raise _unreadable(folder / STATE_JSON_FILE, f"it does not match {STATE_TENSORS_FILE} ({type(err).__name__}: {err})") from None
+        raise _unreadable(
+            folder / STATE_JSON_FILE, f"it does not match {STATE_TENSORS_FILE} ({type(err).__name__}: {err})"
+        ) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -122,13 +124,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
         raise _unreadable(path, f"not a {STATE_FORMAT}")
     if document.get("version") != STATE_VERSION:
-        raise _unreadable(path, f"format version {document.get('version')!r}; this medtune reads version {STATE_VERSION}")
+        raise _unreadable(
+            path, f"format version {document.get('version')!r}; this medtune reads version {STATE_VERSION}"
+        )
     return document
 
 
 def _load_legacy(path: Path) -> dict[str, Any]:
-    """A `training_state.pt` of earlier medtune versions: tensors and plain values, and a numpy array for numpy's RNG."""
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array constructor, wherever this numpy version keeps it
+    """A `training_state.pt` of earlier medtune versions: tensors and plain values, and a numpy array for numpy's
+    RNG."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[
+        0
+    ]  # numpy's array constructor, wherever this numpy version keeps it
     numpy_rng = [np.ndarray, np.dtype, np.dtypes.UInt32DType, reconstruct]
     try:
         with torch.serialization.safe_globals(numpy_rng):
@@ -142,22 +149,28 @@ def _load_legacy(path: Path) -> dict[str, Any]:
 
 
 def _refusal(message: str) -> str:
-    """torch's weights_only message in a few words: which object it refused to build, or that the bytes are no checkpoint."""
+    """torch's weights_only message in a few words: which object it refused to build, or that the bytes are no
+    checkpoint."""
     refused = re.search(r"GLOBAL ([\w.]+)", message)
     if refused:
         return f"it asks to call {refused.group(1)}, which could run code, so medtune does not load it"
-    return "not a checkpoint torch can read: " + next((line.strip() for line in message.splitlines()[2:] if line.strip() and
-                                                        "WeightsUnpickler" not in line), message.splitlines()[0])
+    return "not a checkpoint torch can read: " + next(
+        (line.strip() for line in message.splitlines()[2:] if line.strip() and "WeightsUnpickler" not in line),
+        message.splitlines()[0],
+    )
 
 
 def _unreadable(path: Path, reason: object) -> CheckpointError:
     folder = path.parent
-    return CheckpointError(f"{path}: cannot read the training state ({reason}). Resume from an earlier checkpoint by deleting "
-                           f"{folder}, or start again with --overwrite")
+    return CheckpointError(
+        f"{path}: cannot read the training state ({reason}). Resume from an earlier checkpoint by deleting "
+        f"{folder}, or start again with --overwrite"
+    )
 
 
 def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:
-    """JSON for `value`, its tensors moved into `tensors`; a tensor met twice (e.g. a shared quantization map) is stored once."""
+    """JSON for `value`, its tensors moved into `tensors`; a tensor met twice (e.g. a shared quantization map) is
+    stored once."""
     if isinstance(value, torch.Tensor):
         return {"$tensor": _store(value.detach().cpu(), path, tensors, seen)}
     if isinstance(value, np.ndarray):
@@ -170,7 +183,9 @@ def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor], seen: dict[
         if all(isinstance(key, str) and key not in _TAGS for key in value):
             return {key: _encode(item, f"{path}.{key}", tensors, seen) for key, item in value.items()}
         if all(isinstance(key, int) for key in value):  # optimizer states are keyed by parameter index
-            return {"$int_keys": {str(key): _encode(item, f"{path}.{key}", tensors, seen) for key, item in value.items()}}
+            return {
+                "$int_keys": {str(key): _encode(item, f"{path}.{key}", tensors, seen) for key, item in value.items()}
+            }
         raise TypeError(f"{path}: dict keys must be all strings or all ints, not {sorted(map(repr, value))[:3]}")
     if isinstance(value, np.generic):
         return value.item()
@@ -180,7 +195,13 @@ def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor], seen: dict[
 
 
 def _store(tensor: torch.Tensor, path: str, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> str:
-    key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+    key = (
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tensor.dtype,
+        tuple(tensor.shape),
+        tensor.stride(),
+    )
     if key in seen:
         return seen[key]
     name = f"{len(tensors)}:{path}"  # the counter keeps names unique whatever the keys hold

@@ -69,8 +69,13 @@ class DistContext:
         rows of up to speed.packed_row_tokens tokens instead, so it may need fewer or more)."""
         global_batch = per_device_batch_size * gradient_accumulation_steps
         per_process = -(-global_batch // self.world_size)
-        return {"global_batch": global_batch, "processes": self.world_size, "per_device_batch_size": per_device_batch_size,
-                "samples_per_process": per_process, "micro_batches_per_process": -(-per_process // per_device_batch_size)}
+        return {
+            "global_batch": global_batch,
+            "processes": self.world_size,
+            "per_device_batch_size": per_device_batch_size,
+            "samples_per_process": per_process,
+            "micro_batches_per_process": -(-per_process // per_device_batch_size),
+        }
 
     def barrier(self) -> None:
         if self.enabled:
@@ -128,9 +133,11 @@ class DataParallelLoss:
 def check_global_batch(samples_per_step: int, ctx: DistContext) -> None:
     """Every process needs a sample of each step: its backward pass joins the step's gradient reduction."""
     if samples_per_step < ctx.world_size:
-        raise ValueError(f"train.per_device_batch_size x train.gradient_accumulation_steps = {samples_per_step} samples per "
-                         f"optimizer step, fewer than the {ctx.world_size} processes: every process needs at least one sample "
-                         "per step; raise either, or launch fewer processes")
+        raise ValueError(
+            f"train.per_device_batch_size x train.gradient_accumulation_steps = {samples_per_step} samples per "
+            f"optimizer step, fewer than the {ctx.world_size} processes: every process needs at least one sample "
+            "per step; raise either, or launch fewer processes"
+        )
 
 
 def init_distributed() -> DistContext:

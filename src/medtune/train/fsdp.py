@@ -87,8 +87,10 @@ def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> Non
         module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM, and x1 needs no scaling
     unplaced = [name for name, module in model.named_modules() if WEIGHT_SHARD in vars(module)]
     if unplaced:
-        raise RuntimeError(f"FSDP: {', '.join(unplaced)} were loaded as this process's shard only (model/load.py), but "
-                           "are outside the decoder layers FSDP shards; their whole weights were never kept")
+        raise RuntimeError(
+            f"FSDP: {', '.join(unplaced)} were loaded as this process's shard only (model/load.py), but "
+            "are outside the decoder layers FSDP shards; their whole weights were never kept"
+        )
 
 
 def shard_layer(layer: nn.Module, mesh: DeviceMesh) -> None:
@@ -98,8 +100,9 @@ def shard_layer(layer: nn.Module, mesh: DeviceMesh) -> None:
     shape; each process's chunk then replaces the meta shard through `load_state_dict(assign=True)`, whose hook
     FSDP2 registers to adopt a new local tensor (the way FSDP2 fills a model built on the meta device).
     """
-    loaded: dict[nn.Module, WeightShard] = {module: vars(module).pop(WEIGHT_SHARD) for module in layer.modules()
-                                            if WEIGHT_SHARD in vars(module)}
+    loaded: dict[nn.Module, WeightShard] = {
+        module: vars(module).pop(WEIGHT_SHARD) for module in layer.modules() if WEIGHT_SHARD in vars(module)
+    }
     for module in loaded:
         shape, dtype = module.weight.shape, module.weight.dtype
         module.weight = nn.Parameter(torch.empty(shape, dtype=dtype, device="meta"), requires_grad=False)
@@ -108,11 +111,14 @@ def shard_layer(layer: nn.Module, mesh: DeviceMesh) -> None:
         meta: DTensor = module.weight
         fsdp_keeps = (mesh.get_local_rank(), mesh.size(), meta.to_local().shape)
         if (shard.rank, shard.processes, shard.local.shape) != fsdp_keeps:
-            raise RuntimeError(f"FSDP: a 4-bit weight was loaded as chunk {shard.rank} of {shard.processes} "
-                               f"({tuple(shard.local.shape)}), but FSDP keeps chunk {fsdp_keeps[0]} of {fsdp_keeps[1]} "
-                               f"({tuple(fsdp_keeps[2])}) on this process")
-        filled = DTensor.from_local(shard.local, meta.device_mesh, meta.placements, run_check=False, shape=meta.shape,
-                                    stride=meta.stride())
+            raise RuntimeError(
+                f"FSDP: a 4-bit weight was loaded as chunk {shard.rank} of {shard.processes} "
+                f"({tuple(shard.local.shape)}), but FSDP keeps chunk {fsdp_keeps[0]} of {fsdp_keeps[1]} "
+                f"({tuple(fsdp_keeps[2])}) on this process"
+            )
+        filled = DTensor.from_local(
+            shard.local, meta.device_mesh, meta.placements, run_check=False, shape=meta.shape, stride=meta.stride()
+        )
         module.load_state_dict({"weight": filled}, strict=False, assign=True)
 
 
@@ -127,7 +133,9 @@ def untied_trained_input_embeddings(causal_lm: nn.Module) -> list[nn.Module]:
     if not isinstance(wrapper, ModulesToSaveWrapper):
         return []
     head = {id(p) for p in causal_lm.get_output_embeddings().parameters()}
-    return [trained for trained in wrapper.modules_to_save.values() if not any(id(p) in head for p in trained.parameters())]
+    return [
+        trained for trained in wrapper.modules_to_save.values() if not any(id(p) in head for p in trained.parameters())
+    ]
 
 
 def sum_whole_gradients(params: list[nn.Parameter]) -> None:
@@ -152,8 +160,10 @@ def even_forwards(batches: list[Batch], ctx: DistContext) -> list[tuple[Batch, f
     count = torch.tensor([len(batches)], device=ctx.device())  # NCCL reduces CUDA tensors only
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     if not batches:
-        raise ValueError(f"FSDP: process {ctx.rank} got no sample to forward while others did; every process needs at "
-                         f"least one sample per optimizer step and of the validation set ({ctx.world_size} processes)")
+        raise ValueError(
+            f"FSDP: process {ctx.rank} got no sample to forward while others did; every process needs at "
+            f"least one sample per optimizer step and of the validation set ({ctx.world_size} processes)"
+        )
     return [(batch, 1.0) for batch in batches] + [(batches[0], 0.0)] * (int(count) - len(batches))
 
 
@@ -193,8 +203,10 @@ def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """optimizer.state_dict() with sharded moments gathered whole, i.e. a single process's; a collective."""
     state = optimizer.state_dict()
-    state["state"] = {index: {key: value.full_tensor().cpu() if isinstance(value, DTensor) else value for key, value in entry.items()}
-                      for index, entry in state["state"].items()}
+    state["state"] = {
+        index: {key: value.full_tensor().cpu() if isinstance(value, DTensor) else value for key, value in entry.items()}
+        for index, entry in state["state"].items()
+    }
     return state
 
 
@@ -209,5 +221,8 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str,
             return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)  # a collective
         return value  # e.g. AdamW's step count
 
-    moments = {index: {key: like_param(value, by_index[index]) for key, value in entry.items()} for index, entry in state["state"].items()}
+    moments = {
+        index: {key: like_param(value, by_index[index]) for key, value in entry.items()}
+        for index, entry in state["state"].items()
+    }
     optimizer.load_state_dict({**state, "state": moments})

@@ -27,7 +27,7 @@ class GracefulInterrupt:
         self.requested = True
         print("\nstopping after this step and saving a checkpoint (Ctrl-C again to stop now)", flush=True)
 
-    def __enter__(self) -> "GracefulInterrupt":
+    def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self

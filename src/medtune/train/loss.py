@@ -10,8 +10,9 @@ loss is then a token-weighted mean that does not depend on how the step is split
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         token_losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         # fp32 accumulation across chunks, rounded once to the weight's dtype at the end, as one matmul would be
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
+        )
         for start in range(0, hidden.shape[0], chunk_tokens):
             chunk, chunk_targets = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
             logits = (chunk @ weight.T).float()
@@ -77,10 +80,16 @@ def linear_cross_entropy(
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropySum.apply(hidden, weight, targets, chunk_tokens)
     hidden = hidden.to(weight.dtype)
-    token_losses = torch.cat([
-        F.cross_entropy((hidden[start : start + chunk_tokens] @ weight.T).float(), targets[start : start + chunk_tokens], reduction="none")
-        for start in range(0, hidden.shape[0], chunk_tokens)
-    ])
+    token_losses = torch.cat(
+        [
+            F.cross_entropy(
+                (hidden[start : start + chunk_tokens] @ weight.T).float(),
+                targets[start : start + chunk_tokens],
+                reduction="none",
+            )
+            for start in range(0, hidden.shape[0], chunk_tokens)
+        ]
+    )
     return token_losses.sum(), token_losses
 
 
@@ -96,8 +105,13 @@ def packing_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
     if "sample_lengths" not in batch:
         return {}
     longest = max(batch["sample_lengths"])
-    return {"cu_seq_lens_q": batch["cu_seq_lens"], "cu_seq_lens_k": batch["cu_seq_lens"], "max_length_q": longest,
-            "max_length_k": longest, "sample_lengths": batch["sample_lengths"]}
+    return {
+        "cu_seq_lens_q": batch["cu_seq_lens"],
+        "cu_seq_lens_k": batch["cu_seq_lens"],
+        "max_length_q": longest,
+        "max_length_k": longest,
+        "sample_lengths": batch["sample_lengths"],
+    }
 
 
 def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], chunk_tokens: int) -> LossSums:
@@ -112,7 +126,9 @@ def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], chunk_tokens: i
     backbone_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     hidden = causal_lm.model(**backbone_inputs, **packing_kwargs(batch), use_cache=False).last_hidden_state
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["loss_index"])
-    total, token_losses = linear_cross_entropy(selected, head_weight(causal_lm.get_output_embeddings()), batch["loss_targets"], chunk_tokens)
+    total, token_losses = linear_cross_entropy(
+        selected, head_weight(causal_lm.get_output_embeddings()), batch["loss_targets"], chunk_tokens
+    )
     detached = token_losses.detach()
     spans = batch["loss_spans"]
     return LossSums(
@@ -132,8 +148,15 @@ def unweighted(batches: list[dict[str, Any]]) -> list[tuple[dict[str, Any], floa
 
 @torch.no_grad()
 def summed_loss_over(
-    model: nn.Module, encoded: list[Encoded], *, batch_size: int, row_tokens: int, packing: bool, pad_id: int,
-    device: torch.device, chunk_tokens: int,
+    model: nn.Module,
+    encoded: list[Encoded],
+    *,
+    batch_size: int,
+    row_tokens: int,
+    packing: bool,
+    pad_id: int,
+    device: torch.device,
+    chunk_tokens: int,
     forwards: Forwards = unweighted,
 ) -> torch.Tensor:
     """(loss, think, answer) sums over a list of samples: the numerators of eval loss, for training's periodic

@@ -41,4 +41,3 @@ def _step_of(line: str) -> int:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return 1 << 62  # an unreadable (half-written) last line is dropped on resume
-

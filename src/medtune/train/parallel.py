@@ -159,9 +159,11 @@ class FullyShardedParallel:
 
     def check_optimizer(self, name: str) -> None:
         if name != "adamw":
-            raise ValueError(f"train.optimizer {name} does not work with train.parallelism fsdp: bitsandbytes' 8-bit "
-                             "optimizers take no sharded (DTensor) parameters. Use adamw or auto (LoRA moments are "
-                             "small, and sharded too)")
+            raise ValueError(
+                f"train.optimizer {name} does not work with train.parallelism fsdp: bitsandbytes' 8-bit "
+                "optimizers take no sharded (DTensor) parameters. Use adamw or auto (LoRA moments are "
+                "small, and sharded too)"
+            )
 
     def finish_gradients(self, params: list[nn.Parameter]) -> None:
         fsdp.sum_whole_gradients(params)  # trained embeddings; FSDP reduce-scattered the sharded layers

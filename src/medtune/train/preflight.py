@@ -55,19 +55,36 @@ def preflight(cfg: RunConfig, skip_bad_rows: bool = False, gpu_memory: str | Non
     except (DataError, HubError, OSError, ValueError) as err:  # unreadable data, or a data set that cannot be fetched
         return [*findings, Finding("error", "data", str(err))]
     stats = prepared.stats
-    return [*findings, *_data(stats, cfg.data.max_length), *_schedule(cfg, stats["train"]["trained_rows"]),
-            _passes(cfg, stats["train"]["token_length"]["mean"]), *_memory(cfg, [len(e) for e in prepared.train.encoded], gpu_memory)]
+    return [
+        *findings,
+        *_data(stats, cfg.data.max_length),
+        *_schedule(cfg, stats["train"]["trained_rows"]),
+        _passes(cfg, stats["train"]["token_length"]["mean"]),
+        *_memory(cfg, [len(e) for e in prepared.train.encoded], gpu_memory),
+    ]
 
 
 def _memory(cfg: RunConfig, lengths: list[int], gpu_memory: str | None) -> list[Finding]:
     """The predicted peak on a GPU of `gpu_memory` (else this machine's GPU), the levers the plan sets, and whether
     it fits; from config.json and the token lengths alone, no weights loaded."""
     if gpu_memory is None and not torch.cuda.is_available():
-        return [Finding("ok", "memory", "no GPU here: --gpu-memory SIZE (e.g. 24GiB) predicts the peak on a GPU of that size")]
+        return [
+            Finding(
+                "ok", "memory", "no GPU here: --gpu-memory SIZE (e.g. 24GiB) predicts the peak on a GPU of that size"
+            )
+        ]
     device = torch.device("cuda") if gpu_memory is None else None
     try:
-        plan, _ = plan_for_run(cfg, lengths, cfg.train.total_steps(len(lengths)), device, processes=1,
-                               fsdp=cfg.train.parallelism == "fsdp", budget_size=gpu_memory, training=False)
+        plan, _ = plan_for_run(
+            cfg,
+            lengths,
+            cfg.train.total_steps(len(lengths)),
+            device,
+            processes=1,
+            fsdp=cfg.train.parallelism == "fsdp",
+            budget_size=gpu_memory,
+            training=False,
+        )
     except MemoryBudgetError as err:
         return [Finding("error", "memory", str(err))]
     except (HubError, OSError, ValueError) as err:  # no config.json to read the sizes from
@@ -83,7 +100,11 @@ def _environment(cfg: RunConfig) -> list[Finding]:
     fsdp = cfg.train.parallelism == "fsdp"
     found = [Finding("ok", "device", f"{device} ({name}); optimizer {cfg.train.resolved_optimizer(device, fsdp)}")]
     if cfg.quant.mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
-        found.append(Finding("error", "quantization", f"quant.mode {cfg.quant.mode} needs bitsandbytes: pip install bitsandbytes"))
+        found.append(
+            Finding(
+                "error", "quantization", f"quant.mode {cfg.quant.mode} needs bitsandbytes: pip install bitsandbytes"
+            )
+        )
     for tracker in cfg.train.report_to:
         try:
             require_package(tracker)
@@ -92,8 +113,18 @@ def _environment(cfg: RunConfig) -> list[Finding]:
     from medtune.report.charts import cjk_font  # a missing font costs the report's chart labels, not the run: ok, said
 
     font = cjk_font()
-    found.append(Finding("ok", "report font", f"CJK font {font} for the charts of zh reports" if font else
-                         "no CJK font: the charts of zh reports keep English labels (install fonts-noto-cjk or fonts-wqy-microhei)"))
+    found.append(
+        Finding(
+            "ok",
+            "report font",
+            f"CJK font {font} for the charts of zh reports"
+            if font
+            else (
+                "no CJK font: the charts of zh reports keep English labels (install fonts-noto-cjk or "
+                "fonts-wqy-microhei)"
+            ),
+        )
+    )
     return found
 
 
@@ -103,9 +134,19 @@ def _run_folder(cfg: RunConfig) -> list[Finding]:
     if not folder.holds_run():
         return [Finding("ok", "run folder", f"{run_dir} (new)")]
     if folder.run_complete():
-        return [Finding("warn", "run folder", f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again")]
+        return [
+            Finding(
+                "warn",
+                "run folder",
+                f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again",
+            )
+        ]
     resumable = folder.resumable_checkpoint()
-    where = f"--resume continues from step {resumable[0]}" if resumable else "it has no checkpoint yet (--resume restarts it)"
+    where = (
+        f"--resume continues from step {resumable[0]}"
+        if resumable
+        else "it has no checkpoint yet (--resume restarts it)"
+    )
     return [Finding("warn", "run folder", f"{run_dir} holds an unfinished run; {where}; --overwrite starts again")]
 
 
@@ -114,19 +155,41 @@ def _data(stats: dict[str, Any], max_length: int) -> list[Finding]:
     for split, info in stats["files"].items():
         if info["skipped_rows"]:
             first = "; ".join(f"{row['source']} {row['field']}: {row['reason']}" for row in info["skipped"][:3])
-            found.append(Finding("warn", "data", f"{split} file {info['file']}: {info['skipped_rows']} bad rows skipped ({first})"))
+            found.append(
+                Finding(
+                    "warn", "data", f"{split} file {info['file']}: {info['skipped_rows']} bad rows skipped ({first})"
+                )
+            )
     train, validation = stats["train"], stats["validation"]
     lengths = train["token_length"]
-    found.append(Finding("ok", "data", f"{train['trained_rows']:,} training rows, {lengths['mean']:.0f} tokens on average "
-                                       f"(p90 {lengths['p90']:.0f}, max {lengths['max']}); {validation['trained_rows']} validation rows"))
+    found.append(
+        Finding(
+            "ok",
+            "data",
+            f"{train['trained_rows']:,} training rows, {lengths['mean']:.0f} tokens on average "
+            f"(p90 {lengths['p90']:.0f}, max {lengths['max']}); {validation['trained_rows']} validation rows",
+        )
+    )
     for split, info in (("training", train), ("validation", validation)):
         cut_short = [source for source in info["truncated_rows"] if source not in set(info["answer_cut_rows"])]
         if cut_short:
-            found.append(Finding("warn", "data", f"{len(cut_short)} of {info['rows']} {split} rows are cut at max_length {max_length}: "
-                                                 f"the end of their answer is not trained ({_first(cut_short)})"))
+            found.append(
+                Finding(
+                    "warn",
+                    "data",
+                    f"{len(cut_short)} of {info['rows']} {split} rows are cut at max_length {max_length}: "
+                    f"the end of their answer is not trained ({_first(cut_short)})",
+                )
+            )
         if info["answer_cut"]:
-            found.append(Finding("warn", "data", f"{info['answer_cut']} of {info['rows']} {split} rows lose their whole answer at "
-                                                 f"max_length {max_length} and are left out ({_first(info['answer_cut_rows'])})"))
+            found.append(
+                Finding(
+                    "warn",
+                    "data",
+                    f"{info['answer_cut']} of {info['rows']} {split} rows lose their whole answer at "
+                    f"max_length {max_length} and are left out ({_first(info['answer_cut_rows'])})",
+                )
+            )
     if validation["trained_rows"] == 0:
         found.append(Finding("warn", "eval", "no validation rows: no eval loss will be computed"))
     return found
@@ -142,10 +205,16 @@ def _passes(cfg: RunConfig, mean_tokens: float) -> Finding:
     samples = cfg.train.samples_per_step()
     if not cfg.train.packing:
         batches = math.ceil(samples / cfg.train.per_device_batch_size)
-        return Finding("ok", "batch", f"{batches} padded micro-batches of {cfg.train.per_device_batch_size} samples per step")
+        return Finding(
+            "ok", "batch", f"{batches} padded micro-batches of {cfg.train.per_device_batch_size} samples per step"
+        )
     step_tokens = samples * mean_tokens
-    return Finding("ok", "batch", f"a step holds about {step_tokens:,.0f} tokens: about {math.ceil(step_tokens / cfg.row_tokens())} "
-                                  f"forward pass(es) in packed rows of up to {cfg.row_tokens():,} tokens")
+    return Finding(
+        "ok",
+        "batch",
+        f"a step holds about {step_tokens:,.0f} tokens: about {math.ceil(step_tokens / cfg.row_tokens())} "
+        f"forward pass(es) in packed rows of up to {cfg.row_tokens():,} tokens",
+    )
 
 
 def _schedule(cfg: RunConfig, train_rows: int) -> list[Finding]:
@@ -153,14 +222,26 @@ def _schedule(cfg: RunConfig, train_rows: int) -> list[Finding]:
     steps = train.total_steps(train_rows)
     samples = steps * train.samples_per_step()
     epochs = samples / train_rows
-    found = [Finding("ok", "schedule", f"{steps} steps x {train.samples_per_step()} samples = {epochs:.2f} passes over "
-                                       f"{train_rows:,} rows; {train.schedule} decay, {warmup_steps(train, steps)} warmup steps")]
+    found = [
+        Finding(
+            "ok",
+            "schedule",
+            f"{steps} steps x {train.samples_per_step()} samples = {epochs:.2f} passes over "
+            f"{train_rows:,} rows; {train.schedule} decay, {warmup_steps(train, steps)} warmup steps",
+        )
+    ]
     if epochs > MANY_EPOCHS:
         found.append(Finding("warn", "schedule", f"{epochs:.1f} passes over the training rows: expect overfitting"))
     if train.eval_steps is None:
         found.append(Finding("warn", "eval", "train.eval_steps is null: no eval loss during or after training"))
     if train.save_steps >= steps:
-        found.append(Finding("warn", "checkpoints", f"save_steps {train.save_steps} >= {steps} steps: no checkpoint before the end, "
-                                                    "so a crash or a kill (out of memory, power, kill -9) loses the whole run; "
-                                                    "Ctrl-C still saves where it stops"))
+        found.append(
+            Finding(
+                "warn",
+                "checkpoints",
+                f"save_steps {train.save_steps} >= {steps} steps: no checkpoint before the end, "
+                "so a crash or a kill (out of memory, power, kill -9) loses the whole run; "
+                "Ctrl-C still saves where it stops",
+            )
+        )
     return found

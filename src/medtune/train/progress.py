@@ -30,8 +30,10 @@ def clock(seconds: float) -> str:
 def train_stats(record: dict[str, Any]) -> str:
     """A train record of metrics.jsonl in a few words, as the bar and the plain lines show it."""
     tps = record["tokens_per_s"] or 0.0
-    return (f"loss {record['loss']:.4f}  lr {record['learning_rate']:.2e}  {tps:,.0f} tok/s  "
-            f"mem {record['peak_memory_gib']:.1f} GiB")
+    return (
+        f"loss {record['loss']:.4f}  lr {record['learning_rate']:.2e}  {tps:,.0f} tok/s  "
+        f"mem {record['peak_memory_gib']:.1f} GiB"
+    )
 
 
 class TrainProgress:
@@ -53,7 +55,7 @@ class TrainProgress:
         )
         self._task = self._progress.add_task(name, total=total_steps, completed=start_step, stats="")
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self) -> TrainProgress:
         self._progress.start()
         return self
 
@@ -84,7 +86,11 @@ def summary_lines(summary: dict[str, Any], adapter_dir: str) -> list[str]:
     weights = "; RANDOM WEIGHTS: the losses test the pipeline, not medical quality" if summary["random_weights"] else ""
     last_train, last_eval = summary.get("last_train"), summary.get("last_eval")
     losses = [f"final loss {last_train['loss']:.4f}" if last_train else "no training loss logged"]
-    losses.append(f"eval_loss {last_eval['eval_loss']:.4f} (step {last_eval['step']})" if last_eval else "no eval loss (no validation rows or eval_steps null)")
+    losses.append(
+        f"eval_loss {last_eval['eval_loss']:.4f} (step {last_eval['step']})"
+        if last_eval
+        else "no eval loss (no validation rows or eval_steps null)"
+    )
     tokens_per_s = f"{summary['tokens_per_s']:,.0f} tokens/s" if summary.get("tokens_per_s") else "tokens/s unknown"
     return [
         f"finished {summary['run_name']}: {summary['step']} steps",

@@ -58,7 +58,10 @@ from medtune.train.parallel import MicroBatchLoss, Parallelism, build_parallelis
 from medtune.train.progress import TrainProgress, say, summary_lines
 from medtune.train.schedules import build_scheduler
 
-RANDOM_WEIGHTS_NOTE = "the base model's weights are random (config flag medtune_random_weights): losses show the pipeline works, not medical quality"
+RANDOM_WEIGHTS_NOTE = (
+    "the base model's weights are random (config flag medtune_random_weights): losses show the pipeline works, not "
+    "medical quality"
+)
 
 
 class RunExistsError(RuntimeError):
@@ -104,8 +107,13 @@ def describe_model(name_or_path: str, loaded: LoadedModel) -> dict[str, Any]:
     architecture and size (parameters before LoRA; transformers counts 4-bit weights unpacked)."""
     parameters = loaded.model.num_parameters()
     size = f"{parameters / 1e9:.1f}B" if parameters >= 1e9 else f"{parameters / 1e6:.1f}M"
-    return {"name_or_path": name_or_path, "source": loaded.source, "architecture": type(loaded.model).__name__,
-            "parameters": parameters, "size": f"{size} parameters"}
+    return {
+        "name_or_path": name_or_path,
+        "source": loaded.source,
+        "architecture": type(loaded.model).__name__,
+        "parameters": parameters,
+        "size": f"{size} parameters",
+    }
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -118,7 +126,9 @@ def peak_memory_gib(device: torch.device) -> float:
 class FineTuneRecipe:
     """QLoRA supervised fine-tuning of a causal LM on question/think/answer consultations."""
 
-    def __init__(self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, skip_bad_rows: bool | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, resume: bool = False, overwrite: bool = False, skip_bad_rows: bool | None = None
+    ) -> None:
         self.cfg = cfg  # with the memory plan's levers once planned
         self.configured = cfg  # as the user wrote it: what config.resolved.yaml records
         if skip_bad_rows is not None:
@@ -185,21 +195,28 @@ class FineTuneRecipe:
     def _check_run_dir(self) -> None:
         has_run = RunFolder(self.run_dir).holds_run()
         if has_run and not self.resume and not self.overwrite:
-            raise RunExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again")
+            raise RunExistsError(
+                f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again"
+            )
         self.found_run_dir = (self.run_dir.exists(), has_run)  # seen by every process before the main one writes
         if not self.resume:
             return
         summary = RunFolder(self.run_dir).read_summary()
         if summary.get("status") == "complete":
-            raise RunExistsError(f"{self.run_dir} holds a complete run ({summary.get('step')} steps): nothing to resume; "
-                                 "--overwrite trains it again")
+            raise RunExistsError(
+                f"{self.run_dir} holds a complete run ({summary.get('step')} steps): nothing to resume; "
+                "--overwrite trains it again"
+            )
         self.resume_from = RunFolder(self.run_dir).resumable_checkpoint()
         if self.resume_from is not None:
             self.resume_state = load_training_state(self.resume_from[1])
             self.saved_step = self.resume_from[0]
         if self.dist.is_main:
-            say(f"resuming {self.cfg.run_name} from step {self.resume_from[0]} ({self.resume_from[1]})" if self.resume_from else
-                f"--resume: {self.run_dir} has no checkpoint yet, so {self.cfg.run_name} starts from step 0")
+            say(
+                f"resuming {self.cfg.run_name} from step {self.resume_from[0]} ({self.resume_from[1]})"
+                if self.resume_from
+                else f"--resume: {self.run_dir} has no checkpoint yet, so {self.cfg.run_name} starts from step 0"
+            )
 
     def _setup_run_dir(self) -> None:
         existed, has_run = self.found_run_dir
@@ -221,18 +238,32 @@ class FineTuneRecipe:
     def _setup_model(self) -> None:
         train = self.cfg.train
         loaded = load_base_model(self.cfg.model, self.cfg.quant, self.device, fsdp=self.parallel.shards_weights)
-        self.random_weights, self.model_facts = loaded.random_weights, describe_model(self.cfg.model.name_or_path, loaded)
+        self.random_weights, self.model_facts = (
+            loaded.random_weights,
+            describe_model(self.cfg.model.name_or_path, loaded),
+        )
         self.tied_before = embeddings_tied(loaded.model)
         self.model = apply_lora(loaded.model, self.cfg.lora)
-        self.speed_plan = apply_speed(self.model, self.cfg.speed, self.device, packing=train.packing,
-                                      gradient_checkpointing=train.gradient_checkpointing)
+        self.speed_plan = apply_speed(
+            self.model,
+            self.cfg.speed,
+            self.device,
+            packing=train.packing,
+            gradient_checkpointing=train.gradient_checkpointing,
+        )
         if self.resume_from is not None:  # checkpoints hold whole tensors: load them before FSDP shards the layers
             set_peft_model_state_dict(self.model, load_file(self.resume_from[1] / ADAPTER_WEIGHTS_FILE))
         self.micro_batch_loss = self.parallel.wrap(self.model, train.loss_chunk_tokens)
         self.model.train()
-        self.env = {"versions": library_versions(), "python": sys.version.split()[0], "hardware": hardware(self.device),
-                    "speed": self.speed_plan.as_dict(), "memory_plan": self.memory_plan.as_dict(), "processes": self.dist.world_size,
-                    "batch": self._batch_layout()}
+        self.env = {
+            "versions": library_versions(),
+            "python": sys.version.split()[0],
+            "hardware": hardware(self.device),
+            "speed": self.speed_plan.as_dict(),
+            "memory_plan": self.memory_plan.as_dict(),
+            "processes": self.dist.world_size,
+            "batch": self._batch_layout(),
+        }
 
     def _batch_layout(self) -> dict[str, Any]:
         train = self.cfg.train
@@ -245,8 +276,9 @@ class FineTuneRecipe:
         config as written stays `self.configured`, which config.resolved.yaml records."""
         steps = self.cfg.train.total_steps(len(self.train_set))
         lengths = [len(encoded) for encoded in self.train_set.encoded]
-        self.memory_plan, self.cfg = plan_for_run(self.cfg, lengths, steps, self.device, self.dist.world_size,
-                                                    self.parallel.shards_weights)
+        self.memory_plan, self.cfg = plan_for_run(
+            self.cfg, lengths, steps, self.device, self.dist.world_size, self.parallel.shards_weights
+        )
         if self.dist.is_main:
             for line in self.memory_plan.lines():
                 say(line)
@@ -301,8 +333,13 @@ class FineTuneRecipe:
         clip, update. Returns grad_norm before clipping."""
         train = self.cfg.train
         step_tokens, think_tokens, answer_tokens = trained_token_counts(items)
-        batches = micro_batches(self.dist.shard(items), train.per_device_batch_size, self.cfg.row_tokens(), train.packing,
-                                self.tokenizer.pad_token_id)
+        batches = micro_batches(
+            self.dist.shard(items),
+            train.per_device_batch_size,
+            self.cfg.row_tokens(),
+            train.packing,
+            self.tokenizer.pad_token_id,
+        )
         sums = torch.zeros(3, device=self.device)  # loss, think, answer
         passes = self.parallel.forwards(batches)
         for index, (batch, weight) in enumerate(passes):  # gradients are reduced in the last pass's backward
@@ -318,7 +355,11 @@ class FineTuneRecipe:
         loss_sum, think_sum, answer_sum = self.dist.sum_(sums).tolist()
         w = self.window
         w.loss, w.think, w.answer = w.loss + loss_sum, w.think + think_sum, w.answer + answer_sum
-        w.tokens, w.think_tokens, w.answer_tokens = w.tokens + step_tokens, w.think_tokens + think_tokens, w.answer_tokens + answer_tokens
+        w.tokens, w.think_tokens, w.answer_tokens = (
+            w.tokens + step_tokens,
+            w.think_tokens + think_tokens,
+            w.answer_tokens + answer_tokens,
+        )
         w.input_tokens += sum(len(e) for e in items)
         w.grad_norms.append(grad_norm)
         return grad_norm
@@ -337,12 +378,20 @@ class FineTuneRecipe:
 
     def _train_loop(self) -> None:
         train = self.cfg.train
-        with TrainProgress(self.cfg.run_name, self.max_steps, self.step, show=self.dist.is_main) as progress, GracefulInterrupt() as interrupt:
+        with (
+            TrainProgress(self.cfg.run_name, self.max_steps, self.step, show=self.dist.is_main) as progress,
+            GracefulInterrupt() as interrupt,
+        ):
             b = self._batch_layout()
-            passes = (f"packed into rows of up to {b['packed_row_tokens']:,} tokens" if "packed_row_tokens" in b else
-                      f"in up to {b['micro_batches_per_process']} micro-batches of {b['per_device_batch_size']} each")
-            progress.note(f"batch: {b['global_batch']} samples per optimizer step = {b['processes']} process(es) x "
-                          f"{b['samples_per_process']} samples, {passes} (parallelism: {b['parallelism']})")
+            passes = (
+                f"packed into rows of up to {b['packed_row_tokens']:,} tokens"
+                if "packed_row_tokens" in b
+                else f"in up to {b['micro_batches_per_process']} micro-batches of {b['per_device_batch_size']} each"
+            )
+            progress.note(
+                f"batch: {b['global_batch']} samples per optimizer step = {b['processes']} process(es) x "
+                f"{b['samples_per_process']} samples, {passes} (parallelism: {b['parallelism']})"
+            )
             if not self.val_encoded:
                 progress.note("no validation rows: no eval loss will be computed")
             while self.step < self.max_steps:
@@ -364,7 +413,9 @@ class FineTuneRecipe:
                     progress.note(f"step {self.step}: eval_loss {self.evaluate()['eval_loss']:.4f}")
                 if self.samples_consumed // len(self.train_set) > epoch_before:
                     self._log_augmentation(epoch_before)
-                if at_end:  # the end is saved as adapter/ by _finish, with no optimizer state: nothing is left to resume
+                if (
+                    at_end
+                ):  # the end is saved as adapter/ by _finish, with no optimizer state: nothing is left to resume
                     break
                 if self.step % train.save_steps == 0 or interrupt.requested:
                     self.save_checkpoint()
@@ -378,15 +429,23 @@ class FineTuneRecipe:
         if saved is None and self.created_run_dir:
             if self.dist.is_main:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
-            message = f"{status} at step {self.step}, before the first checkpoint: nothing was saved, and {self.run_dir} was removed"
+            message = (
+                f"{status} at step {self.step}, before the first checkpoint: nothing was saved, and {self.run_dir} "
+                "was removed"
+            )
         elif saved is None:
             self._write_summary(status)
-            message = f"{status} at step {self.step}, before the first checkpoint: --resume starts {self.cfg.run_name} again from step 0"
+            message = (
+                f"{status} at step {self.step}, before the first checkpoint: --resume starts {self.cfg.run_name} "
+                "again from step 0"
+            )
         else:
             self._write_summary(status)
             last = "" if saved == self.step else f"; the last checkpoint is step {saved}"
             message = f"{status} at step {self.step}{last}: resume with --resume"
-        if self.dist.is_main and status == "failed":  # an interruption's message is TrainingInterrupted's, for the caller
+        if (
+            self.dist.is_main and status == "failed"
+        ):  # an interruption's message is TrainingInterrupted's, for the caller
             say(message)
         return message
 
@@ -408,14 +467,18 @@ class FineTuneRecipe:
         self.tokens_seen += w.input_tokens
         self.elapsed += w.seconds
         record = {
-            "step": self.step, "epoch": self._epoch(),
+            "step": self.step,
+            "epoch": self._epoch(),
             "loss": w.loss / w.tokens,
             "loss_think": w.think / w.think_tokens if w.think_tokens else None,
             "loss_answer": w.answer / w.answer_tokens if w.answer_tokens else None,
-            "grad_norm": float(np.mean(w.grad_norms)), "grad_norm_max": max(w.grad_norms),
-            "learning_rate": lr, "tokens_seen": self.tokens_seen,
+            "grad_norm": float(np.mean(w.grad_norms)),
+            "grad_norm_max": max(w.grad_norms),
+            "learning_rate": lr,
+            "tokens_seen": self.tokens_seen,
             "tokens_per_s": w.input_tokens / w.seconds if w.seconds else None,
-            "peak_memory_gib": round(peak_memory_gib(self.device), 3), "elapsed_s": round(self.elapsed, 2),
+            "peak_memory_gib": round(peak_memory_gib(self.device), 3),
+            "elapsed_s": round(self.elapsed, 2),
         }
         self.window = Window()
         self._log(record)
@@ -427,16 +490,28 @@ class FineTuneRecipe:
         """Token-weighted loss over the whole (non-empty) validation set (dropout off), sharded across processes."""
         self.model.eval()
         train = self.cfg.train
-        sums = summed_loss_over(self.model, self.dist.shard(self.val_encoded), batch_size=train.per_device_batch_size,
-                                row_tokens=self.cfg.row_tokens(), packing=train.packing, pad_id=self.tokenizer.pad_token_id,
-                                device=self.device, chunk_tokens=train.loss_chunk_tokens,
-                                forwards=self.parallel.forwards)
+        sums = summed_loss_over(
+            self.model,
+            self.dist.shard(self.val_encoded),
+            batch_size=train.per_device_batch_size,
+            row_tokens=self.cfg.row_tokens(),
+            packing=train.packing,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+            chunk_tokens=train.loss_chunk_tokens,
+            forwards=self.parallel.forwards,
+        )
         self.model.train()
         total, think, answer = self.dist.sum_(sums).tolist()
         tokens, think_tokens, answer_tokens = trained_token_counts(self.val_encoded)
-        record = {"step": self.step, "epoch": self._epoch(), "eval_loss": total / tokens,
-                  "eval_loss_think": think / think_tokens if think_tokens else None,
-                  "eval_loss_answer": answer / answer_tokens if answer_tokens else None, "eval_tokens": tokens}
+        record = {
+            "step": self.step,
+            "epoch": self._epoch(),
+            "eval_loss": total / tokens,
+            "eval_loss_think": think / think_tokens if think_tokens else None,
+            "eval_loss_answer": answer / answer_tokens if answer_tokens else None,
+            "eval_tokens": tokens,
+        }
         self._log(record)
         self.last_eval = record
         return record
@@ -457,10 +532,15 @@ class FineTuneRecipe:
     def _adapter_facts(self) -> dict[str, Any]:
         """What chat/merge need beyond PEFT's own config: the base's source and how embeddings were trained."""
         trained = sorted(set(self.cfg.lora.modules_to_save) & {"embed_tokens", "lm_head"})
-        return {"base_model": self.cfg.model.model_dump(mode="json"), "quant": self.cfg.quant.model_dump(mode="json"),
-                "random_weights": self.random_weights, "base_embeddings_tied": self.tied_before,
-                "trained_embeddings": trained, "embeddings_tied": embeddings_tied(self.model.get_base_model()),
-                "step": self.step}
+        return {
+            "base_model": self.cfg.model.model_dump(mode="json"),
+            "quant": self.cfg.quant.model_dump(mode="json"),
+            "random_weights": self.random_weights,
+            "base_embeddings_tied": self.tied_before,
+            "trained_embeddings": trained,
+            "embeddings_tied": embeddings_tied(self.model.get_base_model()),
+            "step": self.step,
+        }
 
     def save_checkpoint(self) -> None:
         """Written by the main process; the others hold identical weights and optimizer states (under FSDP, their
@@ -470,9 +550,17 @@ class FineTuneRecipe:
         if not self.dist.is_main:
             self.saved_step = self.step  # rank 0 writes it; every process knows what resume continues from
             return
-        state = {"step": self.step, "samples_consumed": self.samples_consumed, "tokens_seen": self.tokens_seen,
-                 "elapsed": self.elapsed, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
-                 "rng": rng_state(), "window": self.window.__dict__, **self.train_set.state_dict()}
+        state = {
+            "step": self.step,
+            "samples_consumed": self.samples_consumed,
+            "tokens_seen": self.tokens_seen,
+            "elapsed": self.elapsed,
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "window": self.window.__dict__,
+            **self.train_set.state_dict(),
+        }
 
         def write(folder: Path) -> None:
             self._save_adapter(folder, weights, with_tokenizer=False)
@@ -511,17 +599,26 @@ class FineTuneRecipe:
         stopped = status in ("interrupted", "failed")
         summary = {
             **{key: value for key, value in previous.items() if key not in ("stopped_at_step", "random_weights_note")},
-            "status": status, "run_name": self.cfg.run_name, "step": (self.saved_step or 0) if stopped else self.step,
-            **({"stopped_at_step": self.step} if stopped else {}), "max_steps": self.max_steps,
-            "model": self.model_facts, "random_weights": self.random_weights,
+            "status": status,
+            "run_name": self.cfg.run_name,
+            "step": (self.saved_step or 0) if stopped else self.step,
+            **({"stopped_at_step": self.step} if stopped else {}),
+            "max_steps": self.max_steps,
+            "model": self.model_facts,
+            "random_weights": self.random_weights,
             **({"random_weights_note": RANDOM_WEIGHTS_NOTE} if self.random_weights else {}),
-            "optimizer": self.optimizer_name, "device": str(self.device),
-            "tokens_seen": self.tokens_seen, "train_seconds": round(self.elapsed, 2),
+            "optimizer": self.optimizer_name,
+            "device": str(self.device),
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": round(self.elapsed, 2),
             "wall_seconds": round(time.perf_counter() - self.started, 2),
             "tokens_per_s": self.tokens_seen / self.elapsed if self.elapsed else None,
             "trainable_parameters": sum(p.numel() for p in self.trainable_params),
             "embeddings": self._adapter_facts(),
-            "data": {split: {k: v for k, v in self.data_stats[split].items() if not isinstance(v, list)} for split in ("train", "validation")},
+            "data": {
+                split: {k: v for k, v in self.data_stats[split].items() if not isinstance(v, list)}
+                for split in ("train", "validation")
+            },
         }
         if last_train is not None:
             summary["last_train"] = last_train

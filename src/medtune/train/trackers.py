@@ -57,7 +57,9 @@ def require_package(tracker: str) -> None:
     try:
         importlib.import_module(package)
     except ImportError as err:
-        raise TrackerError(f"report_to: {tracker} needs the {package} package: pip install 'medtune[{package}]' ({err})") from None
+        raise TrackerError(
+            f"report_to: {tracker} needs the {package} package: pip install 'medtune[{package}]' ({err})"
+        ) from None
 
 
 def scalar_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, int | float]:
@@ -77,7 +79,8 @@ def scalar_metrics(record: dict[str, Any], prefix: str = "") -> dict[str, int | 
 
 
 def swanlab_mode(settings: Any) -> str:
-    """SWANLAB_MODE (or a SwanLab config file) decides; else online with an API key (env or `swanlab login`), offline without."""
+    """SWANLAB_MODE (or a SwanLab config file) decides; else online with an API key (env or `swanlab login`), offline
+    without."""
     if "mode" in settings.model_fields_set:
         return settings.mode
     return "online" if settings.api_key else "offline"
@@ -134,12 +137,17 @@ class TensorBoardTracker:
 
 
 class WandbTracker(_CloudRunTracker):
-    """A W&B run in `<run_dir>/wandb`: offline unless WANDB_API_KEY is set; WANDB_MODE and WANDB_PROJECT are honoured."""
+    """A W&B run in `<run_dir>/wandb`: offline unless WANDB_API_KEY is set; WANDB_MODE and WANDB_PROJECT are
+    honoured."""
 
     def __init__(self, run_dir: Path, run_name: str, config: dict[str, Any]) -> None:
         import wandb
 
         mode = None if "WANDB_MODE" in os.environ else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT, name=run_name, dir=str(run_dir), config=config, mode=mode
+            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            name=run_name,
+            dir=str(run_dir),
+            config=config,
+            mode=mode,
         )

@@ -37,15 +37,27 @@ TRAINING_ARGS_TO_CONFIG = {
     "_name_or_path": "model.name_or_path",  # from the model's config, which HF's SwanLab callback merges in
 }
 """TrainingArguments (and model config) fields that are a medtune key as they are; the others need the rules below."""
-LORA_TO_CONFIG = {"r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
-                  "target_modules": "lora.target_modules", "modules_to_save": "lora.modules_to_save"}
+LORA_TO_CONFIG = {
+    "r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "target_modules": "lora.target_modules",
+    "modules_to_save": "lora.modules_to_save",
+}
 """PEFT LoraConfig / adapter_config.json fields -> medtune keys."""
 SCHEDULE_NAMES = {"linear": "linear", "cosine": "cosine", "constant_with_warmup": "constant", "constant": "constant"}
 """HF scheduler -> medtune schedule (medtune's `constant` warms up when asked to; HF's `constant` never does)."""
-OPTIMIZER_NAMES = {"paged_adamw_8bit": "paged_adamw_8bit", "adamw_bnb_8bit": "adamw_8bit", "adamw_8bit": "adamw_8bit",
-                   "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw"}
+OPTIMIZER_NAMES = {
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "adamw_bnb_8bit": "adamw_8bit",
+    "adamw_8bit": "adamw_8bit",
+    "adamw_torch": "adamw",
+    "adamw_torch_fused": "adamw",
+    "adamw_hf": "adamw",
+}
 DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 """torch dtype names (as `str(torch.bfloat16)` less `torch.`) -> medtune's quant.compute_dtype names."""
+
 
 def metric_name(tag: str) -> str:
     """`train/loss` -> `loss`, `eval/loss` -> `eval_loss`, `train/train_runtime` -> `train_runtime`."""
@@ -76,7 +88,8 @@ def is_training_args(values: dict[str, Any]) -> bool:
 
 
 def config_from_hf(values: dict[str, Any], file: str) -> tuple[dict[str, Any], list[Note]]:
-    """TrainingArguments (as `to_dict()` gives them) to medtune's nested config keys, and notes on what has no counterpart.
+    """TrainingArguments (as `to_dict()` gives them) to medtune's nested config keys, and notes on what has no
+    counterpart.
 
     `values` may also hold the model's config and a `peft_config`, as HF's SwanLab callback merges them in;
     keys without a medtune counterpart go under `hf.`; every note names `file`, where the values came from.
@@ -108,7 +121,9 @@ def map_lora(value: Any, config: dict[str, Any], notes: list[Note], where: dict[
     if isinstance(value, dict) and value and "r" not in value:  # {adapter name: config}, as PeftModel.peft_config
         name = "default" if "default" in value else next(iter(value))
         if len(value) > 1:
-            notes.append(Note("adapters_other", {**where, "adapters": list(value), "chosen": name, "kept_under": KEPT_UNDER}))
+            notes.append(
+                Note("adapters_other", {**where, "adapters": list(value), "chosen": name, "kept_under": KEPT_UNDER})
+            )
             _put(config, KEPT_UNDER, {key: item for key, item in value.items() if key != name})
         value = _parsed(value[name], notes, where)
     if not isinstance(value, dict):
@@ -129,8 +144,11 @@ def _parsed(value: Any, notes: list[Note], where: dict[str, str]) -> Any:
     try:
         parsed, unreadable = parse_repr(value)
     except NotARepr as err:
-        notes.append(Note("repr_syntax", {**where, "error": err.syntax, "column": err.column, "kept_under": KEPT_UNDER}) if err.syntax
-                     else Note("repr_too_deep", {**where, "kept_under": KEPT_UNDER}))
+        notes.append(
+            Note("repr_syntax", {**where, "error": err.syntax, "column": err.column, "kept_under": KEPT_UNDER})
+            if err.syntax
+            else Note("repr_too_deep", {**where, "kept_under": KEPT_UNDER})
+        )
         return value
     notes.extend(Note("repr_not_literal", {**where, "text": text}) for text in unreadable)
     return parsed
@@ -157,7 +175,9 @@ def _map_length(rest: dict[str, Any], config: dict[str, Any]) -> None:
         _put(config, "train.warmup_ratio", warmup_steps)
     elif is_number(warmup_ratio):
         _put(config, "train.warmup_ratio", warmup_ratio)
-    if rest.get("max_length") is not None and "dataset_text_field" in rest:  # TRL's SFTConfig; a model config's max_length is generation's
+    if (
+        rest.get("max_length") is not None and "dataset_text_field" in rest
+    ):  # TRL's SFTConfig; a model config's max_length is generation's
         _put(config, "data.max_length", rest.pop("max_length"))
 
 

@@ -13,7 +13,9 @@ import re
 from typing import Any
 
 QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
-NOT_SYNTAX = re.compile(rf"(?P<quoted>{QUOTED})|<[A-Za-z_][\w.]*: (?P<enum_value>{QUOTED}|-?\d+(?:\.\d+)?)>|(?P<object><[^<>]*>)")
+NOT_SYNTAX = re.compile(
+    rf"(?P<quoted>{QUOTED})|<[A-Za-z_][\w.]*: (?P<enum_value>{QUOTED}|-?\d+(?:\.\d+)?)>|(?P<object><[^<>]*>)"
+)
 """What a repr holds that is not Python syntax, outside quoted strings: an Enum (`<PeftType.LORA: 'LORA'>`, read as
 its value) or another object (`<function f at 0x7f...>`, stood in for by a name and reported as unreadable)."""
 CALL_REPR = re.compile(r"^\s*(?:\{\s*'[^']*'\s*:\s*)?[A-Za-z_]\w*\(")
@@ -25,7 +27,9 @@ class NotARepr(ValueError):
 
     def __init__(self, syntax: str | None = None, column: int | None = None) -> None:
         self.syntax, self.column = syntax, column
-        super().__init__(f"not a Python repr ({syntax} at column {column})" if syntax else "not a Python repr (nested too deeply)")
+        super().__init__(
+            f"not a Python repr ({syntax} at column {column})" if syntax else "not a Python repr (nested too deeply)"
+        )
 
 
 def looks_like_call_repr(value: Any) -> bool:
@@ -61,15 +65,25 @@ def parse_repr(text: str) -> tuple[Any, list[str]]:
 
 
 def _value(node: ast.expr, unreadable: list[str], objects: dict[str, str]) -> Any:
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args and all(k.arg for k in node.keywords):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and not node.args
+        and all(k.arg for k in node.keywords)
+    ):
         # a dataclass repr, `Name(field=value, ...)`; any other call is kept as its text
         return {keyword.arg: _value(keyword.value, unreadable, objects) for keyword in node.keywords}
     if isinstance(node, ast.Dict):
-        return {_key(key, unreadable, objects): _value(value, unreadable, objects) for key, value in zip(node.keys, node.values)}
+        return {
+            _key(key, unreadable, objects): _value(value, unreadable, objects)
+            for key, value in zip(node.keys, node.values)
+        }
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_value(item, unreadable, objects) for item in node.elts]
     if isinstance(node, ast.Set):
-        return sorted((_value(item, unreadable, objects) for item in node.elts), key=str)  # a set's repr order varies by process
+        return sorted(
+            (_value(item, unreadable, objects) for item in node.elts), key=str
+        )  # a set's repr order varies by process
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError):

@@ -26,7 +26,9 @@ DASHBOARD_DB = "runs.swanlab"
 
 def is_swanlog(path: Path) -> bool:
     """A swanlog folder, or one `run-*` folder inside it."""
-    return (path / DASHBOARD_DB).is_file() or any(_is_run_dir(child) for child in path.glob("run-*")) or _is_run_dir(path)
+    return (
+        (path / DASHBOARD_DB).is_file() or any(_is_run_dir(child) for child in path.glob("run-*")) or _is_run_dir(path)
+    )
 
 
 def load_swanlog(path: Path) -> list[Run]:
@@ -37,7 +39,11 @@ def load_swanlog(path: Path) -> list[Run]:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return path.name.startswith("run-") and (path / "files").is_dir() and ((path / "logs").is_dir() or any(path.glob("run-*.swanlab")))
+    return (
+        path.name.startswith("run-")
+        and (path / "files").is_dir()
+        and ((path / "logs").is_dir() or any(path.glob("run-*.swanlab")))
+    )
 
 
 def _load_run_dir(run_dir: Path) -> Run:
@@ -61,7 +67,9 @@ def _load_run_dir(run_dir: Path) -> Run:
         imported = {"swanlab_config": logged_config}
     else:
         config = logged_config
-        if not all(isinstance(config.get(section), dict) for section in ("train", "lora")):  # medtune's own config is nested
+        if not all(
+            isinstance(config.get(section), dict) for section in ("train", "lora")
+        ):  # medtune's own config is nested
             notes.append(Note("config_not_recognised", {"file": str(config_path)}))
     records = records_from_points(points)
     if not records:
@@ -73,7 +81,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ReportError(f"{path}: missing (SwanLab writes the run's config there)")
     raw = read_yaml_mapping(path, kind="SwanLab config", error=ReportError)
-    return {key: entry["value"] if isinstance(entry, dict) and "value" in entry else entry for key, entry in raw.items()}
+    return {
+        key: entry["value"] if isinstance(entry, dict) and "value" in entry else entry for key, entry in raw.items()
+    }
 
 
 def _read_dashboard_logs(run_dir: Path, database: Path) -> tuple[str, list[tuple[str, int, float]]]:
@@ -81,14 +91,26 @@ def _read_dashboard_logs(run_dir: Path, database: Path) -> tuple[str, list[tuple
     with tempfile.TemporaryDirectory() as scratch:
         # copy the file with its -wal/-shm companions: opening the original read-only fails while a WAL is pending,
         # and opening it writable would change the user's log
-        for companion in (database, database.with_name(DASHBOARD_DB + "-wal"), database.with_name(DASHBOARD_DB + "-shm")):
+        for companion in (
+            database,
+            database.with_name(DASHBOARD_DB + "-wal"),
+            database.with_name(DASHBOARD_DB + "-shm"),
+        ):
             if companion.is_file():
                 shutil.copy2(companion, Path(scratch) / companion.name)
         try:
             connection = sqlite3.connect(Path(scratch) / DASHBOARD_DB)
             try:
-                experiment = connection.execute("SELECT id, name FROM experiment WHERE run_id = ?", (run_dir.name,)).fetchone()
-                tags = connection.execute("SELECT name, folder FROM tag WHERE experiment_id = ?", (experiment[0],)).fetchall() if experiment else []
+                experiment = connection.execute(
+                    "SELECT id, name FROM experiment WHERE run_id = ?", (run_dir.name,)
+                ).fetchone()
+                tags = (
+                    connection.execute(
+                        "SELECT name, folder FROM tag WHERE experiment_id = ?", (experiment[0],)
+                    ).fetchall()
+                    if experiment
+                    else []
+                )
             finally:
                 connection.close()
         except sqlite3.DatabaseError as err:
@@ -97,7 +119,9 @@ def _read_dashboard_logs(run_dir: Path, database: Path) -> tuple[str, list[tuple
         raise ReportError(f"{database}: no experiment with run_id {run_dir.name!r}")
     points = []
     for key, folder in tags:
-        for log_file in sorted((run_dir / "logs" / str(folder)).glob("*.log"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0):
+        for log_file in sorted(
+            (run_dir / "logs" / str(folder)).glob("*.log"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0
+        ):
             points.extend((key, step, value) for step, value in _read_log_lines(log_file))
     return str(experiment[1]), points
 
@@ -111,7 +135,9 @@ def _read_log_lines(path: Path) -> list[tuple[int, float]]:
             entry = json.loads(line)
             values.append((int(entry["index"]), float(entry["data"])))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ReportError(f"{path}:{number}: expected {{\"index\": step, \"data\": number}}, got {line[:80]!r} ({err})") from None
+            raise ReportError(
+                f'{path}:{number}: expected {{"index": step, "data": number}}, got {line[:80]!r} ({err})'
+            ) from None
     return values
 
 
@@ -127,7 +153,9 @@ def _swanlab_reader_available() -> bool:
 def _read_record_file(path: Path) -> tuple[str, list[tuple[str, int, float]], list[Note]]:
     """Scalars of a record file, up to its last complete record (a running or crashed run ends mid-record)."""
     if not _swanlab_reader_available():
-        raise ReportError(f"{path}: reading SwanLab >= 0.8 run files needs the swanlab package (pip install 'medtune[swanlab]')")
+        raise ReportError(
+            f"{path}: reading SwanLab >= 0.8 run files needs the swanlab package (pip install 'medtune[swanlab]')"
+        )
     from google.protobuf.message import DecodeError
     from swanlab.exceptions import DataStoreError
     from swanlab.proto.swanlab.record.v1.record_pb2 import Record

@@ -42,7 +42,11 @@ def _load_folder(folder: Path) -> Run:
     if not points:
         raise ReportError(f"{folder}: no scalars in the TensorBoard event files")
     notes = [Note("tracker_no_summary", {"tracker": "TensorBoard"})]
-    texts = {name: _text_summary(accumulator, folder, name) for name in TEXT_SUMMARIES if f"{name}/text_summary" in tags["tensors"]}
+    texts = {
+        name: _text_summary(accumulator, folder, name)
+        for name in TEXT_SUMMARIES
+        if f"{name}/text_summary" in tags["tensors"]
+    }
     config: dict[str, Any] = {}
     if "args" in texts:
         # merged as HF's SwanLab callback merges them, so both importers map the same dict

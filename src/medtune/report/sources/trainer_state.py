@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from medtune.report.inputs import Note, ReportError, Run, Source, read_json_object
 from medtune.report.sources.hf import config_from_hf, map_lora
 from medtune.run_folder import ADAPTER_CONFIG_FILE, RunFolder
 
 STATE_FILE = "trainer_state.json"
-CONFIG_FILES = {"training_args": "training_args.json", "model_config": "config.json", "adapter_config": ADAPTER_CONFIG_FILE}
+CONFIG_FILES = {
+    "training_args": "training_args.json",
+    "model_config": "config.json",
+    "adapter_config": ADAPTER_CONFIG_FILE,
+}
 """JSON files beside trainer_state.json that give the config (`Run.imported_config` keeps them under these names)."""
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
@@ -27,7 +30,9 @@ def find_state_file(path: Path) -> Path | None:
         return path if path.name == STATE_FILE else None
     if (path / STATE_FILE).is_file():
         return path / STATE_FILE
-    checkpoints = [(int(m.group(1)), child) for child in path.glob("checkpoint-*") if (m := _CHECKPOINT.search(child.name))]
+    checkpoints = [
+        (int(m.group(1)), child) for child in path.glob("checkpoint-*") if (m := _CHECKPOINT.search(child.name))
+    ]
     latest = [child / STATE_FILE for _, child in sorted(checkpoints, reverse=True) if (child / STATE_FILE).is_file()]
     return latest[0] if latest else None
 
@@ -44,9 +49,13 @@ def load_trainer_state(state_path: Path) -> Run:
         records.append(entry)
     folder = state_path.parent
     notes = [Note("trainer_no_summary")]
-    imported = {name: read_json_object(folder / file) for name, file in CONFIG_FILES.items() if (folder / file).is_file()}
+    imported = {
+        name: read_json_object(folder / file) for name, file in CONFIG_FILES.items() if (folder / file).is_file()
+    }
     # merged as HF's SwanLab callback merges them, so every importer maps the same dict
-    config, mapping_notes = config_from_hf({**imported.get("model_config", {}), **imported.get("training_args", {})}, str(folder))
+    config, mapping_notes = config_from_hf(
+        {**imported.get("model_config", {}), **imported.get("training_args", {})}, str(folder)
+    )
     notes.extend(mapping_notes)
     if "training_args" not in imported:
         pickled = (folder / "training_args.bin").is_file()
@@ -58,5 +67,6 @@ def load_trainer_state(state_path: Path) -> Run:
     evaluation = read_json_object(evaluation_file) if evaluation_file.is_file() else {}
     run_folder = folder.parent if _CHECKPOINT.search(folder.name) else folder
     name = config.get("run_name") or run_folder.name
-    return Run(str(name), records, config, summary, evaluation, Source("trainer_state", str(state_path)), notes, imported)
-
+    return Run(
+        str(name), records, config, summary, evaluation, Source("trainer_state", str(state_path)), notes, imported
+    )
