@@ -112,7 +112,7 @@ def trained_token_counts(items: list[Encoded]) -> tuple[int, int, int]:
     return total, think, answer
 
 
-def _pack_rows(items: list[Encoded], capacity: int) -> list[list[Encoded]]:
+def pack_rows(items: list[Encoded], capacity: int) -> list[list[Encoded]]:
     """First-fit decreasing: few rows, each at most `capacity` tokens (one sample may fill a row alone)."""
     rows: list[list[Encoded]] = []
     room: list[int] = []
@@ -192,7 +192,7 @@ def micro_batches(
     """Split one optimizer step's samples into micro-batches: packed rows of at most `row_tokens` tokens, or
     (without packing) padded batches of `batch_size` samples."""
     if packing:
-        return [packed_batch(row) for row in _pack_rows(items, row_tokens)]
+        return [packed_batch(row) for row in pack_rows(items, row_tokens)]
     return [padded_batch(items[i : i + batch_size], pad_id) for i in range(0, len(items), batch_size)]
 
 

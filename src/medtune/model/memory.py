@@ -352,13 +352,13 @@ def packed_rows(
 
     With `capacity` (packing), rows are packed as training packs them; without, padded batches of `batch_size`.
     """
-    from medtune.data.batching import _pack_rows
+    from medtune.data.batching import pack_rows
 
     longest = most = 0
     for lengths_of_step in step_lengths(lengths, samples_per_step, steps, seed):
         share = lengths_of_step[::processes]  # DistContext.shard of rank 0; the ranks' shares are alike
         if capacity is not None:
-            rows = [sum(map(len, row)) for row in _pack_rows([range(length) for length in share], capacity)]
+            rows = [sum(map(len, row)) for row in pack_rows([range(length) for length in share], capacity)]
         else:
             rows = [batch_size * max(share[start : start + batch_size]) for start in range(0, len(share), batch_size)]
         longest, most = max(longest, *rows), max(most, len(rows))
