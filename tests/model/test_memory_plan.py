@@ -85,7 +85,7 @@ def test_a_run_that_cannot_fit_stops_with_the_numbers(lengths):
         plan("v2", lengths, 6, size=QWEN3_8B)
     message = str(raised.value)
     assert isinstance(raised.value, ConfigError), "exit code 3, as a config the user must change"
-    assert "training cannot fit 6 GiB" in message and "at the most frugal levers" in message
+    assert "training cannot fit 6 GiB" in message and "with the levers that lower it most" in message
     assert (
         "Biggest terms: base weights (4-bit NF4 with absmax) 3.3 GiB, lm_head gradient accumulator (fp32) 2.8 GiB"
         in message

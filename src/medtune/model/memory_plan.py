@@ -248,12 +248,11 @@ def _changes(before: Levers, after: Levers, search: _Search) -> list[LeverChange
 def _raise_cannot_fit(search: _Search, frugal: Levers, budget_bytes: float, budget: str) -> None:
     predicted = search.estimate(frugal)
     raise MemoryBudgetError(
-        f"training cannot fit {budget} ({budget_bytes / GIB:.1f} GiB for the allocator): the predicted "
-        f"peak at the most frugal levers ({_describe(frugal)}, expandable segments) is {predicted.peak_gib:.1f} GiB "
-        "allocated, "
-        f"{reserved_bytes(predicted, frugal) / GIB:.1f} GiB reserved. Biggest terms: {predicted.biggest_terms()}. "
-        "What is "
-        "left: a smaller model, a lower lora.r, fewer trained modules (lora.modules_to_save), or a GPU with more memory"
+        f"training cannot fit {budget} ({budget_bytes / GIB:.1f} GiB for the allocator): the predicted peak with the "
+        f"levers that lower it most ({_describe(frugal)}, expandable segments; a lever left at its setting lowers "
+        f"nothing here) is {predicted.peak_gib:.1f} GiB allocated, {reserved_bytes(predicted, frugal) / GIB:.1f} GiB "
+        f"reserved. Biggest terms: {predicted.biggest_terms()}. What is left: a smaller model, a lower lora.r, fewer "
+        "trained modules (lora.modules_to_save), or a GPU with more memory"
     )
 
 
