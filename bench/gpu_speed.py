@@ -59,6 +59,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medtune.model.qwen3_sizes import QWEN3_SIZES, qwen3_config  # imports no torch
+
 # No torch/transformers import at module level: the unsloth stage must import unsloth before them.
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,43 +141,6 @@ VARIANTS: dict[str, list[str]] = {
 
 BUILT_IN_BF16 = {"14b", "32b"}  # drawn in bf16: in fp32 they would not fit one GPU (smaller sizes as in earlier calls)
 PARALLELISMS = ("none", "ddp", "fsdp")  # of the multigpu stage: one process on one GPU, or under torchrun
-
-# Larger Qwen3 sizes for the multi-GPU stages, as their model cards' config.json give them (the rest as 1.7B's).
-QWEN3_SIZES: dict[str, dict[str, Any]] = {
-    "1.7b": {},
-    "4b": dict(
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=True,
-    ),
-    "8b": dict(
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    ),
-    "14b": dict(
-        hidden_size=5120,
-        intermediate_size=17408,
-        num_hidden_layers=40,
-        num_attention_heads=40,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    ),
-    "32b": dict(
-        hidden_size=5120,
-        intermediate_size=25600,
-        num_hidden_layers=64,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    ),
-}
 
 
 # ---- workload ----------------------------------------------------------------------------------
@@ -1023,7 +988,7 @@ def stage_prepare(args: argparse.Namespace) -> None:
     target = model_dir(args)
     if (target / "config.json").exists():
         return
-    values = json.loads((shipped_tokenizer_dir() / "config.json").read_text())
+    values = qwen3_config("1.7b")
     for unused in ("transformers_version", "torch_dtype", "dtype"):
         values.pop(unused, None)
     values.update(TINY_SHAPE if args.tiny else QWEN3_SIZES[args.size])

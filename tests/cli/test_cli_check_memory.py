@@ -11,19 +11,10 @@ from tests.conftest import CONFIGS
 from typer.testing import CliRunner
 
 from medtune.cli import app
+from medtune.model.qwen3_sizes import qwen3_config
 from medtune.model.tiny import shipped_tokenizer_dir
 
 runner = CliRunner()
-QWEN3_8B = dict(
-    hidden_size=4096,
-    intermediate_size=12288,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    tie_word_embeddings=False,
-)
 
 
 def check(tmp_path, model: str, gpu_memory: str, *extra: str):
@@ -49,8 +40,7 @@ def qwen3_8b_folder(tmp_path):
     """An 8B-shaped config.json next to the tokenizer: no weights at all."""
     folder = tmp_path / "qwen3-8b-config-only"
     shutil.copytree(shipped_tokenizer_dir(), folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **QWEN3_8B}))
+    (folder / "config.json").write_text(json.dumps(qwen3_config("8b")))
     assert not any(path.suffix in (".safetensors", ".bin") for path in folder.iterdir())
     return folder
 

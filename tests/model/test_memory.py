@@ -27,27 +27,8 @@ from medtune.model.memory import (
     packed_rows,
     read_model_shape,
 )
-from medtune.model.tiny import shipped_tokenizer_dir
+from medtune.model.qwen3_sizes import qwen3_config
 
-SIZES = {  # bench/gpu_speed.py QWEN3_SIZES: on top of the shipped Qwen3-1.7B config.json
-    "1.7b": {},
-    "8b": dict(
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    ),
-    "14b": dict(
-        hidden_size=5120,
-        intermediate_size=17408,
-        num_hidden_layers=40,
-        num_attention_heads=40,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    ),
-}
 VARIANTS = {  # bench/gpu_speed.py VARIANTS (only the keys that differ from today's defaults)
     "auto": [],
     "row_ckpt50": ["speed.checkpoint_fraction=0.5"],
@@ -98,7 +79,7 @@ def train_lengths(tokenizer) -> list[int]:
 
 
 def shape_of(size: str) -> ModelShape:
-    return ModelShape.from_config({**json.loads((shipped_tokenizer_dir() / "config.json").read_text()), **SIZES[size]})
+    return ModelShape.from_config(qwen3_config(size))
 
 
 @pytest.mark.parametrize(
@@ -173,9 +154,7 @@ def test_nf4_bytes_and_the_terms_that_make_the_peak():
 
 
 def test_the_shape_comes_from_config_json_alone(tmp_path):
-    (tmp_path / "config.json").write_text(
-        json.dumps({**json.loads((shipped_tokenizer_dir() / "config.json").read_text()), **SIZES["8b"]})
-    )
+    (tmp_path / "config.json").write_text(json.dumps(qwen3_config("8b")))
     from medtune.config import ModelConfig
 
     assert read_model_shape(ModelConfig(name_or_path=str(tmp_path))) == shape_of("8b")  # no weights in the folder

@@ -3,8 +3,6 @@ settings win, and a run that cannot fit stops before training with the numbers."
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from tests.conftest import CONFIGS
@@ -13,16 +11,7 @@ from medtune.config import ConfigError, load_config, parse_memory_size
 from medtune.data.prepare import prepare_data
 from medtune.model.memory import GIB, MemorySettings, ModelShape
 from medtune.model.memory_plan import MemoryBudgetError, plan_for_run, plan_memory, run_rows, size_budget, with_levers
-from medtune.model.tiny import shipped_tokenizer_dir
-
-QWEN3_8B = dict(
-    hidden_size=4096,
-    intermediate_size=12288,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    tie_word_embeddings=False,
-)
+from medtune.model.qwen3_sizes import qwen3_config
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +20,9 @@ def lengths(tokenizer) -> list[int]:
     return [len(encoded) for encoded in prepare_data(cfg, tokenizer).train.encoded]
 
 
-def plan(version: str, lengths: list[int], budget_gib: float, *overrides: str, size: dict | None = None):
+def plan(version: str, lengths: list[int], budget_gib: float, *overrides: str, size: str = "1.7b"):
     cfg = load_config(CONFIGS / f"{version}.yaml", ["model.name_or_path=tiny", *overrides])
-    shape = ModelShape.from_config(
-        {**json.loads((shipped_tokenizer_dir() / "config.json").read_text()), **(size or {})}
-    )
+    shape = ModelShape.from_config(qwen3_config(size))
     settings = MemorySettings.from_run(cfg, liger=True)
     return (
         cfg,
@@ -82,7 +69,7 @@ def test_the_users_settings_win_with_a_warning(lengths):
 
 def test_a_run_that_cannot_fit_stops_with_the_numbers(lengths):
     with pytest.raises(MemoryBudgetError) as raised:
-        plan("v2", lengths, 6, size=QWEN3_8B)
+        plan("v2", lengths, 6, size="8b")
     message = str(raised.value)
     assert isinstance(raised.value, ConfigError), "exit code 3, as a config the user must change"
     assert "training cannot fit 6 GiB" in message and "with the levers that lower it most" in message
