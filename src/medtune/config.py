@@ -588,6 +588,8 @@ def validate(raw: RawConfig, source: str) -> RunConfig:
                 line = f"{dotted}: unknown key{_suggest(_section_model(loc), loc)}"
             elif isinstance(problem.get("input"), dict):  # a check across a section's keys: its message names them
                 line = f"{dotted}: {problem['msg']}"
+            elif problem["msg"].endswith(f"got {problem.get('input')!r}"):  # the check's message names the value
+                line = f"{dotted}: {problem['msg']}"
             else:
                 line = f"{dotted}: {problem['msg']} (got {problem.get('input')!r})"
             lines.append(f"  {line}{_origin_note(raw, loc, problem['msg'], source)}")

@@ -111,3 +111,9 @@ def test_a_bad_budget_is_a_config_error_naming_the_key(bad):
             CONFIGS / "v1.yaml", [f"speed.memory_budget={bad}"] if bad != "auto" else ["speed.memory_budget=Auto"]
         )
     assert load_config(CONFIGS / "v1.yaml", ["speed.memory_budget=24GiB"]).speed.memory_budget == "24GiB"
+
+
+def test_a_bad_budget_names_the_value_once():
+    with pytest.raises(ConfigError) as raised:
+        load_config(CONFIGS / "v1.yaml", ["speed.memory_budget=lots"])
+    assert str(raised.value).count("'lots'") == 1, str(raised.value)
