@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
-from collections.abc import Sequence
-from typing import Any, Sized, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
