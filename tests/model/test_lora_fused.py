@@ -12,7 +12,7 @@ from medtune.data.render import Encoded
 from medtune.model.load import apply_lora, load_base_model
 from medtune.model.lora_fused import install_fused_lora
 from medtune.model.speed import apply_speed
-from medtune.train.loss import causal_lm_loss_sums
+from medtune.train.loss import FusedHeadLoss, causal_lm_loss_sums
 
 CPU = torch.device("cpu")
 TRAINING = {"packing": True, "gradient_checkpointing": True}  # the training defaults apply_speed is given
@@ -43,7 +43,7 @@ def batch(tokenizer):
 def loss_and_grads(model, batch, seed: int = 0) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad()
     torch.manual_seed(seed)
-    loss = causal_lm_loss_sums(model, batch, 16).total
+    loss = causal_lm_loss_sums(model, batch, FusedHeadLoss.of(model, 16)).total
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -113,6 +113,29 @@ def test_unquantized_base_keeps_its_own_matmul(batch):
             param.data.normal_(0, 0.05)
     peft_loss, peft_grads = loss_and_grads(model, batch)
     assert install_fused_lora(model) == (14, 0)
+    fused_loss, fused_grads = loss_and_grads(model, batch)
+    assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
+    for name, grad in peft_grads.items():
+        assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_fsdp_storage_fuses_the_base_too(batch):
+    """Under FSDP the 4-bit bytes are stored in the compute dtype, and an all-gathered weight is a plain tensor that
+    lost its quantization state: the fused function still dequantizes it, with the layer's state."""
+    loaded = load_base_model(ModelConfig(name_or_path="tiny"), QuantConfig(), CPU, fsdp=True)
+    cfg = load_config(CONFIGS / "v1.yaml", ["lora.dropout=0.0"], overlays=[CONFIGS / "tiny.yaml"])
+    model = apply_lora(loaded.model, cfg.lora)
+    model.get_base_model().enable_input_require_grads()
+    torch.manual_seed(3)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+    peft_loss, peft_grads = loss_and_grads(model, batch)
+    assert install_fused_lora(model) == (14, 14)
+    for module in model.modules():  # as after FSDP's all-gather: the bytes alone, the state on the layer
+        if type(module).__name__ == "Linear4bit" and not hasattr(module, "lora_A"):
+            assert module.weight.dtype != torch.uint8
+            module.weight = torch.nn.Parameter(module.weight.data, requires_grad=False)
     fused_loss, fused_grads = loss_and_grads(model, batch)
     assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
     for name, grad in peft_grads.items():

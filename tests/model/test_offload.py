@@ -13,7 +13,7 @@ from medtune.data.prepare import prepare_data
 from medtune.model.load import apply_lora, load_base_model
 from medtune.model.offload import ActivationOffload, offloading
 from medtune.model.speed import apply_speed
-from medtune.train.loss import causal_lm_loss_sums
+from medtune.train.loss import FusedHeadLoss, causal_lm_loss_sums
 
 CPU = torch.device("cpu")
 
@@ -85,7 +85,7 @@ def loss_and_grads(model, batch, offload_min_bytes: int | None) -> tuple[torch.T
                 return plain(*args, **kwargs)
 
         backbone.forward = counting
-    loss = causal_lm_loss_sums(model, batch, chunk_tokens=256).total
+    loss = causal_lm_loss_sums(model, batch, FusedHeadLoss.of(model, 256)).total
     loss.backward()
     backbone.forward = plain
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}

@@ -11,7 +11,7 @@ from medtune.config import ConfigError, ModelConfig, QuantConfig, SpeedConfig, l
 from medtune.data.batching import micro_batches
 from medtune.model.load import apply_lora, load_base_model
 from medtune.model.speed import apply_speed, per_sample_attention
-from medtune.train.loss import causal_lm_loss_sums
+from medtune.train.loss import FusedHeadLoss, causal_lm_loss_sums
 
 CPU = torch.device("cpu")
 TRAINING = {"packing": True, "gradient_checkpointing": True}  # the training defaults apply_speed is given
@@ -95,10 +95,12 @@ def test_bf16_mixed_precision_runs_on_cpu_within_bf16_tolerance(tiny_peft_model,
 
     ids = tokenizer("患者头痛三天，伴有发热。", add_special_tokens=False)["input_ids"]
     batch = micro_batches([Encoded(ids, ids, [1] * len(ids))], 1, 64, True, tokenizer.pad_token_id)[0]
-    fp32 = causal_lm_loss_sums(tiny_peft_model, batch, 16).total.item()
+    fp32 = causal_lm_loss_sums(tiny_peft_model, batch, FusedHeadLoss.of(tiny_peft_model, 16)).total.item()
     plan = apply_speed(tiny_peft_model, SpeedConfig(mixed_precision="bf16"), CPU, **TRAINING)
     assert plan.mixed_precision == "bf16"
-    assert causal_lm_loss_sums(tiny_peft_model, batch, 16).total.item() == pytest.approx(fp32, rel=2e-2)
+    assert causal_lm_loss_sums(
+        tiny_peft_model, batch, FusedHeadLoss.of(tiny_peft_model, 16)
+    ).total.item() == pytest.approx(fp32, rel=2e-2)
 
 
 def test_speed_section_is_validated():

@@ -14,6 +14,7 @@ from medtune.config import LoraConfig, ModelConfig, QuantConfig
 from medtune.model.load import WEIGHT_SHARD, WHOLE_MODEL_WARMUP, apply_lora, keep_own_shards, load_base_model
 from medtune.train.distributed import DistContext
 from medtune.train.fsdp import is_sharded, shard_model
+from medtune.train.loss import FusedHeadLoss
 
 CPU = torch.device("cpu")
 PROCESSES = 2
@@ -40,7 +41,7 @@ def trained_model(fsdp_loaded: nn.Module, ctx: DistContext) -> PeftModel:
         for param in model.parameters():
             if param.requires_grad:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    shard_model(model, ctx, CPU)
+    shard_model(model, FusedHeadLoss.of(model, 16), ctx)
     return model
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tests.conftest import tiny_config
 
 from medtune.data.batching import micro_batches
-from medtune.train.loss import causal_lm_loss_sums, head_weight, linear_cross_entropy
+from medtune.train.loss import FusedHeadLoss, causal_lm_loss_sums, head_weight, linear_cross_entropy
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -95,7 +95,9 @@ def test_packed_rows_give_the_loss_and_gradients_of_one_sample_at_a_time(tmp_pat
 
     def loss_and_grads(batches):
         recipe.model.zero_grad(set_to_none=True)
-        total = sum(causal_lm_loss_sums(recipe.model, batch, 64).total for batch in batches)
+        total = sum(
+            causal_lm_loss_sums(recipe.model, batch, FusedHeadLoss.of(recipe.model, 64)).total for batch in batches
+        )
         total.backward()
         return total.detach(), {n: p.grad.clone() for n, p in recipe.model.named_parameters() if p.grad is not None}
 
@@ -114,7 +116,7 @@ def test_packed_rows_give_the_loss_and_gradients_of_one_sample_at_a_time(tmp_pat
     leaky = dict(packed[0])
     for key in ("sample_lengths", "cu_seq_lens", "position_ids"):
         leaky.pop(key)
-    leaky_loss = causal_lm_loss_sums(recipe.model, leaky, 64).total.detach()
+    leaky_loss = causal_lm_loss_sums(recipe.model, leaky, FusedHeadLoss.of(recipe.model, 64)).total.detach()
     assert not torch.allclose(leaky_loss, single_loss, rtol=1e-5)
     recipe.cleanup()
 

@@ -29,7 +29,7 @@ from medtune.infer.generation_progress import generate_with_progress
 from medtune.infer.runs import AdapterRun, InferenceModel
 from medtune.infer.scores import reply_scores
 from medtune.run_folder import RunFolder, write_atomic, write_json
-from medtune.train.loss import summed_loss_over
+from medtune.train.loss import FusedHeadLoss, summed_loss_over
 
 SCORES = ("bleu4", "rouge_l", "think_compliance", "term_recall")
 MASK_SEED = 0
@@ -69,13 +69,13 @@ def loss_over(loaded: InferenceModel, samples: list[Sample], batch_size: int) ->
     total = float(
         summed_loss_over(
             loaded.model,
+            FusedHeadLoss.of(loaded.model, cfg.train.loss_chunk_tokens),
             kept,
             batch_size=batch_size,
             row_tokens=cfg.data.max_length,
             packing=False,
             pad_id=loaded.tokenizer.pad_token_id,
             device=loaded.device,
-            chunk_tokens=cfg.train.loss_chunk_tokens,
         )[0]
     )
     tokens = trained_token_counts(kept)[0]

@@ -11,8 +11,10 @@ kernels) that PEFT runs once per pass. Here a projection is one function with fe
 - only the input, the dropout mask (1 byte per feature, PEFT's kernel) and the rank-r product are kept for the
   backward pass, not PEFT's dropped-out copy of the input (2 bytes per feature).
 Same math and dtypes as PEFT over bitsandbytes (autocast's dtype when autocast is on, else the weights'), the same
-dropout draw, so checkpoint recomputation replays the mask. A base that is not a bias-free 4-bit layer with uint8
-storage (plain Linear, FSDP's bf16 storage) stays its own module, and only the adapter part is fused.
+dropout draw, so checkpoint recomputation replays the mask. The 4-bit storage may be uint8 or, under FSDP, the
+compute dtype (the same bytes), and the weight may have lost its quantization state to FSDP's all-gather (the layer
+keeps it). A base that is not a bias-free 4-bit layer (a plain Linear) stays its own module, and only the adapter
+part is fused.
 """
 
 from __future__ import annotations
@@ -27,29 +29,33 @@ from torch import nn
 DenseWeight = Callable[[], torch.Tensor]
 
 
+def quant_state_of(layer: nn.Module) -> Any:
+    """A bitsandbytes 4-bit layer's quantization state: its weight's, or the layer's own copy where FSDP's all-gather
+    gave the layer a plain tensor (bitsandbytes restores it in Linear4bit.forward, which the fused path skips)."""
+    return getattr(getattr(layer, "weight", None), "quant_state", None) or getattr(layer, "quant_state", None)
+
+
 def nf4_dense_weight(layer: nn.Module) -> DenseWeight | None:
     """A function returning a bitsandbytes 4-bit layer's weight dequantized (one kernel), or None if it is not one.
 
     The fp32 block scales are cached on the layer: 4 bytes per 64 weights, about 90 MB for Qwen3-1.7B.
     """
-    weight = getattr(layer, "weight", None)
-    state = getattr(weight, "quant_state", None)
-    if state is None or getattr(layer, "bias", None) is not None or weight.dtype != torch.uint8:
+    if quant_state_of(layer) is None or getattr(layer, "bias", None) is not None:
         return None
     from bitsandbytes.functional import dequantize_blockwise
 
     def dense() -> torch.Tensor:
+        state = quant_state_of(layer)
         cached = getattr(layer, "_medtune_absmax", None)
-        if cached is None or cached[0] is not layer.weight.quant_state:
-            current = layer.weight.quant_state
-            absmax = current.absmax
-            if current.nested:
-                absmax = dequantize_blockwise(current.absmax, current.state2) + current.offset
-            cached = (current, absmax.float())
+        if cached is None or cached[0] is not state:
+            absmax = state.absmax
+            if state.nested:
+                absmax = dequantize_blockwise(state.absmax, state.state2) + state.offset
+            cached = (state, absmax.float())
             layer._medtune_absmax = cached
-        current, absmax = cached
+        absmax = cached[1]
         return torch.ops.bitsandbytes.dequantize_4bit.default(
-            layer.weight.data, absmax, current.blocksize, current.quant_type, current.shape, current.dtype
+            layer.weight.data.view(torch.uint8), absmax, state.blocksize, state.quant_type, state.shape, state.dtype
         )
 
     return dense

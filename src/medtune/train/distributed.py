@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from medtune.data.batching import process_shares
-from medtune.train.loss import LossSums, causal_lm_loss_sums
+from medtune.train.loss import FusedHeadLoss, LossSums, causal_lm_loss_sums
 
 T = TypeVar("T", bound=Sized)
 
@@ -95,13 +95,13 @@ class _LossModule(nn.Module):
     """The micro-batch loss as a module, for DDP to wrap: the loss runs the backbone and the fused head
     (train/loss.py) rather than the model's forward, and DDP arms its gradient reduction in its own forward."""
 
-    def __init__(self, model: nn.Module, chunk_tokens: int) -> None:
+    def __init__(self, model: nn.Module, head_loss: FusedHeadLoss) -> None:
         super().__init__()
         self.model = model
-        self.chunk_tokens = chunk_tokens
+        self.head_loss = head_loss  # the head's weights are the model's: DDP lists each parameter once
 
     def forward(self, batch: dict[str, Any]) -> LossSums:
-        return causal_lm_loss_sums(self.model, batch, self.chunk_tokens)
+        return causal_lm_loss_sums(self.model, batch, self.head_loss)
 
 
 def _sum_hook(group, bucket):  # type: ignore[no-untyped-def]  # DDP rejects string annotations, which this module's are
@@ -118,8 +118,8 @@ class DataParallelLoss:
     (packing), since only the last one communicates; each must run at least one (`check_global_batch`).
     """
 
-    def __init__(self, model: nn.Module, chunk_tokens: int) -> None:
-        loss = _LossModule(model, chunk_tokens)
+    def __init__(self, model: nn.Module, head_loss: FusedHeadLoss) -> None:
+        loss = _LossModule(model, head_loss)
         frozen = [name for name, p in loss.named_parameters() if not p.requires_grad]
         buffers = [name for name, _ in loss.named_buffers()]
         # DDP then neither broadcasts the frozen (4-bit) base nor syncs buffers on every forward; at construction

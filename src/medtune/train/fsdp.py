@@ -13,13 +13,15 @@ Params4bit after each all-gather through `fix_4bit_weight_quant_state_from_modul
 still follows the compute dtype (model/load.py), the layout FSDP-QLoRA is documented with.
 
 Decoder layers are sharded (they hold almost all weights), one unit each, gathered for its forward and again
-for its backward. lm_head and the final norm stay whole on every process: the fused loss reads
-`lm_head.weight` outside any forward (train/loss.py), and a sharded copy of a weight that the whole step uses
-would only add its shard to the gathered whole. A trained lm_head (`lora.modules_to_save`) is summed across
-processes after the backward pass. A trained input embedding not tied to lm_head (Qwen3 8B and larger) is a
-unit of its own, used at the two ends of the step only, so its gradient and moments are sharded; a tied one
-(small Qwen3 sizes) stays whole with lm_head. PEFT's frozen originals of trained modules are never used in
-training: they are one unit that is never gathered.
+for its backward. A trained lm_head (`lora.modules_to_save`) not tied to the input embedding (Qwen3 8B and
+larger) is a unit of its own through the fused head loss (train/loss.py, `FusedHeadLoss`), whose forward reads its
+weight: gathered whole for that forward and kept until the backward pass right after it, which needs no weight
+(the loss computed the head's gradient in its forward), then its gradient is reduce-scattered, so weight,
+gradient and AdamW moments are 1/N per process (5 GB whole on Qwen3-8B). A trained input embedding not tied to
+lm_head is a unit of its own too, used at the two ends of the step only. Tied trained embeddings (small Qwen3
+sizes) stay whole, one weight used at both ends, summed across processes after the backward pass; so do a frozen
+lm_head and the final norm. PEFT's frozen originals of trained modules are never used in training: they are one
+unit that is never gathered.
 
 No process holds the whole 4-bit model, not even while loading: each quantizes every weight as transformers reads
 it, keeps only the chunk FSDP will give it and drops the rest (model/load.py, `keep_own_shards`), so the 4-bit
@@ -46,16 +48,18 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from medtune.model.load import WEIGHT_SHARD, WeightShard
 from medtune.train.distributed import DistContext
+from medtune.train.loss import FusedHeadLoss
 
 Batch = dict[str, Any]
 
 
-def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> None:
-    """Shard the decoder layers, PEFT's unused originals and an untied trained input embedding of a PEFT-wrapped
-    causal LM in place; call after LoRA, before the optimizer.
+def shard_model(model: nn.Module, head_loss: FusedHeadLoss, ctx: DistContext) -> None:
+    """Shard the decoder layers, PEFT's unused originals and untied trained embeddings of a PEFT-wrapped causal LM
+    and its head loss in place; call after LoRA, before the optimizer.
 
     The backbone becomes the FSDP root (with its own weights ignored, i.e. left whole), so one root drives
-    the layers' all-gathers and waits for their reduce-scatters at the end of each backward pass.
+    the layers' all-gathers and waits for their reduce-scatters at the end of each backward pass; a sharded head
+    loss, run after the backbone, is a root of its own.
     """
     causal_lm = model.get_base_model()
     backbone = causal_lm.model
@@ -69,7 +73,7 @@ def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> Non
             # In eval mode on a CPU, bitsandbytes repacks a 4-bit weight in place for inference and flags its quant
             # state; under FSDP the next all-gather refills the original layout while the flag stays: wrong weights.
             module.support_avx512bf16_for_cpu = False
-    mesh = init_device_mesh(device.type, (ctx.world_size,))
+    mesh = init_device_mesh(ctx.device().type, (ctx.world_size,))
     layers = list(backbone.layers)
     for layer in layers:
         shard_layer(layer, mesh)
@@ -82,7 +86,15 @@ def shard_model(model: nn.Module, ctx: DistContext, device: torch.device) -> Non
     units = [*layers, *originals, *embeddings]
     in_units = {id(p) for module in units for p in module.parameters()}
     fully_shard(backbone, mesh=mesh, ignored_params={p for p in backbone.parameters() if id(p) not in in_units})
-    for module in [*units, backbone]:  # losses are already divided by the whole step's tokens: sum, not mean
+    roots = [backbone]
+    if trained_head_untied(causal_lm):
+        # The trained copy itself, not PEFT's wrapper, whose frozen original is in the backbone's tree of units.
+        # Kept whole from the loss's forward to its backward, which follows at once: one gather per micro-batch.
+        head_loss.head = active_trained_copy(causal_lm.get_output_embeddings())
+        fully_shard(head_loss, mesh=mesh, reshard_after_forward=False)
+        head_loss.register_forward_hook(reshard_without_backward)  # runs after FSDP's own post-forward hook
+        roots.append(head_loss)
+    for module in [*units, *roots]:  # losses are already divided by the whole step's tokens: sum, not mean
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM, and x1 needs no scaling
     unplaced = [name for name, module in model.named_modules() if WEIGHT_SHARD in vars(module)]
@@ -126,8 +138,7 @@ def untied_trained_input_embeddings(causal_lm: nn.Module) -> list[nn.Module]:
     """The trained copies of the input embeddings (`lora.modules_to_save`) that share no weight with lm_head.
 
     Each is a unit of its own, gathered only for its forward and its backward pass, so its gradient and optimizer
-    moments are sharded too (2 x 622M weights on Qwen3-8B). lm_head stays whole (the loss reads it outside any
-    forward), and so does an embedding tied to it.
+    moments are sharded too (2 x 622M weights on Qwen3-8B); an embedding tied to lm_head stays whole.
     """
     wrapper = causal_lm.get_input_embeddings()
     if not isinstance(wrapper, ModulesToSaveWrapper):
@@ -136,6 +147,29 @@ def untied_trained_input_embeddings(causal_lm: nn.Module) -> list[nn.Module]:
     return [
         trained for trained in wrapper.modules_to_save.values() if not any(id(p) in head for p in trained.parameters())
     ]
+
+
+def reshard_without_backward(module: nn.Module, args: Any, output: Any) -> None:
+    """Shard the head again after a forward with no backward pass to follow (eval), as its backward would have.
+
+    Left gathered, the next `state_dict()` on it, which PEFT calls while saving on rank 0 only, would reshard it on
+    rank 0 alone, and the next training forward would all-gather on rank 0 only: every process waits forever.
+    """
+    if not torch.is_grad_enabled():
+        module.reshard()
+
+
+def active_trained_copy(wrapper: ModulesToSaveWrapper) -> nn.Module:
+    return wrapper.modules_to_save[wrapper.active_adapters[0]]
+
+
+def trained_head_untied(causal_lm: nn.Module) -> bool:
+    """Whether lm_head is trained (`lora.modules_to_save`) and shares no weight with the input embeddings."""
+    head = causal_lm.get_output_embeddings()
+    if not isinstance(head, ModulesToSaveWrapper):
+        return False
+    embedding = {id(p) for p in causal_lm.get_input_embeddings().parameters()}
+    return not any(id(p) in embedding for trained in head.modules_to_save.values() for p in trained.parameters())
 
 
 def sum_whole_gradients(params: list[nn.Parameter]) -> None:
@@ -194,8 +228,9 @@ def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     state = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         if p.requires_grad:
-            if id(p) not in whole:
-                whole[id(p)] = (p.full_tensor() if is_sharded(p) else p).detach().cpu()
+            if id(p) not in whole:  # a copy: a weight gathered whole now (the head after eval) is freed by the
+                # next state_dict() call on its module (FSDP's hook reshards it), PEFT's saving included
+                whole[id(p)] = (p.full_tensor() if is_sharded(p) else p).detach().to("cpu", copy=True)
             state[name] = whole[id(p)]
     return state
 

@@ -93,6 +93,31 @@ def linear_cross_entropy(
     return token_losses.sum(), token_losses
 
 
+class FusedHeadLoss(nn.Module):
+    """A model's lm_head and the cross-entropy, fused (`linear_cross_entropy`), as one module.
+
+    The loss reads the head's weight rather than calling the head, so a wrapper such as FSDP that acts around a
+    module's forward would not see the head used; as this module's forward it does: FSDP shards a trained lm_head by
+    wrapping this module (train/fsdp.py), gathering the weight for the forward and reduce-scattering its gradient
+    after the backward. The weight is looked up on every call, so PEFT's adapter switches (a disabled adapter's
+    original head) hold.
+    """
+
+    def __init__(self, head: nn.Module, chunk_tokens: int) -> None:
+        super().__init__()
+        self.head = head
+        self.chunk_tokens = chunk_tokens
+
+    @classmethod
+    def of(cls, model: nn.Module, chunk_tokens: int) -> FusedHeadLoss:
+        """The head loss of a (PEFT-wrapped) *ForCausalLM."""
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return cls(causal_lm.get_output_embeddings(), chunk_tokens)
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return linear_cross_entropy(hidden, head_weight(self.head), targets, self.chunk_tokens)
+
+
 def head_weight(head: nn.Module) -> torch.Tensor:
     """The matrix of a bias-free linear head (PEFT's trained copy when the head is in modules_to_save)."""
     if getattr(head, "bias", None) is not None:
@@ -114,8 +139,9 @@ def packing_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], chunk_tokens: int) -> LossSums:
-    """Forward the backbone, then the fused head + cross-entropy on the positions that have a label.
+def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], head_loss: FusedHeadLoss) -> LossSums:
+    """Forward the backbone, then the fused head + cross-entropy (`head_loss`, the model's) on the positions that
+    have a label.
 
     `model` is a (PEFT-wrapped) *ForCausalLM. `batch` (see data.batching) holds input_ids and either
     attention_mask (padded rows) or position_ids and sample boundaries (packed rows, attention kept inside
@@ -126,9 +152,7 @@ def causal_lm_loss_sums(model: nn.Module, batch: dict[str, Any], chunk_tokens: i
     backbone_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     hidden = causal_lm.model(**backbone_inputs, **packing_kwargs(batch), use_cache=False).last_hidden_state
     selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch["loss_index"])
-    total, token_losses = linear_cross_entropy(
-        selected, head_weight(causal_lm.get_output_embeddings()), batch["loss_targets"], chunk_tokens
-    )
+    total, token_losses = head_loss(selected, batch["loss_targets"])
     detached = token_losses.detach()
     spans = batch["loss_spans"]
     return LossSums(
@@ -149,6 +173,7 @@ def unweighted(batches: list[dict[str, Any]]) -> list[tuple[dict[str, Any], floa
 @torch.no_grad()
 def summed_loss_over(
     model: nn.Module,
+    head_loss: FusedHeadLoss,
     encoded: list[Encoded],
     *,
     batch_size: int,
@@ -156,7 +181,6 @@ def summed_loss_over(
     packing: bool,
     pad_id: int,
     device: torch.device,
-    chunk_tokens: int,
     forwards: Forwards = unweighted,
 ) -> torch.Tensor:
     """(loss, think, answer) sums over a list of samples: the numerators of eval loss, for training's periodic
@@ -164,6 +188,6 @@ def summed_loss_over(
     `forwards` pairs the micro-batches with loss weights (FSDP pads them so every process runs as many forwards)."""
     sums = torch.zeros(3, device=device)
     for batch, weight in forwards(micro_batches(encoded, batch_size, row_tokens, packing, pad_id)):
-        loss = causal_lm_loss_sums(model, to_device(batch, device), chunk_tokens)
+        loss = causal_lm_loss_sums(model, to_device(batch, device), head_loss)
         sums += weight * torch.stack([loss.total, loss.think, loss.answer])
     return sums

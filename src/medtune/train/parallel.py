@@ -17,7 +17,7 @@ from torch import nn
 from medtune.config import TrainConfig
 from medtune.train import fsdp
 from medtune.train.distributed import DataParallelLoss, DistContext, check_global_batch
-from medtune.train.loss import LossSums, causal_lm_loss_sums, unweighted
+from medtune.train.loss import FusedHeadLoss, LossSums, causal_lm_loss_sums, unweighted
 
 Batch = dict[str, Any]
 
@@ -35,9 +35,9 @@ class Parallelism(Protocol):
     shards_weights: bool  # FSDP: 4-bit storage in the compute dtype (model/load.py), torch AdamW under `auto`
     foreach_optimizer: bool  # torch AdamW's multi-tensor kernels; set explicitly, so CPU tests take CUDA's path
 
-    def wrap(self, model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
-        """Prepare the LoRA-wrapped model in place (after its weights are final, before the optimizer) and return
-        the micro-batch loss to train with."""
+    def wrap(self, model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
+        """Prepare the LoRA-wrapped model and its head loss in place (after their weights are final, before the
+        optimizer) and return the micro-batch loss to train with."""
         ...
 
     def forwards(self, batches: list[Batch]) -> list[tuple[Batch, float]]:
@@ -87,11 +87,11 @@ def _restore_foreach(optimizer: torch.optim.Optimizer, foreach: bool) -> None:
             group["foreach"] = foreach
 
 
-def _local_loss(model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
+def _local_loss(model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
     """The plain loss: nothing to reduce in the backward pass (one process), or reduced by FSDP's own hooks."""
 
     def loss(batch: Batch, last: bool) -> LossSums:
-        return causal_lm_loss_sums(model, batch, chunk_tokens)
+        return causal_lm_loss_sums(model, batch, head_loss)
 
     return loss
 
@@ -103,8 +103,8 @@ class SingleProcess:
     shards_weights = False
     foreach_optimizer = True
 
-    def wrap(self, model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
-        return _local_loss(model, chunk_tokens)
+    def wrap(self, model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
+        return _local_loss(model, head_loss)
 
     def forwards(self, batches: list[Batch]) -> list[tuple[Batch, float]]:
         return unweighted(batches)
@@ -135,8 +135,8 @@ class DataParallel(SingleProcess):
 
     name = "ddp"
 
-    def wrap(self, model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
-        return DataParallelLoss(model, chunk_tokens)
+    def wrap(self, model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
+        return DataParallelLoss(model, head_loss)
 
 
 class FullyShardedParallel:
@@ -144,15 +144,15 @@ class FullyShardedParallel:
 
     name = "fsdp"
     shards_weights = True
-    foreach_optimizer = False  # sharded (DTensor) and whole (lm_head) parameters cannot share one kernel
+    foreach_optimizer = False  # sharded (DTensor) and whole (tied embeddings) parameters cannot share one kernel
 
     def __init__(self, ctx: DistContext) -> None:
         self.ctx = ctx
 
-    def wrap(self, model: nn.Module, chunk_tokens: int) -> MicroBatchLoss:
+    def wrap(self, model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
         """Shard in place: call after the checkpoint's adapter weights were loaded (checkpoints hold whole tensors)."""
-        fsdp.shard_model(model, self.ctx, self.ctx.device())
-        return _local_loss(model, chunk_tokens)
+        fsdp.shard_model(model, head_loss, self.ctx)
+        return _local_loss(model, head_loss)
 
     def forwards(self, batches: list[Batch]) -> list[tuple[Batch, float]]:
         return fsdp.even_forwards(batches, self.ctx)
@@ -166,7 +166,7 @@ class FullyShardedParallel:
             )
 
     def finish_gradients(self, params: list[nn.Parameter]) -> None:
-        fsdp.sum_whole_gradients(params)  # trained embeddings; FSDP reduce-scattered the sharded layers
+        fsdp.sum_whole_gradients(params)  # tied trained embeddings; FSDP reduce-scattered the sharded units
 
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
         return fsdp.clip_grad_norm_(params, max_norm)

@@ -52,7 +52,7 @@ from medtune.train.checkpoint import (
 )
 from medtune.train.distributed import init_distributed
 from medtune.train.interrupt import GracefulInterrupt, TrainingInterrupted
-from medtune.train.loss import summed_loss_over
+from medtune.train.loss import FusedHeadLoss, summed_loss_over
 from medtune.train.metrics import JsonlLogger, MetricLogger
 from medtune.train.parallel import MicroBatchLoss, Parallelism, build_parallelism
 from medtune.train.progress import TrainProgress, say, summary_lines
@@ -162,6 +162,7 @@ class FineTuneRecipe:
         self.tied_before = False  # the base model's embeddings were tied, before LoRA
         self.memory_plan: MemoryPlan | None = None
         self.speed_plan: SpeedPlan | None = None
+        self.head_loss: FusedHeadLoss | None = None
         self.micro_batch_loss: MicroBatchLoss | None = None
         self.env: dict[str, Any] = {}
         self.trainable_params: list[torch.nn.Parameter] = []
@@ -253,7 +254,8 @@ class FineTuneRecipe:
         )
         if self.resume_from is not None:  # checkpoints hold whole tensors: load them before FSDP shards the layers
             set_peft_model_state_dict(self.model, load_file(self.resume_from[1] / ADAPTER_WEIGHTS_FILE))
-        self.micro_batch_loss = self.parallel.wrap(self.model, train.loss_chunk_tokens)
+        self.head_loss = FusedHeadLoss.of(self.model, train.loss_chunk_tokens)
+        self.micro_batch_loss = self.parallel.wrap(self.model, self.head_loss)
         self.model.train()
         self.env = {
             "versions": library_versions(),
@@ -492,13 +494,13 @@ class FineTuneRecipe:
         train = self.cfg.train
         sums = summed_loss_over(
             self.model,
+            self.head_loss,
             self.dist.shard(self.val_encoded),
             batch_size=train.per_device_batch_size,
             row_tokens=self.cfg.row_tokens(),
             packing=train.packing,
             pad_id=self.tokenizer.pad_token_id,
             device=self.device,
-            chunk_tokens=train.loss_chunk_tokens,
             forwards=self.parallel.forwards,
         )
         self.model.train()
