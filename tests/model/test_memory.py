@@ -187,10 +187,10 @@ def test_fsdp_shards_the_layers_and_trained_weights_and_keeps_the_rest_whole():
     shape = shape_of("32b")
     linear, embedding = shape.linear_weights(), shape.embedding_weights()
     absmax = nf4_absmax_bytes_per_weight(double_quant=True) * linear
-    assert two.persistent["base weights (4-bit NF4 with absmax) (1/2 per process)"] == pytest.approx(
+    assert two.persistent["base weights (4-bit NF4, 1/2 per process; absmax whole)"] == pytest.approx(
         linear / 4 + absmax
     )
-    assert four.persistent["base weights (4-bit NF4 with absmax) (1/4 per process)"] == pytest.approx(
+    assert four.persistent["base weights (4-bit NF4, 1/4 per process; absmax whole)"] == pytest.approx(
         linear / 8 + absmax
     )
     lora = 64 * 64 * sum(i + o for i, o in shape.projections().values())
@@ -223,7 +223,8 @@ def test_fsdp_prices_a_trained_lm_head_gathered_whole_and_the_embedding_at_the_s
     shape = shape_of("8b")
     embedding = shape.embedding_weights()
     found = fsdp_estimate("v2", "8b", 2, Rows(6000, 1))
-    assert found.persistent["embed_tokens / lm_head (bf16, frozen)"] == embedding * 2  # 2 originals, 1/2 each
+    originals = found.persistent["embed_tokens / lm_head (bf16, frozen); trained ones' originals 1/2 per process"]
+    assert originals == embedding * 2  # 2 originals, 1/2 each
     assert found.persistent["trained embed_tokens / lm_head copies (bf16) (1/2 per process)"] == embedding * 2
     assert found.persistent["lm_head gradient (bf16) (1/2 per process)"] == embedding
     head = found.phases["lm_head gradient accumulator (fp32), lm_head gathered whole"]

@@ -132,7 +132,7 @@ def test_fsdp_plans_per_process(lengths, tmp_path):
     assert found.fits and found.predicted_reserved_gib <= found.budget_gib
     assert (found.as_dict()["processes"], found.as_dict()["parallelism"]) == (2, "fsdp")
     assert "predicted peak per process (fsdp, 2 processes)" in found.lines()[0]
-    assert "base weights (4-bit NF4 with absmax) (1/2 per process)" in found.terms_gib
+    assert "base weights (4-bit NF4, 1/2 per process; absmax whole)" in found.terms_gib
     assert effective.speed.checkpoint_fraction == 1.0
     with pytest.raises(MemoryBudgetError, match=r"peak per process \(ddp, 2 processes\)"):  # each holds it whole
         plan_for_run(cfg, lengths, 400, None, processes=2, fsdp=False, budget_size="24GiB", training=False)

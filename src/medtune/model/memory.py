@@ -303,13 +303,21 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
     head_trained = "lm_head" in trained
     trained_params = lora_params + trained_copies * embedding
 
+    stored = (
+        (f" (4-bit NF4, 1/{shards} per process; absmax whole)" if shards > 1 else " (4-bit NF4 with absmax)")
+        if quantized
+        else f" (bf16){per_process}"
+    )
     persistent = {
-        "base weights" + (" (4-bit NF4 with absmax)" if quantized else " (bf16)") + per_process: (
+        "base weights" + stored: (
             linear * (NF4_DATA_BYTES_PER_WEIGHT / shards + nf4_absmax_bytes_per_weight(settings.double_quant))
             if quantized
             else linear * BF16 / shards
         ),
-        "embed_tokens / lm_head (bf16, frozen)": frozen_embeddings,
+        "embed_tokens / lm_head (bf16, frozen)"
+        + (f"; trained ones' originals 1/{shards} per process" if shards > 1 and trained_originals else ""): (
+            frozen_embeddings
+        ),
         # FSDP's bf16 4-bit storage keeps the base out of the fused function, and its block scales uncached
         "fused LoRA's cached block scales": (
             linear * FP32 / NF4_BLOCK if quantized and settings.fused_lora and not settings.fsdp else 0
