@@ -4,7 +4,8 @@ Each calibration point: the model size (Qwen3 configs as bench/gpu_speed.py buil
 settings of the bench variant, the steps that were timed (the peak is reset after warm-up, so only their packed
 rows count), the data-parallel processes, and the measured `peak_gib` (torch.cuda.max_memory_allocated), with the
 results file and line it comes from. All ran the fused LoRA of attempt #12 or PEFT's forward (`fused_lora=false`),
-varlen attention, bf16 autocast and Liger, on the shipped data's v1/v2 split with paged 8-bit AdamW.
+varlen attention, bf16 autocast and Liger, on the shipped data's v1/v2 split with paged 8-bit AdamW; the FSDP points
+(FSDP_CALIBRATION) with torch AdamW, as `auto` resolves under FSDP.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from medtune.data.prepare import prepare_data
 from medtune.model.memory import (
     GIB,
     Levers,
+    MemoryEstimate,
     MemorySettings,
     ModelShape,
+    Rows,
     estimate,
     kept_layer_bytes_per_token,
+    nf4_absmax_bytes_per_weight,
     nf4_bytes_per_weight,
     packed_rows,
     read_model_shape,
@@ -68,7 +72,15 @@ CALIBRATION = [
     ("8b", "v2", "auto", 3, 6, 2, 30.331, f"{MULTI}call2-results.jsonl line 2 (DDP, rank 0)"),
     ("8b", "v1", "row_ckpt100", 1, 3, 1, 13.605, f"{CALIBRATION_CALL} line 15"),
     ("8b", "v2", "row_ckpt100", 1, 3, 1, 17.436, f"{LOSS_FIX} line 6"),
+    ("32b", "v1", "row_ckpt100", 1, 2, 1, 35.991, f"{MULTI}call5-results.jsonl line 2"),
 ]
+# The same columns, for train.parallelism fsdp: the peak of rank 0, whose rows `packed_rows` rebuilds. The 8B v2 FSDP
+# peaks of call 4 are left out: they ran with a whole trained lm_head on every process, which the model no longer
+# prices (a trained lm_head is sharded like the input embedding); a v1 run trains no lm_head.
+FSDP_CALIBRATION = [
+    ("32b", "v1", "row_ckpt100", 1, 2, 2, 20.699, f"{MULTI}call5-results.jsonl line 1 (FSDP, 24 GiB cap, rank 0)"),
+]
+POINTS = [(*point, False) for point in CALIBRATION] + [(*point, True) for point in FSDP_CALIBRATION]
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +95,12 @@ def shape_of(size: str) -> ModelShape:
 
 
 @pytest.mark.parametrize(
-    "size, version, variant, first, steps, processes, measured, where",
-    CALIBRATION,
-    ids=[f"{p[0]}-{p[1]}-{p[2]}-{p[5]}proc-{p[6]}" for p in CALIBRATION],
+    "size, version, variant, first, steps, processes, measured, where, fsdp",
+    POINTS,
+    ids=[f"{p[0]}-{p[1]}-{p[2]}-{p[5]}proc{'-fsdp' if p[8] else ''}-{p[6]}" for p in POINTS],
 )
 def test_prediction_within_15_percent_of_the_measured_peak(
-    train_lengths, size, version, variant, first, steps, processes, measured, where
+    train_lengths, size, version, variant, first, steps, processes, measured, where, fsdp
 ):
     cfg = load_config(CONFIGS / f"{version}.yaml", ["model.name_or_path=tiny", *VARIANTS[variant]])
     rows = packed_rows(
@@ -100,9 +112,8 @@ def test_prediction_within_15_percent_of_the_measured_peak(
         cfg.train.per_device_batch_size,
         processes,
     )
-    predicted = estimate(
-        shape_of(size), MemorySettings.from_run(cfg, liger=True, processes=processes), Levers.from_run(cfg), rows
-    )
+    settings = MemorySettings.from_run(cfg, liger=True, processes=processes, fsdp=fsdp)
+    predicted = estimate(shape_of(size), settings, Levers.from_run(cfg), rows)
     assert predicted.peak_gib == pytest.approx(measured, rel=0.15), f"{where}: {predicted.terms()}"
 
 
@@ -113,6 +124,7 @@ def test_the_timed_steps_are_the_bench_records_step_tokens(train_lengths):
     assert (one_row.longest, one_row.most_per_step) == (12902, 1)
     assert packed_rows(train_lengths, 16, range(3, 9), cfg.train.seed, 16384, 4).longest == 13510  # multigpu call 2
     assert packed_rows(train_lengths, 16, range(2, 6), cfg.train.seed, 8192, 4).most_per_step == 2
+    assert packed_rows(train_lengths, 16, range(1, 3), cfg.train.seed, 16384, 4).longest == 12902  # multigpu call 5
 
 
 def test_kept_layer_bytes_match_the_saved_tensors_listed(train_lengths):
@@ -132,8 +144,6 @@ def test_nf4_bytes_and_the_terms_that_make_the_peak():
     assert nf4_bytes_per_weight(double_quant=True) == pytest.approx(0.5 + 1 / 64 + 4 / 64 / 256)
     assert nf4_bytes_per_weight(double_quant=False) == pytest.approx(0.5 + 4 / 64)
     cfg = load_config(CONFIGS / "v2.yaml", ["model.name_or_path=tiny", "speed.checkpoint_fraction=1.0"])
-    from medtune.model.memory import Rows
-
     one = estimate(shape_of("8b"), MemorySettings.from_run(cfg, liger=True), Levers.from_run(cfg), Rows(13000, 1))
     assert sum(one.terms().values()) == pytest.approx(one.peak_bytes)
     assert one.peak_phase == "lm_head gradient accumulator (fp32)"  # a trained 151,936 x 4,096 head
@@ -161,3 +171,79 @@ def test_the_shape_comes_from_config_json_alone(tmp_path):
     assert read_model_shape(ModelConfig(name_or_path="tiny")).hidden == 64
     with pytest.raises(ValueError, match="no intermediate_size"):
         ModelShape.from_config({"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 10})
+
+
+def fsdp_estimate(version: str, size: str, processes: int, rows: Rows, *overrides: str) -> MemoryEstimate:
+    cfg = load_config(CONFIGS / f"{version}.yaml", ["model.name_or_path=tiny", *VARIANTS["row_ckpt100"], *overrides])
+    settings = MemorySettings.from_run(cfg, liger=True, processes=processes, fsdp=True)
+    return estimate(shape_of(size), settings, Levers.from_run(cfg), rows)
+
+
+def test_fsdp_shards_the_layers_and_trained_weights_and_keeps_the_rest_whole():
+    """Per process under FSDP: the 4-bit storage, LoRA (and its gradients and AdamW states) are cut in N; the
+    absmax and a frozen, untrained embedding stay whole; the fused LoRA caches no block scales (bf16 storage)."""
+    rows = Rows(6000, 1)
+    two, four = fsdp_estimate("v1", "32b", 2, rows), fsdp_estimate("v1", "32b", 4, rows)
+    shape = shape_of("32b")
+    linear, embedding = shape.linear_weights(), shape.embedding_weights()
+    absmax = nf4_absmax_bytes_per_weight(double_quant=True) * linear
+    assert two.persistent["base weights (4-bit NF4, 1/2 per process; absmax whole)"] == pytest.approx(
+        linear / 4 + absmax
+    )
+    assert four.persistent["base weights (4-bit NF4, 1/4 per process; absmax whole)"] == pytest.approx(
+        linear / 8 + absmax
+    )
+    lora = 64 * 64 * sum(i + o for i, o in shape.projections().values())
+    assert two.persistent["LoRA adapters (fp32) and their gradients (1/2 per process)"] == pytest.approx(lora * 4)
+    assert two.persistent["AdamW states (2 per parameter, the parameter's dtype) (1/2 per process)"] == pytest.approx(
+        lora * 4
+    )
+    assert two.persistent["embed_tokens / lm_head (bf16, frozen)"] == 2 * embedding * 2  # v1: neither is trained
+    assert two.persistent["fused LoRA's cached block scales"] == 0
+    assert two.held == fsdp_estimate("v1", "32b", 1, rows).held, "a process's activations are those of its rows"
+    gathered = (
+        two.phases["one layer's backward pass, 2 decoder layers gathered whole"]
+        - kept_layer_bytes_per_token(
+            shape, MemorySettings.from_run(load_config(CONFIGS / "v1.yaml", ["model.name_or_path=tiny"]), liger=True)
+        )
+        * 6000
+    )
+    assert gathered == pytest.approx(2 * (linear / 64 / 2 + lora / 64 * 4) + lora / 64 * 4)
+
+
+def test_one_fsdp_process_holds_the_whole_model():
+    cfg = load_config(CONFIGS / "v1.yaml", ["model.name_or_path=tiny", "train.parallelism=fsdp"])
+    assert MemorySettings.from_run(cfg, liger=True, processes=1, fsdp=True) == MemorySettings.from_run(cfg, liger=True)
+    assert MemorySettings.from_run(cfg, liger=True, processes=2, fsdp=True).optimizer == "adamw"
+
+
+def test_fsdp_prices_a_trained_lm_head_gathered_whole_and_the_embedding_at_the_step_end():
+    """v2 on Qwen3-8B (untied): the trained copies, their originals, gradients and AdamW states are sharded; the head is
+    whole from the loss's forward to its backward, with the fp32 accumulator and its whole bf16 gradient."""
+    shape = shape_of("8b")
+    embedding = shape.embedding_weights()
+    found = fsdp_estimate("v2", "8b", 2, Rows(6000, 1))
+    originals = found.persistent["embed_tokens / lm_head (bf16, frozen); trained ones' originals 1/2 per process"]
+    assert originals == embedding * 2  # 2 originals, 1/2 each
+    assert found.persistent["trained embed_tokens / lm_head copies (bf16) (1/2 per process)"] == embedding * 2
+    assert found.persistent["lm_head gradient (bf16) (1/2 per process)"] == embedding
+    head = found.phases["lm_head gradient accumulator (fp32), lm_head gathered whole"]
+    assert head == 4 * embedding + 2 * embedding + 2 * embedding + 9 * shape.hidden * 6000
+    assert found.peak_phase == "lm_head gradient accumulator (fp32), lm_head gathered whole"
+    assert found.edges == {
+        "embed_tokens gathered whole for its backward pass, with its whole gradient (bf16)": 4 * embedding
+    }
+    several = fsdp_estimate("v2", "8b", 2, Rows(6000, 2))
+    assert (
+        several.persistent["embed_tokens gradient (bf16) (1/2 per process), from a step's first pass on"] == embedding
+    )
+
+
+def test_an_edge_of_the_step_counts_without_the_held_activations():
+    """A trained, sharded input embedding alone (no trained head) on short rows: its backward pass at the end of the
+    step, gathered whole with its gradient, is the peak, and no activation is held then."""
+    found = fsdp_estimate("v1", "8b", 2, Rows(256, 1), "lora.modules_to_save=[embed_tokens]")
+    edge = "embed_tokens gathered whole for its backward pass, with its whole gradient (bf16)"
+    assert found.peak_phase == edge
+    assert edge in found.terms() and not set(found.held) & set(found.terms())
+    assert found.peak_bytes == pytest.approx(sum(found.persistent.values()) + found.edges[edge])

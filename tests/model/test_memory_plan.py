@@ -3,6 +3,8 @@ settings win, and a run that cannot fit stops before training with the numbers."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from tests.conftest import CONFIGS
@@ -117,3 +119,22 @@ def test_a_bad_budget_names_the_value_once():
     with pytest.raises(ConfigError) as raised:
         load_config(CONFIGS / "v1.yaml", ["speed.memory_budget=lots"])
     assert str(raised.value).count("'lots'") == 1, str(raised.value)
+
+
+def test_fsdp_plans_per_process(lengths, tmp_path):
+    """Qwen3-32B v1 under FSDP: two processes fit a 24 GiB GPU each (measured: 20.7 and 22.0 GiB peaks under a 24 GiB
+    cap); one process holding the whole model cannot, whatever the levers. env.json's memory_plan records both."""
+    (tmp_path / "config.json").write_text(json.dumps(qwen3_config("32b")))
+    cfg = load_config(CONFIGS / "v1.yaml", [f"model.name_or_path={tmp_path}", "train.parallelism=fsdp"])
+    found, effective = plan_for_run(
+        cfg, lengths, 400, None, processes=2, fsdp=True, budget_size="24GiB", training=False
+    )
+    assert found.fits and found.predicted_reserved_gib <= found.budget_gib
+    assert (found.as_dict()["processes"], found.as_dict()["parallelism"]) == (2, "fsdp")
+    assert "predicted peak per process (fsdp, 2 processes)" in found.lines()[0]
+    assert "base weights (4-bit NF4, 1/2 per process; absmax whole)" in found.terms_gib
+    assert effective.speed.checkpoint_fraction == 1.0
+    with pytest.raises(MemoryBudgetError, match=r"peak per process \(ddp, 2 processes\)"):  # each holds it whole
+        plan_for_run(cfg, lengths, 400, None, processes=2, fsdp=False, budget_size="24GiB", training=False)
+    with pytest.raises(MemoryBudgetError, match="train.parallelism fsdp over several GPUs"):
+        plan_for_run(cfg, lengths, 400, None, processes=1, fsdp=True, budget_size="24GiB", training=False)

@@ -56,6 +56,17 @@ def check(
             "default: this machine's GPU, if any.",
         ),
     ] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            metavar="N",
+            min=1,
+            help="Check the run as N processes, one GPU each (torchrun --nproc_per_node N), with the config's "
+            "train.parallelism (ddp: each holds the whole model; fsdp: the model is sharded over them); batch and "
+            "memory figures are per process.",
+        ),
+    ] = 1,
 ) -> None:
     """Pre-flight check of a run: environment, run folder, data as training encodes it, schedule, GPU memory plan;
     exit 1 on errors."""
@@ -64,7 +75,9 @@ def check(
 
     from medtune.train.preflight import preflight
 
-    findings = preflight(load_cli_config(config, overlay, set_), skip_bad_rows=skip_bad_rows, gpu_memory=gpu_memory)
+    findings = preflight(
+        load_cli_config(config, overlay, set_), skip_bad_rows=skip_bad_rows, gpu_memory=gpu_memory, processes=processes
+    )
     table = Table(title=f"medtune check {config}")
     for column in ("", "check", "finding"):
         table.add_column(column)

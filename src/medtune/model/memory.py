@@ -12,9 +12,19 @@ A step's memory is three parts:
 - transient: the largest short-lived working set on top of the held part, whichever of the three phases is larger:
   the chunked lm_head + cross-entropy in the forward pass, the start of the backward pass where a trained head's
   gradient is scaled, and one layer's backward pass (recomputed, if checkpointed).
+A fourth part, the step's edges, holds what runs while no activations are held: under FSDP, a sharded input
+embedding gathered whole for its backward pass at the end of the step.
 The per-token byte counts follow from what each kernel saves (listed in the functions below); three constants are
 calibrated against the peaks measured in bench/RESULTS.md and bench/results/ (tests/model/test_memory.py holds the
 table). They were measured with paged 8-bit AdamW, whose states live in managed memory and are not counted.
+
+Under FSDP (train.parallelism fsdp, several processes; train/fsdp.py) the estimate is one process's: every parameter
+FSDP shards (the decoder layers' 4-bit storage and LoRA adapters, PEFT's frozen originals of trained modules, trained
+embed_tokens and lm_head copies), its gradient and its AdamW states take 1/processes; the 4-bit absmax (bitsandbytes'
+quantization state, kept whole on each layer), frozen embeddings that are not trained and the final norm stay whole.
+On top: the decoder layers gathered whole around the one running, a trained lm_head gathered whole from the loss's
+forward to its backward, and a trained input embedding gathered whole for its backward. The activations are those of
+the process's own rows, as under DDP.
 """
 
 from __future__ import annotations
@@ -45,6 +55,9 @@ PEFT_EXTRA_BYTES_PER_INPUT_FEATURE = 1
 HEAD_ACCUMULATOR_BYTES_PER_WEIGHT = 4
 # Layer inputs on the device while activations are offloaded: the one in use, and the copies in flight or prefetched.
 OFFLOAD_LAYERS_ON_DEVICE = 3
+NF4_DATA_BYTES_PER_WEIGHT = 0.5  # the packed 4-bit values, uint8 or (under FSDP) bf16 storage alike
+# Under FSDP, decoder layers gathered whole at once: the one running and the one prefetched (reshard after forward).
+FSDP_GATHERED_LAYERS = 2
 
 
 @dataclass(frozen=True)
@@ -134,11 +147,14 @@ class MemorySettings:
     liger: bool
     gradient_checkpointing: bool
     packing: bool
-    processes: int  # data-parallel processes (DDP)
+    processes: int  # data-parallel processes (DDP or FSDP)
+    fsdp: bool = False  # train.parallelism fsdp with several processes: sharded weights (train/fsdp.py)
 
     @classmethod
-    def from_run(cls, cfg: RunConfig, liger: bool, processes: int = 1) -> MemorySettings:
-        """The settings of `cfg` on CUDA (the optimizer resolved as there)."""
+    def from_run(cls, cfg: RunConfig, liger: bool, processes: int = 1, fsdp: bool = False) -> MemorySettings:
+        """The settings of `cfg` on CUDA (the optimizer resolved as there) in each of `processes` processes; `fsdp`
+        counts only with several (one process holds the whole model whatever train.parallelism says)."""
+        fsdp = fsdp and processes > 1
         return cls(
             quant=cfg.quant.mode,
             double_quant=cfg.quant.double_quant,
@@ -147,13 +163,19 @@ class MemorySettings:
             lora_dropout=cfg.lora.dropout,
             trained_embeddings=frozenset(cfg.lora.modules_to_save) & {"embed_tokens", "lm_head"},
             untie=cfg.lora.tied_embeddings == "untie",
-            optimizer=cfg.train.resolved_optimizer("cuda", fsdp=False),
+            optimizer=cfg.train.resolved_optimizer("cuda", fsdp=fsdp),
             fused_lora=cfg.speed.fused_lora,
             liger=liger and cfg.speed.fused_kernels != "none",
             gradient_checkpointing=cfg.train.gradient_checkpointing,
             packing=cfg.train.packing,
             processes=processes,
+            fsdp=fsdp,
         )
+
+    @property
+    def shards(self) -> int:
+        """Into how many parts FSDP cuts each sharded parameter, its gradient and its optimizer states (1: none)."""
+        return self.processes if self.fsdp else 1
 
 
 @dataclass(frozen=True)
@@ -191,20 +213,25 @@ class Rows:
 
 @dataclass
 class MemoryEstimate:
-    """Predicted peak allocated bytes and the named terms it is the sum of (persistent + held + the largest phase)."""
+    """Predicted peak allocated bytes and the named terms it is the sum of: persistent + held + the largest phase,
+    or persistent + the largest edge where that is more."""
 
     persistent: dict[str, float]
     held: dict[str, float]
-    phases: dict[str, float]  # transient working sets; the largest one counts
+    phases: dict[str, float]  # transient working sets on top of the held activations; the largest one counts
+    edges: dict[str, float] = field(default_factory=dict)  # transient working sets while no activations are held
     notes: list[str] = field(default_factory=list)
 
     @property
     def peak_phase(self) -> str:
-        return max(self.phases, key=self.phases.__getitem__)
+        """The phase or edge at the peak."""
+        during = {name: sum(self.held.values()) + value for name, value in self.phases.items()}
+        candidates = {**during, **self.edges}
+        return max(candidates, key=candidates.__getitem__)
 
     @property
     def peak_bytes(self) -> float:
-        return sum(self.persistent.values()) + sum(self.held.values()) + self.phases[self.peak_phase]
+        return sum(self.terms().values())
 
     @property
     def peak_gib(self) -> float:
@@ -212,7 +239,9 @@ class MemoryEstimate:
 
     def terms(self) -> dict[str, float]:
         """Every term that makes up the peak, in bytes, largest first."""
-        terms = {**self.persistent, **self.held, self.peak_phase: self.phases[self.peak_phase]}
+        peak = self.peak_phase
+        transient = {peak: self.edges[peak]} if peak in self.edges else {**self.held, peak: self.phases[peak]}
+        terms = {**self.persistent, **transient}
         return dict(sorted(((name, value) for name, value in terms.items() if value > 0), key=lambda kv: -kv[1]))
 
     def biggest_terms(self, count: int = 4) -> str:
@@ -220,9 +249,14 @@ class MemoryEstimate:
 
 
 def nf4_bytes_per_weight(double_quant: bool) -> float:
-    """4 bits, plus one absmax per 64 weights: fp32, or with double quant 8-bit with an fp32 scale per 256 blocks."""
+    """4 bits, plus the absmax."""
+    return NF4_DATA_BYTES_PER_WEIGHT + nf4_absmax_bytes_per_weight(double_quant)
+
+
+def nf4_absmax_bytes_per_weight(double_quant: bool) -> float:
+    """One absmax per 64 weights: fp32, or with double quant 8-bit with an fp32 scale per 256 blocks."""
     absmax = (1 + FP32 / NESTED_BLOCK) if double_quant else FP32
-    return 0.5 + absmax / NF4_BLOCK
+    return absmax / NF4_BLOCK
 
 
 def kept_layer_bytes_per_token(shape: ModelShape, settings: MemorySettings) -> int:
@@ -249,41 +283,62 @@ def kept_layer_bytes_per_token(shape: ModelShape, settings: MemorySettings) -> i
 
 
 def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: Rows) -> MemoryEstimate:
-    """Peak allocated memory of one training step (see the module docstring for the three parts)."""
+    """Peak allocated memory of one training step in one process (see the module docstring for the parts)."""
     tokens = rows.longest
     notes = []
+    shards = settings.shards
+    per_process = f" (1/{shards} per process)" if shards > 1 else ""
     quantized = settings.quant != "none"
     linear = shape.linear_weights()
     embedding = shape.embedding_weights()
-    frozen_matrices = 1 if shape.tied else 2
     trained = settings.trained_embeddings
     trained_copies = 0 if not trained else (1 if shape.tied and not settings.untie else len(trained))
-    lora_params = (
-        shape.layers
-        * settings.lora_r
-        * sum(i + o for name, (i, o) in shape.projections().items() if name in settings.lora_targets)
-    )
+    frozen_matrices = 1 if shape.tied else 2
+    trained_originals = min(frozen_matrices, len(trained))  # PEFT's frozen originals of trained modules
+    # FSDP shards the trained originals (one unit, never gathered); the other frozen embeddings stay whole
+    frozen_embeddings = (frozen_matrices - trained_originals + trained_originals / shards) * embedding * BF16
+    adapted = {name: size for name, size in shape.projections().items() if name in settings.lora_targets}
+    lora_per_layer = settings.lora_r * sum(i + o for i, o in adapted.values())
+    lora_params = shape.layers * lora_per_layer
     head_trained = "lm_head" in trained
     trained_params = lora_params + trained_copies * embedding
 
+    stored = (
+        (f" (4-bit NF4, 1/{shards} per process; absmax whole)" if shards > 1 else " (4-bit NF4 with absmax)")
+        if quantized
+        else f" (bf16){per_process}"
+    )
     persistent = {
-        "base weights" + (" (4-bit NF4 with absmax)" if quantized else " (bf16)"): linear
-        * (nf4_bytes_per_weight(settings.double_quant) if quantized else BF16),
-        "embed_tokens / lm_head (bf16, frozen)": frozen_matrices * embedding * BF16,
-        "fused LoRA's cached block scales": linear * FP32 / NF4_BLOCK if quantized and settings.fused_lora else 0,
-        "LoRA adapters (fp32) and their gradients": lora_params * FP32 * 2,
-        "trained embed_tokens / lm_head copies (bf16)": trained_copies * embedding * BF16,
-        "lm_head gradient (bf16)": embedding * BF16 if head_trained else 0,
+        "base weights" + stored: (
+            linear * (NF4_DATA_BYTES_PER_WEIGHT / shards + nf4_absmax_bytes_per_weight(settings.double_quant))
+            if quantized
+            else linear * BF16 / shards
+        ),
+        "embed_tokens / lm_head (bf16, frozen)"
+        + (f"; trained ones' originals 1/{shards} per process" if shards > 1 and trained_originals else ""): (
+            frozen_embeddings
+        ),
+        # FSDP's bf16 4-bit storage keeps the base out of the fused function, and its block scales uncached
+        "fused LoRA's cached block scales": (
+            linear * FP32 / NF4_BLOCK if quantized and settings.fused_lora and not settings.fsdp else 0
+        ),
+        "LoRA adapters (fp32) and their gradients" + per_process: lora_params * FP32 * 2 / shards,
+        "trained embed_tokens / lm_head copies (bf16)" + per_process: trained_copies * embedding * BF16 / shards,
+        "lm_head gradient (bf16)" + per_process: embedding * BF16 / shards if head_trained else 0,
     }
     own_embedding_gradient = "embed_tokens" in trained and not (head_trained and trained_copies == 1)
-    if settings.processes > 1 and own_embedding_gradient:  # DDP's buckets hold every gradient all the time
-        persistent["embed_tokens gradient (DDP bucket)"] = embedding * BF16
+    if own_embedding_gradient and settings.processes > 1 and not settings.fsdp:
+        persistent["embed_tokens gradient (DDP bucket)"] = embedding * BF16  # DDP's buckets hold every gradient always
+    elif own_embedding_gradient and rows.most_per_step > 1:  # made at the end of a pass, kept for the next ones
+        persistent[f"embed_tokens gradient (bf16){per_process}, from a step's first pass on"] = (
+            embedding * BF16 / shards
+        )
     if settings.optimizer == "adamw":
-        persistent["AdamW states (2 per parameter, the parameter's dtype)"] = 2 * (
-            lora_params * FP32 + trained_copies * embedding * BF16
+        persistent["AdamW states (2 per parameter, the parameter's dtype)" + per_process] = (
+            2 * (lora_params * FP32 + trained_copies * embedding * BF16) / shards
         )
     elif settings.optimizer == "adamw_8bit":
-        persistent["8-bit AdamW states"] = 2 * trained_params
+        persistent["8-bit AdamW states"] = 2 * trained_params / shards
     else:
         notes.append(
             f"paged 8-bit AdamW: {2 * trained_params / GIB:.2f} GiB of states in managed memory, paged to the host "
@@ -310,17 +365,38 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
 
     trained_tokens = HEAD_BYTES_PER_TOKEN_FEATURE * shape.hidden * tokens
     chunk = min(levers.loss_chunk_tokens, tokens)
+    # FSDP: a trained lm_head is gathered whole for the loss's forward and stays whole until its backward pass. Its
+    # fp32 accumulator, filled in the forward, comes on top of its sharded gradient there too; in one process the
+    # forward's accumulator comes before the whole gradient (persistent) exists, which the accumulator phase covers.
+    gathered_head = embedding * BF16 if settings.fsdp and head_trained else 0
+    head_in_forward = gathered_head + (HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding if gathered_head else 0)
+    layer_backward = "one layer's backward pass"
+    gathered_layers = 0.0
+    if settings.fsdp:  # the layers gathered whole (4-bit storage or bf16, and LoRA), and one layer's whole LoRA grads
+        layer_storage = linear / shape.layers * (NF4_DATA_BYTES_PER_WEIGHT if quantized else BF16)
+        gathered_layers = FSDP_GATHERED_LAYERS * (layer_storage + lora_per_layer * FP32) + lora_per_layer * FP32
+        layer_backward += f", {FSDP_GATHERED_LAYERS} decoder layers gathered whole"
     phases = {
         f"lm_head + cross-entropy chunks of {chunk:,} tokens": HEAD_CHUNK_BYTES_PER_LOGIT * chunk * shape.vocab
-        + trained_tokens,
-        "one layer's backward pass": per_kept_layer,
+        + trained_tokens
+        + head_in_forward,
+        layer_backward: per_kept_layer + gathered_layers,
     }
     if head_trained:
-        accumulate = embedding * BF16 if rows.most_per_step > 1 or settings.processes > 1 else 0  # .grad exists: a copy
-        phases["lm_head gradient accumulator (fp32)"] = (
-            HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding + accumulate + trained_tokens
+        # .grad exists (accumulated over passes, DDP's bucket) or FSDP's whole gradient before its reduce-scatter
+        whole_gradient = rows.most_per_step > 1 or settings.processes > 1
+        phases["lm_head gradient accumulator (fp32)" + (", lm_head gathered whole" if gathered_head else "")] = (
+            HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding
+            + (embedding * BF16 if whole_gradient else 0)
+            + gathered_head
+            + trained_tokens
         )
-    return MemoryEstimate(persistent, held, phases, notes)
+    edges = {}
+    if settings.fsdp and own_embedding_gradient:
+        edges["embed_tokens gathered whole for its backward pass, with its whole gradient (bf16)"] = (
+            2 * embedding * BF16
+        )
+    return MemoryEstimate(persistent, held, phases, edges, notes)
 
 
 # ---- the run's packed rows ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Levers are tried in order of what they cost in speed, cheapest first, each only 
 v2's trained embeddings keep paged 8-bit AdamW states (auto), which live in managed memory and page to the host.
 A setting the user wrote (`model_fields_set`) is never changed. A run that cannot fit even with every lever free
 stops before training with the numbers; one that would fit only by changing the user's settings gets a warning.
+With several processes (DDP or FSDP) the budget and the prediction are each process's, on its own GPU.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class MemoryPlan:
 
     budget: str  # where the budget came from, in words
     budget_gib: float | None  # what the caching allocator may reserve; None: no planning
+    processes: int = 1  # the budget and the prediction are each process's
+    parallelism: str = "none"  # none, ddp or fsdp: whether each process holds the whole model
     predicted_peak_gib: float | None = None  # allocated, as torch.cuda.max_memory_allocated reports it
     predicted_reserved_gib: float | None = None
     fits: bool | None = None
@@ -67,8 +70,9 @@ class MemoryPlan:
             return [f"memory plan: none ({self.budget})", *self.notes]
         verdict = "fits" if self.fits else "does NOT fit"
         lines = [
-            f"memory plan: {self.budget}: {self.budget_gib:.1f} GiB; predicted peak {self.predicted_peak_gib:.1f} GiB "
-            f"allocated, {self.predicted_reserved_gib:.1f} GiB reserved: {verdict}"
+            f"memory plan: {self.budget}: {self.budget_gib:.1f} GiB; predicted peak"
+            f"{each_process(self.processes, self.parallelism)} "
+            f"{self.predicted_peak_gib:.1f} GiB allocated, {self.predicted_reserved_gib:.1f} GiB reserved: {verdict}"
         ]
         lines += [f"  {change.lever} = {change.value}: {change.reason}" for change in self.levers]
         if not self.levers:
@@ -151,6 +155,8 @@ def plan_memory(
     plan = MemoryPlan(
         budget=budget,
         budget_gib=budget_bytes / GIB,
+        processes=settings.processes,
+        parallelism=parallelism_name(settings),
         predicted_peak_gib=final.peak_gib,
         predicted_reserved_gib=reserved_bytes(final, chosen) / GIB,
         fits=fitted,
@@ -161,6 +167,16 @@ def plan_memory(
     if not fitted:
         plan.notes.insert(0, warning)
     return plan, chosen
+
+
+def each_process(processes: int, parallelism: str) -> str:
+    """What a peak of several processes is: each one's (empty for one process)."""
+    return f" per process ({parallelism}, {processes} processes)" if processes > 1 else ""
+
+
+def parallelism_name(settings: MemorySettings) -> str:
+    """As env.json's batch layout names it (train/parallel.py): one process holds the whole model whatever it says."""
+    return "none" if settings.processes == 1 else "fsdp" if settings.fsdp else "ddp"
 
 
 def _choose(search: _Search, levers: Levers, max_length: int, free: dict[str, bool]) -> tuple[Levers, bool]:
@@ -247,12 +263,16 @@ def _changes(before: Levers, after: Levers, search: _Search) -> list[LeverChange
 
 def _raise_cannot_fit(search: _Search, frugal: Levers, budget_bytes: float, budget: str) -> None:
     predicted = search.estimate(frugal)
+    settings = search.settings
+    each = each_process(settings.processes, parallelism_name(settings))
+    sharding = "FSDP over more GPUs" if settings.fsdp else "train.parallelism fsdp over several GPUs"
     raise MemoryBudgetError(
-        f"training cannot fit {budget} ({budget_bytes / GIB:.1f} GiB for the allocator): the predicted peak with the "
-        f"levers that lower it most ({_describe(frugal)}, expandable segments; a lever left at its setting lowers "
-        f"nothing here) is {predicted.peak_gib:.1f} GiB allocated, {reserved_bytes(predicted, frugal) / GIB:.1f} GiB "
-        f"reserved. Biggest terms: {predicted.biggest_terms()}. What is left: a smaller model, a lower lora.r, fewer "
-        "trained modules (lora.modules_to_save), or a GPU with more memory"
+        f"training cannot fit {budget} ({budget_bytes / GIB:.1f} GiB for the allocator): the predicted peak{each} "
+        f"with the levers that lower it most ({_describe(frugal)}, expandable segments; a lever left at its setting "
+        f"lowers nothing here) is {predicted.peak_gib:.1f} GiB allocated, "
+        f"{reserved_bytes(predicted, frugal) / GIB:.1f} GiB reserved. Biggest terms: {predicted.biggest_terms()}. "
+        f"What is left: a smaller model, a lower lora.r, fewer trained modules (lora.modules_to_save), {sharding}, "
+        "or a GPU with more memory"
     )
 
 
@@ -323,23 +343,16 @@ def plan_for_run(
     budget_size: str | None = None,
     training: bool = True,
 ) -> tuple[MemoryPlan, RunConfig]:
-    """The memory plan of a run on `device` (or, with `budget_size`, on a GPU of that size, as `check` asks), and the
-    config training runs with: `cfg` with the plan's levers. `training` also sets the allocator for this process.
-    No planning on CPU or under FSDP."""
+    """The memory plan of one of `processes` processes on `device` (or, with `budget_size`, on a GPU of that size, as
+    `check` asks), and the config training runs with: `cfg` with the plan's levers. `fsdp`: the processes shard the
+    model (train.parallelism fsdp). `training` also sets the allocator for this process. No planning on CPU."""
     from medtune.model.memory import liger_installed, read_model_shape
 
-    no_plan = (
-        "training on the CPU: no GPU memory to plan"
-        if budget_size is None and getattr(device, "type", "cuda") != "cuda"
-        else "train.parallelism fsdp: the memory model covers a process that holds the whole model"
-        if fsdp
-        else None
-    )
-    if no_plan is not None:
+    if budget_size is None and getattr(device, "type", "cuda") != "cuda":
         effective = cfg.model_copy(deep=True)
         if cfg.speed.offload_activations == "auto":  # only a plan turns it on
             effective.speed.offload_activations = False
-        return MemoryPlan(budget=no_plan, budget_gib=None), effective
+        return MemoryPlan(budget="training on the CPU: no GPU memory to plan", budget_gib=None), effective
     if budget_size is not None:
         budget_bytes, budget = size_budget(budget_size)
     elif cfg.speed.memory_budget == "auto":
@@ -353,7 +366,7 @@ def plan_for_run(
             + (f" (the device has less free: {room / GIB:.1f} GiB)" if room < sized else "")
         )
     shape = read_model_shape(cfg.model)
-    settings = MemorySettings.from_run(cfg, liger=liger_installed(), processes=processes)
+    settings = MemorySettings.from_run(cfg, liger=liger_installed(), processes=processes, fsdp=fsdp)
     plan, levers = plan_memory(cfg, shape, settings, run_rows(cfg, lengths, steps, processes), budget_bytes, budget)
     if training and levers.expandable_segments:
         expandable_segments(device)

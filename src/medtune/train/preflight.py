@@ -23,6 +23,7 @@ from medtune.hub import HubError
 from medtune.model.load import load_tokenizer
 from medtune.model.memory_plan import MemoryBudgetError, plan_for_run
 from medtune.run_folder import RunFolder
+from medtune.train.distributed import DistContext, check_global_batch
 from medtune.train.schedules import warmup_steps
 from medtune.train.trackers import TrackerError, require_package
 
@@ -36,16 +37,20 @@ class Finding:
     message: str
 
 
-def preflight(cfg: RunConfig, skip_bad_rows: bool = False, gpu_memory: str | None = None) -> list[Finding]:
+def preflight(
+    cfg: RunConfig, skip_bad_rows: bool = False, gpu_memory: str | None = None, processes: int = 1
+) -> list[Finding]:
     """Every check of a run config, in the order a run would meet them.
 
     `skip_bad_rows` does what `medtune train --skip-bad-rows` does: bad rows are listed as a warning instead of
     stopping at the first; False leaves the config's `data.skip_bad_rows` as it is. `gpu_memory` (a size) plans the
-    run's memory for a GPU of that size instead of this machine's GPU.
+    run's memory for a GPU of that size instead of this machine's GPU. `processes`: the run is launched as that many
+    processes (torchrun), one GPU each, with the config's train.parallelism; the batch and memory figures are each
+    process's.
     """
     if skip_bad_rows:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"skip_bad_rows": True})})
-    findings = [*_environment(cfg), *_run_folder(cfg)]
+    findings = [*_environment(cfg, processes), *_run_folder(cfg)]
     try:
         tokenizer = load_tokenizer(cfg.model)
     except (HubError, OSError, ValueError) as err:  # no such folder or hub id, offline, or no tokenizer in it
@@ -59,14 +64,14 @@ def preflight(cfg: RunConfig, skip_bad_rows: bool = False, gpu_memory: str | Non
         *findings,
         *_data(stats, cfg.data.max_length),
         *_schedule(cfg, stats["train"]["trained_rows"]),
-        _passes(cfg, stats["train"]["token_length"]["mean"]),
-        *_memory(cfg, [len(e) for e in prepared.train.encoded], gpu_memory),
+        _passes(cfg, stats["train"]["token_length"]["mean"], processes),
+        *_memory(cfg, [len(e) for e in prepared.train.encoded], gpu_memory, processes),
     ]
 
 
-def _memory(cfg: RunConfig, lengths: list[int], gpu_memory: str | None) -> list[Finding]:
-    """The predicted peak on a GPU of `gpu_memory` (else this machine's GPU), the levers the plan sets, and whether
-    it fits; from config.json and the token lengths alone, no weights loaded."""
+def _memory(cfg: RunConfig, lengths: list[int], gpu_memory: str | None, processes: int) -> list[Finding]:
+    """The predicted peak of each of `processes` processes on a GPU of `gpu_memory` (else this machine's GPU), the
+    levers the plan sets, and whether it fits; from config.json and the token lengths alone, no weights loaded."""
     if gpu_memory is None and not torch.cuda.is_available():
         return [
             Finding(
@@ -80,8 +85,8 @@ def _memory(cfg: RunConfig, lengths: list[int], gpu_memory: str | None) -> list[
             lengths,
             cfg.train.total_steps(len(lengths)),
             device,
-            processes=1,
-            fsdp=cfg.train.parallelism == "fsdp",
+            processes=processes,
+            fsdp=shards_weights(cfg, processes),
             budget_size=gpu_memory,
             training=False,
         )
@@ -94,11 +99,20 @@ def _memory(cfg: RunConfig, lengths: list[int], gpu_memory: str | None) -> list[
     return [Finding(level, "memory", first), *(Finding("ok", "memory", line.strip()) for line in rest)]
 
 
-def _environment(cfg: RunConfig) -> list[Finding]:
+def shards_weights(cfg: RunConfig, processes: int) -> bool:
+    """FSDP shards the model over several processes; one process holds it whole (train/parallel.py)."""
+    return cfg.train.parallelism == "fsdp" and processes > 1
+
+
+def _environment(cfg: RunConfig, processes: int) -> list[Finding]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "no GPU: training runs on the CPU"
-    fsdp = cfg.train.parallelism == "fsdp"
-    found = [Finding("ok", "device", f"{device} ({name}); optimizer {cfg.train.resolved_optimizer(device, fsdp)}")]
+    optimizer = cfg.train.resolved_optimizer(device, shards_weights(cfg, processes))
+    found = [Finding("ok", "device", f"{device} ({name}); optimizer {optimizer}")]
+    try:
+        check_global_batch(cfg.train.samples_per_step(), DistContext(world_size=processes))
+    except ValueError as err:
+        found.append(Finding("error", "processes", str(err)))
     if cfg.quant.mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
         found.append(
             Finding(
@@ -200,19 +214,22 @@ def _first(sources: list[str], shown: int = 3) -> str:
     return ", ".join(sources[:shown]) + more
 
 
-def _passes(cfg: RunConfig, mean_tokens: float) -> Finding:
-    """How a step is split into forward passes (one process): on a GPU the host's work per pass sets the pace."""
-    samples = cfg.train.samples_per_step()
+def _passes(cfg: RunConfig, mean_tokens: float, processes: int) -> Finding:
+    """How a step is split into forward passes (in each process): on a GPU the host's work per pass sets the pace."""
+    samples = math.ceil(cfg.train.samples_per_step() / processes)  # the largest share (DistContext.shard)
+    each = f" in each of {processes} processes" if processes > 1 else ""
     if not cfg.train.packing:
         batches = math.ceil(samples / cfg.train.per_device_batch_size)
         return Finding(
-            "ok", "batch", f"{batches} padded micro-batches of {cfg.train.per_device_batch_size} samples per step"
+            "ok",
+            "batch",
+            f"{batches} padded micro-batches of {cfg.train.per_device_batch_size} samples per step{each}",
         )
     step_tokens = samples * mean_tokens
     return Finding(
         "ok",
         "batch",
-        f"a step holds about {step_tokens:,.0f} tokens: about {math.ceil(step_tokens / cfg.row_tokens())} "
+        f"a step holds about {step_tokens:,.0f} tokens{each}: about {math.ceil(step_tokens / cfg.row_tokens())} "
         f"forward pass(es) in packed rows of up to {cfg.row_tokens():,} tokens",
     )
 
