@@ -42,7 +42,8 @@ class MedtuneCommand(_MedtuneParsing, TyperCommand):
 
 class MedtuneGroup(_MedtuneParsing, TyperGroup):
     """Runs every command; medtune's own errors and command-line errors become one line and their exit code, others
-    keep the traceback; Ctrl-C exits with 130 after printing what the command says about it."""
+    keep the traceback; an interruption (Ctrl-C, SIGTERM during training) exits with 130 after printing what the
+    command says about it."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         """Parsing `medtune`'s own options (a subcommand's are parsed within `invoke`)."""

@@ -50,7 +50,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(7, "the inputs of a report (run folders, logs)", ("medtune.report.inputs:ReportError",)),
     ExitCode(8, "an experiment tracker (swanlab, tensorboard, wandb)", ("medtune.train.trackers:TrackerError",)),
     ExitCode(9, "`ablate`: runs failed (each named with its log)", ("medtune.ablate:RunsFailedError",)),
-    ExitCode(130, "interrupted (Ctrl-C); `train` saves a checkpoint first"),
+    ExitCode(130, "interrupted (Ctrl-C; SIGTERM during `train`); `train` saves a checkpoint first"),
 )
 
 
