@@ -12,10 +12,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 REFERENCE_SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给出带有思考的回答。"
 DEFAULT_SEED = 42
@@ -571,6 +573,91 @@ def _value_at(values: Any, loc: tuple[str, ...]) -> Any:
     return values
 
 
+def _annotation_at(loc: tuple[str, ...]) -> tuple[int, Any]:
+    """How many parts of an error's `loc` lead to the value at fault, and that value's type: parts left over name
+    the union member pydantic tried (`speed.offload_activations.bool` is about speed.offload_activations)."""
+    annotation: Any = RunConfig
+    depth = 0
+    while depth < len(loc):
+        part, origin = loc[depth], get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+            annotation = annotation.model_fields[part].annotation
+        elif origin in (list, tuple) and part.isdigit():
+            annotation = get_args(annotation)[0]
+        elif origin is dict and loc[depth + 1 : depth + 2] == ("[key]",):
+            return depth + 2, get_args(annotation)[0]
+        elif origin is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            break
+        depth += 1
+    return depth, annotation
+
+
+_KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    tuple: "a list",
+    dict: "a mapping",
+}
+
+
+def _accepted(annotation: Any) -> list[str] | None:
+    """What a type accepts, as a YAML writer would say it (true, false, auto, null, an integer); None where some
+    part of it has no short name."""
+    if get_origin(annotation) is Literal:
+        return [yaml.safe_dump(value).removesuffix("...\n").strip() for value in get_args(annotation)]
+    if get_origin(annotation) in (Union, UnionType):
+        members = [_accepted(member) for member in get_args(annotation)]
+        if any(names is None for names in members):
+            return None
+        return list(dict.fromkeys(name for names in members for name in names or ()))
+    if annotation is bool:
+        return ["true", "false"]
+    if annotation is type(None):
+        return ["null"]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return ["a mapping"]
+    kind = _KIND_NAMES.get(get_origin(annotation) or annotation)
+    return [kind] if kind else None
+
+
+def _is_type_error(problem: ErrorDetails) -> bool:
+    """The value is not of (one of) the field's types, as opposed to failing a check (a range, a validator)."""
+    return problem["type"] == "literal_error" or problem["type"].endswith(("_parsing", "_type"))
+
+
+def _one_problem_per_value(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """A bad value of a union or literal field is one problem at its key saying what is accepted (`expected true,
+    false or auto`), not one per union member (`speed.offload_activations.bool`, `...literal['auto']`). A value of
+    one member's type that fails that member's check (a range) keeps only that check's problem."""
+    by_value: dict[tuple[str, ...], list[ErrorDetails]] = {}
+    for problem in errors:
+        loc = tuple(str(part) for part in problem["loc"])
+        depth = len(loc) if problem["type"] == "extra_forbidden" else _annotation_at(loc)[0]
+        by_value.setdefault(loc[:depth], []).append(problem)
+    merged: list[ErrorDetails] = []
+    for loc, problems in by_value.items():
+        annotation = _annotation_at(loc)[1]
+        if get_origin(annotation) not in (Union, UnionType, Literal):
+            merged.extend(problems)
+            continue
+        accepted = _accepted(annotation)
+        checks = [problem for problem in problems if not _is_type_error(problem)]
+        if accepted and not checks:
+            expected = accepted[0] if len(accepted) == 1 else f"{', '.join(accepted[:-1])} or {accepted[-1]}"
+            if loc[-1:] == ("[key]",):  # a mapping's key: named at the mapping, as an unknown key is
+                message = f"keys must be {expected}, got {problems[0]['input']!r}"
+                merged.append({**problems[0], "loc": loc[:-2], "msg": message})
+            else:
+                merged.append({**problems[0], "loc": loc, "msg": f"expected {expected}"})
+        else:
+            merged.extend({**problem, "loc": loc} for problem in checks or problems)
+    return merged
+
+
 def validate(raw: RawConfig, source: str) -> RunConfig:
     """Validate a composed config, collecting every problem into one ConfigError.
 
@@ -580,7 +667,7 @@ def validate(raw: RawConfig, source: str) -> RunConfig:
         return RunConfig.model_validate(raw.values)
     except ValidationError as err:
         lines = []
-        for problem in err.errors():
+        for problem in _one_problem_per_value(err.errors()):
             problem["msg"] = problem["msg"].removeprefix("Value error, ")
             loc = tuple(str(part) for part in problem["loc"])
             dotted = ".".join(loc) or "(top level)"
@@ -588,7 +675,8 @@ def validate(raw: RawConfig, source: str) -> RunConfig:
                 line = f"{dotted}: unknown key{_suggest(_section_model(loc), loc)}"
             elif isinstance(problem.get("input"), dict):  # a check across a section's keys: its message names them
                 line = f"{dotted}: {problem['msg']}"
-            elif problem["msg"].endswith(f"got {problem.get('input')!r}"):  # the check's message names the value
+            elif problem["msg"].endswith((f"got {problem.get('input')!r}", f"got {str(problem.get('input'))!r}")):
+                # the check's message names the value (a YAML number, as the text it was read from)
                 line = f"{dotted}: {problem['msg']}"
             else:
                 line = f"{dotted}: {problem['msg']} (got {problem.get('input')!r})"

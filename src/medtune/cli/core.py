@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from medtune.cli.errors import exit_code_for
+from medtune.cli.errors import exit_code_for, usage_error_line
 
 
 def _help_matches_parsing(params: list) -> list:
@@ -20,28 +20,61 @@ def _help_matches_parsing(params: list) -> list:
     return params
 
 
-class MedtuneCommand(TyperCommand):
-    def get_params(self, ctx: Any) -> list:
-        return _help_matches_parsing(super().get_params(ctx))
-
-
-class MedtuneGroup(TyperGroup):
-    """Runs every command; medtune's own errors become one line and their exit code, others keep the traceback;
-    Ctrl-C exits with 130 after printing what the command says about it."""
+class _MedtuneParsing:
+    """What parsing shares between a command and a group of commands (such as `medtune data`)."""
 
     def get_params(self, ctx: Any) -> list:
         return _help_matches_parsing(super().get_params(ctx))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Names the command in its parsing errors: click raises some (`--set` without its value) without it."""
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as error:
+            if getattr(error, "ctx", False) is None:
+                error.ctx = ctx
+            raise
+
+
+class MedtuneCommand(_MedtuneParsing, TyperCommand):
+    pass
+
+
+class MedtuneGroup(_MedtuneParsing, TyperGroup):
+    """Runs every command; medtune's own errors and command-line errors become one line and their exit code, others
+    keep the traceback; an interruption (Ctrl-C, SIGTERM during training) exits with 130 after printing what the
+    command says about it."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """Parsing `medtune`'s own options (a subcommand's are parsed within `invoke`)."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except Exception as error:
+            _exit_on_usage_error(error)
+            raise
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except Exception as error:
+            _exit_on_usage_error(error)
             code = exit_code_for(error)
             if code is None:
                 raise
-            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code) from None
+            _fail(str(error), code)
         except KeyboardInterrupt as interrupt:  # training's says which step it saved and how to resume
             if str(interrupt):
                 typer.secho(str(interrupt), fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(130) from None
+
+
+def _exit_on_usage_error(error: Exception) -> None:
+    """A bad command line is one line and exit 2 (click's code), not typer's boxed usage message."""
+    line = usage_error_line(error)
+    if line is not None:
+        _fail(line, getattr(error, "exit_code", 2))
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code) from None

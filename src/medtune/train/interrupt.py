@@ -1,8 +1,12 @@
-"""Ctrl-C during training: finish the current optimizer step, save a checkpoint, then stop.
+"""Ctrl-C (SIGINT) or a job scheduler's SIGTERM during training: finish the current optimizer step, save a
+checkpoint, then stop.
 
-A second Ctrl-C stops at once (the run then resumes from its previous checkpoint). Either way training ends
-in `TrainingInterrupted`, whose message says the step saved and how to resume (summary.json records the
-same), so a command line can print it and exit without a traceback.
+SLURM and Kubernetes stop a job with SIGTERM, then SIGKILL after a grace period: SIGTERM is treated as the first
+Ctrl-C, so the work since the last checkpoint is kept. A second Ctrl-C stops at once (the run then resumes from
+its previous checkpoint); a second SIGTERM does not, since it is no one's second thought: SLURM signals every
+process of a job and torchrun forwards the signal it gets to its workers, so a worker can receive it twice.
+Either way training ends in `TrainingInterrupted`, whose message says the step saved and how to resume
+(summary.json records the same), so a command line can print it and exit without a traceback.
 """
 
 from __future__ import annotations
@@ -10,28 +14,51 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medtune.train.distributed import DistContext
+
+_ON_FIRST_SIGNAL = {
+    signal.SIGINT: "stopping after this step and saving a checkpoint (Ctrl-C again to stop now)",
+    signal.SIGTERM: "SIGTERM: stopping after this step and saving a checkpoint",
+}
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on Ctrl-C; the message says which step is saved and how to resume."""
+    """Training stopped on Ctrl-C or SIGTERM; the message says which step is saved and how to resume."""
 
 
 class GracefulInterrupt:
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to stop now)", flush=True)
+        if not self.requested:
+            self.requested = True
+            print(f"\n{_ON_FIRST_SIGNAL[signal.Signals(signum)]}", flush=True)
+
+    def stop_after_this_step(self, dist: DistContext) -> bool:
+        """Whether to save and stop after the step just done, as every process agrees: each receives its own signal
+        (torchrun forwards it to each worker), at a different point of its step, yet all must save the same step
+        (under FSDP, saving gathers from every process) and stop together, none left waiting in the next step.
+        Every process calls it once per step."""
+        if not dist.enabled:
+            return self.requested
+        import torch
+
+        flag = torch.tensor([float(self.requested)], device=dist.device())
+        return bool(dist.max_(flag).item())
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in _ON_FIRST_SIGNAL}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            if previous is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, previous)

@@ -419,9 +419,10 @@ class FineTuneRecipe:
                     at_end
                 ):  # the end is saved as adapter/ by _finish, with no optimizer state: nothing is left to resume
                     break
-                if self.step % train.save_steps == 0 or interrupt.requested:
+                stop = interrupt.stop_after_this_step(self.dist)  # Ctrl-C or SIGTERM, on any process
+                if self.step % train.save_steps == 0 or stop:
                     self.save_checkpoint()
-                if interrupt.requested:
+                if stop:
                     raise KeyboardInterrupt
 
     def _record_stop(self, status: str) -> str:
