@@ -140,3 +140,4 @@ def test_fsdp_storage_fuses_the_base_too(batch):
     assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
     for name, grad in peft_grads.items():
         assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-7), name
+    assert not any(hasattr(m, "_medtune_absmax") for m in model.modules()), "no whole block scales kept per process"

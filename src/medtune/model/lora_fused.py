@@ -38,22 +38,31 @@ def quant_state_of(layer: nn.Module) -> Any:
 def nf4_dense_weight(layer: nn.Module) -> DenseWeight | None:
     """A function returning a bitsandbytes 4-bit layer's weight dequantized (one kernel), or None if it is not one.
 
-    The fp32 block scales are cached on the layer: 4 bytes per 64 weights, about 90 MB for Qwen3-1.7B.
+    The fp32 block scales are cached on the layer (4 bytes per 64 weights, about 90 MB for Qwen3-1.7B), except under
+    FSDP's storage (not uint8): there each process holds a shard of the weights, and whole scales for every layer
+    would cost it 2 GB on Qwen3-32B; they are expanded on every call instead.
     """
+    weight = getattr(layer, "weight", None)
     if quant_state_of(layer) is None or getattr(layer, "bias", None) is not None:
         return None
+    cache = weight.dtype == torch.uint8
     from bitsandbytes.functional import dequantize_blockwise
+
+    def block_scales(state: Any) -> torch.Tensor:
+        absmax = state.absmax
+        if state.nested:
+            absmax = dequantize_blockwise(state.absmax, state.state2) + state.offset
+        return absmax.float()
 
     def dense() -> torch.Tensor:
         state = quant_state_of(layer)
-        cached = getattr(layer, "_medtune_absmax", None)
-        if cached is None or cached[0] is not state:
-            absmax = state.absmax
-            if state.nested:
-                absmax = dequantize_blockwise(state.absmax, state.state2) + state.offset
-            cached = (state, absmax.float())
-            layer._medtune_absmax = cached
-        absmax = cached[1]
+        if cache:
+            cached = getattr(layer, "_medtune_absmax", None)
+            if cached is None or cached[0] is not state:
+                cached = layer._medtune_absmax = (state, block_scales(state))
+            absmax = cached[1]
+        else:
+            absmax = block_scales(state)
         return torch.ops.bitsandbytes.dequantize_4bit.default(
             layer.weight.data.view(torch.uint8), absmax, state.blocksize, state.quant_type, state.shape, state.dtype
         )

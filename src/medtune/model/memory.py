@@ -318,7 +318,7 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
         + (f"; trained ones' originals 1/{shards} per process" if shards > 1 and trained_originals else ""): (
             frozen_embeddings
         ),
-        # FSDP's bf16 4-bit storage keeps the base out of the fused function, and its block scales uncached
+        # under FSDP the fused LoRA expands the block scales on every call instead (model/lora_fused.py)
         "fused LoRA's cached block scales": (
             linear * FP32 / NF4_BLOCK if quantized and settings.fused_lora and not settings.fsdp else 0
         ),
@@ -428,16 +428,21 @@ def packed_rows(
 
     With `capacity` (packing), rows are packed as training packs them; without, padded batches of `batch_size`.
     """
-    from medtune.data.batching import pack_rows
+    from medtune.data.batching import pack_rows, process_shares
 
     longest = most = 0
     for lengths_of_step in step_lengths(lengths, samples_per_step, steps, seed):
-        share = lengths_of_step[::processes]  # DistContext.shard of rank 0; the ranks' shares are alike
-        if capacity is not None:
-            rows = [sum(map(len, row)) for row in pack_rows([range(length) for length in share], capacity)]
-        else:
-            rows = [batch_size * max(share[start : start + batch_size]) for start in range(0, len(share), batch_size)]
-        longest, most = max(longest, *rows), max(most, len(rows))
+        for indices in process_shares(lengths_of_step, processes):  # each process's share, as DistContext.shard
+            share = [lengths_of_step[i] for i in indices]
+            if not share:
+                continue
+            if capacity is not None:
+                rows = [sum(map(len, row)) for row in pack_rows([range(length) for length in share], capacity)]
+            else:
+                rows = [
+                    batch_size * max(share[start : start + batch_size]) for start in range(0, len(share), batch_size)
+                ]
+            longest, most = max(longest, *rows), max(most, len(rows))
     return Rows(longest, most)
 
 

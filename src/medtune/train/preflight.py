@@ -258,7 +258,7 @@ def _schedule(cfg: RunConfig, train_rows: int) -> list[Finding]:
                 "checkpoints",
                 f"save_steps {train.save_steps} >= {steps} steps: no checkpoint before the end, "
                 "so a crash or a kill (out of memory, power, kill -9) loses the whole run; "
-                "Ctrl-C still saves where it stops",
+                "Ctrl-C and SIGTERM still save where they stop",
             )
         )
     return found
