@@ -129,6 +129,12 @@ VARIANTS: dict[str, list[str]] = {
     "row_ckpt75": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.75"],
     "row_ckpt85": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.85"],
     "row_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=1.0"],
+    "row_ckpt100_offload": [
+        "speed.fused_lora=true",
+        "speed.packed_row_tokens=16384",
+        "speed.checkpoint_fraction=1.0",
+        "speed.offload_activations=true",
+    ],
     # the memory levers, for calibrating the memory model (model/memory.py): recomputed share and row size
     "row_ckpt0": ["speed.fused_lora=true", "speed.packed_row_tokens=16384", "speed.checkpoint_fraction=0.0"],
     "row8k_ckpt50": ["speed.fused_lora=true", "speed.packed_row_tokens=8192", "speed.checkpoint_fraction=0.5"],

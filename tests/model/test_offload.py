@@ -55,6 +55,23 @@ def test_what_is_not_offloaded_and_what_is_copied_once():
     assert offload.pack(big) is not offload.saved[0] and len(offload.saved) == 2
 
 
+def test_a_new_tensor_in_a_freed_tensors_memory_gets_its_own_copy():
+    """The bug that trained nothing on CUDA (bench/RESULTS.md, 2026-12-01): each checkpointed layer's input has the
+    same shape, and a freed one's memory goes to the next; deduplicating saves by address handed the old copy back.
+    Here two tensors share one numpy buffer, written in between: same address, shape, stride and version 0."""
+    np = pytest.importorskip("numpy")
+    offload = ActivationOffload(min_bytes=1024)
+    buffer = np.zeros((64, 64), dtype=np.float32)
+    first = torch.from_numpy(buffer)
+    packed_first = offload.pack(first)
+    buffer[:] = 1.0  # not through torch: no version bump, as a fresh allocation in reused memory has none either
+    second = torch.from_numpy(buffer)
+    assert second.data_ptr() == first.data_ptr() and second._version == first._version
+    packed_second = offload.pack(second)
+    assert torch.equal(offload.unpack(packed_first), torch.zeros(64, 64))
+    assert torch.equal(offload.unpack(packed_second), torch.ones(64, 64))
+
+
 @pytest.fixture
 def tiny_step():
     """The tiny model with v2's LoRA and trained embeddings (dropout 0: equal draws either way), every layer recomputed.

@@ -15,6 +15,7 @@ copy of the tensor (no pinned memory without CUDA), so tests take the same bookk
 from __future__ import annotations
 
 import functools
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class _Offloaded:
     index: int
     host: torch.Tensor
     device: torch.device
+    source: weakref.ref[torch.Tensor]  # the tensor it copies, while alive: a later save of it is the same copy
     device_copy: torch.Tensor | None = None
     ready: torch.cuda.Event | None = None
 
@@ -48,7 +50,7 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
     def __init__(self, min_bytes: int = MIN_OFFLOAD_BYTES) -> None:
         self.min_bytes = min_bytes
         self.saved: list[_Offloaded] = []
-        self.by_key: dict[tuple, _Offloaded] = {}
+        self.by_key: dict[tuple[int, int], _Offloaded] = {}
         self.pending: deque[torch.cuda.Event] = deque()
         self.stream: torch.cuda.Stream | None = None
         super().__init__(self.pack, self.unpack)
@@ -66,21 +68,17 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
     def pack(self, tensor: torch.Tensor) -> torch.Tensor | _Offloaded:
         if not self.worth_offloading(tensor):
             return tensor
-        key = (
-            tensor.untyped_storage().data_ptr(),
-            tensor.storage_offset(),
-            tuple(tensor.shape),
-            tensor.stride(),
-            tensor.dtype,
-            tensor._version,
-        )
-        if key in self.by_key:
-            return self.by_key[key]
+        # The same live tensor object at the same version: an address is no key, since a freed activation's memory
+        # goes to the next one of its shape (every checkpointed layer's input), which must not get the old copy.
+        key = (id(tensor), tensor._version)
+        known = self.by_key.get(key)
+        if known is not None and known.source() is tensor:
+            return known
         if tensor.is_cuda:
             host = self._copy_to_host(tensor)
         else:
             host = tensor.detach().clone(memory_format=torch.preserve_format)
-        saved = _Offloaded(len(self.saved), host, tensor.device)
+        saved = _Offloaded(len(self.saved), host, tensor.device, weakref.ref(tensor))
         self.saved.append(saved)
         self.by_key[key] = saved
         return saved
