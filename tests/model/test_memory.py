@@ -45,6 +45,7 @@ VARIANTS = {  # bench/gpu_speed.py VARIANTS (only the keys that differ from toda
 }
 CALL5, CALL6 = "bench/results/2026-11-29-call5/r/results.jsonl", "bench/results/2026-11-29-call6/r/results.jsonl"
 MULTI = "bench/results/2026-11-30-multigpu/"
+TODAY = "bench/results/2026-12-01-multigpu/"
 CALIBRATION_CALL = "bench/results/2026-11-30-memory-calibration/results.jsonl"
 LOSS_FIX = (
     "bench/results/2026-11-30-memory-loss-fix/results.jsonl"  # after the loss freed its chunks and scaled in place
@@ -76,9 +77,11 @@ CALIBRATION = [
 ]
 # The same columns, for train.parallelism fsdp: the peak of rank 0, whose rows `packed_rows` rebuilds. The 8B v2 FSDP
 # peaks of call 4 are left out: they ran with a whole trained lm_head on every process, which the model no longer
-# prices (a trained lm_head is sharded like the input embedding); a v1 run trains no lm_head.
+# prices (a trained lm_head is sharded like the input embedding); a v1 run trains no lm_head. The 14B and 32B capped
+# runs of 2026-12-01 are left out too: their levers were the memory plan's, which the records do not list.
 FSDP_CALIBRATION = [
     ("32b", "v1", "row_ckpt100", 1, 2, 2, 20.699, f"{MULTI}call5-results.jsonl line 1 (FSDP, 24 GiB cap, rank 0)"),
+    ("8b", "v2", "auto", 3, 5, 2, 26.269, f"{TODAY}results-a.jsonl line 4 (FSDP, lm_head sharded, rank 0)"),
 ]
 POINTS = [(*point, False) for point in CALIBRATION] + [(*point, True) for point in FSDP_CALIBRATION]
 
