@@ -36,7 +36,7 @@ Multi-GPU scaling against one GPU in the same call: `prepare:SIZE` builds a size
 runs one setting, e.g.
 
     python bench/gpu_speed.py all --nproc 2 \\
-        --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
+        --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
 
 Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
 medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;
