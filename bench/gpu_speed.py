@@ -337,26 +337,32 @@ def cap_memory(args: argparse.Namespace, device_index: int = 0) -> bool:
 
 
 # ---- (a) the reference stack -------------------------------------------------------------------
-def reference_model(cfg, args: argparse.Namespace, dropout: float):
-    """transformers + PEFT + bitsandbytes NF4 (double quant, bf16 compute), prepare_model_for_kbit_training with
-    gradient checkpointing, LoRA on the configured projections (+ modules_to_save, tied as in v2)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def nf4_model(args: argparse.Namespace, device) -> Any:
+    """The bench's model as the reference stack loads it: transformers + bitsandbytes NF4, double quant, SDPA."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    device = compute_device()
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(),
     )
-    model = AutoModelForCausalLM.from_pretrained(
+    return AutoModelForCausalLM.from_pretrained(
         model_dir(args),
         quantization_config=quant,
         dtype=compute_dtype(),
         attn_implementation="sdpa",
         device_map={"": 0 if device.type == "cuda" else "cpu"},
     )
+
+
+def reference_model(cfg, args: argparse.Namespace, dropout: float):
+    """transformers + PEFT + bitsandbytes NF4 (double quant, bf16 compute), prepare_model_for_kbit_training with
+    gradient checkpointing, LoRA on the configured projections (+ modules_to_save, tied as in v2)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    device = compute_device()
+    model = nf4_model(args, device)
     model.config.use_cache = False
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     lora = LoraConfig(
@@ -796,23 +802,10 @@ def fp32_reference(cfg, args: argparse.Namespace, items: list) -> tuple[float, d
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     device = compute_device()
     # loaded exactly as (a) and (b) load it, so the dequantized weights are theirs (bf16 values), then computed in fp32
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype(),
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir(args),
-        quantization_config=quant,
-        dtype=compute_dtype(),
-        attn_implementation="sdpa",
-        device_map={"": 0 if device.type == "cuda" else "cpu"},
-    )
+    model = nf4_model(args, device)
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, bnb.nn.Linear4bit):

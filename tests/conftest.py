@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from medtune.config import RunConfig, load_config
+from medtune.config import RunConfig, dump_config, load_config
 from medtune.data.formats import resolve_data_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +53,30 @@ def tiny_config(version: str, tmp_path: Path, data_file: Path, *overrides: str) 
         "train.save_steps=2",
     ]
     return load_config(CONFIGS / f"{version}.yaml", [*base, *overrides], overlays=[CONFIGS / "tiny.yaml"])
+
+
+def torchrun_train(cfg: RunConfig, config_file: Path, *args: str) -> subprocess.CompletedProcess:
+    """`medtune train` on `cfg` in two torchrun processes on this machine; asserts it succeeded."""
+    config_file.write_text(dump_config(cfg), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "medtune.cli",
+            "train",
+            str(config_file),
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done

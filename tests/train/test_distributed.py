@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, torchrun_train
 
 from medtune.config import RunConfig, dump_config
 from medtune.train.distributed import DistContext, check_global_batch
@@ -69,28 +69,7 @@ def assert_same_training(single: Path, parallel: Path, cfg: RunConfig) -> None:
 
 def test_two_processes_equal_one_on_the_same_global_batch(tmp_path, short_rows_file, single):
     cfg = tiny_config("v1", tmp_path / "two", short_rows_file, *OVERRIDES)
-    config_file = tmp_path / "two.yaml"
-    config_file.write_text(dump_config(cfg), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "medtune.cli",
-            "train",
-            str(config_file),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    done = torchrun_train(cfg, tmp_path / "two.yaml")
     parallel = cfg.run_dir()
     assert_same_training(single, parallel, cfg)
     env_json = json.loads((parallel / "env.json").read_text())

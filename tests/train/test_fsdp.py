@@ -8,22 +8,19 @@ whole and is summed across processes, and PEFT's frozen originals are sharded as
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, torchrun_train
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-from medtune.config import ConfigError, ModelConfig, QuantConfig, RunConfig, dump_config
+from medtune.config import ConfigError, ModelConfig, QuantConfig
 from medtune.model.load import load_base_model
 from medtune.run_folder import RunFolder
 from medtune.train.fsdp import full_optimizer_state, load_full_optimizer_state
@@ -40,32 +37,6 @@ OVERRIDES = (
     "train.save_steps=1",
     "train.logging_steps=1",
 )
-
-
-def torchrun_train(cfg: RunConfig, config_file: Path, *args: str) -> Path:
-    config_file.write_text(dump_config(cfg), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "medtune.cli",
-            "train",
-            str(config_file),
-            *args,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return cfg.run_dir()
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -103,7 +74,8 @@ def test_fsdp_two_processes_resume_a_single_process_run_and_train_what_it_trains
 
     cfg = tiny_config("v2", tmp_path / "fsdp", short_rows_file, *OVERRIDES, "train.parallelism=fsdp")
     shutil.copytree(stopped.run_dir(), cfg.run_dir())
-    sharded = torchrun_train(cfg, tmp_path / "fsdp.yaml", "--resume")
+    torchrun_train(cfg, tmp_path / "fsdp.yaml", "--resume")
+    sharded = cfg.run_dir()
 
     one, two = records(single), records(sharded)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 2, 3, 3]
