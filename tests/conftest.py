@@ -80,3 +80,12 @@ def torchrun_train(cfg: RunConfig, config_file: Path, *args: str) -> subprocess.
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
+
+
+def leave_process_group() -> None:
+    """Every process waits for the others before tearing gloo down: a process that destroys its group while a
+    peer's last collective is still in flight can abort ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
-from tests.conftest import tiny_config, torchrun_train
+from tests.conftest import leave_process_group, tiny_config, torchrun_train
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
@@ -121,7 +121,7 @@ def _optimizer_state_round_trip(rank: int, init_file: str) -> None:
     local = fresh.state[fresh_params[0]]["exp_avg"]
     assert isinstance(local, DTensor) and torch.equal(local.full_tensor(), expected["state"][0]["exp_avg"])
     assert torch.equal(fresh.state[fresh_params[1]]["exp_avg_sq"], expected["state"][1]["exp_avg_sq"])
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def test_optimizer_state_is_gathered_whole_and_sharded_again_on_load(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from peft import PeftModel
+from tests.conftest import leave_process_group
 from torch.distributed.tensor import DTensor
 
 from medtune.config import LoraConfig, ModelConfig, QuantConfig
@@ -66,7 +67,7 @@ def _sharded_head(rank: int, init_file: str) -> None:
     causal_lm_loss_sums(model, batch_of(rank), head_loss).total.backward()
     assert isinstance(head_of(model), DTensor) and isinstance(head_of(model).grad, DTensor)
     assert torch.allclose(head_of(model).grad.full_tensor(), expected, rtol=1e-4, atol=1e-6)
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def test_a_trained_untied_head_is_sharded_and_gets_the_whole_steps_gradient(tmp_path):

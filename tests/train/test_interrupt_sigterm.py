@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import tiny_config
+from tests.conftest import leave_process_group, tiny_config
 from tests.train.test_recipe import TIMING_KEYS, read_metrics
 
 from medtune.config import dump_config
@@ -44,7 +44,7 @@ def _agree(rank: int, init_file: str, answers: str) -> None:
     interrupt.requested = rank == 1  # the signal reached one worker during this step, the other not yet
     stop = interrupt.stop_after_this_step(DistContext(rank=rank, world_size=2))
     Path(answers, str(rank)).write_text(str(stop))
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 def test_a_signal_seen_by_one_worker_stops_every_worker_after_the_same_step(tmp_path):
