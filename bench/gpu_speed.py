@@ -625,6 +625,7 @@ def stage_multigpu(args: argparse.Namespace) -> None:
                 **per_rank,
                 "losses": losses[args.warmup :],
                 "setup_s": setup_s,
+                "optimizer": recipe.optimizer_name,
                 "plan": recipe.speed_plan.as_dict(),
             },
         )

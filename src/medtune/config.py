@@ -290,11 +290,12 @@ class TrainConfig(_Strict):
         assert self.epochs is not None, "the validator requires max_steps or epochs"
         return math.ceil(self.epochs * train_rows / self.samples_per_step())
 
-    def resolved_optimizer(self, device_type: str, fsdp: bool) -> str:
-        """auto: paged 8-bit AdamW on CUDA (the reference), torch AdamW on CPU and under FSDP."""
+    def resolved_optimizer(self, device_type: str) -> str:
+        """auto: paged 8-bit AdamW on CUDA (the reference; under FSDP too, on each process's chunks), torch AdamW
+        on the CPU, where bitsandbytes cannot page."""
         if self.optimizer != "auto":
             return self.optimizer
-        return "paged_adamw_8bit" if device_type == "cuda" and not fsdp else "adamw"
+        return "paged_adamw_8bit" if device_type == "cuda" else "adamw"
 
 
 MEMORY_SIZE_UNITS = {

@@ -76,12 +76,12 @@ CALIBRATION = [
     ("32b", "v1", "row_ckpt100", 1, 2, 1, 35.991, f"{MULTI}call5-results.jsonl line 2"),
 ]
 # The same columns, for train.parallelism fsdp: the peak of rank 0, whose rows `packed_rows` rebuilds. The 8B v2 FSDP
-# peaks of call 4 are left out: they ran with a whole trained lm_head on every process, which the model no longer
-# prices (a trained lm_head is sharded like the input embedding); a v1 run trains no lm_head. The 14B and 32B capped
-# runs of 2026-12-01 are left out too: their levers were the memory plan's, which the records do not list.
+# peaks are left out: they ran with a trained lm_head gathered whole for the loss (26.3 GiB on 2026-12-01, call A; 27.9
+# in call 4 with its gradient whole too), which the model no longer prices now that the head is split by rows; a v1
+# run trains no lm_head. The 14B and 32B capped runs of 2026-12-01 are left out too: their levers were the memory
+# plan's, which the records do not list. All ran torch AdamW, the only optimizer FSDP stepped then.
 FSDP_CALIBRATION = [
     ("32b", "v1", "row_ckpt100", 1, 2, 2, 20.699, f"{MULTI}call5-results.jsonl line 1 (FSDP, 24 GiB cap, rank 0)"),
-    ("8b", "v2", "auto", 3, 5, 2, 26.269, f"{TODAY}results-a.jsonl line 4 (FSDP, lm_head sharded, rank 0)"),
 ]
 POINTS = [(*point, False) for point in CALIBRATION] + [(*point, True) for point in FSDP_CALIBRATION]
 
@@ -105,7 +105,8 @@ def shape_of(size: str) -> ModelShape:
 def test_prediction_within_15_percent_of_the_measured_peak(
     train_lengths, size, version, variant, first, steps, processes, measured, where, fsdp
 ):
-    cfg = load_config(CONFIGS / f"{version}.yaml", ["model.name_or_path=tiny", *VARIANTS[variant]])
+    measured_optimizer = ["train.optimizer=adamw"] if fsdp else []
+    cfg = load_config(CONFIGS / f"{version}.yaml", ["model.name_or_path=tiny", *VARIANTS[variant], *measured_optimizer])
     rows = packed_rows(
         train_lengths,
         cfg.train.samples_per_step(),
@@ -186,7 +187,7 @@ def test_fsdp_shards_the_layers_and_trained_weights_and_keeps_the_rest_whole():
     """Per process under FSDP: the 4-bit storage, LoRA (and its gradients and AdamW states) are cut in N; the
     absmax and a frozen, untrained embedding stay whole; the fused LoRA caches no block scales (bf16 storage)."""
     rows = Rows(6000, 1)
-    two, four = fsdp_estimate("v1", "32b", 2, rows), fsdp_estimate("v1", "32b", 4, rows)
+    two, four = (fsdp_estimate("v1", "32b", n, rows, "train.optimizer=adamw") for n in (2, 4))
     shape = shape_of("32b")
     linear, embedding = shape.linear_weights(), shape.embedding_weights()
     absmax = nf4_absmax_bytes_per_weight(double_quant=True) * linear
@@ -217,12 +218,23 @@ def test_fsdp_shards_the_layers_and_trained_weights_and_keeps_the_rest_whole():
 def test_one_fsdp_process_holds_the_whole_model():
     cfg = load_config(CONFIGS / "v1.yaml", ["model.name_or_path=tiny", "train.parallelism=fsdp"])
     assert MemorySettings.from_run(cfg, liger=True, processes=1, fsdp=True) == MemorySettings.from_run(cfg, liger=True)
-    assert MemorySettings.from_run(cfg, liger=True, processes=2, fsdp=True).optimizer == "adamw"
+    assert MemorySettings.from_run(cfg, liger=True, processes=2, fsdp=True).optimizer == "paged_adamw_8bit"
 
 
-def test_fsdp_prices_a_trained_lm_head_gathered_whole_and_the_embedding_at_the_step_end():
-    """v2 on Qwen3-8B (untied): the trained copies, their originals, gradients and AdamW states are sharded; the head is
-    whole from the loss's forward to its backward, with the fp32 accumulator and its whole bf16 gradient."""
+def test_fsdp_pages_a_chunk_of_the_8bit_states_per_process():
+    found = fsdp_estimate("v2", "8b", 2, Rows(6000, 1))
+    assert not any("AdamW states" in term for term in found.persistent)
+    whole = fsdp_estimate("v2", "8b", 1, Rows(6000, 1))
+    paged = [note for note in found.notes if note.startswith("paged 8-bit AdamW")]
+    assert len(paged) == 1 and "(1/2 per process)" in paged[0]
+    one = [note for note in whole.notes if note.startswith("paged 8-bit AdamW")]
+    gib = [float(note.split(": ")[1].split(" GiB")[0]) for note in (paged[0], one[0])]
+    assert gib[0] == pytest.approx(gib[1] / 2, abs=0.01)
+
+
+def test_fsdp_prices_a_trained_lm_head_split_by_rows_and_the_embedding_at_the_step_end():
+    """v2 on Qwen3-8B (untied): the trained copies, their originals, gradients and optimizer states are sharded; the
+    loss gathers every process's hidden states, computes its rows' logits and keeps an fp32 accumulator of its rows."""
     shape = shape_of("8b")
     embedding = shape.embedding_weights()
     found = fsdp_estimate("v2", "8b", 2, Rows(6000, 1))
@@ -230,15 +242,29 @@ def test_fsdp_prices_a_trained_lm_head_gathered_whole_and_the_embedding_at_the_s
     assert originals == embedding * 2  # 2 originals, 1/2 each
     assert found.persistent["trained embed_tokens / lm_head copies (bf16) (1/2 per process)"] == embedding * 2
     assert found.persistent["lm_head gradient (bf16) (1/2 per process)"] == embedding
-    head = found.phases["lm_head gradient accumulator (fp32), lm_head gathered whole"]
-    assert head == 4 * embedding + 2 * embedding + 2 * embedding + 9 * shape.hidden * 6000
-    assert found.peak_phase == "lm_head gradient accumulator (fp32), lm_head gathered whole"
+    head = found.phases[
+        "lm_head rows' gradient accumulator (fp32), every process's hidden states and their gradient (fp32)"
+    ]
+    everyones_hidden = 2 * shape.hidden * 6000 * 2  # bf16, both processes' tokens; their gradient in fp32: twice that
+    chunk = min(load_config(CONFIGS / "v2.yaml", ["model.name_or_path=tiny"]).train.loss_chunk_tokens, 6000)
+    logits = 6 * chunk * shape.vocab / 2  # this process's rows only
+    assert head == 4 * embedding / 2 + 3 * everyones_hidden + logits + 9 * shape.hidden * 6000
+    assert found.peak_phase.startswith("lm_head rows' gradient accumulator")
     assert found.edges == {
         "embed_tokens gathered whole for its backward pass, with its whole gradient (bf16)": 4 * embedding
     }
     several = fsdp_estimate("v2", "8b", 2, Rows(6000, 2))
     assert (
         several.persistent["embed_tokens gradient (bf16) (1/2 per process), from a step's first pass on"] == embedding
+    )
+
+
+def test_one_process_prices_the_whole_head_and_its_accumulator():
+    cfg = load_config(CONFIGS / "v2.yaml", ["model.name_or_path=tiny"])
+    shape = shape_of("8b")
+    found = estimate(shape, MemorySettings.from_run(cfg, liger=True), Levers.from_run(cfg), Rows(6000, 1))
+    assert (
+        found.phases["lm_head gradient accumulator (fp32)"] == 4 * shape.embedding_weights() + 9 * shape.hidden * 6000
     )
 
 

@@ -34,13 +34,27 @@ def test_every_process_needs_a_sample_of_each_step():
         )
 
 
-def test_only_fsdp_shards_weights_and_refuses_8bit_optimizers():
-    single, fsdp = SingleProcess(), FullyShardedParallel(TWO)
-    assert (single.shards_weights, DataParallel().shards_weights, fsdp.shards_weights) == (False, False, True)
-    single.check_optimizer("paged_adamw_8bit")
-    fsdp.check_optimizer("adamw")
-    with pytest.raises(ValueError, match="does not work with train.parallelism fsdp"):
-        fsdp.check_optimizer("paged_adamw_8bit")
+def test_only_fsdp_shards_weights():
+    assert not SingleProcess().shards_weights and not DataParallel().shards_weights
+    assert FullyShardedParallel(TWO).shards_weights
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw_8bit", "paged_adamw_8bit"])
+def test_every_parallelism_builds_every_optimizer(name):
+    for parallel in (SingleProcess(), FullyShardedParallel(TWO)):
+        weight = torch.nn.Parameter(torch.zeros(64, 128))  # whole: no process group needed
+        optimizer = parallel.optimizer([weight], name, lr=0.1)
+        assert optimizer.param_groups[0]["params"] == [weight]
+        if name != "adamw":  # under FSDP a chunk is 1/2 of its weight: the 8-bit threshold halves with it
+            assert optimizer.args.min_8bit_size == {SingleProcess: 4096, FullyShardedParallel: 2048}[type(parallel)]
+
+
+def test_fsdp_refuses_8bit_states_a_single_process_checkpoint_would_not_hold():
+    """A whole tensor of 3,000 values: 32-bit states in one process (under 4,096), 8-bit under the halved threshold."""
+    weight = torch.nn.Parameter(torch.zeros(3, 1000))
+    FullyShardedParallel(TWO).optimizer([weight], "adamw", lr=0.1)
+    with pytest.raises(ValueError, match="Use train.optimizer: adamw"):
+        FullyShardedParallel(TWO).optimizer([weight], "adamw_8bit", lr=0.1)
 
 
 def test_a_loaded_optimizer_state_keeps_this_process_kernel_choice():
@@ -60,6 +74,7 @@ def test_one_process_leaves_weights_to_peft_and_clips_like_torch():
     assert single.trainable_state(torch.nn.Linear(2, 2)) is None
     assert single.forwards([{"a": 1}, {"b": 2}]) == [({"a": 1}, 1.0), ({"b": 2}, 1.0)]
     param = torch.nn.Parameter(torch.zeros(4))
+    single.optimizer([param], "adamw", lr=0.1)
     param.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
-    assert single.clip_grad_norm([param], 1.0).item() == pytest.approx(5.0)
+    assert single.clip_grad_norm(1.0).item() == pytest.approx(5.0)
     assert param.grad.norm().item() == pytest.approx(1.0, rel=1e-5)

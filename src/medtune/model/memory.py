@@ -20,11 +20,12 @@ table). They were measured with paged 8-bit AdamW, whose states live in managed 
 
 Under FSDP (train.parallelism fsdp, several processes; train/fsdp.py) the estimate is one process's: every parameter
 FSDP shards (the decoder layers' 4-bit storage and LoRA adapters, PEFT's frozen originals of trained modules, trained
-embed_tokens and lm_head copies), its gradient and its AdamW states take 1/processes; the 4-bit absmax (bitsandbytes'
-quantization state, kept whole on each layer), frozen embeddings that are not trained and the final norm stay whole.
-On top: the decoder layers gathered whole around the one running, a trained lm_head gathered whole from the loss's
-forward to its backward, and a trained input embedding gathered whole for its backward. The activations are those of
-the process's own rows, as under DDP.
+embed_tokens and lm_head copies), its gradient and its optimizer states take 1/processes; the 4-bit absmax
+(bitsandbytes' quantization state, kept whole on each layer), frozen embeddings that are not trained and the final
+norm stay whole.
+On top: the decoder layers gathered whole around the one running, every process's hidden states gathered by the loss
+of a trained lm_head split by rows (with its rows' fp32 gradient accumulator), and a trained input embedding gathered
+whole for its backward. The activations are those of the process's own rows, as under DDP.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class MemorySettings:
             lora_dropout=cfg.lora.dropout,
             trained_embeddings=frozenset(cfg.lora.modules_to_save) & {"embed_tokens", "lm_head"},
             untie=cfg.lora.tied_embeddings == "untie",
-            optimizer=cfg.train.resolved_optimizer("cuda", fsdp=fsdp),
+            optimizer=cfg.train.resolved_optimizer("cuda"),
             fused_lora=cfg.speed.fused_lora,
             liger=liger and cfg.speed.fused_kernels != "none",
             gradient_checkpointing=cfg.train.gradient_checkpointing,
@@ -341,8 +342,8 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
         persistent["8-bit AdamW states"] = 2 * trained_params / shards
     else:
         notes.append(
-            f"paged 8-bit AdamW: {2 * trained_params / GIB:.2f} GiB of states in managed memory, paged to the host "
-            "under pressure (not counted)"
+            f"paged 8-bit AdamW: {2 * trained_params / shards / GIB:.2f} GiB of states{per_process} in managed "
+            "memory, paged to the host under pressure (not counted)"
         )
 
     checkpointed = levers.checkpointed_layers(shape, settings)
@@ -365,11 +366,12 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
 
     trained_tokens = HEAD_BYTES_PER_TOKEN_FEATURE * shape.hidden * tokens
     chunk = min(levers.loss_chunk_tokens, tokens)
-    # FSDP: a trained lm_head is gathered whole for the loss's forward and stays whole until its backward pass. Its
-    # fp32 accumulator, filled in the forward, comes on top of its sharded gradient there too; in one process the
-    # forward's accumulator comes before the whole gradient (persistent) exists, which the accumulator phase covers.
-    gathered_head = embedding * BF16 if settings.fsdp and head_trained else 0
-    head_in_forward = gathered_head + (HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding if gathered_head else 0)
+    # FSDP: a trained, untied lm_head is split by rows and never gathered; the loss gathers every process's hidden
+    # states (about this process's count each) and computes its rows' logits for all of them, in the forward pass for
+    # the loss and again in the backward pass for the gradients, with an fp32 accumulator of its rows only.
+    vocab_split = settings.fsdp and head_trained and trained_copies == 2
+    chunk_logits = HEAD_CHUNK_BYTES_PER_LOGIT * chunk * shape.vocab / (shards if vocab_split else 1)
+    everyones_hidden = BF16 * shape.hidden * tokens * shards if vocab_split else 0
     layer_backward = "one layer's backward pass"
     gathered_layers = 0.0
     if settings.fsdp:  # the layers gathered whole (4-bit storage or bf16, and LoRA), and one layer's whole LoRA grads
@@ -377,19 +379,22 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
         gathered_layers = FSDP_GATHERED_LAYERS * (layer_storage + lora_per_layer * FP32) + lora_per_layer * FP32
         layer_backward += f", {FSDP_GATHERED_LAYERS} decoder layers gathered whole"
     phases = {
-        f"lm_head + cross-entropy chunks of {chunk:,} tokens": HEAD_CHUNK_BYTES_PER_LOGIT * chunk * shape.vocab
-        + trained_tokens
-        + head_in_forward,
+        f"lm_head + cross-entropy chunks of {chunk:,} tokens"
+        + (", every process's hidden states" if vocab_split else ""): chunk_logits + trained_tokens + everyones_hidden,
         layer_backward: per_kept_layer + gathered_layers,
     }
-    if head_trained:
-        # .grad exists (accumulated over passes, DDP's bucket) or FSDP's whole gradient before its reduce-scatter
-        whole_gradient = rows.most_per_step > 1 or settings.processes > 1
-        phases["lm_head gradient accumulator (fp32)" + (", lm_head gathered whole" if gathered_head else "")] = (
-            HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding
-            + (embedding * BF16 if whole_gradient else 0)
-            + gathered_head
+    if vocab_split:
+        phases["lm_head rows' gradient accumulator (fp32), every process's hidden states and their gradient (fp32)"] = (
+            HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding / shards
+            + everyones_hidden * (BF16 + FP32) / BF16
+            + chunk_logits
             + trained_tokens
+        )
+    elif head_trained:
+        # .grad exists (accumulated over passes, DDP's bucket) before the accumulator is scaled into it
+        whole_gradient = rows.most_per_step > 1 or settings.processes > 1
+        phases["lm_head gradient accumulator (fp32)"] = (
+            HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding + (embedding * BF16 if whole_gradient else 0) + trained_tokens
         )
     edges = {}
     if settings.fsdp and own_embedding_gradient:

@@ -14,10 +14,10 @@ still follows the compute dtype (model/load.py), the layout FSDP-QLoRA is docume
 
 Decoder layers are sharded (they hold almost all weights), one unit each, gathered for its forward and again
 for its backward. A trained lm_head (`lora.modules_to_save`) not tied to the input embedding (Qwen3 8B and
-larger) is a unit of its own through the fused head loss (train/loss.py, `FusedHeadLoss`), whose forward reads its
-weight: gathered whole for that forward and kept until the backward pass right after it, which needs no weight
-(the loss computed the head's gradient in its forward), then its gradient is reduce-scattered, so weight,
-gradient and AdamW moments are 1/N per process (5 GB whole on Qwen3-8B). A trained input embedding not tied to
+larger) is split by rows (the vocabulary) outside FSDP's units and never gathered: the fused head loss
+(train/loss.py) gathers the processes' hidden states instead, each process computes its rows' logits for all of
+them, and its rows' gradient is complete without a reduction, so weight, gradient, the loss's fp32 accumulator and
+optimizer moments are 1/N per process (the weight alone is 1.2 GB on Qwen3-8B). A trained input embedding not tied to
 lm_head is a unit of its own too, used at the two ends of the step only. Tied trained embeddings (small Qwen3
 sizes) stay whole, one weight used at both ends, summed across processes after the backward pass; so do a frozen
 lm_head and the final norm. PEFT's frozen originals of trained modules are never used in training: they are one
@@ -43,12 +43,12 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from medtune.model.load import WEIGHT_SHARD, WeightShard
 from medtune.train.distributed import DistContext
-from medtune.train.loss import FusedHeadLoss
+from medtune.train.loss import FusedHeadLoss, head_weight
 
 Batch = dict[str, Any]
 
@@ -58,8 +58,7 @@ def shard_model(model: nn.Module, head_loss: FusedHeadLoss, ctx: DistContext) ->
     and its head loss in place; call after LoRA, before the optimizer.
 
     The backbone becomes the FSDP root (with its own weights ignored, i.e. left whole), so one root drives
-    the layers' all-gathers and waits for their reduce-scatters at the end of each backward pass; a sharded head
-    loss, run after the backbone, is a root of its own.
+    the layers' all-gathers and waits for their reduce-scatters at the end of each backward pass.
     """
     causal_lm = model.get_base_model()
     backbone = causal_lm.model
@@ -86,15 +85,11 @@ def shard_model(model: nn.Module, head_loss: FusedHeadLoss, ctx: DistContext) ->
     units = [*layers, *originals, *embeddings]
     in_units = {id(p) for module in units for p in module.parameters()}
     fully_shard(backbone, mesh=mesh, ignored_params={p for p in backbone.parameters() if id(p) not in in_units})
-    roots = [backbone]
     if trained_head_untied(causal_lm):
         # The trained copy itself, not PEFT's wrapper, whose frozen original is in the backbone's tree of units.
-        # Kept whole from the loss's forward to its backward, which follows at once: one gather per micro-batch.
         head_loss.head = active_trained_copy(causal_lm.get_output_embeddings())
-        fully_shard(head_loss, mesh=mesh, reshard_after_forward=False)
-        head_loss.register_forward_hook(reshard_without_backward)  # runs after FSDP's own post-forward hook
-        roots.append(head_loss)
-    for module in [*units, *roots]:  # losses are already divided by the whole step's tokens: sum, not mean
+        shard_rows(head_loss.head, mesh)
+    for module in [*units, backbone]:  # losses are already divided by the whole step's tokens: sum, not mean
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM, and x1 needs no scaling
     unplaced = [name for name, module in model.named_modules() if WEIGHT_SHARD in vars(module)]
@@ -149,14 +144,12 @@ def untied_trained_input_embeddings(causal_lm: nn.Module) -> list[nn.Module]:
     ]
 
 
-def reshard_without_backward(module: nn.Module, args: Any, output: Any) -> None:
-    """Shard the head again after a forward with no backward pass to follow (eval), as its backward would have.
-
-    Left gathered, the next `state_dict()` on it, which PEFT calls while saving on rank 0 only, would reshard it on
-    rank 0 alone, and the next training forward would all-gather on rank 0 only: every process waits forever.
-    """
-    if not torch.is_grad_enabled():
-        module.reshard()
+def shard_rows(head: nn.Module, mesh: DeviceMesh) -> None:
+    """Split a trained lm_head's weight by rows (the vocabulary) over the processes, outside FSDP's units: never
+    gathered, the loss computes each process's rows' logits for every process's tokens (train/loss.py,
+    `vocab_sharded_linear_cross_entropy`), so each process's rows get their whole gradient with no reduction."""
+    whole = head_weight(head)
+    head.weight = nn.Parameter(distribute_tensor(whole.detach(), mesh, [Shard(0)]), requires_grad=whole.requires_grad)
 
 
 def active_trained_copy(wrapper: ModulesToSaveWrapper) -> nn.Module:
@@ -170,14 +163,6 @@ def trained_head_untied(causal_lm: nn.Module) -> bool:
         return False
     embedding = {id(p) for p in causal_lm.get_input_embeddings().parameters()}
     return not any(id(p) in embedding for trained in head.modules_to_save.values() for p in trained.parameters())
-
-
-def sum_whole_gradients(params: list[nn.Parameter]) -> None:
-    """Sum the gradients of the trained weights FSDP leaves whole across processes, in place: trained embeddings,
-    a few large tensors, so no flat copy. FSDP has reduce-scattered the sharded ones in the backward pass."""
-    for param in params:
-        if not is_sharded(param) and param.grad is not None:
-            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
 
 
 def is_sharded(param: torch.Tensor) -> bool:
@@ -201,26 +186,6 @@ def even_forwards(batches: list[Batch], ctx: DistContext) -> list[tuple[Batch, f
     return [(batch, 1.0) for batch in batches] + [(batches[0], 0.0)] * (int(count) - len(batches))
 
 
-def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-    """torch's clip_grad_norm_ over sharded (DTensor) and whole gradients together; returns the total norm.
-
-    torch's own clip handles DTensor gradients but cannot stack their norms with plain tensors' ones, which
-    trained embeddings (left whole) would give; here the two partial norms are combined by hand.
-    """
-    sharded = [p for p in params if p.grad is not None and is_sharded(p)]
-    whole = [p for p in params if p.grad is not None and not is_sharded(p)]
-    squares = torch.zeros((), dtype=torch.float32)
-    if sharded:
-        squares += get_total_norm([p.grad for p in sharded]).full_tensor().float().cpu() ** 2  # all-reduce
-    if whole:
-        squares += get_total_norm([p.grad for p in whole]).float().cpu() ** 2
-    total = squares.sqrt()
-    for group in (sharded, whole):
-        if group:
-            clip_grads_with_norm_(group, max_norm, total)
-    return total
-
-
 def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every trained parameter whole, under each of its names as in a state dict (tied embeddings trained in full
     are one weight with two names, and PEFT reads both); a collective: call on every process."""
@@ -235,29 +200,129 @@ def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """optimizer.state_dict() with sharded moments gathered whole, i.e. a single process's; a collective."""
-    state = optimizer.state_dict()
-    state["state"] = {
-        index: {key: value.full_tensor().cpu() if isinstance(value, DTensor) else value for key, value in entry.items()}
-        for index, entry in state["state"].items()
-    }
-    return state
+class LocalShards:
+    """The trained parameters as the optimizer steps them under FSDP: plain tensors, not DTensors.
+
+    Each sharded parameter is stepped through its local chunk, a view of the storage FSDP gathers from, so the
+    update lands in the weight; a parameter FSDP leaves whole (tied trained embeddings) is stepped as itself. Why
+    not the DTensors: every DTensor operation is dispatched in Python, per tensor (an optimizer cannot batch them
+    with the whole ones into one multi-tensor kernel), and a norm over them all-reduces per tensor. Over Qwen3-8B
+    v2's 506 trained tensors on two CPU processes, AdamW took 81 ms per step on the DTensors against 10 ms on their
+    chunks, and the gradient norm 113 ms against one all-reduce (bench/fsdp_step_overhead.py). Plain chunks also
+    let bitsandbytes' 8-bit optimizers step under FSDP, each moment and block scale sharded like its parameter.
+    """
+
+    def __init__(self, params: list[nn.Parameter], ctx: DistContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        with torch.no_grad():  # outside autograd, to_local() is the DTensor's own local tensor: a view, a leaf
+            self.tensors: list[torch.Tensor] = [p.to_local() if is_sharded(p) else p for p in params]
+
+    def take_gradients(self) -> None:
+        """Complete the step's gradients: sum the whole ones across processes and move each sharded parameter's
+        reduce-scattered gradient onto its chunk (the parameter's is cleared, so FSDP starts the next step from
+        none, as the optimizer's zero_grad leaves the chunks)."""
+        for param, local in zip(self.params, self.tensors):
+            if not is_sharded(param):
+                if param.grad is not None:
+                    dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                continue
+            if param.to_local().data_ptr() != local.data_ptr():
+                raise RuntimeError(
+                    "FSDP moved a trained parameter's storage after the optimizer was built; its updates would be lost"
+                )
+            local.grad, param.grad = (None if param.grad is None else param.grad.to_local()), None
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Clip every gradient to a total norm of `max_norm` in place; returns the total norm before clipping.
+        The sharded chunks' squares are summed across processes in one all-reduce; whole gradients are equal on
+        every process already."""
+        sharded = [t.grad for p, t in zip(self.params, self.tensors) if is_sharded(p) and t.grad is not None]
+        whole = [t.grad for p, t in zip(self.params, self.tensors) if not is_sharded(p) and t.grad is not None]
+        squares = torch.zeros((), dtype=torch.float32, device=self.ctx.device())
+        if sharded:
+            squares += get_total_norm(sharded).float() ** 2
+        dist.all_reduce(squares, op=dist.ReduceOp.SUM)
+        if whole:
+            squares += get_total_norm(whole).float() ** 2
+        total = squares.sqrt()
+        clip_grads_with_norm_(self.tensors, max_norm, total)  # the tensors whose .grad to scale
+        return total
+
+    def _by_index(self, state: dict[str, Any]) -> dict[int, nn.Parameter]:
+        indices = [index for group in state["param_groups"] for index in group["params"]]
+        return dict(zip(indices, self.params))
+
+    def full_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """optimizer.state_dict() with every sharded state whole, i.e. a single process's; a collective."""
+        state = optimizer.state_dict()
+        by_index = self._by_index(state)
+        state["state"] = {
+            index: {key: self._whole(key, value, by_index[index]) for key, value in entry.items()}
+            for index, entry in state["state"].items()
+        }
+        return state
+
+    def load_full_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load a single process's optimizer state, each process taking its chunk of every sharded state."""
+        by_index = self._by_index(state)
+        local = {
+            index: {key: self._chunk(key, value, by_index[index]) for key, value in entry.items()}
+            for index, entry in state["state"].items()
+        }
+        optimizer.load_state_dict({**state, "state": local})
+
+    def _whole(self, key: str, value: Any, param: nn.Parameter) -> Any:
+        if isinstance(value, dict):  # bitsandbytes nests its 8-bit states and scales under one key
+            return {inner: self._whole(inner, item, param) for inner, item in value.items()}
+        if not is_sharded(param) or not isinstance(value, torch.Tensor):
+            return value
+        if key in BLOCK_SCALES:  # 8-bit moments' scales, one per block of the chunk (see check_8bit_layout)
+            chunks = [torch.empty_like(value) for _ in range(self.ctx.world_size)]
+            dist.all_gather(chunks, value.contiguous())
+            return torch.cat(chunks).cpu()
+        if value.dim() > 0 and value.shape == param.to_local().shape:  # a moment: one number per weight
+            whole = DTensor.from_local(
+                value, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+            )
+            return whole.full_tensor().cpu()
+        return value  # the step count, 8-bit quantization maps: the same on every process
+
+    def _chunk(self, key: str, value: Any, param: nn.Parameter) -> Any:
+        if isinstance(value, dict):
+            return {inner: self._chunk(inner, item, param) for inner, item in value.items()}
+        if not is_sharded(param) or not isinstance(value, torch.Tensor):
+            return value
+        if key in BLOCK_SCALES:
+            return value.chunk(self.ctx.world_size)[self.ctx.rank].clone()  # equal chunks: check_8bit_layout
+        if value.dim() > 0 and value.shape == param.shape:  # this process's rows, as FSDP chunks the weight
+            on_device = value.to(param.to_local().device)
+            return distribute_tensor(on_device, param.device_mesh, param.placements, src_data_rank=None).to_local()
+        return value
+
+    def check_8bit_layout(self) -> None:
+        """Raise ValueError unless bitsandbytes' 8-bit states of the chunks join into the whole weights' states, as a
+        single process's checkpoint holds them: every sharded weight splits into equal chunks of whole 256-value
+        blocks (the block scales then concatenate), and a tensor keeps 8-bit states exactly when its whole weight
+        would (`min_8bit_size`, which bitsandbytes compares with the tensor it steps)."""
+        for param, local in zip(self.params, self.tensors):
+            eight_bit = param.numel() >= MIN_8BIT_SIZE
+            equal_blocks = param.shape[0] % self.ctx.world_size == 0 and local.numel() % QUANTIZATION_BLOCK == 0
+            if eight_bit != (local.numel() >= self.min_8bit_size) or (
+                is_sharded(param) and eight_bit and not equal_blocks
+            ):
+                raise ValueError(
+                    f"an 8-bit optimizer under FSDP needs every trained weight in {self.ctx.world_size} equal chunks "
+                    f"of whole {QUANTIZATION_BLOCK}-value blocks; a weight of shape {tuple(param.shape)} is not. "
+                    "Use train.optimizer: adamw"
+                )
+
+    @property
+    def min_8bit_size(self) -> int:
+        """bitsandbytes' threshold for 8-bit states, per chunk: a chunk is 1/N of its weight."""
+        return MIN_8BIT_SIZE // self.ctx.world_size
 
 
-def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load a single-process optimizer state, sharding each moment like its parameter (any process count)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    indices = [index for group in state["param_groups"] for index in group["params"]]
-    by_index = dict(zip(indices, params))
-
-    def like_param(value: Any, param: torch.Tensor) -> Any:
-        if is_sharded(param) and isinstance(value, torch.Tensor) and value.shape == param.shape:
-            return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)  # a collective
-        return value  # e.g. AdamW's step count
-
-    moments = {
-        index: {key: like_param(value, by_index[index]) for key, value in entry.items()}
-        for index, entry in state["state"].items()
-    }
-    optimizer.load_state_dict({**state, "state": moments})
+BLOCK_SCALES = ("absmax1", "absmax2")
+QUANTIZATION_BLOCK = 256  # bitsandbytes' 8-bit optimizers quantize each state in blocks of 256 values
+MIN_8BIT_SIZE = 4096  # bitsandbytes' default min_8bit_size: smaller tensors keep 32-bit states

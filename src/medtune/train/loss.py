@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from medtune.data.batching import micro_batches, to_device
 from medtune.data.render import SPAN_ANSWER, SPAN_THINK, Encoded
@@ -69,6 +71,147 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
+class _VocabShardedLinearCrossEntropySum(torch.autograd.Function):
+    """`_LinearCrossEntropySum` with the weight's rows (the vocabulary) split over the processes of `group`.
+
+    Every process takes every process's hidden states (an all-gather: tokens x hidden, small next to the head) and
+    computes the logits of its own rows only; the softmax's normaliser joins the processes' partial log-sum-exps (one
+    all-gather of two numbers per token). So no process ever holds the whole head, its whole gradient or a whole fp32
+    accumulator, and the head's gradient needs no reduction: each process's rows get every token's contribution.
+    The gradients are made in the backward pass, once each process's scale of the loss is known (a micro-batch that
+    only pads a process's count to the others' has scale 0): the logits are computed again there, a fourth head-sized
+    matmul. The hidden states' gradient is summed over the processes' rows and each keeps its own tokens' part.
+    Returns this process's tokens' loss sum and losses, as the unsharded function does.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_tokens: int,
+        vocab_start: int,
+        group: dist.ProcessGroup,
+    ):
+        counts = _token_counts(hidden.shape[0], group, hidden.device)
+        everyone = _gather_rows(hidden.to(weight.dtype), counts, group)
+        everyone_targets = _gather_rows(targets, counts, group)
+        log_norm, target_logits = _sharded_log_norm_and_target_logits(
+            everyone, weight, everyone_targets, chunk_tokens, vocab_start, group
+        )
+        mine = slice(sum(counts[: dist.get_rank(group)]), sum(counts[: dist.get_rank(group) + 1]))
+        token_losses = (log_norm - target_logits)[mine].contiguous()
+        ctx.save_for_backward(everyone, weight, everyone_targets, log_norm)
+        ctx.counts, ctx.chunk_tokens, ctx.vocab_start, ctx.group = counts, chunk_tokens, vocab_start, group
+        ctx.hidden_dtype = hidden.dtype
+        ctx.mark_non_differentiable(token_losses)
+        return token_losses.sum(), token_losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor, _grad_token_losses: torch.Tensor):
+        everyone, weight, targets, log_norm = ctx.saved_tensors
+        counts, group = ctx.counts, ctx.group
+        scales = [torch.empty_like(grad_total, dtype=torch.float32) for _ in counts]
+        dist.all_gather(scales, grad_total.float().contiguous(), group=group)
+        token_scales = torch.repeat_interleave(torch.stack(scales), torch.tensor(counts, device=everyone.device))
+        grad_everyone = torch.empty(everyone.shape, dtype=torch.float32, device=everyone.device)
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        )
+        rows = torch.arange(min(ctx.chunk_tokens, everyone.shape[0]), device=everyone.device)
+        for start in range(0, everyone.shape[0], ctx.chunk_tokens):
+            chunk = everyone[start : start + ctx.chunk_tokens]
+            probs = (chunk @ weight.T).float().sub_(log_norm[start : start + ctx.chunk_tokens, None]).exp_()
+            local_targets = targets[start : start + ctx.chunk_tokens] - ctx.vocab_start
+            owned = (local_targets >= 0) & (local_targets < weight.shape[0])
+            probs[rows[: chunk.shape[0]][owned], local_targets[owned]] -= 1.0
+            grad_logits = probs.mul_(token_scales[start : start + ctx.chunk_tokens, None]).to(weight.dtype)
+            grad_everyone[start : start + ctx.chunk_tokens] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight.add_(grad_logits.T @ chunk)
+            del probs, grad_logits
+        grad_hidden = _sum_rows_keep_mine(grad_everyone, counts, group).to(ctx.hidden_dtype)
+        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def _token_counts(count: int, group: dist.ProcessGroup, device: torch.device) -> list[int]:
+    counts = torch.zeros(dist.get_world_size(group), dtype=torch.long, device=device)
+    dist.all_gather_into_tensor(counts, torch.tensor([count], dtype=torch.long, device=device), group=group)
+    return counts.tolist()
+
+
+def _gather_rows(rows: torch.Tensor, counts: list[int], group: dist.ProcessGroup) -> torch.Tensor:
+    """Every process's `rows` (counts[p] of them on process p), concatenated in process order."""
+    most = max(counts)
+    padded = rows.new_zeros((most, *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = rows.new_empty((len(counts) * most, *rows.shape[1:]))
+    dist.all_gather_into_tensor(gathered, padded, group=group)
+    return torch.cat([gathered[p * most : p * most + count] for p, count in enumerate(counts)])
+
+
+def _sum_rows_keep_mine(rows: torch.Tensor, counts: list[int], group: dist.ProcessGroup) -> torch.Tensor:
+    """Sum every process's `rows` (all processes' tokens, in process order) and keep this process's tokens' part."""
+    most = max(counts)
+    padded = rows.new_zeros((len(counts) * most, *rows.shape[1:]))
+    start = 0
+    for p, count in enumerate(counts):
+        padded[p * most : p * most + count] = rows[start : start + count]
+        start += count
+    mine = rows.new_empty((most, *rows.shape[1:]))
+    dist.reduce_scatter_tensor(mine, padded, group=group)
+    return mine[: counts[dist.get_rank(group)]]
+
+
+def _sharded_log_norm_and_target_logits(
+    everyone: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_tokens: int,
+    vocab_start: int,
+    group: dist.ProcessGroup,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token, over the whole vocabulary: log-sum-exp of the logits and the target's logit, from each process's
+    rows (the target's logit comes from the one process that holds the target's row)."""
+    partial = torch.zeros(2, everyone.shape[0], dtype=torch.float32, device=everyone.device)
+    for start in range(0, everyone.shape[0], chunk_tokens):
+        logits = (everyone[start : start + chunk_tokens] @ weight.T).float()
+        partial[0, start : start + chunk_tokens] = torch.logsumexp(logits, dim=-1)
+        local_targets = targets[start : start + chunk_tokens] - vocab_start
+        owned = (local_targets >= 0) & (local_targets < weight.shape[0])
+        picked = logits.gather(1, local_targets.clamp(0, max(weight.shape[0] - 1, 0))[:, None]).squeeze(1)
+        partial[1, start : start + chunk_tokens] = torch.where(owned, picked, 0.0)
+        del logits
+    processes = dist.get_world_size(group)
+    gathered = partial.new_empty((processes * 2, partial.shape[1]))  # concatenated along the first dimension
+    dist.all_gather_into_tensor(gathered, partial, group=group)
+    gathered = gathered.view(processes, 2, -1)
+    return torch.logsumexp(gathered[:, 0], dim=0), gathered[:, 1].sum(dim=0)
+
+
+def vocab_sharded_linear_cross_entropy(
+    hidden: torch.Tensor, weight: DTensor, targets: torch.Tensor, chunk_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`linear_cross_entropy` for a weight sharded by rows over a one-dimensional mesh (FSDP's trained lm_head,
+    train/fsdp.py): a collective, every process of the mesh calls it on its own tokens, in step."""
+    group = weight.device_mesh.get_group()
+    processes, rank = dist.get_world_size(group), dist.get_rank(group)
+    rows_per_process = -(-weight.shape[0] // processes)  # torch.chunk's split, which Shard(0) uses
+    vocab_start = min(rank * rows_per_process, weight.shape[0])
+    local = weight.to_local()  # with autograd: the local gradient becomes the DTensor parameter's
+    if torch.is_grad_enabled() and (hidden.requires_grad or local.requires_grad):
+        return _VocabShardedLinearCrossEntropySum.apply(hidden, local, targets, chunk_tokens, vocab_start, group)
+    counts = _token_counts(hidden.shape[0], group, hidden.device)
+    everyone = _gather_rows(hidden.to(local.dtype), counts, group)
+    log_norm, target_logits = _sharded_log_norm_and_target_logits(
+        everyone, local, _gather_rows(targets, counts, group), chunk_tokens, vocab_start, group
+    )
+    token_losses = (log_norm - target_logits)[sum(counts[:rank]) : sum(counts[: rank + 1])]
+    return token_losses.sum(), token_losses
+
+
 def linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +220,8 @@ def linear_cross_entropy(
     With gradients enabled the sum carries them (to `hidden`, and to `weight` when it is trained); the
     per-token losses are for logging. Without gradients (eval) nothing is stored for a backward pass.
     """
+    if isinstance(weight, DTensor):
+        return vocab_sharded_linear_cross_entropy(hidden, weight, targets, chunk_tokens)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropySum.apply(hidden, weight, targets, chunk_tokens)
     hidden = hidden.to(weight.dtype)
@@ -96,11 +241,9 @@ def linear_cross_entropy(
 class FusedHeadLoss(nn.Module):
     """A model's lm_head and the cross-entropy, fused (`linear_cross_entropy`), as one module.
 
-    The loss reads the head's weight rather than calling the head, so a wrapper such as FSDP that acts around a
-    module's forward would not see the head used; as this module's forward it does: FSDP shards a trained lm_head by
-    wrapping this module (train/fsdp.py), gathering the weight for the forward and reduce-scattering its gradient
-    after the backward. The weight is looked up on every call, so PEFT's adapter switches (a disabled adapter's
-    original head) hold.
+    The weight is looked up on every call, so PEFT's adapter switches (a disabled adapter's original head) hold. Under
+    FSDP a trained, untied head's weight is split by rows over the processes (train/fsdp.py, `shard_rows`) and the
+    loss is `vocab_sharded_linear_cross_entropy`.
     """
 
     def __init__(self, head: nn.Module, chunk_tokens: int) -> None:

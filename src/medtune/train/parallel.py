@@ -32,8 +32,7 @@ class Parallelism(Protocol):
     """What the recipe needs from the way processes share a step; `build_parallelism` picks the implementation."""
 
     name: str  # "none", "ddp" or "fsdp": the batch layout of env.json reports it
-    shards_weights: bool  # FSDP: 4-bit storage in the compute dtype (model/load.py), torch AdamW under `auto`
-    foreach_optimizer: bool  # torch AdamW's multi-tensor kernels; set explicitly, so CPU tests take CUDA's path
+    shards_weights: bool  # FSDP: 4-bit storage in the compute dtype (model/load.py)
 
     def wrap(self, model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
         """Prepare the LoRA-wrapped model and its head loss in place (after their weights are final, before the
@@ -44,15 +43,16 @@ class Parallelism(Protocol):
         """This process's micro-batches paired with loss weights (training and evaluation alike)."""
         ...
 
-    def check_optimizer(self, name: str) -> None:
-        """Raise ValueError for an optimizer this parallelism cannot step."""
+    def optimizer(self, params: list[nn.Parameter], name: str, **hyper: Any) -> torch.optim.Optimizer:
+        """The optimizer `name` (adamw, adamw_8bit, paged_adamw_8bit) over the trained `params`, built once; the
+        gradient and state methods below act on what it steps. ValueError for one this parallelism cannot step."""
         ...
 
-    def finish_gradients(self, params: list[nn.Parameter]) -> None:
+    def finish_gradients(self) -> None:
         """Complete the step's gradient sum across processes after the last backward pass."""
         ...
 
-    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Clip the trained gradients to `max_norm` in place; returns their total norm before clipping."""
         ...
 
@@ -80,11 +80,23 @@ def build_parallelism(train: TrainConfig, ctx: DistContext) -> Parallelism:
     return DataParallel()
 
 
-def _restore_foreach(optimizer: torch.optim.Optimizer, foreach: bool) -> None:
-    """load_state_dict restores the saving process's `foreach`; this process's choice holds (torch AdamW only)."""
+def build_optimizer(tensors: list[torch.Tensor], name: str, min_8bit_size: int, **hyper: Any) -> torch.optim.Optimizer:
+    """torch AdamW with its multi-tensor kernels (set, so CPU tests take CUDA's path), or bitsandbytes' 8-bit
+    AdamW, paged or not, keeping tensors below `min_8bit_size` values in 32 bits."""
+    if name == "adamw":
+        return torch.optim.AdamW(tensors, foreach=True, **hyper)
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    return cls(tensors, min_8bit_size=min_8bit_size, **hyper)
+
+
+def _restore_foreach(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict restores the saving process's `foreach` (checkpoints of earlier versions: off under FSDP);
+    the multi-tensor kernels hold (torch AdamW only)."""
     if isinstance(optimizer, torch.optim.AdamW):
         for group in optimizer.param_groups:
-            group["foreach"] = foreach
+            group["foreach"] = True
 
 
 def _local_loss(model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
@@ -101,7 +113,9 @@ class SingleProcess:
 
     name = "none"
     shards_weights = False
-    foreach_optimizer = True
+
+    def __init__(self) -> None:
+        self.params: list[nn.Parameter] = []
 
     def wrap(self, model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
         return _local_loss(model, head_loss)
@@ -109,21 +123,22 @@ class SingleProcess:
     def forwards(self, batches: list[Batch]) -> list[tuple[Batch, float]]:
         return unweighted(batches)
 
-    def check_optimizer(self, name: str) -> None:
-        """Every optimizer steps whole parameters."""
+    def optimizer(self, params: list[nn.Parameter], name: str, **hyper: Any) -> torch.optim.Optimizer:
+        self.params = params
+        return build_optimizer(params, name, fsdp.MIN_8BIT_SIZE, **hyper)
 
-    def finish_gradients(self, params: list[nn.Parameter]) -> None:
+    def finish_gradients(self) -> None:
         """Nothing left to reduce."""
 
-    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         return optimizer.state_dict()
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
-        _restore_foreach(optimizer, self.foreach_optimizer)
+        _restore_foreach(optimizer)
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         return None
@@ -140,14 +155,15 @@ class DataParallel(SingleProcess):
 
 
 class FullyShardedParallel:
-    """FSDP2 (train/fsdp.py): decoder layers sharded across processes, checkpoints gathered whole."""
+    """FSDP2 (train/fsdp.py): decoder layers sharded across processes, each process's chunks stepped as plain
+    tensors (`fsdp.LocalShards`), checkpoints gathered whole."""
 
     name = "fsdp"
     shards_weights = True
-    foreach_optimizer = False  # sharded (DTensor) and whole (tied embeddings) parameters cannot share one kernel
 
     def __init__(self, ctx: DistContext) -> None:
         self.ctx = ctx
+        self.shards = fsdp.LocalShards([], ctx)
 
     def wrap(self, model: nn.Module, head_loss: FusedHeadLoss) -> MicroBatchLoss:
         """Shard in place: call after the checkpoint's adapter weights were loaded (checkpoints hold whole tensors)."""
@@ -157,26 +173,24 @@ class FullyShardedParallel:
     def forwards(self, batches: list[Batch]) -> list[tuple[Batch, float]]:
         return fsdp.even_forwards(batches, self.ctx)
 
-    def check_optimizer(self, name: str) -> None:
+    def optimizer(self, params: list[nn.Parameter], name: str, **hyper: Any) -> torch.optim.Optimizer:
+        self.shards = fsdp.LocalShards(params, self.ctx)
         if name != "adamw":
-            raise ValueError(
-                f"train.optimizer {name} does not work with train.parallelism fsdp: bitsandbytes' 8-bit "
-                "optimizers take no sharded (DTensor) parameters. Use adamw or auto (LoRA moments are "
-                "small, and sharded too)"
-            )
+            self.shards.check_8bit_layout()
+        return build_optimizer(self.shards.tensors, name, self.shards.min_8bit_size, **hyper)
 
-    def finish_gradients(self, params: list[nn.Parameter]) -> None:
-        fsdp.sum_whole_gradients(params)  # tied trained embeddings; FSDP reduce-scattered the sharded units
+    def finish_gradients(self) -> None:
+        self.shards.take_gradients()  # FSDP reduce-scattered the sharded units; whole ones are summed here
 
-    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-        return fsdp.clip_grad_norm_(params, max_norm)
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        return self.shards.clip_grad_norm_(max_norm)
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return fsdp.full_optimizer_state(optimizer)
+        return self.shards.full_optimizer_state(optimizer)
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        fsdp.load_full_optimizer_state(optimizer, state)
-        _restore_foreach(optimizer, self.foreach_optimizer)
+        self.shards.load_full_optimizer_state(optimizer, state)
+        _restore_foreach(optimizer)
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         return fsdp.full_trainable_state(model)

@@ -107,7 +107,7 @@ def shards_weights(cfg: RunConfig, processes: int) -> bool:
 def _environment(cfg: RunConfig, processes: int) -> list[Finding]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "no GPU: training runs on the CPU"
-    optimizer = cfg.train.resolved_optimizer(device, shards_weights(cfg, processes))
+    optimizer = cfg.train.resolved_optimizer(device)
     found = [Finding("ok", "device", f"{device} ({name}); optimizer {optimizer}")]
     try:
         check_global_batch(cfg.train.samples_per_step(), DistContext(world_size=processes))

@@ -287,19 +287,11 @@ class FineTuneRecipe:
 
     def _setup_optimizer(self) -> None:
         train = self.cfg.train
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.trainable_params = params
-        name = train.resolved_optimizer(self.device.type, self.parallel.shards_weights)
-        self.parallel.check_optimizer(name)
-        self.optimizer_name = name
-        kwargs = dict(lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
-        if name == "adamw":
-            self.optimizer = torch.optim.AdamW(params, foreach=self.parallel.foreach_optimizer, **kwargs)
-        else:
-            import bitsandbytes as bnb
-
-            cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-            self.optimizer = cls(params, **kwargs)
+        self.trainable_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer_name = train.resolved_optimizer(self.device.type)
+        self.optimizer = self.parallel.optimizer(
+            self.trainable_params, self.optimizer_name, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay
+        )
 
     def _setup_scheduler(self) -> None:
         train = self.cfg.train
@@ -348,9 +340,9 @@ class FineTuneRecipe:
             loss = self.micro_batch_loss(to_device(batch, self.device), last=index == len(passes) - 1)
             (loss.total * weight / step_tokens).backward()
             sums += weight * torch.stack([loss.total.detach(), loss.think, loss.answer])
-        self.parallel.finish_gradients(self.trainable_params)
+        self.parallel.finish_gradients()
         max_norm = train.max_grad_norm if train.max_grad_norm is not None else float("inf")
-        grad_norm = float(self.parallel.clip_grad_norm(self.trainable_params, max_norm))  # device sync
+        grad_norm = float(self.parallel.clip_grad_norm(max_norm))  # device sync
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
