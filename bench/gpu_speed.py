@@ -32,8 +32,9 @@ stages under torchrun on N GPUs (data parallel; the `fsdp` variant shards the de
     python bench/gpu_speed.py all --size 8b --nproc 2 --stages prepare medtune:v2:auto,fsdp
 
 Multi-GPU scaling against one GPU in the same call: `prepare:SIZE` builds a size, and
-`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT]` (PARALLELISM: none = one process on one GPU, ddp, fsdp)
-runs one setting, e.g.
+`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile]` (PARALLELISM: none = one process on one GPU, ddp,
+fsdp) runs one setting (`profile`: then one more step under torch.profiler on every GPU: device idle time,
+communication not hidden behind compute, kernel time by kind), e.g.
 
     python bench/gpu_speed.py all --nproc 2 \\
         --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
@@ -49,12 +50,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -609,6 +612,13 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         )
         os._exit(3)  # not a clean shutdown: the other ranks wait in a collective that will never come
     peaks = {key: timing.pop(key, None) for key in ("peak_gib", "peak_reserved_gib", "peak_before_timed_gib")}
+    if args.profile:  # after the timed steps, so their figures are the same with or without it
+        items = step_items(recipe.train_set, args.warmup + args.steps, recipe.cfg.train.seed)
+        summary, prof = profiled(functools.partial(recipe.train_step, items))
+        table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total")
+        name = f"profile-multigpu-{args.size}-{args.version}-{args.parallelism}-{variant}-rank{rank}.txt"
+        (Path(args.out) / name).write_text(table, encoding="utf-8")
+        peaks["profile"] = summary
     every_rank = [peaks]
     if recipe.dist.enabled:
         every_rank = [None] * recipe.dist.world_size
@@ -696,7 +706,9 @@ def stage_memory(args: argparse.Namespace) -> None:
     )
 
 
+COMMUNICATION = "communication (NCCL)"
 KERNEL_KINDS = [  # first match wins; lower-case substrings of kernel names
+    (COMMUNICATION, ("nccl",)),
     ("matmul", ("gemm", "gemv", "cutlass", "nvjet", "xmma", "cublas")),
     ("nf4 dequantize", ("dequant",)),
     ("attention", ("flash", "fmha", "attention")),
@@ -707,6 +719,53 @@ KERNEL_KINDS = [  # first match wins; lower-case substrings of kernel names
     ("reduce", ("reduce",)),
     ("element-wise", ("elementwise", "vectorized", "unrolled", "copy", "cast", "fill")),
 ]
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the (start, end) intervals in microseconds: time the device was busy."""
+    busy, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return busy / 1e6
+
+
+def profiled(step: Callable[[], None]) -> tuple[dict[str, Any], Any]:
+    """Run `step` once under torch.profiler. Returns the wall time, the device's busy time (the union of kernel
+    intervals: wall minus busy is time the device waited for the host or at a synchronisation), the part of it when
+    only communication (NCCL) kernels ran, i.e. communication not hidden behind compute, kernel seconds and counts by
+    kind, and the profiler (for its table)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        step()
+        torch.cuda.synchronize() if cuda else None
+        wall = time.perf_counter() - started
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    spans = [(e.time_range.start, e.time_range.end) for e in kernels]
+    compute = [(e.time_range.start, e.time_range.end) for e in kernels if kernel_kind(e.name) != COMMUNICATION]
+    busy = union_seconds(spans)
+    kinds: dict[str, list[float]] = {}
+    for e in kernels:
+        acc = kinds.setdefault(kernel_kind(e.name), [0.0, 0])
+        acc[0] += e.time_range.elapsed_us()
+        acc[1] += 1
+    summary = {
+        "wall_s": wall,
+        "device_busy_s": busy,
+        "communication_alone_s": busy - union_seconds(compute),
+        "kernels": len(kernels),
+        "kernel_seconds_by_kind": {k: round(v[0] / 1e6, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][0])},
+        "kernel_count_by_kind": {k: v[1] for k, v in kinds.items()},
+    }
+    return summary, prof
 
 
 def kernel_kind(name: str) -> str:
@@ -721,8 +780,6 @@ def stage_profile(args: argparse.Namespace) -> None:
     the host to launch work, or at a synchronisation). The kernel table goes to profile-VERSION-VARIANT.txt.
     """
     import torch
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
     for variant in args.variants or ["auto"]:
         recipe = medtune_recipe(args.version, args, *VARIANTS[variant])
@@ -731,26 +788,9 @@ def stage_profile(args: argparse.Namespace) -> None:
             recipe.train_step(step_items(recipe.train_set, step, seed))
         items = step_items(recipe.train_set, args.warmup, seed)
         cuda = torch.cuda.is_available()
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         if cuda:
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        with profile(activities=activities) as prof:
-            started = time.perf_counter()
-            recipe.train_step(items)
-            torch.cuda.synchronize() if cuda else None
-            wall = time.perf_counter() - started
-        kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-        intervals = sorted((e.time_range.start, e.time_range.end) for e in kernels)
-        busy, reach = 0.0, float("-inf")
-        for start, end in intervals:
-            busy += max(0.0, end - max(start, reach))
-            reach = max(reach, end)
-        kinds: dict[str, list[float]] = {}
-        for e in kernels:
-            acc = kinds.setdefault(kernel_kind(e.name), [0.0, 0])
-            acc[0] += e.time_range.elapsed_us()
-            acc[1] += 1
+        summary, prof = profiled(functools.partial(recipe.train_step, items))
         table = prof.key_averages().table(
             sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=40
         )
@@ -762,15 +802,9 @@ def stage_profile(args: argparse.Namespace) -> None:
                 "kind": "profile",
                 "version": args.version,
                 "variant": variant,
-                "wall_s": wall,
-                "device_busy_s": busy / 1e6,
-                "kernels": len(kernels),
+                **summary,
                 "tokens": sum(len(e) for e in items),
                 "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                "kernel_seconds_by_kind": {
-                    k: round(v[0] / 1e6, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][0])
-                },
-                "kernel_count_by_kind": {k: v[1] for k, v in kinds.items()},
             },
         )
         recipe.cleanup()
@@ -1155,6 +1189,30 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
             ", ".join(f"{v:.4f}" for v in r.get("losses", [])) or "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    profiles = [(r, rank, summary) for r in records for rank, summary in sorted((r.get("profile") or {}).items())]
+    if profiles:
+        lines += [
+            "\none profiled step after the timed ones, per GPU: where the wall time went",
+            "| size | version | variant | parallelism | GPU | wall s | device busy | device idle | "
+            "communication alone | kernel seconds by kind |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r, rank, summary in profiles:
+            wall = summary["wall_s"]
+            kinds = ", ".join(f"{kind} {seconds:.3f}" for kind, seconds in summary["kernel_seconds_by_kind"].items())
+            cells = [
+                r["size"],
+                r["version"],
+                r["variant"],
+                r["parallelism"],
+                rank,
+                f"{wall:.3f}",
+                f"{summary['device_busy_s'] / wall:.0%}",
+                f"{1 - summary['device_busy_s'] / wall:.0%}",
+                f"{summary['communication_alone_s'] / wall:.0%}",
+                kinds or "-",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -1221,8 +1279,9 @@ def expand_stages(stages: list[str], nproc: int) -> list[str]:
 
 def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[str]:
     """The command line of one stage: `name:version:variant,...`, `prepare:SIZE`,
-    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT]` (torchrun with --nproc processes unless PARALLELISM is none),
-    or `memory:STACK:SIZE:VERSION:capGIB[:VARIANT]`. `--memory-cap` goes to every stage but prepare and report."""
+    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile]` (torchrun with --nproc processes unless
+    PARALLELISM is none; `profile`: one more step under torch.profiler on every GPU), or
+    `memory:STACK:SIZE:VERSION:capGIB[:VARIANT]`. `--memory-cap` goes to every stage but prepare and report."""
     size, parallelism, options = args.size, "none", []
     if args.memory_cap and name not in ("prepare", "report"):
         options = ["--memory-cap", str(args.memory_cap)]
@@ -1240,13 +1299,15 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
     if name == "multigpu":
         if len(rest) < 3 or rest[2] not in PARALLELISMS:
             raise SystemExit(
-                f"stage multigpu:{':'.join(rest)}: expected multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT], "
-                f"PARALLELISM one of {', '.join(PARALLELISMS)}"
+                f"stage multigpu:{':'.join(rest)}: expected "
+                f"multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile], PARALLELISM one of "
+                f"{', '.join(PARALLELISMS)}"
             )
         size, version, parallelism, *more = rest
         caps = [part.removeprefix("cap") for part in more if part.startswith("cap")]
-        variants = [part for part in more if not part.startswith("cap")]
+        variants = [part for part in more if not part.startswith("cap") and part != "profile"]
         options = ["--parallelism", parallelism, *(["--memory-cap", caps[0]] if caps else [])]
+        options += ["--profile"] if "profile" in more else []
         rest = [version, *variants]
     distributed = args.nproc > 1 and (name == "medtune" or parallelism != "none")
     launcher = [sys.executable] + (
@@ -1351,6 +1412,11 @@ def main() -> None:
         choices=PARALLELISMS,
         default="none",
         help="for `multigpu`: one process, or DDP / FSDP under torchrun",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="for `multigpu`: after the timed steps, one more under torch.profiler on every GPU (idle, communication)",
     )
     parser.add_argument(
         "--memory-cap",

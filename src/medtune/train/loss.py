@@ -112,9 +112,9 @@ class _VocabShardedLinearCrossEntropySum(torch.autograd.Function):
     def backward(ctx: Any, grad_total: torch.Tensor, _grad_token_losses: torch.Tensor):
         everyone, weight, targets, log_norm = ctx.saved_tensors
         counts, group = ctx.counts, ctx.group
-        scales = [torch.empty_like(grad_total, dtype=torch.float32) for _ in counts]
-        dist.all_gather(scales, grad_total.float().contiguous(), group=group)
-        token_scales = torch.repeat_interleave(torch.stack(scales), torch.tensor(counts, device=everyone.device))
+        scales = grad_total.new_empty(len(counts), dtype=torch.float32)  # each process's scale of its tokens' loss
+        dist.all_gather_into_tensor(scales, grad_total.float().reshape(1), group=group)
+        token_scales = torch.repeat_interleave(scales, torch.tensor(counts, device=everyone.device))
         grad_everyone = torch.empty(everyone.shape, dtype=torch.float32, device=everyone.device)
         grad_weight = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None

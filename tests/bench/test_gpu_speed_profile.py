@@ -1,0 +1,69 @@
+"""bench/gpu_speed.py's profiled step: where a step's wall time went on each GPU (device idle, communication not
+hidden behind compute), from `multigpu:...:profile` stages, and how the report shows it."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+
+def test_busy_time_is_the_union_of_kernel_intervals(gpu_speed):
+    assert gpu_speed.union_seconds([(5.0, 20.0), (0.0, 10.0), (30.0, 40.0), (32.0, 35.0)]) == pytest.approx(30e-6)
+    assert gpu_speed.union_seconds([]) == 0.0
+
+
+def test_nccl_kernels_are_communication(gpu_speed):
+    assert gpu_speed.kernel_kind("ncclDevKernel_AllReduce_Sum_bf16_RING_LL") == gpu_speed.COMMUNICATION
+    assert gpu_speed.kernel_kind("ncclDevKernel_ReduceScatter_Sum_f32_RING_LL") == gpu_speed.COMMUNICATION
+    assert gpu_speed.kernel_kind("void cutlass::Kernel<...gemm...>") == "matmul"
+
+
+def test_a_profiled_step_on_the_cpu_has_wall_time_and_no_kernels(gpu_speed):
+    weight = torch.randn(64, 64, requires_grad=True)
+    summary, prof = gpu_speed.profiled(lambda: (weight @ weight).sum().backward())
+    assert summary["wall_s"] > 0 and summary["kernels"] == 0
+    assert summary["device_busy_s"] == summary["communication_alone_s"] == 0.0
+    assert "aten::mm" in prof.key_averages().table(sort_by="self_cpu_time_total")
+
+
+def test_the_profile_modifier_reaches_the_stage_and_is_not_a_variant(gpu_speed):
+    options = argparse.Namespace(
+        size="1.7b", nproc=2, work="w", out="o", warmup=1, steps=1, tiny=False, memory_cap=None
+    )
+    command = gpu_speed.stage_command("multigpu", ["8b", "v2", "ddp", "cap24", "row_ckpt100", "profile"], options)
+    assert "--profile" in command and command[command.index("--memory-cap") + 1] == "24"
+    stage = command.index("multigpu")
+    assert command[stage + 1 : stage + 3] == ["v2", "row_ckpt100"]
+    assert "--profile" not in gpu_speed.stage_command("multigpu", ["8b", "v2", "ddp"], options)
+
+
+def test_the_report_shows_each_gpus_idle_and_exposed_communication_share(gpu_speed):
+    summary = {
+        "wall_s": 0.8,
+        "device_busy_s": 0.6,
+        "communication_alone_s": 0.08,
+        "kernels": 1000,
+        "kernel_seconds_by_kind": {"matmul": 0.4, gpu_speed.COMMUNICATION: 0.12},
+        "kernel_count_by_kind": {"matmul": 600, gpu_speed.COMMUNICATION: 20},
+    }
+    record = {
+        "kind": "multigpu",
+        "size": "8b",
+        "version": "v2",
+        "variant": "auto",
+        "parallelism": "ddp",
+        "processes": 2,
+        "cap_gib": None,
+        "status": "ok",
+        "tokens_per_s": 15000.0,
+        "peak_gib": {"0": 28.7, "1": 28.9},
+        "peak_before_timed_gib": {"0": 29.0, "1": 29.1},
+        "losses": [12.75],
+        "profile": {"0": summary, "1": summary},
+    }
+    rows = [line for line in gpu_speed.multigpu_report([record]) if line.startswith("| 8b | v2 | auto | ddp | ")]
+    profiled = [row for row in rows if "| 0.800 |" in row]
+    assert len(profiled) == 2
+    assert "| 75% | 25% | 10% |" in profiled[0] and "matmul 0.400" in profiled[0]
