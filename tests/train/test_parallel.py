@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medtune.config import TrainConfig
+from medtune.config import ConfigError, TrainConfig
 from medtune.train.distributed import DistContext
 from medtune.train.parallel import DataParallel, FullyShardedParallel, SingleProcess, build_parallelism
 
@@ -53,7 +53,7 @@ def test_fsdp_refuses_8bit_states_a_single_process_checkpoint_would_not_hold():
     """A whole tensor of 3,000 values: 32-bit states in one process (under 4,096), 8-bit under the halved threshold."""
     weight = torch.nn.Parameter(torch.zeros(3, 1000))
     FullyShardedParallel(TWO).optimizer([weight], "adamw", lr=0.1)
-    with pytest.raises(ValueError, match="Use train.optimizer: adamw"):
+    with pytest.raises(ConfigError, match="^train.optimizer: .* Use train.optimizer: adamw"):
         FullyShardedParallel(TWO).optimizer([weight], "adamw_8bit", lr=0.1)
 
 

@@ -46,6 +46,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
+from medtune.config import ConfigError
 from medtune.model.load import WEIGHT_SHARD, WeightShard
 from medtune.train.distributed import DistContext
 from medtune.train.loss import FusedHeadLoss, head_weight
@@ -301,7 +302,7 @@ class LocalShards:
         return value
 
     def check_8bit_layout(self) -> None:
-        """Raise ValueError unless bitsandbytes' 8-bit states of the chunks join into the whole weights' states, as a
+        """Raise ConfigError unless bitsandbytes' 8-bit states of the chunks join into the whole weights' states, as a
         single process's checkpoint holds them: every sharded weight splits into equal chunks of whole 256-value
         blocks (the block scales then concatenate), and a tensor keeps 8-bit states exactly when its whole weight
         would (`min_8bit_size`, which bitsandbytes compares with the tensor it steps)."""
@@ -311,10 +312,10 @@ class LocalShards:
             if eight_bit != (local.numel() >= self.min_8bit_size) or (
                 is_sharded(param) and eight_bit and not equal_blocks
             ):
-                raise ValueError(
-                    f"an 8-bit optimizer under FSDP needs every trained weight in {self.ctx.world_size} equal chunks "
-                    f"of whole {QUANTIZATION_BLOCK}-value blocks; a weight of shape {tuple(param.shape)} is not. "
-                    "Use train.optimizer: adamw"
+                raise ConfigError(
+                    f"train.optimizer: an 8-bit optimizer under FSDP needs every trained weight in "
+                    f"{self.ctx.world_size} equal chunks of whole {QUANTIZATION_BLOCK}-value blocks; a weight of shape "
+                    f"{tuple(param.shape)} is not. Use train.optimizer: adamw"
                 )
 
     @property

@@ -45,7 +45,7 @@ class Parallelism(Protocol):
 
     def optimizer(self, params: list[nn.Parameter], name: str, **hyper: Any) -> torch.optim.Optimizer:
         """The optimizer `name` (adamw, adamw_8bit, paged_adamw_8bit) over the trained `params`, built once; the
-        gradient and state methods below act on what it steps. ValueError for one this parallelism cannot step."""
+        gradient and state methods below act on what it steps. ConfigError for one this parallelism cannot step."""
         ...
 
     def finish_gradients(self) -> None:
