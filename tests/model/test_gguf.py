@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.gguf_reading import read_each_gguf_once
 
 from medtune.config import ModelConfig
 from medtune.model.load import load_tokenizer, model_source
@@ -26,6 +27,7 @@ def test_gguf_is_converted_once_into_exact_weights(tmp_path, monkeypatch):
     from medtune.hub import installed_package_folder
 
     monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path))
+    read_each_gguf_once(monkeypatch)
     folder = model_source(SMOLLM2)
     origin = json.loads((tmp_path / folder.split("/")[-1] / "medtune_gguf.json").read_text())
     assert origin["gguf_file"] == SMOLLM2.gguf_file and len(origin["sha256"]) == 64
