@@ -63,6 +63,7 @@ def test_killed_ablation_resumes_without_retraining(tmp_path, short_rows_file):
     done_mtime = (done / "metrics.jsonl").stat().st_mtime_ns
     cut_lines = (runs / "v1-seed2" / "metrics.jsonl").read_text().splitlines()
     kept_before_kill = [line for line in cut_lines if json.loads(line)["step"] <= 1]
+    assert kept_before_kill == cut_lines, "killed after step 1 (its checkpoint), before step 2 was logged"
 
     output = ablate(experiment, tmp_path).communicate()[0]
     assert "v1-seed1" in output and "complete" in output

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,14 +12,6 @@ import sys
 
 import pytest
 from tests.conftest import REPO
-
-
-@pytest.fixture(scope="module")
-def gpu_speed():
-    spec = importlib.util.spec_from_file_location("gpu_speed", REPO / "bench" / "gpu_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def options(**values):
