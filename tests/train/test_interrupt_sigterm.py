@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import leave_process_group, tiny_config
-from tests.train.test_recipe import TIMING_KEYS, read_metrics
+from tests.train.test_recipe import ONE_VALIDATION_ROW, TIMING_KEYS, read_metrics
 
 from medtune.config import dump_config
 from medtune.run_folder import RunFolder
@@ -22,7 +22,16 @@ from medtune.train.distributed import DistContext
 from medtune.train.interrupt import GracefulInterrupt
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-STEPS = ("train.max_steps=6", "train.save_steps=100", "train.eval_steps=3", "train.logging_steps=1")
+MAX_STEPS = 3
+"""SIGTERM goes once step 1 is logged, so the run stops after step 1 or 2: always short of the end, which resume
+must still reach."""
+STEPS = (
+    f"train.max_steps={MAX_STEPS}",
+    "train.save_steps=100",
+    "train.eval_steps=3",
+    "train.logging_steps=1",
+    ONE_VALIDATION_ROW,
+)
 
 
 def test_sigterm_asks_once_and_a_second_ctrl_c_stops_at_once():
@@ -54,8 +63,8 @@ def test_a_signal_seen_by_one_worker_stops_every_worker_after_the_same_step(tmp_
     assert [(tmp_path / str(rank)).read_text() for rank in (0, 1)] == ["True", "True"]
 
 
-def write_config(tmp_path: Path, name: str, data_file: Path) -> Path:
-    cfg = tiny_config("v1", tmp_path / name, data_file, *STEPS)
+def write_config(tmp_path: Path, name: str, data_file: Path, *overrides: str) -> Path:
+    cfg = tiny_config("v1", tmp_path / name, data_file, *STEPS, *overrides)
     path = tmp_path / f"{name}.yaml"
     path.write_text(dump_config(cfg), encoding="utf-8")
     return path
@@ -87,7 +96,7 @@ def terminate_after_the_first_step(proc: subprocess.Popen, run_dir: Path) -> str
 def assert_interrupted_and_saved(run_dir: Path) -> int:
     summary = json.loads((run_dir / "summary.json").read_text())
     step = summary["step"]
-    assert summary["status"] == "interrupted" and summary["stopped_at_step"] == step and 1 <= step < 6, summary
+    assert summary["status"] == "interrupted" and summary["stopped_at_step"] == step and 1 <= step < MAX_STEPS, summary
     assert [saved for saved, _ in RunFolder(run_dir).list_checkpoints()] == [step]
     assert (RunFolder(run_dir).checkpoint(step) / "training_state.json").exists()
     return int(step)
@@ -99,7 +108,10 @@ def without_timings(records: list[dict]) -> list[dict]:
 
 def test_sigterm_saves_the_step_and_resume_ends_as_an_uninterrupted_run(tmp_path, short_rows_file):
     medtune = ["-m", "medtune.cli"]
-    full_config, cut_config = (write_config(tmp_path, name, short_rows_file) for name in ("full", "cut"))
+    one_sample_a_step = "train.gradient_accumulation_steps=1"  # torchrun keeps 2: a sample for each process
+    full_config, cut_config = (
+        write_config(tmp_path, name, short_rows_file, one_sample_a_step) for name in ("full", "cut")
+    )
     full = start(medtune, full_config)
     cut = start(medtune, cut_config)
     output = terminate_after_the_first_step(cut, tmp_path / "cut" / "v1")
