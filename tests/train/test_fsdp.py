@@ -46,11 +46,15 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_adapter(a: Path, b: Path, atol: float = 1e-5) -> None:
+def assert_same_adapter(a: Path, b: Path, flipped_codes: float = 0.0, lr: float = 0.0) -> None:
+    """Equal to fp32 summation order; with 8-bit moments, a share `flipped_codes` of the weights may be off by more,
+    at most one step's learning rate (an AdamW update moves a weight by about lr at most)."""
     wa, wb = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
     assert wa.keys() == wb.keys()
     for key in wa:
-        assert torch.allclose(wa[key], wb[key], rtol=1e-3, atol=atol), key
+        outside = ~torch.isclose(wa[key], wb[key], rtol=1e-3, atol=1e-5)
+        assert outside.float().mean() <= flipped_codes, key
+        assert bool(((wa[key] - wb[key])[outside].abs() <= lr).all()), key
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw_8bit"])
@@ -92,10 +96,10 @@ def test_fsdp_two_processes_resume_a_single_process_run_and_train_what_it_trains
         assert a.get("eval_tokens") == b.get("eval_tokens")
     # 8-bit moments: a gradient summed in another order can round a state to the neighbouring 8-bit code (seen: 11 of
     # lm_head's 9.7M weights, by up to 3.7e-5, on weights of mean size 0.016)
-    atol = 1e-5 if optimizer == "adamw" else 1e-4
-    assert_same_adapter(single / "adapter", sharded / "adapter", atol)
+    eight_bit = {"flipped_codes": 1e-4, "lr": cfg.train.lr} if optimizer != "adamw" else {}
+    assert_same_adapter(single / "adapter", sharded / "adapter", **eight_bit)
     # FSDP's checkpoint is a single process's: whole adapter tensors under PEFT's names
-    assert_same_adapter(RunFolder(single).checkpoint(2), RunFolder(sharded).checkpoint(2), atol)
+    assert_same_adapter(RunFolder(single).checkpoint(2), RunFolder(sharded).checkpoint(2), **eight_bit)
 
 
 def _step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], grads: list[torch.Tensor], shards=None) -> None:
