@@ -386,7 +386,8 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
     if vocab_split:
         phases["lm_head rows' gradient accumulator (fp32), every process's hidden states and their gradient (fp32)"] = (
             HEAD_ACCUMULATOR_BYTES_PER_WEIGHT * embedding / shards
-            + everyones_hidden * (BF16 + FP32) / BF16
+            + everyones_hidden  # saved for the backward pass
+            + FP32 * shape.hidden * tokens * shards  # their gradient, summed over the processes
             + chunk_logits
             + trained_tokens
         )

@@ -309,9 +309,8 @@ class LocalShards:
         for param, local in zip(self.params, self.tensors):
             eight_bit = param.numel() >= MIN_8BIT_SIZE
             equal_blocks = param.shape[0] % self.ctx.world_size == 0 and local.numel() % QUANTIZATION_BLOCK == 0
-            if eight_bit != (local.numel() >= self.min_8bit_size) or (
-                is_sharded(param) and eight_bit and not equal_blocks
-            ):
+            split_blocks = is_sharded(param) and eight_bit and not equal_blocks
+            if eight_bit != (local.numel() >= self.min_8bit_size) or split_blocks:
                 raise ConfigError(
                     f"train.optimizer: an 8-bit optimizer under FSDP needs every trained weight in "
                     f"{self.ctx.world_size} equal chunks of whole {QUANTIZATION_BLOCK}-value blocks; a weight of shape "

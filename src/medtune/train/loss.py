@@ -94,14 +94,9 @@ class _VocabShardedLinearCrossEntropySum(torch.autograd.Function):
         vocab_start: int,
         group: dist.ProcessGroup,
     ):
-        counts = _token_counts(hidden.shape[0], group, hidden.device)
-        everyone = _gather_rows(hidden.to(weight.dtype), counts, group)
-        everyone_targets = _gather_rows(targets, counts, group)
-        log_norm, target_logits = _sharded_log_norm_and_target_logits(
-            everyone, weight, everyone_targets, chunk_tokens, vocab_start, group
+        everyone, everyone_targets, log_norm, counts, token_losses = _vocab_sharded_losses(
+            hidden, weight, targets, chunk_tokens, vocab_start, group
         )
-        mine = slice(sum(counts[: dist.get_rank(group)]), sum(counts[: dist.get_rank(group) + 1]))
-        token_losses = (log_norm - target_logits)[mine].contiguous()
         ctx.save_for_backward(everyone, weight, everyone_targets, log_norm)
         ctx.counts, ctx.chunk_tokens, ctx.vocab_start, ctx.group = counts, chunk_tokens, vocab_start, group
         ctx.hidden_dtype = hidden.dtype
@@ -134,6 +129,27 @@ class _VocabShardedLinearCrossEntropySum(torch.autograd.Function):
         grad_hidden = _sum_rows_keep_mine(grad_everyone, counts, group).to(ctx.hidden_dtype)
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         return grad_hidden, grad_weight, None, None, None, None
+
+
+def _vocab_sharded_losses(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_tokens: int,
+    vocab_start: int,
+    group: dist.ProcessGroup,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor]:
+    """Every process's hidden states and targets, each token's log-normaliser, every process's token count, and this
+    process's tokens' losses: the forward pass, for training and eval alike."""
+    counts = _token_counts(hidden.shape[0], group, hidden.device)
+    everyone = _gather_rows(hidden.to(weight.dtype), counts, group)
+    everyone_targets = _gather_rows(targets, counts, group)
+    log_norm, target_logits = _sharded_log_norm_and_target_logits(
+        everyone, weight, everyone_targets, chunk_tokens, vocab_start, group
+    )
+    rank = dist.get_rank(group)
+    token_losses = (log_norm - target_logits)[sum(counts[:rank]) : sum(counts[: rank + 1])].contiguous()
+    return everyone, everyone_targets, log_norm, counts, token_losses
 
 
 def _token_counts(count: int, group: dist.ProcessGroup, device: torch.device) -> list[int]:
@@ -203,12 +219,7 @@ def vocab_sharded_linear_cross_entropy(
     local = weight.to_local()  # with autograd: the local gradient becomes the DTensor parameter's
     if torch.is_grad_enabled() and (hidden.requires_grad or local.requires_grad):
         return _VocabShardedLinearCrossEntropySum.apply(hidden, local, targets, chunk_tokens, vocab_start, group)
-    counts = _token_counts(hidden.shape[0], group, hidden.device)
-    everyone = _gather_rows(hidden.to(local.dtype), counts, group)
-    log_norm, target_logits = _sharded_log_norm_and_target_logits(
-        everyone, local, _gather_rows(targets, counts, group), chunk_tokens, vocab_start, group
-    )
-    token_losses = (log_norm - target_logits)[sum(counts[:rank]) : sum(counts[: rank + 1])]
+    token_losses = _vocab_sharded_losses(hidden, local, targets, chunk_tokens, vocab_start, group)[-1]
     return token_losses.sum(), token_losses
 
 
