@@ -32,12 +32,19 @@ stages under torchrun on N GPUs (data parallel; the `fsdp` variant shards the de
     python bench/gpu_speed.py all --size 8b --nproc 2 --stages prepare medtune:v2:auto,fsdp
 
 Multi-GPU scaling against one GPU in the same call: `prepare:SIZE` builds a size, and
-`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile]` (PARALLELISM: none = one process on one GPU, ddp,
-fsdp) runs one setting (`profile`: then one more step under torch.profiler on every GPU: device idle time,
-communication not hidden behind compute, kernel time by kind), e.g.
+`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:shared][:sharesN]` (PARALLELISM: none = one
+process on one GPU, ddp, fsdp) runs one setting (`profile`: then one more step under torch.profiler on every GPU:
+device idle time, communication not hidden behind compute, kernel time by kind), e.g.
 
     python bench/gpu_speed.py all --nproc 2 \\
         --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
+
+Two modifiers answer what one GPU can about several. `shared`: the `--nproc` processes all run on GPU 0 and talk
+through gloo (which stages CUDA tensors through the host): the losses check the multi-process code on CUDA and each
+process's peak is its own allocator's, as on its own GPU, but the speed means nothing. `sharesN` (with `none`):
+each step's samples are split as N data-parallel processes would split them, and one GPU trains the shares one
+after the other, each timed alone: the slowest share is the step time of N processes without communication, so
+one GPU's step time over it is the data-parallel speed-up the work itself allows.
 
 Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
 medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;
@@ -53,6 +60,7 @@ import datetime
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -565,6 +573,8 @@ def stage_multigpu(args: argparse.Namespace) -> None:
     import torch
 
     variant = args.variants[0] if args.variants else "auto"
+    if args.shared_gpu:
+        share_one_gpu()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     if cuda:
@@ -579,6 +589,8 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         "processes": int(os.environ.get("WORLD_SIZE", "1")),
         "cap_gib": args.memory_cap,
         "overrides": VARIANTS[variant],
+        "shared_gpu": args.shared_gpu,
+        "simulated_processes": args.simulate_processes,
     }
     parallelism = ["train.parallelism=fsdp"] if args.parallelism == "fsdp" else []
     losses: list[float] = []
@@ -587,12 +599,21 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         recipe = medtune_recipe(args.version, args, *VARIANTS[variant], *parallelism)
         setup_s = time.perf_counter() - started
 
+        share_seconds: list[list[float]] = []
+
         def run_step(items: list) -> None:
+            if args.simulate_processes:
+                share_seconds.append(shares_one_after_another(recipe.train_step, items, args.simulate_processes))
+                return
             loss, tokens = recipe.window.loss, recipe.window.tokens
             recipe.train_step(items)
             losses.append((recipe.window.loss - loss) / (recipe.window.tokens - tokens))
 
         timing = timed_steps(run_step, recipe.train_set, recipe.cfg.train.seed, args.warmup, args.steps)
+        if args.simulate_processes:
+            timed = share_seconds[args.warmup :]
+            timing["share_seconds"] = timed
+            timing["simulated_tokens_per_s"] = sum(timing["step_tokens"]) / sum(max(step) for step in timed)
     except (
         torch.OutOfMemoryError,
         RuntimeError,
@@ -633,13 +654,40 @@ def stage_multigpu(args: argparse.Namespace) -> None:
                 **record,
                 "status": "ok",
                 **per_rank,
-                "losses": losses[args.warmup :],
+                "losses": losses[args.warmup :],  # none with simulated shares: each share is its own step
                 "setup_s": setup_s,
                 "optimizer": recipe.optimizer_name,
                 "plan": recipe.speed_plan.as_dict(),
             },
         )
     recipe.cleanup()
+
+
+def share_one_gpu() -> None:
+    """`shared`: every process on GPU 0, joined through gloo before the recipe would pick NCCL (which refuses two
+    processes on one GPU)."""
+    import torch
+
+    os.environ["LOCAL_RANK"] = "0"
+    if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.cuda.set_device(0)
+        torch.distributed.init_process_group("gloo")
+
+
+def shares_one_after_another(train_step: Callable[[list], None], items: list, processes: int) -> list[float]:
+    """`sharesN`: train each of the step's `processes` data-parallel shares as its own step, timed alone."""
+    import torch
+
+    from medtune.data.batching import process_shares
+
+    seconds = []
+    for share in process_shares([len(item) for item in items], processes):
+        started = time.perf_counter()
+        train_step([items[i] for i in share])
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def stage_memory(args: argparse.Namespace) -> None:
@@ -1156,6 +1204,7 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
                 if b["status"] == "ok"
                 and b["parallelism"] == "none"
                 and not b["cap_gib"]
+                and not b.get("simulated_processes")
                 and (b["size"], b["version"], b["variant"]) == (r["size"], r["version"], r["variant"])
             ),
             key=lambda b: b["tokens_per_s"],
@@ -1167,7 +1216,10 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
 
     for r in records:
         base, ok = one_gpu(r), r["status"] == "ok"
-        speedup = r["tokens_per_s"] / base["tokens_per_s"] if ok and base else None
+        simulated = r.get("simulated_processes")
+        tokens_per_s = r["simulated_tokens_per_s"] if ok and simulated else r.get("tokens_per_s")
+        speedup = tokens_per_s / base["tokens_per_s"] if ok and base and not r.get("shared_gpu") else None
+        processes = simulated or r["processes"]
         largest = max((v for v in (r.get("peak_gib") or {}).values() if v is not None), default=None)
         base_peak = (
             max((v for v in (base.get("peak_gib") or {}).values() if v is not None), default=None) if base else None
@@ -1176,13 +1228,14 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
             r["size"],
             r["version"],
             r["variant"],
-            r["parallelism"],
-            str(r["processes"]),
+            r["parallelism"] + (f", {simulated} shares one after another" if simulated else "")
+            + (", all on one GPU" if r.get("shared_gpu") else ""),
+            str(processes),
             str(r["cap_gib"] or "-"),
             r["status"],
-            f"{r['tokens_per_s']:,.0f}" if ok else "-",
+            (f"{tokens_per_s:,.0f}" + (" (not a speed)" if r.get("shared_gpu") else "")) if ok else "-",
             f"{speedup:.2f}x" if speedup else "-",
-            f"{speedup / r['processes']:.0%}" if speedup else "-",
+            f"{speedup / processes:.0%}" if speedup else "-",
             per_gpu(r.get("peak_gib")),
             f"{largest / base_peak:.0%}" if largest and base_peak else "-",
             per_gpu(r.get("peak_before_timed_gib")),
@@ -1279,8 +1332,9 @@ def expand_stages(stages: list[str], nproc: int) -> list[str]:
 
 def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[str]:
     """The command line of one stage: `name:version:variant,...`, `prepare:SIZE`,
-    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile]` (torchrun with --nproc processes unless
-    PARALLELISM is none; `profile`: one more step under torch.profiler on every GPU), or
+    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:shared][:sharesN]` (torchrun with --nproc
+    processes unless PARALLELISM is none; `profile`: one more step under torch.profiler on every GPU; `shared`: every
+    process on GPU 0; `sharesN`: one GPU trains a step's N data-parallel shares one after the other), or
     `memory:STACK:SIZE:VERSION:capGIB[:VARIANT]`. `--memory-cap` goes to every stage but prepare and report."""
     size, parallelism, options = args.size, "none", []
     if args.memory_cap and name not in ("prepare", "report"):
@@ -1300,14 +1354,19 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
         if len(rest) < 3 or rest[2] not in PARALLELISMS:
             raise SystemExit(
                 f"stage multigpu:{':'.join(rest)}: expected "
-                f"multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile], PARALLELISM one of "
+                f"multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:shared][:sharesN], PARALLELISM one of "
                 f"{', '.join(PARALLELISMS)}"
             )
         size, version, parallelism, *more = rest
+        shares = [part.removeprefix("shares") for part in more if re.fullmatch(r"shares\d+", part)]
+        if ("shared" in more and parallelism == "none") or (shares and parallelism != "none"):
+            raise SystemExit(f"stage multigpu:{':'.join(rest)}: `shared` needs ddp or fsdp, `sharesN` needs none")
         caps = [part.removeprefix("cap") for part in more if part.startswith("cap")]
-        variants = [part for part in more if not part.startswith("cap") and part != "profile"]
+        flags = {"profile": "--profile", "shared": "--shared-gpu"}
+        variants = [part for part in more if not part.startswith(("cap", "shares")) and part not in flags]
         options = ["--parallelism", parallelism, *(["--memory-cap", caps[0]] if caps else [])]
-        options += ["--profile"] if "profile" in more else []
+        options += [flag for part, flag in flags.items() if part in more]
+        options += ["--simulate-processes", shares[0]] if shares else []
         rest = [version, *variants]
     distributed = args.nproc > 1 and (name == "medtune" or parallelism != "none")
     launcher = [sys.executable] + (
@@ -1417,6 +1476,17 @@ def main() -> None:
         "--profile",
         action="store_true",
         help="for `multigpu`: after the timed steps, one more under torch.profiler on every GPU (idle, communication)",
+    )
+    parser.add_argument(
+        "--shared-gpu",
+        action="store_true",
+        help="for `multigpu`: every process on GPU 0, through gloo (losses and per-process peaks; not speed)",
+    )
+    parser.add_argument(
+        "--simulate-processes",
+        type=int,
+        metavar="N",
+        help="for `multigpu` with `--parallelism none`: train each step's N data-parallel shares one after another",
     )
     parser.add_argument(
         "--memory-cap",

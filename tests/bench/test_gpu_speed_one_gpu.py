@@ -1,0 +1,74 @@
+"""bench/gpu_speed.py's stand-ins for several GPUs on one: `shared` (every process on GPU 0, through gloo) and
+`sharesN` (one GPU trains a step's data-parallel shares one after another), and how the report reads them."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from medtune.data.batching import process_shares
+
+OPTIONS = argparse.Namespace(size="1.7b", nproc=2, work="w", out="o", warmup=1, steps=1, tiny=False, memory_cap=None)
+
+
+def test_the_modifiers_reach_the_stage_and_are_not_variants(gpu_speed):
+    shared = gpu_speed.stage_command("multigpu", ["8b", "v2", "fsdp", "cap24", "shared"], OPTIONS)
+    assert "--shared-gpu" in shared and "torch.distributed.run" in shared
+    assert shared[shared.index("multigpu") + 1 :][:2] == ["v2", "--work"]
+    shares = gpu_speed.stage_command("multigpu", ["8b", "v2", "none", "row_ckpt100", "shares2"], OPTIONS)
+    assert shares[shares.index("--simulate-processes") + 1] == "2" and "torch.distributed.run" not in shares
+    assert shares[shares.index("multigpu") + 1 : shares.index("multigpu") + 3] == ["v2", "row_ckpt100"]
+
+
+@pytest.mark.parametrize("stage", [["8b", "v2", "none", "shared"], ["8b", "v2", "ddp", "shares2"]])
+def test_shared_needs_several_processes_and_shares_need_one(gpu_speed, stage):
+    with pytest.raises(SystemExit, match="`shared` needs ddp or fsdp, `sharesN` needs none"):
+        gpu_speed.stage_command("multigpu", stage, OPTIONS)
+
+
+def test_each_share_is_the_split_data_parallel_processes_train(gpu_speed):
+    items = [[0] * n for n in (900, 40, 700, 300, 650, 120, 80)]
+    trained: list[list[int]] = []
+    seconds = gpu_speed.shares_one_after_another(lambda share: trained.append([len(i) for i in share]), items, 3)
+    assert len(seconds) == 3 and all(s >= 0 for s in seconds)
+    assert trained == [[len(items[i]) for i in share] for share in process_shares([len(i) for i in items], 3)]
+
+
+def record(parallelism: str, tokens_per_s: float, **extra) -> dict:
+    gpus = {"0": 38.0} if parallelism == "none" else {"0": 19.5, "1": 19.6}
+    return {
+        "kind": "multigpu",
+        "size": "8b",
+        "version": "v2",
+        "variant": "auto",
+        "parallelism": parallelism,
+        "processes": 1 if parallelism == "none" else 2,
+        "cap_gib": None,
+        "status": "ok",
+        "tokens_per_s": tokens_per_s,
+        "peak_gib": gpus,
+        "peak_before_timed_gib": gpus,
+        "losses": [12.75],
+        **extra,
+    }
+
+
+def test_simulated_shares_give_the_speed_up_without_communication_and_are_no_baseline(gpu_speed):
+    records = [
+        record("none", 8900.0),
+        record("none", 9000.0, simulated_processes=2, simulated_tokens_per_s=16910.0, losses=[]),
+    ]
+    rows = [line for line in gpu_speed.multigpu_report(records) if line.startswith("| 8b")]
+    assert "| 1.00x |" in rows[0]  # the simulated run (9,000 tokens/s) is not taken as the one-GPU baseline
+    assert "2 shares one after another" in rows[1] and "| 16,910 | 1.90x | 95% |" in rows[1]
+
+
+def test_a_shared_gpu_run_shows_peaks_against_one_gpu_but_no_speed_up(gpu_speed):
+    rows = [
+        line
+        for line in gpu_speed.multigpu_report([record("none", 8900.0), record("fsdp", 3000.0, shared_gpu=True)])
+        if line.startswith("| 8b")
+    ]
+    assert "all on one GPU" in rows[1] and "3,000 (not a speed) | - | - |" in rows[1]
+    assert "| 19.5, 19.6 | 52% |" in rows[1]
