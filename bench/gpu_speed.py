@@ -1228,7 +1228,8 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
             r["size"],
             r["version"],
             r["variant"],
-            r["parallelism"] + (f", {simulated} shares one after another" if simulated else "")
+            r["parallelism"]
+            + (f", {simulated} shares one after another" if simulated else "")
             + (", all on one GPU" if r.get("shared_gpu") else ""),
             str(processes),
             str(r["cap_gib"] or "-"),
@@ -1354,8 +1355,8 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
         if len(rest) < 3 or rest[2] not in PARALLELISMS:
             raise SystemExit(
                 f"stage multigpu:{':'.join(rest)}: expected "
-                f"multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:shared][:sharesN], PARALLELISM one of "
-                f"{', '.join(PARALLELISMS)}"
+                "multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:shared][:sharesN], "
+                f"PARALLELISM one of {', '.join(PARALLELISMS)}"
             )
         size, version, parallelism, *more = rest
         shares = [part.removeprefix("shares") for part in more if re.fullmatch(r"shares\d+", part)]
