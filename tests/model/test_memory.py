@@ -37,6 +37,7 @@ VARIANTS = {  # bench/gpu_speed.py VARIANTS (only the keys that differ from toda
     "auto": [],
     "row_ckpt50": ["speed.checkpoint_fraction=0.5"],
     "row_ckpt85": ["speed.checkpoint_fraction=0.85"],
+    "plan_ckpt90": ["speed.checkpoint_fraction=0.9"],  # what the memory plan chose for 14B v2 under a 24 GiB cap
     "row_ckpt100": ["speed.checkpoint_fraction=1.0"],
     "row_ckpt0": ["speed.checkpoint_fraction=0.0"],
     "fused": ["speed.packed_row_tokens=null", "speed.checkpoint_fraction=0.65"],
@@ -75,15 +76,18 @@ CALIBRATION = [
     ("8b", "v2", "row_ckpt100", 1, 3, 1, 17.436, f"{LOSS_FIX} line 6"),
     ("32b", "v1", "row_ckpt100", 1, 2, 1, 35.991, f"{MULTI}call5-results.jsonl line 2"),
 ]
-# The same columns, for train.parallelism fsdp: the peak of rank 0, whose rows `packed_rows` rebuilds. The 8B v2 FSDP
-# peaks are left out: they ran with a trained lm_head gathered whole for the loss (26.3 GiB on 2026-12-01, call A; 27.9
-# in call 4 with its gradient whole too), which the model no longer prices now that the head is split by rows; a v1
-# run trains no lm_head. The 14B and 32B capped runs of 2026-12-01 are left out too: their levers were the memory
-# plan's, which the records do not list. All ran torch AdamW, the only optimizer FSDP stepped then.
+# The same columns and the optimizer, for train.parallelism fsdp: the peak of rank 0, whose rows `packed_rows`
+# rebuilds. The 8B v2 FSDP peaks of 2026-11-30 and call A are left out: they ran with a trained lm_head gathered whole
+# for the loss (26.3 GiB in call A), which the model no longer prices now that the head is split by rows. The shared-GPU
+# points (every process on one H200, through gloo) are each process's own allocator's peak, as on its own GPU.
+ONE_GPU = "bench/results/2026-12-01-one-gpu-stand-ins/"
 FSDP_CALIBRATION = [
-    ("32b", "v1", "row_ckpt100", 1, 2, 2, 20.699, f"{MULTI}call5-results.jsonl line 1 (FSDP, 24 GiB cap, rank 0)"),
+    ("32b", "v1", "row_ckpt100", 1, 2, 2, 20.699, f"{MULTI}call5-results.jsonl line 1 (24 GiB cap, rank 0)", "adamw"),
+    ("8b", "v2", "auto", 3, 5, 2, 18.968, f"{ONE_GPU}results-1.jsonl line 4 (shared GPU, rank 0)", "auto"),
+    ("14b", "v2", "plan_ckpt90", 1, 2, 2, 18.005, f"{ONE_GPU}results-2.jsonl line 1 (24 GiB cap, shared)", "auto"),
+    ("32b", "v1", "row_ckpt100", 1, 2, 2, 19.414, f"{ONE_GPU}results-4.jsonl line 1 (24 GiB cap, shared)", "auto"),
 ]
-POINTS = [(*point, False) for point in CALIBRATION] + [(*point, True) for point in FSDP_CALIBRATION]
+POINTS = [(*point, "auto", False) for point in CALIBRATION] + [(*point, True) for point in FSDP_CALIBRATION]
 
 
 @pytest.fixture(scope="module")
@@ -98,15 +102,15 @@ def shape_of(size: str) -> ModelShape:
 
 
 @pytest.mark.parametrize(
-    "size, version, variant, first, steps, processes, measured, where, fsdp",
+    "size, version, variant, first, steps, processes, measured, where, optimizer, fsdp",
     POINTS,
-    ids=[f"{p[0]}-{p[1]}-{p[2]}-{p[5]}proc{'-fsdp' if p[8] else ''}-{p[6]}" for p in POINTS],
+    ids=[f"{p[0]}-{p[1]}-{p[2]}-{p[5]}proc{'-fsdp' if p[9] else ''}-{p[8]}-{p[6]}" for p in POINTS],
 )
 def test_prediction_within_15_percent_of_the_measured_peak(
-    train_lengths, size, version, variant, first, steps, processes, measured, where, fsdp
+    train_lengths, size, version, variant, first, steps, processes, measured, where, optimizer, fsdp
 ):
-    measured_optimizer = ["train.optimizer=adamw"] if fsdp else []
-    cfg = load_config(CONFIGS / f"{version}.yaml", ["model.name_or_path=tiny", *VARIANTS[variant], *measured_optimizer])
+    overrides = ["model.name_or_path=tiny", *VARIANTS[variant], f"train.optimizer={optimizer}"]
+    cfg = load_config(CONFIGS / f"{version}.yaml", overrides)
     rows = packed_rows(
         train_lengths,
         cfg.train.samples_per_step(),
