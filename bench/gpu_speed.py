@@ -153,7 +153,6 @@ VARIANTS: dict[str, list[str]] = {
     "row4k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=4096", "speed.checkpoint_fraction=1.0"],
     "row2k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=2048", "speed.checkpoint_fraction=1.0"],
     "per_sample": ["speed.packed_attention=per_sample", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
-    "bnb_step": [],  # the defaults, with bitsandbytes' own 8-bit step (a device sync per tensor): see stage_multigpu
     "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
 }
 
@@ -594,12 +593,6 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         "simulated_processes": args.simulate_processes,
     }
     parallelism = ["train.parallelism=fsdp"] if args.parallelism == "fsdp" else []
-    if variant == "bnb_step":  # medtune's 8-bit AdamW leaves out bitsandbytes' sync per tensor: measure what it saves
-        import bitsandbytes as bnb
-
-        from medtune.train import parallel as medtune_parallel
-
-        medtune_parallel.AdamW8bit, medtune_parallel.PagedAdamW8bit = bnb.optim.AdamW8bit, bnb.optim.PagedAdamW8bit
     losses: list[float] = []
     try:
         started = time.perf_counter()

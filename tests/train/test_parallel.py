@@ -78,36 +78,3 @@ def test_one_process_leaves_weights_to_peft_and_clips_like_torch():
     param.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
     assert single.clip_grad_norm(1.0).item() == pytest.approx(5.0)
     assert param.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
-
-
-def test_the_8bit_step_equals_bitsandbytes_without_a_device_sync_per_tensor(monkeypatch):
-    """bitsandbytes synchronises the device after every tensor it steps (the GPU idles while the host prepares the
-    next); medtune's 8-bit AdamW steps to the same weights and states without those synchronisations."""
-    import bitsandbytes as bnb
-
-    from medtune.train import parallel
-
-    syncs = {"bitsandbytes": 0, "medtune": 0}
-    monkeypatch.setattr(
-        bnb.optim.optimizer, "sync_gpu", lambda t: syncs.__setitem__("bitsandbytes", syncs["bitsandbytes"] + 1)
-    )
-    monkeypatch.setattr(parallel, "sync_gpu", lambda t: syncs.__setitem__("medtune", syncs["medtune"] + 1))
-    torch.manual_seed(0)
-    shapes = [(64, 128), (128, 64), (8, 8), (4096, 2)]  # 8-bit and 32-bit states (under 4,096 values)
-    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
-    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    ours_opt = parallel.build_optimizer(ours, "adamw_8bit", 4096, lr=1e-2, weight_decay=0.01)
-    theirs_opt = bnb.optim.AdamW8bit(theirs, lr=1e-2, weight_decay=0.01, min_8bit_size=4096)
-    for _ in range(3):
-        grads = [torch.randn(shape) for shape in shapes]
-        for params, optimizer in ((ours, ours_opt), (theirs, theirs_opt)):
-            for param, grad in zip(params, grads):
-                param.grad = grad.clone()
-            optimizer.step()
-    for mine, reference in zip(ours, theirs):
-        assert torch.equal(mine, reference)
-    for mine, reference in zip(ours, theirs):
-        for key, value in theirs_opt.state[reference].items():
-            other = ours_opt.state[mine][key]
-            assert torch.equal(other, value) if isinstance(value, torch.Tensor) else other == value
-    assert syncs == {"bitsandbytes": 3 * len(shapes), "medtune": 0}  # not paged: no final synchronisation either

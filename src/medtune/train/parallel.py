@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import bitsandbytes as bnb
 import torch
-from bitsandbytes.utils import sync_gpu
 from torch import nn
 
 from medtune.config import TrainConfig
@@ -82,52 +80,14 @@ def build_parallelism(train: TrainConfig, ctx: DistContext) -> Parallelism:
     return DataParallel()
 
 
-class _OneSyncStep(bnb.optim.optimizer.Optimizer8bit):  # type: ignore[misc]
-    """bitsandbytes' 8-bit step without the device synchronisation it makes after every tensor (`sync_gpu` in its
-    loop, 506 per step for Qwen3-8B v2): each one leaves the GPU idle while the host prepares the next tensor's
-    kernel. CUDA runs a stream's kernels in order, so one synchronisation at the end, which bitsandbytes keeps for
-    paged states, is enough. Otherwise the loop is bitsandbytes' own (tests/train/test_parallel.py compares them).
-    """
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if not self.initialized:
-            self.check_overrides()
-            self.to_gpu()
-            self.initialized = True
-        stepped = None
-        for gindex, group in enumerate(self.param_groups):
-            for pindex, param in enumerate(group["params"]):
-                if param.grad is None:
-                    continue
-                if len(self.state[param]) == 0:
-                    self.init_state(group, param, gindex, pindex)
-                self.prefetch_state(param)
-                self.update_step(group, param, gindex, pindex)
-                stepped = param
-        if self.is_paged and stepped is not None:
-            sync_gpu(stepped)
-        return loss
-
-
-class AdamW8bit(_OneSyncStep, bnb.optim.AdamW8bit):  # type: ignore[misc]
-    pass
-
-
-class PagedAdamW8bit(_OneSyncStep, bnb.optim.PagedAdamW8bit):  # type: ignore[misc]
-    pass
-
-
 def build_optimizer(tensors: list[torch.Tensor], name: str, min_8bit_size: int, **hyper: Any) -> torch.optim.Optimizer:
     """torch AdamW with its multi-tensor kernels (set, so CPU tests take CUDA's path), or bitsandbytes' 8-bit
     AdamW, paged or not, keeping tensors below `min_8bit_size` values in 32 bits."""
     if name == "adamw":
         return torch.optim.AdamW(tensors, foreach=True, **hyper)
-    cls = PagedAdamW8bit if name == "paged_adamw_8bit" else AdamW8bit
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
     return cls(tensors, min_8bit_size=min_8bit_size, **hyper)
 
 
