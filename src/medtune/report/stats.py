@@ -101,6 +101,11 @@ def compare(
     if len(base) >= 2 and len(values) >= 2:
         if _constant(base) and _constant(values):  # no spread to test against (e.g. the same LR in every seed)
             p_value = 1.0 if np.isclose(mean, base_mean, rtol=1e-9, atol=0) else 0.0
+        elif _constant(base) or _constant(values):
+            # Welch's test with one group's variance zero is the one-sample test of the other against its mean;
+            # asking scipy for the constant group's variance only loses precision (and warns about it)
+            spread, fixed = (values, base_mean) if _constant(base) else (base, mean)
+            p_value = float(stats.ttest_1samp(spread, fixed).pvalue)
         else:
             p_value = float(stats.ttest_ind(values, base, equal_var=False).pvalue)
         result.update(p_value=p_value, test="welch", significant=p_value < ALPHA)
