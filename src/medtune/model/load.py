@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from unittest import mock
 import torch
 import torch.distributed as dist
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from torch.distributed.tensor import DTensor
 from torch.nn.modules.module import register_module_parameter_registration_hook
 from transformers import (
@@ -213,8 +214,24 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
         ensure_weight_tying=keep_tied,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora_config)
+    with _untied_on_purpose(tied and bool(trained_embeddings) and not keep_tied):
+        return get_peft_model(model, lora_config)
 
 
 def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    adapter = PeftConfig.from_pretrained(str(adapter_dir))
+    untied = not getattr(adapter, "ensure_weight_tying", False) and bool(
+        EMBEDDING_MODULES & set(getattr(adapter, "modules_to_save", None) or [])
+    )
+    with _untied_on_purpose(untied and embeddings_tied(base)):
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+@contextlib.contextmanager
+def _untied_on_purpose(untied: bool) -> Iterator[None]:
+    """PEFT warns when a tied model's embeddings are trained without tying them; with `tied_embeddings: untie` that
+    is the run's choice, said in one line when training starts and recorded in the adapter's config."""
+    with warnings.catch_warnings():
+        if untied:
+            warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True`", category=UserWarning)
+        yield
