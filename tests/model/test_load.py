@@ -41,3 +41,20 @@ def test_trained_tied_embeddings_are_said_once(choice, tmp_path, caplog):
     loaded, said = peft_tied_warnings(lambda: load_adapter(tiny_base(), tmp_path / "adapter"))
     assert said == []
     assert embeddings_tied(loaded.get_base_model()) == (choice == "keep")
+
+
+def test_loading_and_setting_up_a_run_warns_nothing_from_the_libraries():
+    """Base model, LoRA and the speed levers as the recipe applies them, with activation checkpointing on a share of
+    the layers: no deprecation or other warning reaches the user (transformers 5.2x renamed gradient checkpointing,
+    and PEFT still reads the old name)."""
+    from medtune.model.speed import apply_speed
+
+    cfg = load_config(CONFIGS / "v1.yaml", ["speed.checkpoint_fraction=0.5"], overlays=[CONFIGS / "tiny.yaml"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = apply_lora(tiny_base(), cfg.lora)
+        plan = apply_speed(model, cfg.speed, CPU, packing=True, gradient_checkpointing=True)
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    layers = model.get_base_model().model.layers
+    assert plan.checkpointed_layers == len(layers) // 2
+    assert [layer.gradient_checkpointing for layer in layers] == [i < len(layers) // 2 for i in range(len(layers))]

@@ -214,7 +214,7 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
         ensure_weight_tying=keep_tied,
         task_type="CAUSAL_LM",
     )
-    with _untied_on_purpose(tied and bool(trained_embeddings) and not keep_tied):
+    with _quiet_peft(untied=tied and bool(trained_embeddings) and not keep_tied):
         return get_peft_model(model, lora_config)
 
 
@@ -223,15 +223,18 @@ def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, trainable: bool
     untied = not getattr(adapter, "ensure_weight_tying", False) and bool(
         EMBEDDING_MODULES & set(getattr(adapter, "modules_to_save", None) or [])
     )
-    with _untied_on_purpose(untied and embeddings_tied(base)):
+    with _quiet_peft(untied=untied and embeddings_tied(base)):
         return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
 
 
 @contextlib.contextmanager
-def _untied_on_purpose(untied: bool) -> Iterator[None]:
-    """PEFT warns when a tied model's embeddings are trained without tying them; with `tied_embeddings: untie` that
-    is the run's choice, said in one line when training starts and recorded in the adapter's config."""
+def _quiet_peft(untied: bool) -> Iterator[None]:
+    """Leave out PEFT's warnings that tell the user nothing: reading transformers' deprecated
+    `is_gradient_checkpointing` (a FutureWarning in every run with transformers 5.2x), and, with
+    `tied_embeddings: untie`, that a tied model's embeddings are trained untied: the run's choice, said in one line
+    when training starts and recorded in the adapter's config."""
     with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         if untied:
             warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True`", category=UserWarning)
         yield

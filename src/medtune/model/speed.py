@@ -281,7 +281,11 @@ def apply_speed(
     plan.decoder_layers = len(layers)
     if gradient_checkpointing:
         # non-reentrant: gradients reach the LoRA weights inside a layer whose input needs none
-        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(causal_lm, "activation_checkpointing_enable", None)  # the name since transformers 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         plan.checkpointed_layers = round(cfg.checkpoint_fraction * len(layers))
         for index, layer in enumerate(layers):
             layer.gradient_checkpointing = index < plan.checkpointed_layers
