@@ -153,6 +153,7 @@ VARIANTS: dict[str, list[str]] = {
     "row4k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=4096", "speed.checkpoint_fraction=1.0"],
     "row2k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=2048", "speed.checkpoint_fraction=1.0"],
     "per_sample": ["speed.packed_attention=per_sample", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
+    "zero1": ["train.shard_optimizer=true"],  # with ddp: each process steps its own trained tensors (ZeRO-1)
     "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
 }
 
@@ -1205,7 +1206,8 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
                 and b["parallelism"] == "none"
                 and not b["cap_gib"]
                 and not b.get("simulated_processes")
-                and (b["size"], b["version"], b["variant"]) == (r["size"], r["version"], r["variant"])
+                and (b["size"], b["version"]) == (r["size"], r["version"])
+                and one_process_settings(b) == one_process_settings(r)
             ),
             key=lambda b: b["tokens_per_s"],
             default=None,
@@ -1268,6 +1270,12 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def one_process_settings(record: dict[str, Any]) -> list[str]:
+    """A run's overrides that one process would train with: `zero1` (train.shard_optimizer) only acts across
+    processes, so its one-GPU baseline is the plain run's."""
+    return [o for o in record.get("overrides", VARIANTS.get(record["variant"], [])) if not o.startswith("train.shard")]
 
 
 def memory_report(records: list[dict[str, Any]]) -> list[str]:

@@ -72,3 +72,10 @@ def test_a_shared_gpu_run_shows_peaks_against_one_gpu_but_no_speed_up(gpu_speed)
     ]
     assert "all on one GPU" in rows[1] and "3,000 (not a speed) | - | - |" in rows[1]
     assert "| 19.5, 19.6 | 52% |" in rows[1]
+
+
+def test_a_sharded_optimizer_run_is_measured_against_the_plain_one_gpu_run(gpu_speed):
+    """`zero1` changes nothing in one process: its speed-up is against the plain one-GPU run in the same call."""
+    zero1 = record("ddp", 16020.0, variant="zero1", overrides=gpu_speed.VARIANTS["zero1"])
+    rows = [line for line in gpu_speed.multigpu_report([record("none", 8900.0), zero1]) if line.startswith("| 8b")]
+    assert "| zero1 | ddp |" in rows[1] and "| 1.80x | 90% |" in rows[1]

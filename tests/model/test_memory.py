@@ -280,3 +280,18 @@ def test_an_edge_of_the_step_counts_without_the_held_activations():
     assert found.peak_phase == edge
     assert edge in found.terms() and not set(found.held) & set(found.terms())
     assert found.peak_bytes == pytest.approx(sum(found.persistent.values()) + found.edges[edge])
+
+
+def test_a_sharded_ddp_optimizer_keeps_about_half_the_states_per_process():
+    """train.shard_optimizer under DDP: each process keeps the states of the tensors it owns; weights, gradients and
+    activations stay whole."""
+
+    def peak(*overrides: str) -> MemoryEstimate:
+        cfg = load_config(CONFIGS / "v2.yaml", ["model.name_or_path=tiny", "train.optimizer=adamw", *overrides])
+        settings = MemorySettings.from_run(cfg, liger=True, processes=2)
+        return estimate(shape_of("8b"), settings, Levers.from_run(cfg), Rows(13000, 1))
+
+    whole, sharded = peak(), peak("train.shard_optimizer=true")
+    states = "AdamW states (2 per parameter, the parameter's dtype)"
+    assert sharded.persistent[states + " (1/2 per process)"] == pytest.approx(whole.persistent[states] / 2)
+    assert whole.peak_bytes - sharded.peak_bytes == pytest.approx(whole.persistent[states] / 2)

@@ -87,6 +87,13 @@ def test_two_processes_equal_one_on_the_same_global_batch(tmp_path, short_rows_f
     assert json.loads((single / "env.json").read_text())["batch"]["parallelism"] == "none"
 
 
+def test_two_processes_with_a_sharded_optimizer_equal_one(tmp_path, short_rows_file, single):
+    """train.shard_optimizer: each process steps its own trained tensors and sends them to the other."""
+    cfg = tiny_config("v1", tmp_path / "two", short_rows_file, *OVERRIDES, "train.shard_optimizer=true")
+    torchrun_train(cfg, tmp_path / "two.yaml")
+    assert_same_training(single, cfg.run_dir(), cfg)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -78,3 +78,88 @@ def test_one_process_leaves_weights_to_peft_and_clips_like_torch():
     param.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
     assert single.clip_grad_norm(1.0).item() == pytest.approx(5.0)
     assert param.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_owners_balance_the_values_each_process_steps():
+    from medtune.train.parallel import owners_by_size
+
+    # Qwen3-8B v2 in miniature: two large trained embeddings and many small LoRA matrices
+    sizes = [1000, 1000] + [10] * 40
+    owners = owners_by_size(sizes, 2)
+    assert owners[0] != owners[1]
+    totals = [sum(size for size, owner in zip(sizes, owners) if owner == rank) for rank in (0, 1)]
+    assert totals == [1200, 1200]
+    assert owners_by_size([5, 3], 2) == [0, 1]
+
+
+def test_a_sharded_optimizer_needs_a_tensor_for_every_process():
+    with pytest.raises(ConfigError, match="^train.shard_optimizer: 1 trained tensors cannot be shared by 2"):
+        DataParallel(TWO, shard_optimizer=True).optimizer([torch.nn.Parameter(torch.zeros(4))], "adamw", lr=0.1)
+
+
+def _sharded_step_round_trip(rank: int, init_file: str) -> None:
+    """Two processes, each stepping only the tensors it owns and broadcasting them, against one process stepping
+    all: the same weights, a gathered state equal to one process's, and a resume from it that steps on alike."""
+    import copy
+
+    import torch.distributed as dist
+    from tests.conftest import leave_process_group
+
+    from medtune.train.fsdp import MIN_8BIT_SIZE
+    from medtune.train.parallel import build_optimizer
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ctx = DistContext(rank=rank, world_size=2)
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(64, 128, generator=generator), torch.randn(48, 128, generator=generator)]
+    weights += [torch.randn(8, 4, generator=generator) for _ in range(5)]
+    steps = [[torch.randn(w.shape, generator=generator) for w in weights] for _ in range(3)]
+
+    def step(optimizer, params, grads, parallel=None) -> None:
+        for param, grad in zip(params, grads):
+            param.grad = grad.clone()  # what DDP's all-reduce leaves on every process
+        optimizer.step()
+        if parallel is not None:
+            parallel.finish_step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for name in ("adamw", "adamw_8bit"):
+        one = [torch.nn.Parameter(w.clone()) for w in weights]
+        reference = build_optimizer(one, name, MIN_8BIT_SIZE, lr=0.1, weight_decay=0.01)
+        parallel = DataParallel(ctx, shard_optimizer=True)
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        optimizer = parallel.optimizer(params, name, lr=0.1, weight_decay=0.01)
+        assert len(optimizer.param_groups[0]["params"]) < len(params)  # this process steps only its own
+        for grads in steps[:2]:
+            step(reference, one, grads)
+            step(optimizer, params, grads, parallel)
+        assert all(torch.equal(mine, whole) for mine, whole in zip(params, one)), name
+        assert all(p.grad is None for p in params)
+
+        gathered, expected = parallel.optimizer_state(optimizer), copy.deepcopy(reference.state_dict())
+        if rank == 0:
+            assert gathered["param_groups"] == expected["param_groups"]
+            assert gathered["state"].keys() == expected["state"].keys()
+            for index, entry in expected["state"].items():
+                mine = gathered["state"][index]
+                for key, value in entry.items():
+                    same = torch.equal if isinstance(value, torch.Tensor) else (lambda a, b: a == b)
+                    if isinstance(value, dict):  # bitsandbytes' nested 8-bit states and block scales
+                        assert all(torch.equal(mine[key][k], v) for k, v in value.items()), (name, index, key)
+                    else:
+                        assert same(mine[key], value), (name, index, key)
+        else:
+            assert gathered == {}
+
+        resumed = DataParallel(ctx, shard_optimizer=True)
+        resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in one]
+        fresh = resumed.optimizer(resumed_params, name, lr=0.1, weight_decay=0.01)
+        resumed.load_optimizer_state(fresh, expected)
+        step(reference, one, steps[2])
+        step(fresh, resumed_params, steps[2], resumed)
+        assert all(torch.equal(mine, whole) for mine, whole in zip(resumed_params, one)), name
+    leave_process_group()
+
+
+def test_ddp_with_a_sharded_optimizer_steps_saves_and_resumes_like_one_process(tmp_path):
+    torch.multiprocessing.spawn(_sharded_step_round_trip, args=(str(tmp_path / "rendezvous"),), nprocs=2)

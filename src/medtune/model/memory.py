@@ -150,6 +150,7 @@ class MemorySettings:
     packing: bool
     processes: int  # data-parallel processes (DDP or FSDP)
     fsdp: bool = False  # train.parallelism fsdp with several processes: sharded weights (train/fsdp.py)
+    shard_optimizer: bool = False  # DDP with train.shard_optimizer: each process keeps its own tensors' states
 
     @classmethod
     def from_run(cls, cfg: RunConfig, liger: bool, processes: int = 1, fsdp: bool = False) -> MemorySettings:
@@ -171,12 +172,19 @@ class MemorySettings:
             packing=cfg.train.packing,
             processes=processes,
             fsdp=fsdp,
+            shard_optimizer=cfg.train.shard_optimizer and processes > 1 and not fsdp,
         )
 
     @property
     def shards(self) -> int:
         """Into how many parts FSDP cuts each sharded parameter, its gradient and its optimizer states (1: none)."""
         return self.processes if self.fsdp else 1
+
+    @property
+    def optimizer_shards(self) -> int:
+        """Among how many processes the optimizer states are split: FSDP's shards, or DDP's owners of whole tensors
+        (balanced by size, so about 1/processes each)."""
+        return self.processes if self.fsdp or self.shard_optimizer else 1
 
 
 @dataclass(frozen=True)
@@ -334,16 +342,18 @@ def estimate(shape: ModelShape, settings: MemorySettings, levers: Levers, rows: 
         persistent[f"embed_tokens gradient (bf16){per_process}, from a step's first pass on"] = (
             embedding * BF16 / shards
         )
+    state_shards = settings.optimizer_shards
+    per_process_states = f" (1/{state_shards} per process)" if state_shards > 1 else ""
     if settings.optimizer == "adamw":
-        persistent["AdamW states (2 per parameter, the parameter's dtype)" + per_process] = (
-            2 * (lora_params * FP32 + trained_copies * embedding * BF16) / shards
+        persistent["AdamW states (2 per parameter, the parameter's dtype)" + per_process_states] = (
+            2 * (lora_params * FP32 + trained_copies * embedding * BF16) / state_shards
         )
     elif settings.optimizer == "adamw_8bit":
-        persistent["8-bit AdamW states"] = 2 * trained_params / shards
+        persistent["8-bit AdamW states"] = 2 * trained_params / state_shards
     else:
         notes.append(
-            f"paged 8-bit AdamW: {2 * trained_params / shards / GIB:.2f} GiB of states{per_process} in managed "
-            "memory, paged to the host under pressure (not counted)"
+            f"paged 8-bit AdamW: {2 * trained_params / state_shards / GIB:.2f} GiB of states{per_process_states} in "
+            "managed memory, paged to the host under pressure (not counted)"
         )
 
     checkpointed = levers.checkpointed_layers(shape, settings)

@@ -344,6 +344,7 @@ class FineTuneRecipe:
         max_norm = train.max_grad_norm if train.max_grad_norm is not None else float("inf")
         grad_norm = float(self.parallel.clip_grad_norm(max_norm))  # device sync
         self.optimizer.step()
+        self.parallel.finish_step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, think_sum, answer_sum = self.dist.sum_(sums).tolist()
