@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from tests.bench.conftest import multigpu_record
 from tests.conftest import REPO
 
 
@@ -115,25 +116,10 @@ def test_a_memory_stage_runs_on_cpu_with_tiny(tmp_path):
 def test_multigpu_scaling_is_against_the_fastest_one_gpu_run(gpu_speed):
     """The first process on a fresh machine stalls a step: DDP's speed-up is against the steady one-GPU run."""
 
-    def record(parallelism: str, tokens_per_s: float) -> dict:
-        gpus = {"0": 38.0} if parallelism == "none" else {"0": 28.7, "1": 28.9}
-        return {
-            "kind": "multigpu",
-            "size": "8b",
-            "version": "v2",
-            "variant": "auto",
-            "parallelism": parallelism,
-            "processes": 1 if parallelism == "none" else 2,
-            "cap_gib": None,
-            "status": "ok",
-            "tokens_per_s": tokens_per_s,
-            "peak_gib": gpus,
-            "peak_before_timed_gib": gpus,
-            "losses": [12.75],
-        }
-
     table = "\n".join(
-        gpu_speed.multigpu_report([record("none", 6638.0), record("none", 8856.0), record("ddp", 15396.0)])
+        gpu_speed.multigpu_report(
+            [multigpu_record("none", 6638.0), multigpu_record("none", 8856.0), multigpu_record("ddp", 15396.0)]
+        )
     )
     ddp_row = next(line for line in table.splitlines() if "| ddp |" in line)
     assert "| 1.74x |" in ddp_row and "| 87% |" in ddp_row

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from tests.bench.conftest import multigpu_record
 
 from medtune.data.batching import process_shares
 
@@ -35,29 +36,10 @@ def test_each_share_is_the_split_data_parallel_processes_train(gpu_speed):
     assert trained == [[len(items[i]) for i in share] for share in process_shares([len(i) for i in items], 3)]
 
 
-def record(parallelism: str, tokens_per_s: float, **extra) -> dict:
-    gpus = {"0": 38.0} if parallelism == "none" else {"0": 19.5, "1": 19.6}
-    return {
-        "kind": "multigpu",
-        "size": "8b",
-        "version": "v2",
-        "variant": "auto",
-        "parallelism": parallelism,
-        "processes": 1 if parallelism == "none" else 2,
-        "cap_gib": None,
-        "status": "ok",
-        "tokens_per_s": tokens_per_s,
-        "peak_gib": gpus,
-        "peak_before_timed_gib": gpus,
-        "losses": [12.75],
-        **extra,
-    }
-
-
 def test_simulated_shares_give_the_speed_up_without_communication_and_are_no_baseline(gpu_speed):
     records = [
-        record("none", 8900.0),
-        record("none", 9000.0, simulated_processes=2, simulated_tokens_per_s=16910.0, losses=[]),
+        multigpu_record("none", 8900.0),
+        multigpu_record("none", 9000.0, simulated_processes=2, simulated_tokens_per_s=16910.0, losses=[]),
     ]
     rows = [line for line in gpu_speed.multigpu_report(records) if line.startswith("| 8b")]
     assert "| 1.00x |" in rows[0]  # the simulated run (9,000 tokens/s) is not taken as the one-GPU baseline
@@ -67,7 +49,9 @@ def test_simulated_shares_give_the_speed_up_without_communication_and_are_no_bas
 def test_a_shared_gpu_run_shows_peaks_against_one_gpu_but_no_speed_up(gpu_speed):
     rows = [
         line
-        for line in gpu_speed.multigpu_report([record("none", 8900.0), record("fsdp", 3000.0, shared_gpu=True)])
+        for line in gpu_speed.multigpu_report(
+            [multigpu_record("none", 8900.0), multigpu_record("fsdp", 3000.0, shared_gpu=True)]
+        )
         if line.startswith("| 8b")
     ]
     assert "all on one GPU" in rows[1] and "3,000 (not a speed) | - | - |" in rows[1]
@@ -76,6 +60,8 @@ def test_a_shared_gpu_run_shows_peaks_against_one_gpu_but_no_speed_up(gpu_speed)
 
 def test_a_sharded_optimizer_run_is_measured_against_the_plain_one_gpu_run(gpu_speed):
     """`zero1` changes nothing in one process: its speed-up is against the plain one-GPU run in the same call."""
-    zero1 = record("ddp", 16020.0, variant="zero1", overrides=gpu_speed.VARIANTS["zero1"])
-    rows = [line for line in gpu_speed.multigpu_report([record("none", 8900.0), zero1]) if line.startswith("| 8b")]
+    zero1 = multigpu_record("ddp", 16020.0, variant="zero1", overrides=gpu_speed.VARIANTS["zero1"])
+    rows = [
+        line for line in gpu_speed.multigpu_report([multigpu_record("none", 8900.0), zero1]) if line.startswith("| 8b")
+    ]
     assert "| zero1 | ddp |" in rows[1] and "| 1.80x | 90% |" in rows[1]

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.utils._pytree import tree_map_only
 
 from medtune.config import ConfigError, TrainConfig
 from medtune.train import fsdp
@@ -202,7 +203,7 @@ class DataParallel(SingleProcess):
         """A single process's optimizer state on the main process ({} on the others); a collective when sharded."""
         if not self.owners:
             return optimizer.state_dict()
-        local = _to_cpu(optimizer.state_dict())
+        local = tree_map_only(torch.Tensor, torch.Tensor.cpu, optimizer.state_dict())
         every: list[Any] = [None] * self.ctx.world_size if self.ctx.is_main else []
         dist.gather_object(local, every if self.ctx.is_main else None, dst=0)
         if not self.ctx.is_main:
@@ -256,16 +257,6 @@ def broadcast_from_owners(tensors: list[torch.Tensor], owners: list[int]) -> Non
         if owner != dist.get_rank():
             for tensor, value in zip(group, _unflatten_dense_tensors(flat, group)):
                 tensor.copy_(value)
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {key: _to_cpu(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_to_cpu(item) for item in value]
-    return value
 
 
 class FullyShardedParallel:
