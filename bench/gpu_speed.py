@@ -44,7 +44,9 @@ through gloo (which stages CUDA tensors through the host): the losses check the 
 process's peak is its own allocator's, as on its own GPU, but the speed means nothing. `sharesN` (with `none`):
 each step's samples are split as N data-parallel processes would split them, and one GPU trains the shares one
 after the other, each timed alone: the slowest share is the step time of N processes without communication, so
-one GPU's step time over it is the data-parallel speed-up the work itself allows.
+one GPU's step time over it is the data-parallel speed-up the work itself allows; with `zero1`, each share's
+optimizer steps only the tensors its process would own. Every timed step (and share) records the host's pauses in
+it: seconds in Python's garbage collector, and Triton kernels compiled.
 
 Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
 medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;
@@ -58,6 +60,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import gc
 import json
 import os
 import re
@@ -275,8 +278,43 @@ def emit(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 
 # ---- timing ------------------------------------------------------------------------------------
-def timed_steps(run_step, train_set, seed: int, warmup: int, steps: int) -> dict[str, Any]:
-    """Warm up, then time each step between device synchronisations; peak memory over the timed steps."""
+class HostPauses:
+    """The host's pauses inside each timed step (or share of one): seconds in Python's garbage collector by
+    generation, and kernels Triton compiled (new entries in its cache folder). Under data parallelism a pause in one
+    process stalls every other at the next gradient reduction."""
+
+    def __init__(self) -> None:
+        self.triton_cache = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+        self.entries = self.cache_entries()
+        self.gc_seconds = [0.0, 0.0, 0.0]
+        self.gc_started = 0.0
+        gc.callbacks.append(self.on_gc)
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.gc_started = time.perf_counter()
+        else:
+            self.gc_seconds[info["generation"]] += time.perf_counter() - self.gc_started
+
+    def cache_entries(self) -> int:
+        return len(os.listdir(self.triton_cache)) if self.triton_cache.is_dir() else 0
+
+    def take(self) -> dict[str, Any]:
+        """The pauses since the last call."""
+        entries = self.cache_entries()
+        taken = {"gc_s": [round(s, 4) for s in self.gc_seconds], "triton_compiled": entries - self.entries}
+        self.gc_seconds, self.entries = [0.0, 0.0, 0.0], entries
+        return taken
+
+    def close(self) -> None:
+        gc.callbacks.remove(self.on_gc)
+
+
+def timed_steps(
+    run_step, train_set, seed: int, warmup: int, steps: int, pauses: HostPauses | None = None
+) -> dict[str, Any]:
+    """Warm up, then time each step between device synchronisations; peak memory and host pauses over the timed
+    steps."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -287,7 +325,9 @@ def timed_steps(run_step, train_set, seed: int, warmup: int, steps: int) -> dict
         torch.cuda.synchronize()
         before_timed = torch.cuda.max_memory_allocated() / 2**30  # loading and warm-up included
         torch.cuda.reset_peak_memory_stats()
-    seconds, tokens, all_items = [], [], []
+    probe = pauses or HostPauses()
+    probe.take()
+    seconds, tokens, all_items, step_pauses = [], [], [], []
     for step in range(warmup, warmup + steps):
         items = step_items(train_set, step, seed)
         started = time.perf_counter()
@@ -295,13 +335,17 @@ def timed_steps(run_step, train_set, seed: int, warmup: int, steps: int) -> dict
         if cuda:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
+        step_pauses.append(probe.take())
         tokens.append(sum(len(e) for e in items))
         all_items += items
+    if pauses is None:
+        probe.close()
     result = {
         "warmup_steps": warmup,
         "timed_steps": steps,
         "step_seconds": seconds,
         "step_tokens": tokens,
+        "host_pauses": step_pauses,
         "tokens_per_s": sum(tokens) / sum(seconds),
         "steps_per_s": steps / sum(seconds),
         "items": all_items,
@@ -527,7 +571,6 @@ def stage_medtune(args: argparse.Namespace) -> None:
     Under torchrun (`--nproc`) every process runs the same steps, each its share of them; rank 0 records the step
     time (the same on all: the gradients are reduced every step) and the largest peak memory of any GPU.
     """
-    import gc
 
     import torch
 
@@ -601,19 +644,33 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         setup_s = time.perf_counter() - started
 
         share_seconds: list[list[float]] = []
+        share_pauses: list[list[dict[str, Any]]] = []
+        pauses = HostPauses()
+
+        set_share = (
+            owned_tensors_only(recipe, args.simulate_processes)
+            if args.simulate_processes and recipe.cfg.train.shard_optimizer
+            else None
+        )
 
         def run_step(items: list) -> None:
             if args.simulate_processes:
-                share_seconds.append(shares_one_after_another(recipe.train_step, items, args.simulate_processes))
+                seconds, paused = shares_one_after_another(
+                    recipe.train_step, items, args.simulate_processes, pauses, set_share
+                )
+                share_seconds.append(seconds)
+                share_pauses.append(paused)
                 return
             loss, tokens = recipe.window.loss, recipe.window.tokens
             recipe.train_step(items)
             losses.append((recipe.window.loss - loss) / (recipe.window.tokens - tokens))
 
-        timing = timed_steps(run_step, recipe.train_set, recipe.cfg.train.seed, args.warmup, args.steps)
+        timing = timed_steps(run_step, recipe.train_set, recipe.cfg.train.seed, args.warmup, args.steps, pauses)
+        pauses.close()
         if args.simulate_processes:
             timed = share_seconds[args.warmup :]
             timing["share_seconds"] = timed
+            timing["share_pauses"] = share_pauses[args.warmup :]
             timing["simulated_tokens_per_s"] = sum(timing["step_tokens"]) / sum(max(step) for step in timed)
     except (
         torch.OutOfMemoryError,
@@ -675,20 +732,54 @@ def share_one_gpu() -> None:
         torch.distributed.init_process_group("gloo")
 
 
-def shares_one_after_another(train_step: Callable[[list], None], items: list, processes: int) -> list[float]:
-    """`sharesN`: train each of the step's `processes` data-parallel shares as its own step, timed alone."""
+def shares_one_after_another(
+    train_step: Callable[[list], None],
+    items: list,
+    processes: int,
+    pauses: HostPauses,
+    set_share: Callable[[int], None] | None = None,
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """`sharesN`: train each of the step's `processes` data-parallel shares as its own step, timed alone, with the
+    host's pauses in each. `set_share` is told which process each share stands for."""
     import torch
 
     from medtune.data.batching import process_shares
 
-    seconds = []
-    for share in process_shares([len(item) for item in items], processes):
+    seconds, paused = [], []
+    for process, share in enumerate(process_shares([len(item) for item in items], processes)):
+        if set_share:
+            set_share(process)
+        pauses.take()
         started = time.perf_counter()
         train_step([items[i] for i in share])
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
-    return seconds
+        paused.append(pauses.take())
+    return seconds, paused
+
+
+def owned_tensors_only(recipe, processes: int) -> Callable[[int], None]:
+    """`sharesN` with `zero1` (train.shard_optimizer): each share's optimizer step updates only the trained tensors
+    its process would own under DDP (`owners_by_size`, as `DataParallel` assigns them), so a share costs what a
+    ZeRO-1 process's step does, less the broadcast of the stepped tensors. Returns the setter of the current share."""
+    from medtune.train.parallel import owners_by_size
+
+    params = recipe.trainable_params
+    owners = owners_by_size([p.numel() for p in params], processes)
+    current = 0
+
+    def set_share(process: int) -> None:
+        nonlocal current
+        current = process
+
+    def drop_unowned(optimizer, args, kwargs) -> None:
+        for param, owner in zip(params, owners):
+            if owner != current:
+                param.grad = None  # optimizers skip tensors without a gradient (torch's and bitsandbytes' alike)
+
+    recipe.optimizer.register_step_pre_hook(drop_unowned)
+    return set_share
 
 
 def stage_memory(args: argparse.Namespace) -> None:
@@ -947,8 +1038,6 @@ def relative_errors(grads: dict[str, Any], reference: dict[str, Any]) -> dict[st
 
 
 def stage_check(args: argparse.Namespace) -> None:
-    import gc
-
     import torch
 
     cfg = run_config(args.version, args, "lora.dropout=0.0", "train.max_grad_norm=null")

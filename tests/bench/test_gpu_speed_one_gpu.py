@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import types
 
 import pytest
+import torch
 from tests.bench.conftest import multigpu_record
 
 from medtune.data.batching import process_shares
@@ -31,9 +34,49 @@ def test_shared_needs_several_processes_and_shares_need_one(gpu_speed, stage):
 def test_each_share_is_the_split_data_parallel_processes_train(gpu_speed):
     items = [[0] * n for n in (900, 40, 700, 300, 650, 120, 80)]
     trained: list[list[int]] = []
-    seconds = gpu_speed.shares_one_after_another(lambda share: trained.append([len(i) for i in share]), items, 3)
-    assert len(seconds) == 3 and all(s >= 0 for s in seconds)
+    processes: list[int] = []
+    pauses = gpu_speed.HostPauses()
+    seconds, paused = gpu_speed.shares_one_after_another(
+        lambda share: trained.append([len(i) for i in share]), items, 3, pauses, processes.append
+    )
+    pauses.close()
+    assert len(seconds) == 3 and all(s >= 0 for s in seconds) and len(paused) == 3
     assert trained == [[len(items[i]) for i in share] for share in process_shares([len(i) for i in items], 3)]
+    assert processes == [0, 1, 2]
+
+
+def test_host_pauses_count_garbage_collection_and_triton_compilations(gpu_speed, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    pauses = gpu_speed.HostPauses()
+    try:
+        assert pauses.take() == {"gc_s": [0.0, 0.0, 0.0], "triton_compiled": 0}
+        cycles = [[] for _ in range(200_000)]
+        for cycle in cycles:
+            cycle.append(cycle)
+        del cycles
+        gc.collect()
+        (tmp_path / "a-compiled-kernel").mkdir()
+        taken = pauses.take()
+        assert taken["gc_s"][2] > 0 and taken["triton_compiled"] == 1
+        assert pauses.take() == {"gc_s": [0.0, 0.0, 0.0], "triton_compiled": 0}  # each pause is counted once
+    finally:
+        pauses.close()
+
+
+def test_a_zero1_share_steps_only_the_tensors_its_process_would_own(gpu_speed):
+    params = [torch.nn.Parameter(torch.ones(n)) for n in (8, 5, 3, 2)]  # owners_by_size: 0, 1, 1, 0
+    recipe = types.SimpleNamespace(trainable_params=params, optimizer=torch.optim.SGD(params, lr=1.0))
+    set_share = gpu_speed.owned_tensors_only(recipe, 2)
+    for process, owned in ((0, [0, 3]), (1, [1, 2])):
+        set_share(process)
+        for param in params:
+            param.grad = torch.ones_like(param)
+        recipe.optimizer.step()
+        stepped = [i for i, param in enumerate(params) if param.detach().eq(0).all()]
+        assert stepped == owned
+        with torch.no_grad():
+            for param in params:
+                param.fill_(1.0)
 
 
 def test_simulated_shares_give_the_speed_up_without_communication_and_are_no_baseline(gpu_speed):
