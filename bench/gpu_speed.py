@@ -280,12 +280,17 @@ def emit(args: argparse.Namespace, record: dict[str, Any]) -> None:
 # ---- timing ------------------------------------------------------------------------------------
 class HostPauses:
     """The host's pauses inside each timed step (or share of one): seconds in Python's garbage collector by
-    generation, and kernels Triton compiled (new entries in its cache folder). Under data parallelism a pause in one
-    process stalls every other at the next gradient reduction."""
+    generation, kernels Triton compiled (new entries in its cache folder), and, on CUDA, segments the caching
+    allocator took from and gave back to the driver (cudaMalloc and cudaFree; a free synchronises the device). Under
+    data parallelism a pause in one process stalls every other at the next gradient reduction."""
 
     def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
         self.triton_cache = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
         self.entries = self.cache_entries()
+        self.segments = self.cuda_segments()
         self.gc_seconds = [0.0, 0.0, 0.0]
         self.gc_started = 0.0
         gc.callbacks.append(self.on_gc)
@@ -299,11 +304,24 @@ class HostPauses:
     def cache_entries(self) -> int:
         return len(os.listdir(self.triton_cache)) if self.triton_cache.is_dir() else 0
 
+    def cuda_segments(self) -> tuple[int, int]:
+        import torch
+
+        if not self.cuda:
+            return 0, 0
+        stats = torch.cuda.memory_stats()
+        return stats.get("segment.all.allocated", 0), stats.get("segment.all.freed", 0)
+
     def take(self) -> dict[str, Any]:
         """The pauses since the last call."""
-        entries = self.cache_entries()
-        taken = {"gc_s": [round(s, 4) for s in self.gc_seconds], "triton_compiled": entries - self.entries}
-        self.gc_seconds, self.entries = [0.0, 0.0, 0.0], entries
+        entries, segments = self.cache_entries(), self.cuda_segments()
+        taken = {
+            "gc_s": [round(s, 4) for s in self.gc_seconds],
+            "triton_compiled": entries - self.entries,
+            "cuda_segments_allocated": segments[0] - self.segments[0],
+            "cuda_segments_freed": segments[1] - self.segments[1],
+        }
+        self.gc_seconds, self.entries, self.segments = [0.0, 0.0, 0.0], entries, segments
         return taken
 
     def close(self) -> None:
@@ -698,6 +716,13 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         name = f"profile-multigpu-{args.size}-{args.version}-{args.parallelism}-{variant}-rank{rank}.txt"
         (Path(args.out) / name).write_text(table, encoding="utf-8")
         peaks["profile"] = summary
+        if args.simulate_processes:  # and each share of the same step, as a data-parallel process would train it
+            from medtune.data.batching import process_shares
+
+            shares = process_shares([len(item) for item in items], args.simulate_processes)
+            peaks["profile_shares"] = [
+                profiled(functools.partial(recipe.train_step, [items[i] for i in share]))[0] for share in shares
+            ]
     every_rank = [peaks]
     if recipe.dist.enabled:
         every_rank = [None] * recipe.dist.world_size
