@@ -32,9 +32,11 @@ stages under torchrun on N GPUs (data parallel; the `fsdp` variant shards the de
     python bench/gpu_speed.py all --size 8b --nproc 2 --stages prepare medtune:v2:auto,fsdp
 
 Multi-GPU scaling against one GPU in the same call: `prepare:SIZE` builds a size, and
-`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:shared][:sharesN]` (PARALLELISM: none = one
-process on one GPU, ddp, fsdp) runs one setting (`profile`: then one more step under torch.profiler on every GPU:
-device idle time, communication not hidden behind compute, kernel time by kind), e.g.
+`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:shared][:sharesN]`
+(PARALLELISM: none = one process on one GPU, ddp, fsdp) runs one setting (`profile`: then one more step under
+torch.profiler on every GPU: device idle time, communication not hidden behind compute, kernel time by kind;
+`hostprofile`: one more step, or each share of it under `sharesN`, under cProfile: the host's own time by package
+and by function), e.g.
 
     python bench/gpu_speed.py all --nproc 2 \\
         --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
@@ -157,6 +159,7 @@ VARIANTS: dict[str, list[str]] = {
     "row2k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=2048", "speed.checkpoint_fraction=1.0"],
     "per_sample": ["speed.packed_attention=per_sample", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
     "zero1": ["train.shard_optimizer=true"],  # with ddp: each process steps its own trained tensors (ZeRO-1)
+    "torch_adamw": ["train.optimizer=adamw"],  # torch's multi-tensor AdamW (32-bit states) instead of paged 8-bit
     "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
 }
 
@@ -723,6 +726,26 @@ def stage_multigpu(args: argparse.Namespace) -> None:
             peaks["profile_shares"] = [
                 profiled(functools.partial(recipe.train_step, [items[i] for i in share]))[0] for share in shares
             ]
+    if args.host_profile:  # one more step (each share of it under sharesN) under cProfile: the host's time
+        from medtune.data.batching import process_shares
+
+        items = step_items(recipe.train_set, args.warmup + args.steps + 1, recipe.cfg.train.seed)
+        runs = (
+            [
+                [items[i] for i in share]
+                for share in process_shares([len(item) for item in items], args.simulate_processes)
+            ]
+            if args.simulate_processes
+            else [items]
+        )
+        peaks["host_profile"] = []
+        for index, run in enumerate(runs):
+            summary, text = host_profiled(functools.partial(recipe.train_step, run))
+            name = (
+                f"hostprofile-multigpu-{args.size}-{args.version}-{args.parallelism}-{variant}-rank{rank}-{index}.txt"
+            )
+            (Path(args.out) / name).write_text(text, encoding="utf-8")
+            peaks["host_profile"].append(summary)
     every_rank = [peaks]
     if recipe.dist.enabled:
         every_rank = [None] * recipe.dist.world_size
@@ -931,6 +954,61 @@ def profiled(step: Callable[[], None]) -> tuple[dict[str, Any], Any]:
         "kernel_count_by_kind": {k: v[1] for k, v in kinds.items()},
     }
     return summary, prof
+
+
+def host_profiled(step: Callable[[], None], top: int = 30) -> tuple[dict[str, Any], str]:
+    """Run `step` once under cProfile: where the host's time went, which torch.profiler cannot say (it times
+    kernels, and the host only as the ops it dispatched). Returns the wall time, seconds of Python functions' own
+    time by the package that defines them (`torch C calls` are torch's compiled functions, launches included), the
+    `top` functions by own time, and the pstats text. cProfile slows Python calls, so shares matter, not seconds."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    profiler = cProfile.Profile()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    profiler.enable()
+    step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    profiler.disable()
+    wall = time.perf_counter() - started
+    stats = pstats.Stats(profiler)
+    by_package: dict[str, float] = {}
+    functions = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        package = code_package(filename, name)
+        by_package[package] = by_package.get(package, 0.0) + own
+        label = name if filename == "~" else f"{name} ({Path(filename).name}:{line})"
+        functions.append({"function": f"{package}: {label}", "calls": calls, "own_s": own, "cumulative_s": cumulative})
+    functions.sort(key=lambda f: -f["own_s"])
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(80)
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(60)
+    summary = {
+        "wall_s": wall,
+        "own_s_by_package": {k: round(v, 4) for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])},
+        "top_functions": [
+            {**f, "own_s": round(f["own_s"], 4), "cumulative_s": round(f["cumulative_s"], 4)} for f in functions[:top]
+        ],
+    }
+    return summary, text.getvalue()
+
+
+def code_package(filename: str, name: str) -> str:
+    """The package a profiled function belongs to: the folder under site-packages (or medtune's own), `torch C
+    calls` and `other C calls` for compiled functions (cProfile files them under "~"), `python` for the rest."""
+    if filename == "~":
+        return "torch C calls" if "torch" in name or "Tensor" in name else "other C calls"
+    parts = Path(filename).parts
+    if "site-packages" in parts or "dist-packages" in parts:
+        index = max(i for i, part in enumerate(parts) if part in ("site-packages", "dist-packages"))
+        return parts[index + 1].removesuffix(".py") if index + 1 < len(parts) else "python"
+    return "medtune" if "medtune" in parts else "python"
 
 
 def kernel_kind(name: str) -> str:
@@ -1383,6 +1461,24 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
                 kinds or "-",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    hosts = [
+        (r, index, summary)
+        for r in records
+        for index, summary in enumerate((r.get("host_profile") or {}).get("0") or [])
+    ]
+    if hosts:
+        lines += [
+            "\none step (or each share of it) under cProfile, on the first GPU: the host's own time by package, as "
+            "shares of the profiled wall time (cProfile slows Python, so shares matter, not seconds)",
+            "| size | version | variant | run | wall s | own time by package |",
+            "| --- | --- | --- | ---: | ---: | --- |",
+        ]
+        for r, index, summary in hosts:
+            wall = summary["wall_s"]
+            packages = ", ".join(
+                f"{package} {seconds / wall:.0%}" for package, seconds in list(summary["own_s_by_package"].items())[:6]
+            )
+            lines.append(f"| {r['size']} | {r['version']} | {r['variant']} | {index} | {wall:.3f} | {packages} |")
     return lines
 
 
@@ -1455,8 +1551,9 @@ def expand_stages(stages: list[str], nproc: int) -> list[str]:
 
 def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[str]:
     """The command line of one stage: `name:version:variant,...`, `prepare:SIZE`,
-    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:shared][:sharesN]` (torchrun with --nproc
-    processes unless PARALLELISM is none; `profile`: one more step under torch.profiler on every GPU; `shared`: every
+    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:shared][:sharesN]` (torchrun
+    with --nproc processes unless PARALLELISM is none; `profile`: one more step under torch.profiler on every GPU;
+    `hostprofile`: one more under cProfile; `shared`: every
     process on GPU 0; `sharesN`: one GPU trains a step's N data-parallel shares one after the other), or
     `memory:STACK:SIZE:VERSION:capGIB[:VARIANT]`. `--memory-cap` goes to every stage but prepare and report."""
     size, parallelism, options = args.size, "none", []
@@ -1477,7 +1574,7 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
         if len(rest) < 3 or rest[2] not in PARALLELISMS:
             raise SystemExit(
                 f"stage multigpu:{':'.join(rest)}: expected "
-                "multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:shared][:sharesN], "
+                "multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:shared][:sharesN], "
                 f"PARALLELISM one of {', '.join(PARALLELISMS)}"
             )
         size, version, parallelism, *more = rest
@@ -1485,7 +1582,7 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
         if ("shared" in more and parallelism == "none") or (shares and parallelism != "none"):
             raise SystemExit(f"stage multigpu:{':'.join(rest)}: `shared` needs ddp or fsdp, `sharesN` needs none")
         caps = [part.removeprefix("cap") for part in more if part.startswith("cap")]
-        flags = {"profile": "--profile", "shared": "--shared-gpu"}
+        flags = {"profile": "--profile", "hostprofile": "--host-profile", "shared": "--shared-gpu"}
         variants = [part for part in more if not part.startswith(("cap", "shares")) and part not in flags]
         options = ["--parallelism", parallelism, *(["--memory-cap", caps[0]] if caps else [])]
         options += [flag for part, flag in flags.items() if part in more]
@@ -1599,6 +1696,11 @@ def main() -> None:
         "--profile",
         action="store_true",
         help="for `multigpu`: after the timed steps, one more under torch.profiler on every GPU (idle, communication)",
+    )
+    parser.add_argument(
+        "--host-profile",
+        action="store_true",
+        help="for `multigpu`: then one more step (each share under --simulate-processes) under cProfile: host time",
     )
     parser.add_argument(
         "--shared-gpu",

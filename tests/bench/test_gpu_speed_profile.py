@@ -67,3 +67,62 @@ def test_the_report_shows_each_gpus_idle_and_exposed_communication_share(gpu_spe
     profiled = [row for row in rows if "| 0.800 |" in row]
     assert len(profiled) == 2
     assert "| 75% | 25% | 10% |" in profiled[0] and "matmul 0.400" in profiled[0]
+
+
+def test_host_time_is_filed_under_the_package_that_defines_each_function(gpu_speed):
+    site = "/venv/lib/python3.12/site-packages"
+    assert gpu_speed.code_package(f"{site}/peft/tuners/lora/layer.py", "forward") == "peft"
+    assert gpu_speed.code_package(f"{site}/typing_extensions.py", "f") == "typing_extensions"
+    assert gpu_speed.code_package("~", "<built-in method torch._C._nn.linear>") == "torch C calls"
+    assert gpu_speed.code_package("~", "<method 'item' of 'torch._C.TensorBase' objects>") == "torch C calls"
+    assert gpu_speed.code_package("~", "<built-in method builtins.len>") == "other C calls"
+    assert gpu_speed.code_package("/repo/src/medtune/train/recipe.py", "train_step") == "medtune"
+    assert gpu_speed.code_package("/usr/lib/python3.12/functools.py", "wrapper") == "python"
+
+
+def test_a_host_profiled_step_files_its_own_time_by_package_and_function(gpu_speed):
+    weight = torch.randn(64, 64, requires_grad=True)
+
+    def step() -> None:
+        for _ in range(20):
+            (weight @ weight).sum().backward()
+
+    summary, text = gpu_speed.host_profiled(step, top=5)
+    assert summary["wall_s"] > 0
+    assert summary["own_s_by_package"]["torch C calls"] > 0
+    assert sum(summary["own_s_by_package"].values()) <= summary["wall_s"] * 1.5
+    own = [f["own_s"] for f in summary["top_functions"]]
+    assert len(own) == 5 and own == sorted(own, reverse=True)
+    assert any("backward" in f["function"] for f in summary["top_functions"])
+    assert "tottime" in text and "cumtime" in text
+
+
+def test_the_host_profile_modifier_reaches_the_stage_and_is_not_a_variant(gpu_speed):
+    options = argparse.Namespace(
+        size="1.7b", nproc=1, work="w", out="o", warmup=1, steps=1, tiny=False, memory_cap=None
+    )
+    command = gpu_speed.stage_command("multigpu", ["8b", "v2", "none", "hostprofile", "shares2"], options)
+    assert "--host-profile" in command and command[command.index("--simulate-processes") + 1] == "2"
+    stage = command.index("multigpu")
+    assert command[stage + 1 : stage + 3] == ["v2", "--work"]
+
+
+def test_the_report_shows_the_hosts_time_by_package_per_share(gpu_speed):
+    profile = {"wall_s": 2.0, "own_s_by_package": {"torch C calls": 1.0, "peft": 0.5}, "top_functions": []}
+    record = {
+        "kind": "multigpu",
+        "size": "8b",
+        "version": "v2",
+        "variant": "auto",
+        "parallelism": "none",
+        "processes": 1,
+        "cap_gib": None,
+        "status": "ok",
+        "tokens_per_s": 100.0,
+        "simulated_processes": 2,
+        "simulated_tokens_per_s": 180.0,
+        "host_profile": {"0": [profile, {**profile, "wall_s": 4.0}]},
+    }
+    text = "\n".join(gpu_speed.multigpu_report([record]))
+    assert "| 8b | v2 | auto | 0 | 2.000 | torch C calls 50%, peft 25% |" in text
+    assert "| 8b | v2 | auto | 1 | 4.000 | torch C calls 25%, peft 12% |" in text
