@@ -741,9 +741,8 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         peaks["host_profile"] = []
         for index, run in enumerate(runs):
             summary, text = host_profiled(functools.partial(recipe.train_step, run))
-            name = (
-                f"hostprofile-multigpu-{args.size}-{args.version}-{args.parallelism}-{variant}-rank{rank}-{index}.txt"
-            )
+            shares = f"-shares{args.simulate_processes}" if args.simulate_processes else ""
+            name = f"hostprofile-{args.size}-{args.version}-{args.parallelism}-{variant}{shares}-rank{rank}-{index}.txt"
             (Path(args.out) / name).write_text(text, encoding="utf-8")
             peaks["host_profile"].append(summary)
     every_rank = [peaks]
