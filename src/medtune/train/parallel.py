@@ -91,12 +91,12 @@ def build_parallelism(train: TrainConfig, ctx: DistContext) -> Parallelism:
 
 def build_optimizer(tensors: list[torch.Tensor], name: str, min_8bit_size: int, **hyper: Any) -> torch.optim.Optimizer:
     """torch AdamW with its multi-tensor kernels (set, so CPU tests take CUDA's path), or bitsandbytes' 8-bit
-    AdamW, paged or not, with a lean step (optim8bit.py), keeping tensors below `min_8bit_size` values in 32 bits."""
+    AdamW, paged or not, keeping tensors below `min_8bit_size` values in 32 bits."""
     if name == "adamw":
         return torch.optim.AdamW(tensors, foreach=True, **hyper)
-    from medtune.train import optim8bit
+    import bitsandbytes as bnb
 
-    cls = optim8bit.PagedAdamW8bit if name == "paged_adamw_8bit" else optim8bit.AdamW8bit
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
     return cls(tensors, min_8bit_size=min_8bit_size, **hyper)
 
 
