@@ -48,7 +48,8 @@ each step's samples are split as N data-parallel processes would split them, and
 after the other, each timed alone: the slowest share is the step time of N processes without communication, so
 one GPU's step time over it is the data-parallel speed-up the work itself allows; with `zero1`, each share's
 optimizer steps only the tensors its process would own. Every timed step (and share) records the host's pauses in
-it: seconds in Python's garbage collector, and Triton kernels compiled.
+it: seconds in Python's garbage collector, and Triton kernels compiled; the report gives every setting run more
+than once its spread across runs, runs in which Triton compiled left out.
 
 Workload: the shipped medical data (delicate_medical_r1_val) rendered with the Qwen3 chat template through
 medtune's encode_sample, the v1/v2 train split, 16 samples per optimizer step in medtune's sample order;
@@ -66,6 +67,7 @@ import gc
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -1460,6 +1462,7 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
                 kinds or "-",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += repeated_runs_report(records)
     hosts = [
         (r, index, summary)
         for r in records
@@ -1478,6 +1481,40 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
                 f"{package} {seconds / wall:.0%}" for package, seconds in list(summary["own_s_by_package"].items())[:6]
             )
             lines.append(f"| {r['size']} | {r['version']} | {r['variant']} | {index} | {wall:.3f} | {packages} |")
+    return lines
+
+
+def compiled_triton(record: dict[str, Any]) -> bool:
+    """Whether Triton compiled kernels inside a timed step (or share) of the run: not its steady speed."""
+    pauses = [*(record.get("host_pauses") or []), *(p for step in record.get("share_pauses") or [] for p in step)]
+    return any(pause.get("triton_compiled") for pause in pauses)
+
+
+def repeated_runs_report(records: list[dict[str, Any]]) -> list[str]:
+    """Every setting run more than once in the file: the spread of its tokens/s across runs (each its own process),
+    runs in which Triton compiled kernels left out. A difference between settings smaller than their spreads is not
+    a result (bench/RESULTS.md, "Host time by function")."""
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        if r["status"] != "ok" or r.get("shared_gpu") or compiled_triton(r):
+            continue
+        simulated = r.get("simulated_processes")
+        key = (r["size"], r["version"], r["variant"], r["parallelism"], simulated or r["processes"], bool(simulated))
+        groups.setdefault(key, []).append(r["simulated_tokens_per_s"] if simulated else r["tokens_per_s"])
+    repeated = {key: runs for key, runs in groups.items() if len(runs) > 1}
+    if not repeated:
+        return []
+    lines = [
+        "\nsettings run more than once (runs with Triton compiling in a timed step left out): tokens/s across runs",
+        "| size | version | variant | parallelism | GPUs | runs | median | lowest | highest | highest / lowest |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (size, version, variant, parallelism, processes, simulated), runs in repeated.items():
+        shares = f", {processes} shares one after another" if simulated else ""
+        lines.append(
+            f"| {size} | {version} | {variant} | {parallelism}{shares} | {processes} | {len(runs)} | "
+            f"{statistics.median(runs):,.0f} | {min(runs):,.0f} | {max(runs):,.0f} | {max(runs) / min(runs) - 1:+.1%} |"
+        )
     return lines
 
 

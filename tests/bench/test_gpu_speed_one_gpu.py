@@ -109,3 +109,22 @@ def test_a_sharded_optimizer_run_is_measured_against_the_plain_one_gpu_run(gpu_s
         line for line in gpu_speed.multigpu_report([multigpu_record("none", 8900.0), zero1]) if line.startswith("| 8b")
     ]
     assert "| zero1 | ddp |" in rows[1] and "| 1.80x | 90% |" in rows[1]
+
+
+def test_settings_run_more_than_once_show_their_spread_without_runs_that_compiled(gpu_speed):
+    steady, compiling = [{"triton_compiled": 0}] * 2, [{"triton_compiled": 2}, {"triton_compiled": 0}]
+    shares = [[{"triton_compiled": 0}, {"triton_compiled": 1}], [{"triton_compiled": 0}] * 2]
+    records = [
+        multigpu_record("none", 7000.0, host_pauses=compiling),  # the first stage on a fresh machine
+        multigpu_record("none", 9000.0, host_pauses=steady),
+        multigpu_record("none", 8000.0, host_pauses=steady),
+        multigpu_record("none", 8600.0, host_pauses=steady),
+        multigpu_record("none", 9000.0, simulated_processes=2, simulated_tokens_per_s=15000.0, share_pauses=shares),
+        multigpu_record("none", 9000.0, simulated_processes=2, simulated_tokens_per_s=16000.0, host_pauses=steady),
+        multigpu_record("ddp", 15000.0),
+    ]
+    lines = gpu_speed.repeated_runs_report(records)
+    rows = [line for line in lines if line.startswith("| 8b")]
+    assert rows == ["| 8b | v2 | auto | none | 1 | 3 | 8,600 | 8,000 | 9,000 | +12.5% |"]
+    assert any(line in gpu_speed.multigpu_report(records) for line in rows)
+    assert gpu_speed.repeated_runs_report(records[4:]) == []  # one clean run of each setting: no spread to show
