@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from tests.conftest import tiny_config, torchrun_train
 
-from medtune.config import RunConfig, dump_config
+from medtune.config import ConfigError, RunConfig, dump_config
 from medtune.train.distributed import DistContext, check_global_batch
 from medtune.train.recipe import run
 
@@ -150,5 +150,5 @@ def test_two_nodes_meeting_through_a_rendezvous_equal_one_process(tmp_path, shor
 
 def test_a_step_needs_a_sample_for_every_process():
     check_global_batch(2, DistContext(rank=0, world_size=2))
-    with pytest.raises(ValueError, match="2 samples per optimizer step, fewer than the 4 processes"):
+    with pytest.raises(ConfigError, match="2 samples per optimizer step, fewer than the 4 processes"):
         check_global_batch(2, DistContext(rank=0, world_size=4))

@@ -28,7 +28,7 @@ def test_the_factory_picks_by_config_and_process_count(choice, ctx, expected):
 
 
 def test_every_process_needs_a_sample_of_each_step():
-    with pytest.raises(ValueError, match="fewer than the 4 processes"):
+    with pytest.raises(ConfigError, match="fewer than the 4 processes"):
         build_parallelism(
             TrainConfig(per_device_batch_size=1, gradient_accumulation_steps=2), DistContext(world_size=4)
         )

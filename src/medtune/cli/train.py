@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medtune.cli.options import ConfigArg, OverlayOpt, SetOpt, SkipBadRowsOpt, load_cli_config
+
+if TYPE_CHECKING:
+    from medtune.config import RunConfig
 
 
 def train(
@@ -19,14 +23,64 @@ def train(
         bool, typer.Option("--overwrite", help="Delete an existing run of the same name first.")
     ] = False,
     skip_bad_rows: SkipBadRowsOpt = False,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            metavar="N",
+            min=1,
+            help="Train in N processes on this machine, one GPU each, as torchrun --standalone --nproc_per_node N "
+            "starts them: data parallel, or FSDP with train.parallelism=fsdp.",
+        ),
+    ] = 1,
 ) -> None:
     """Fine-tune one run from a config; writes <output_dir>/<run_name>/."""
+    cfg = load_cli_config(config, overlay, set_)  # a bad config is one line here, not one per process
+    if processes > 1:
+        _launch(processes, cfg, config, set_, overlay, resume, overwrite, skip_bad_rows)
+        return
     from medtune.train.recipe import run
 
-    run_dir = run(
-        load_cli_config(config, overlay, set_), resume=resume, overwrite=overwrite, skip_bad_rows=skip_bad_rows or None
-    )
-    typer.echo(f"run complete: {run_dir}")
+    run_dir = run(cfg, resume=resume, overwrite=overwrite, skip_bad_rows=skip_bad_rows or None)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, the main process says it once
+        typer.echo(f"run complete: {run_dir}")
+
+
+def _launch(
+    processes: int,
+    cfg: RunConfig,
+    config: Path,
+    set_: list[str] | None,
+    overlay: list[Path] | None,
+    resume: bool,
+    overwrite: bool,
+    skip_bad_rows: bool,
+) -> None:
+    """`train --processes N`: the same command in N processes; exits with the first failing one's code. What every
+    process would reject alike (the command line, the config, the run folder) is one line here, before they start."""
+    import torch
+
+    from medtune.cli.launch import launch_local
+
+    if "WORLD_SIZE" in os.environ:
+        raise typer.BadParameter("starts processes itself; under torchrun leave it out", param_hint="'--processes'")
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise typer.BadParameter(
+            f"{processes} processes, one GPU each, but this machine has {torch.cuda.device_count()} GPUs",
+            param_hint="'--processes'",
+        )
+    from medtune.train.distributed import DistContext, check_global_batch
+    from medtune.train.recipe import check_run_dir
+
+    check_global_batch(cfg.train.samples_per_step(), DistContext(world_size=processes))
+    check_run_dir(cfg.run_dir(), resume, overwrite)
+    command = ["train", str(config)]
+    command += [part for value in set_ or [] for part in ("--set", value)]
+    command += [part for path in overlay or [] for part in ("--overlay", str(path))]
+    command += ["--resume"] * resume + ["--overwrite"] * overwrite + ["--skip-bad-rows"] * skip_bad_rows
+    code = launch_local(processes, command)
+    if code:
+        raise typer.Exit(code)
 
 
 def _memory_size(value: str | None) -> str | None:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medtune.config import ConfigError
 from medtune.data.batching import process_shares
 from medtune.train.loss import FusedHeadLoss, LossSums, causal_lm_loss_sums
 
@@ -136,9 +137,10 @@ class DataParallelLoss:
 
 
 def check_global_batch(samples_per_step: int, ctx: DistContext) -> None:
-    """Every process needs a sample of each step: its backward pass joins the step's gradient reduction."""
+    """Every process needs a sample of each step: its backward pass joins the step's gradient reduction. A
+    ConfigError (one line, exit 3), since the config's batch keys or the process count must change."""
     if samples_per_step < ctx.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"train.per_device_batch_size x train.gradient_accumulation_steps = {samples_per_step} samples per "
             f"optimizer step, fewer than the {ctx.world_size} processes: every process needs at least one sample "
             "per step; raise either, or launch fewer processes"

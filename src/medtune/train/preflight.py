@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from medtune.config import RunConfig
+from medtune.config import ConfigError, RunConfig
 from medtune.data.formats import DataError
 from medtune.data.prepare import prepare_data
 from medtune.hub import HubError
@@ -111,7 +111,7 @@ def _environment(cfg: RunConfig, processes: int) -> list[Finding]:
     found = [Finding("ok", "device", f"{device} ({name}); optimizer {optimizer}")]
     try:
         check_global_batch(cfg.train.samples_per_step(), DistContext(world_size=processes))
-    except ValueError as err:
+    except ConfigError as err:
         found.append(Finding("error", "processes", str(err)))
     if cfg.quant.mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
         found.append(

@@ -68,6 +68,23 @@ class RunExistsError(RuntimeError):
     """The run folder already holds a run; resuming or overwriting must be asked for."""
 
 
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """RunExistsError unless a run may start in `run_dir` as asked: a folder holding a run needs --resume or
+    --overwrite, and a complete run has nothing to resume. (`train --processes` asks before starting processes, so
+    the error is one line, not one per process.)"""
+    folder = RunFolder(run_dir)
+    if folder.holds_run() and not resume and not overwrite:
+        raise RunExistsError(
+            f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start again"
+        )
+    summary = folder.read_summary() if resume else {}
+    if summary.get("status") == "complete":
+        raise RunExistsError(
+            f"{run_dir} holds a complete run ({summary.get('step')} steps): nothing to resume; --overwrite trains it "
+            "again"
+        )
+
+
 @dataclass
 class Window:
     """Sums over the steps since the last log line (saved in checkpoints so resume logs identically)."""
@@ -194,20 +211,10 @@ class FineTuneRecipe:
         self.dist.barrier()  # the run folder is ready before any process trains
 
     def _check_run_dir(self) -> None:
-        has_run = RunFolder(self.run_dir).holds_run()
-        if has_run and not self.resume and not self.overwrite:
-            raise RunExistsError(
-                f"{self.run_dir} already holds a run: pass --resume to continue it or --overwrite to start again"
-            )
-        self.found_run_dir = (self.run_dir.exists(), has_run)  # seen by every process before the main one writes
+        check_run_dir(self.run_dir, self.resume, self.overwrite)
+        self.found_run_dir = (self.run_dir.exists(), RunFolder(self.run_dir).holds_run())  # before the main one writes
         if not self.resume:
             return
-        summary = RunFolder(self.run_dir).read_summary()
-        if summary.get("status") == "complete":
-            raise RunExistsError(
-                f"{self.run_dir} holds a complete run ({summary.get('step')} steps): nothing to resume; "
-                "--overwrite trains it again"
-            )
         self.resume_from = RunFolder(self.run_dir).resumable_checkpoint()
         if self.resume_from is not None:
             self.resume_state = load_training_state(self.resume_from[1])
