@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from tests.cli.test_cli_train import short_args
@@ -77,6 +79,37 @@ def test_what_every_process_would_reject_is_one_line_before_they_start(tmp_path,
     under_torchrun = runner.invoke(app, [*args, "--overwrite", "--processes", "2"])
     assert under_torchrun.exit_code == 2 and "under torchrun leave it out" in under_torchrun.output
     assert len(started) == 1
+
+
+def test_sigterm_to_the_command_stops_every_process_after_a_saved_step(tmp_path, short_rows_file):
+    args = [
+        *two_samples_a_step(tmp_path, short_rows_file),
+        "--set",
+        "train.max_steps=200",
+        "--set",
+        "train.save_steps=500",
+    ]
+    command = subprocess.Popen(
+        [sys.executable, "-m", "medtune.cli", "train", str(CONFIGS / "v1.yaml"), *args, "--processes", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    folder = RunFolder(tmp_path / "v1")
+    deadline = time.monotonic() + 300
+    while command.poll() is None and time.monotonic() < deadline:
+        if folder.metrics.exists() and '"step": 2,' in folder.metrics.read_text():
+            break
+        time.sleep(0.2)
+    command.send_signal(signal.SIGTERM)  # to the command only, as a scheduler's would reach it
+    stdout, stderr = command.communicate(timeout=300)
+    assert command.returncode == 130, stdout[-2000:] + stderr[-3000:]
+    summary = folder.read_summary()
+    assert summary["status"] == "interrupted" and 2 <= summary["step"] < 200
+    assert [step for step, _ in folder.list_checkpoints()] == [summary["step"]]  # saved, not lost
+    assert f"interrupted at step {summary['step']}: resume with --resume" in stderr
+    assert "Traceback" not in stderr and "SignalException" not in stderr and "death signal" not in stderr
 
 
 @pytest.mark.parametrize(("exitcode", "code"), [(4, 4), (-9, 137)])

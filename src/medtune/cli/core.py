@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from medtune.cli.errors import exit_code_for, usage_error_line
+from medtune.cli.errors import INTERRUPTED, exit_code_for, usage_error_line
 
 
 def _help_matches_parsing(params: list) -> list:
@@ -65,7 +65,7 @@ class MedtuneGroup(_MedtuneParsing, TyperGroup):
         except KeyboardInterrupt as interrupt:  # training's says which step it saved and how to resume
             if str(interrupt):
                 typer.secho(str(interrupt), fg=typer.colors.YELLOW, err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(INTERRUPTED) from None
 
 
 def _exit_on_usage_error(error: Exception) -> None:

@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+INTERRUPTED = 130  # Ctrl-C, or SIGTERM during `train` (after its checkpoint)
+
 
 @dataclass(frozen=True)
 class ExitCode:
@@ -50,7 +52,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(7, "the inputs of a report (run folders, logs)", ("medtune.report.inputs:ReportError",)),
     ExitCode(8, "an experiment tracker (swanlab, tensorboard, wandb)", ("medtune.train.trackers:TrackerError",)),
     ExitCode(9, "`ablate`: runs failed (each named with its log)", ("medtune.ablate:RunsFailedError",)),
-    ExitCode(130, "interrupted (Ctrl-C; SIGTERM during `train`); `train` saves a checkpoint first"),
+    ExitCode(INTERRUPTED, "interrupted (Ctrl-C; SIGTERM during `train`); `train` saves a checkpoint first"),
 )
 
 

@@ -11,19 +11,27 @@ import os
 import sys
 import uuid
 
+from medtune.cli.errors import INTERRUPTED
 from medtune.cli.quiet import VERBOSE_ENV
 
 
 def launch_local(processes: int, command: list[str]) -> int:
     """Run `python -m medtune.cli COMMAND...` in `processes` processes that meet through a rendezvous on this machine
     (each finds its rank, world size and GPU in its environment, as under torchrun). Returns 0, or the exit code of
-    the first process that failed (128 + the signal for one killed by a signal); the others are stopped then."""
+    the first process that failed (128 + the signal for one killed by a signal); the others are stopped then.
+
+    Ctrl-C or SIGTERM to this process is passed on to the processes, which finish their step and save a checkpoint
+    (given up to TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds, default here 300, not torchrun's 30: a large run's save
+    takes longer); the exit code is then 130, as `train`'s for an interruption."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several processes: each would use every core
-    if not os.environ.get(VERBOSE_ENV):  # a failing process prints its own error; the launcher's log would repeat it
-        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    if not os.environ.get(VERBOSE_ENV):  # the processes print their own errors; the launcher's log would repeat them
+        for name in [*logging.root.manager.loggerDict]:  # each of its modules' loggers sets its own level
+            if name.startswith("torch.distributed.elastic"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -32,6 +40,7 @@ def launch_local(processes: int, command: list[str]) -> int:
         rdzv_backend="c10d",
         rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone picks
         max_restarts=0,
+        shutdown_timeout=int(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "300")),
     )
     try:
         elastic_launch(config, sys.executable)("-m", "medtune.cli", *command)
@@ -41,4 +50,6 @@ def launch_local(processes: int, command: list[str]) -> int:
             return failure.exitcode
         print(f"error: training process {rank} of {processes} was killed by {failure.signal_name()}", file=sys.stderr)
         return 128 - failure.exitcode
+    except SignalException:  # the processes have been stopped and have said at which step they saved
+        return INTERRUPTED
     return 0
