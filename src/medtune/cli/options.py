@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,6 +40,13 @@ SkipBadRowsOpt = Annotated[
         help="Skip invalid rows (counted and listed in data_stats.json) instead of stopping at the first.",
     ),
 ]
+
+
+def processes_option(help: str) -> Any:
+    """`--processes N` (train, check): how many processes, one GPU each; the help says what the command does with
+    them."""
+    return typer.Option("--processes", metavar="N", min=1, help=help)
+
 
 RunArg = Annotated[
     Path,

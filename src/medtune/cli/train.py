@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from medtune.cli.options import ConfigArg, OverlayOpt, SetOpt, SkipBadRowsOpt, load_cli_config
+from medtune.cli.options import ConfigArg, OverlayOpt, SetOpt, SkipBadRowsOpt, load_cli_config, processes_option
 
 if TYPE_CHECKING:
     from medtune.config import RunConfig
@@ -25,12 +25,9 @@ def train(
     skip_bad_rows: SkipBadRowsOpt = False,
     processes: Annotated[
         int,
-        typer.Option(
-            "--processes",
-            metavar="N",
-            min=1,
-            help="Train in N processes on this machine, one GPU each, as torchrun --standalone --nproc_per_node N "
-            "starts them: data parallel, or FSDP with train.parallelism=fsdp.",
+        processes_option(
+            "Train in N processes on this machine, one GPU each, as torchrun --standalone --nproc_per_node N starts "
+            "them: data parallel, or FSDP with train.parallelism=fsdp."
         ),
     ] = 1,
 ) -> None:
@@ -112,13 +109,10 @@ def check(
     ] = None,
     processes: Annotated[
         int,
-        typer.Option(
-            "--processes",
-            metavar="N",
-            min=1,
-            help="Check the run as N processes, one GPU each (torchrun --nproc_per_node N), with the config's "
+        processes_option(
+            "Check the run as N processes, one GPU each (torchrun --nproc_per_node N), with the config's "
             "train.parallelism (ddp: each holds the whole model; fsdp: the model is sharded over them); batch and "
-            "memory figures are per process.",
+            "memory figures are per process."
         ),
     ] = 1,
 ) -> None:
