@@ -6,6 +6,7 @@ All transformers / peft / bitsandbytes calls live here, so upstream keyword rena
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from collections.abc import Iterator
@@ -40,10 +41,17 @@ EMBEDDING_MODULES = {"embed_tokens", "lm_head"}
 
 @dataclass
 class LoadedModel:
+    """A base model as loaded. Its tokenizer is read from the same source on first use: a training run has its
+    own already, and many callers need only the weights (reading Qwen3's tokenizer takes about a second)."""
+
     model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    model_cfg: ModelConfig
     source: str
     random_weights: bool
+
+    @functools.cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.model_cfg, self.source)
 
 
 def model_source(cfg: ModelConfig) -> str:
@@ -67,8 +75,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    source = model_source(cfg)
+def load_tokenizer(cfg: ModelConfig, source: str | None = None) -> PreTrainedTokenizerBase:
+    """`cfg`'s tokenizer, from `source` when the caller has already resolved `model_source(cfg)`."""
+    source = source or model_source(cfg)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -110,7 +119,7 @@ def load_base_model(
     if quant_cfg.mode == "none":
         model.to(device)
     model.config.use_cache = False
-    return LoadedModel(model, load_tokenizer(model_cfg), source, is_random_weights(model.config))
+    return LoadedModel(model, model_cfg, source, is_random_weights(model.config))
 
 
 WHOLE_MODEL_WARMUP = "caching_allocator_warmup"
