@@ -32,11 +32,12 @@ stages under torchrun on N GPUs (data parallel; the `fsdp` variant shards the de
     python bench/gpu_speed.py all --size 8b --nproc 2 --stages prepare medtune:v2:auto,fsdp
 
 Multi-GPU scaling against one GPU in the same call: `prepare:SIZE` builds a size, and
-`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:shared][:sharesN]`
+`multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:compiled][:shared][:sharesN]`
 (PARALLELISM: none = one process on one GPU, ddp, fsdp) runs one setting (`profile`: then one more step under
 torch.profiler on every GPU: device idle time, communication not hidden behind compute, kernel time by kind;
 `hostprofile`: one more step, or each share of it under `sharesN`, under cProfile: the host's own time by package
-and by function), e.g.
+and by function; `compiled`: after one eager step, every decoder layer goes through `torch.compile(dynamic=True)`,
+to measure whether fewer, fused launches relieve a host-bound step), e.g.
 
     python bench/gpu_speed.py all --nproc 2 \\
         --stages prepare:8b multigpu:8b:v2:none multigpu:8b:v2:none multigpu:8b:v2:ddp multigpu:8b:v2:fsdp
@@ -161,6 +162,7 @@ VARIANTS: dict[str, list[str]] = {
     "row2k_ckpt100": ["speed.fused_lora=true", "speed.packed_row_tokens=2048", "speed.checkpoint_fraction=1.0"],
     "per_sample": ["speed.packed_attention=per_sample", "speed.fused_lora=false", "speed.packed_row_tokens=null"],
     "zero1": ["train.shard_optimizer=true"],  # with ddp: each process steps its own trained tensors (ZeRO-1)
+    "no_liger": ["speed.fused_kernels=none"],  # with `compiled`: inductor fuses what Liger's kernels would
     "torch_adamw": ["train.optimizer=adamw"],  # torch's multi-tensor AdamW (32-bit states) instead of paged 8-bit
     "fsdp": ["train.parallelism=fsdp"],  # with --nproc > 1; torch AdamW (auto picks it under FSDP)
 }
@@ -629,6 +631,18 @@ def stage_medtune(args: argparse.Namespace) -> None:
             torch.cuda.empty_cache()
 
 
+def compile_decoder_layers(recipe) -> None:
+    """One eager step first (it fills the 4-bit layers' cached block scales, a side effect torch.compile cannot
+    trace), then each decoder layer through torch.compile; dynamic shapes, as the packed rows' lengths vary."""
+    import torch
+
+    recipe.train_step(step_items(recipe.train_set, 0, recipe.cfg.train.seed))
+    layers = recipe.model.get_base_model().model.layers
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(layers))
+    for layer in layers:
+        layer.compile(dynamic=True)
+
+
 def stage_multigpu(args: argparse.Namespace) -> None:
     """One setting on one GPU (`--parallelism none`) or under torchrun (`ddp`, `fsdp`), each GPU optionally capped at
     `--memory-cap` for the whole process (loading included) through torch's per-process memory fraction.
@@ -658,6 +672,7 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         "overrides": VARIANTS[variant],
         "shared_gpu": args.shared_gpu,
         "simulated_processes": args.simulate_processes,
+        "compiled_layers": args.compile_layers,
     }
     parallelism = ["train.parallelism=fsdp"] if args.parallelism == "fsdp" else []
     losses: list[float] = []
@@ -665,6 +680,8 @@ def stage_multigpu(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         recipe = medtune_recipe(args.version, args, *VARIANTS[variant], *parallelism)
         setup_s = time.perf_counter() - started
+        if args.compile_layers:
+            compile_decoder_layers(recipe)
 
         share_seconds: list[list[float]] = []
         share_pauses: list[list[dict[str, Any]]] = []
@@ -1422,7 +1439,7 @@ def multigpu_report(records: list[dict[str, Any]]) -> list[str]:
         cells = [
             r["size"],
             r["version"],
-            r["variant"],
+            variant_label(r),
             r["parallelism"]
             + (f", {simulated} shares one after another" if simulated else "")
             + (", all on one GPU" if r.get("shared_gpu") else ""),
@@ -1499,7 +1516,14 @@ def repeated_runs_report(records: list[dict[str, Any]]) -> list[str]:
         if r["status"] != "ok" or r.get("shared_gpu") or compiled_triton(r):
             continue
         simulated = r.get("simulated_processes")
-        key = (r["size"], r["version"], r["variant"], r["parallelism"], simulated or r["processes"], bool(simulated))
+        key = (
+            r["size"],
+            r["version"],
+            variant_label(r),
+            r["parallelism"],
+            simulated or r["processes"],
+            bool(simulated),
+        )
         groups.setdefault(key, []).append(r["simulated_tokens_per_s"] if simulated else r["tokens_per_s"])
     repeated = {key: runs for key, runs in groups.items() if len(runs) > 1}
     if not repeated:
@@ -1519,9 +1543,16 @@ def repeated_runs_report(records: list[dict[str, Any]]) -> list[str]:
 
 
 def one_process_settings(record: dict[str, Any]) -> list[str]:
-    """A run's overrides that one process would train with: `zero1` (train.shard_optimizer) only acts across
-    processes, so its one-GPU baseline is the plain run's."""
-    return [o for o in record.get("overrides", VARIANTS.get(record["variant"], [])) if not o.startswith("train.shard")]
+    """A run's settings that one process would train with: `zero1` (train.shard_optimizer) only acts across
+    processes, so its one-GPU baseline is the plain run's; a `compiled` run's is a compiled one."""
+    overrides = [
+        o for o in record.get("overrides", VARIANTS.get(record["variant"], [])) if not o.startswith("train.shard")
+    ]
+    return overrides + (["compiled layers"] if record.get("compiled_layers") else [])
+
+
+def variant_label(record: dict[str, Any]) -> str:
+    return record["variant"] + (", compiled" if record.get("compiled_layers") else "")
 
 
 def memory_report(records: list[dict[str, Any]]) -> list[str]:
@@ -1587,9 +1618,9 @@ def expand_stages(stages: list[str], nproc: int) -> list[str]:
 
 def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[str]:
     """The command line of one stage: `name:version:variant,...`, `prepare:SIZE`,
-    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:shared][:sharesN]` (torchrun
-    with --nproc processes unless PARALLELISM is none; `profile`: one more step under torch.profiler on every GPU;
-    `hostprofile`: one more under cProfile; `shared`: every
+    `multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:compiled][:shared][:sharesN]`
+    (torchrun with --nproc processes unless PARALLELISM is none; `profile`: one more step under torch.profiler on
+    every GPU; `hostprofile`: one more under cProfile; `compiled`: decoder layers through torch.compile; `shared`: every
     process on GPU 0; `sharesN`: one GPU trains a step's N data-parallel shares one after the other), or
     `memory:STACK:SIZE:VERSION:capGIB[:VARIANT]`. `--memory-cap` goes to every stage but prepare and report."""
     size, parallelism, options = args.size, "none", []
@@ -1610,7 +1641,8 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
         if len(rest) < 3 or rest[2] not in PARALLELISMS:
             raise SystemExit(
                 f"stage multigpu:{':'.join(rest)}: expected "
-                "multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:shared][:sharesN], "
+                "multigpu:SIZE:VERSION:PARALLELISM[:capGIB][:VARIANT][:profile][:hostprofile][:compiled][:shared]"
+                "[:sharesN], "
                 f"PARALLELISM one of {', '.join(PARALLELISMS)}"
             )
         size, version, parallelism, *more = rest
@@ -1618,7 +1650,12 @@ def stage_command(name: str, rest: list[str], args: argparse.Namespace) -> list[
         if ("shared" in more and parallelism == "none") or (shares and parallelism != "none"):
             raise SystemExit(f"stage multigpu:{':'.join(rest)}: `shared` needs ddp or fsdp, `sharesN` needs none")
         caps = [part.removeprefix("cap") for part in more if part.startswith("cap")]
-        flags = {"profile": "--profile", "hostprofile": "--host-profile", "shared": "--shared-gpu"}
+        flags = {
+            "profile": "--profile",
+            "hostprofile": "--host-profile",
+            "compiled": "--compile-layers",
+            "shared": "--shared-gpu",
+        }
         variants = [part for part in more if not part.startswith(("cap", "shares")) and part not in flags]
         options = ["--parallelism", parallelism, *(["--memory-cap", caps[0]] if caps else [])]
         options += [flag for part, flag in flags.items() if part in more]
@@ -1737,6 +1774,11 @@ def main() -> None:
         "--host-profile",
         action="store_true",
         help="for `multigpu`: then one more step (each share under --simulate-processes) under cProfile: host time",
+    )
+    parser.add_argument(
+        "--compile-layers",
+        action="store_true",
+        help="for `multigpu`: after one eager step, torch.compile every decoder layer (dynamic shapes)",
     )
     parser.add_argument(
         "--shared-gpu",

@@ -128,3 +128,20 @@ def test_settings_run_more_than_once_show_their_spread_without_runs_that_compile
     assert rows == ["| 8b | v2 | auto | none | 1 | 3 | 8,600 | 8,000 | 9,000 | +12.5% |"]
     assert any(line in gpu_speed.multigpu_report(records) for line in rows)
     assert gpu_speed.repeated_runs_report(records[4:]) == []  # one clean run of each setting: no spread to show
+
+
+def test_compiled_runs_are_a_setting_of_their_own_measured_against_a_compiled_one_gpu_run(gpu_speed):
+    command = gpu_speed.stage_command("multigpu", ["8b", "v2", "none", "compiled", "shares2"], OPTIONS)
+    assert "--compile-layers" in command and command[command.index("multigpu") + 1 :][:2] == ["v2", "--work"]
+    records = [
+        multigpu_record("none", 9000.0),
+        multigpu_record("none", 10000.0, compiled_layers=True),
+        multigpu_record("none", 9000.0, simulated_processes=2, simulated_tokens_per_s=18000.0, compiled_layers=True),
+        multigpu_record("none", 8000.0),
+    ]
+    rows = [line for line in gpu_speed.multigpu_report(records) if line.startswith("| 8b")]
+    assert "| auto, compiled | none |" in rows[1] and "| 10,000 | 1.00x |" in rows[1]  # its own baseline
+    assert "| auto, compiled | none, 2 shares one after another |" in rows[2] and "| 1.80x | 90% |" in rows[2]
+    assert "| auto | none |" in rows[3] and "| 8,000 | 0.89x |" in rows[3]  # against the plain 9,000
+    spread = [line for line in gpu_speed.repeated_runs_report(records) if line.startswith("| 8b")]
+    assert spread == ["| 8b | v2 | auto | none | 1 | 2 | 8,500 | 8,000 | 9,000 | +12.5% |"]
