@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from medtune.report.analysis import Version, analyse
 from medtune.report.build import group_versions
 from medtune.report.document import build_document, insight_text
-from medtune.report.inputs import Run, Source
+from medtune.report.inputs import ReportError, Run, Source
 from medtune.report.insights import insights
 from medtune.report.markup import to_html, to_markdown
 from medtune.report.schema import Summary
@@ -165,6 +165,146 @@ def test_identical_runs_given_as_seeds_warn_and_make_no_noise_claim():
     assert "0.0000" not in markdown.split("## Runs")[1].split("##")[0]  # no "noise 0.0000" from a run given twice
     assert "logged exactly the same values" in markdown.split("## Method")[0]  # at the top of the report
     assert all(row.vs_baseline["v2"].test == "min_effect" for row in summary.train_loss.rows)
+
+
+def test_a_run_given_twice_keeps_one_copy_even_under_one_run_name():
+    base = baseline_loss()
+    given_twice = [make_run("v1-seed1", base), make_run("v1-seed1", base)]  # one path given twice
+    copied = make_run("v1-seed1", base)
+    copied.source = Source("medtune_run", "backup/v1-seed1")  # a copy of the folder keeps its run_name
+    other = make_run("v2-seed1", base - 0.1)
+    for runs in (given_twice, [given_twice[0], copied]):
+        summary, markdown = summarise([Version("v1", runs), Version("v2", [other])])
+        assert summary.versions[0].n_runs == 1 and summary.random_weights.unknown == []
+        assert all(row.values["v1"].n == 1 for row in summary.train_loss.rows)
+        assert "(v1: —" not in markdown
+    summary, markdown = summarise([Version("v1", given_twice), Version("v2", [other])])
+    (warning,) = [warning for warning in summary.warnings if warning.kind == "identical_runs"]
+    assert warning.same_source and warning.same_version
+    assert "Warning: run v1-seed1 was given twice for v1; it is counted once." in markdown
+    summary, markdown = summarise([Version("v1", [given_twice[0], copied]), Version("v2", [other])])
+    assert "runs v1-seed1 and v1-seed1 of v1 are two runs that logged exactly the same values" in markdown
+    assert "given twice" not in markdown
+    summary, markdown = summarise([Version("v1", given_twice)])  # nothing else: a report of the one run
+    assert summary.names == ["v1"] and summary.versions[0].n_runs == 1
+
+
+def test_distinct_runs_of_two_versions_that_logged_the_same_values_are_not_called_one_run():
+    base = baseline_loss()
+    plain, augmented = make_run("v2-seed1", base), make_run("v3-seed1", base)
+    augmented.records.append(
+        {"step": 100, "augment": {"epoch": 0, "samples": 8, "masked_samples": 0, "masked_share": 0.0}}
+    )
+    summary, markdown = summarise([Version("v2", [plain]), Version("v3", [augmented])])
+    (warning,) = [warning for warning in summary.warnings if warning.kind == "identical_runs"]
+    assert not warning.same_source and warning.unmasked == ["v3-seed1"]
+    top = markdown.split("## Method")[0]
+    assert "the same run" not in top
+    assert "runs v2-seed1 (v2) and v3-seed1 (v3) are two runs that logged exactly the same values" in top
+    assert "The likely cause: the realised augmentation of v3-seed1 masked no sample" in top
+    summary, markdown = summarise([Version("v2", [plain]), Version("v3", [make_run("v2-seed1", base)])])
+    assert "run v2-seed1 was given for both v2 and v3: the same run stands for two versions" in markdown
+
+
+def test_runs_without_a_config_are_named_and_never_said_to_agree():
+    base = baseline_loss()
+    unread = [make_run("v1", base), make_run("v2", base - 0.1)]
+    for run in unread:
+        run.config = {}
+    summary, markdown = summarise([Version("v1", [unread[0]]), Version("v2", [unread[1]])])
+    section = markdown.split("## What differs between versions")[1].split("##")[0]
+    assert "No config was read for v1, v2" in section and "do not differ" not in section
+    assert [run.config_read for version in summary.versions for run in version.runs] == [False, False]
+    read = [make_run("v1-seed1", base), make_run("v2-seed1", base - 0.1)]
+    summary, markdown = summarise([Version("v1", [read[0], unread[0]]), Version("v2", [read[1]])])
+    section = markdown.split("## What differs between versions")[1].split("##")[0]
+    assert "No config was read for v1, so what differs in their settings is unknown." in section
+    assert "The resolved configs of v1-seed1, v2-seed1 do not differ" in section
+    read[1].config["train"]["schedule"] = "cosine"
+    summary, markdown = summarise([Version("v1", [read[0]]), Version("v2", [read[1]]), Version("v3", [unread[1]])])
+    assert summary.config_diff[0].values == {"v1": ["linear"], "v2": ["cosine"]}  # nothing made up for v3
+    assert "| setting | v1 | v2 |" in markdown and "No config was read for v2," in markdown
+
+
+def test_warmup_notes_only_for_versions_with_a_warmup_and_in_whole_steps():
+    def without_and_with_warmup(steps: np.ndarray, max_steps: int):
+        loss = 1.0 + 2.0 * np.exp(-steps / 30)
+        return summarise(
+            [
+                Version("v1", [make_run("v1", loss, steps=steps, max_steps=max_steps)]),
+                Version("v2", [make_run("v2", loss - 0.1, steps=steps, max_steps=max_steps, warmup_ratio=0.1)]),
+            ]
+        )
+
+    summary, markdown = without_and_with_warmup(np.arange(1, 5), 4)
+    assert summary.grad_norm.phase_steps["v1"]["v1"] == [[0, 0], [1, 2], [3, 4]]  # 0.4 and 2.0 of 4 steps
+    assert summary.grad_norm.no_warmup == ["v1"]
+    assert "in the warmup phase" not in markdown  # no step lies in the phase: nothing to say
+    summary, markdown = without_and_with_warmup(np.arange(5, 26, 5), 25)
+    assert summary.grad_norm.phase_steps["v2"]["v2"] == [[0, 2], [3, 12], [13, 25]]  # 2.5 and 12.5 of 25 steps
+    assert "v2: no grad_norm was logged in the warmup phase (steps 0–2); its first logged step is 5." in markdown
+    assert "v1: no grad_norm" not in markdown  # v1 has no warmup
+
+
+def test_a_large_difference_that_is_not_significant_is_not_called_alike():
+    base = baseline_loss()
+
+    def runs(name: str, spreads: tuple[float, float], shifts: tuple[float, float]) -> list[Run]:
+        return [
+            make_run(f"{name}-seed{seed}", base + shift, grad_norm=1.0 + spread * np.sin(STEPS))
+            for seed, (spread, shift) in enumerate(zip(spreads, shifts), start=1)
+        ]
+
+    versions = [
+        Version("v1", runs("v1", (0.05, 0.25), (0.0, 0.3))),
+        Version("v2", runs("v2", (0.1, 0.5), (-0.3, 0.1))),
+        Version("v3", runs("v3", (0.0501, 0.2499), (0.0, 0.3001))),
+    ]
+    summary, markdown = summarise(versions)
+    stability = {(item.reference, item.other): item for item in summary.insights if item.kind.startswith("stab")}
+    assert stability[("v1", "v2")].kind == "stability_widens_not_significant"
+    assert stability[("v1", "v3")].kind == "stability_tie"  # close values stay "alike"
+    sentence = stability[("v1", "v2")].text
+    assert sentence.startswith("v2's grad-norm CV after warmup is higher than v1's (")
+    assert "but the difference is not significant (Welch p=" in sentence and "alike" not in sentence
+    convergence = {item.version: item for item in summary.insights if item.kind.startswith("convergence")}
+    assert convergence["v2"].kind == "convergence_lower_not_significant"
+    assert convergence["v3"].kind == "convergence_tie"
+    assert "alike" not in convergence["v2"].text and "is lower than v1's" in convergence["v2"].text
+    assert "v2 and v1 fluctuate alike" not in markdown and "v3 and v1 fluctuate alike" in markdown
+
+
+def test_sentences_have_a_subject_and_name_a_run_once():
+    base = baseline_loss()
+    clipping = make_run("v2", base - 0.1, grad_norm=np.full(len(STEPS), 0.5))
+    for record in clipping.records:
+        record["learning_rate"] = 1e-4  # not the configured linear schedule
+    tied = make_run("v3", base + 1e-4)  # one run each, below the minimum effect: no test, so no "n.s."
+    summary, markdown = summarise(
+        [Version("v1", [make_run("v1", base)]), Version("v2", [clipping]), Version("v3", [tied])]
+    )
+    assert "The gradient is clipped most often in v2 (share of logged steps" in markdown
+    assert "The logged LR of v2 deviates from its configured linear decay schedule" in markdown
+    assert "v2 (v2)" not in markdown
+    lr_row = next(line for line in markdown.splitlines() if line.startswith("| v2 | linear decay"))
+    assert lr_row.split(" | ")[-1].startswith("MISMATCH: ")  # not "v2: MISMATCH" in v2's own row
+    assert "n.s." not in markdown.split("## Method")[1].split("## Insights")[0].replace("n.s. = not significant", "")
+
+
+def test_steps_past_the_last_trained_step_are_left_out_with_one_warning():
+    short = np.arange(1, 5)
+    versions = [
+        Version(name, [make_run(name, 1.0 + 2.0 * np.exp(-short / 30) - shift, steps=short, max_steps=4)])
+        for name, shift in (("v1", 0.0), ("v2", 0.1))
+    ]
+    summary, markdown = summarise(versions, steps=[1, 3, 5, 100])
+    assert [row.step for row in summary.train_loss.rows] == [1, 3]
+    (warning,) = [warning for warning in summary.warnings if warning.kind == "steps_past_end"]
+    assert (warning.steps, warning.last) == ([5, 100], 4)
+    assert "no run trained past step 4, so the training-loss table leaves out the requested steps 5, 100" in markdown
+    assert "would repeat" not in markdown
+    with pytest.raises(ReportError, match=r"steps \[5, 100\]: all come after the last trained step 4"):
+        analyse(versions, [5, 100], DEFAULT_PHASE_BOUNDS)
 
 
 def test_near_zero_references_get_absolute_differences_and_no_largest_gap():

@@ -178,3 +178,20 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     assert "error: --name 'v1': expected version=path" in result.output
     result = CliRunner().invoke(app, ["compare", str(tmp_path), "--steps", "100,abc", "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "'100,abc': expected comma-separated numbers" in result.output
+
+
+def test_cli_counts_a_run_given_twice_once(make_run, tmp_path):
+    a, b = make_run("v1", 1), make_run("v2", 1)
+    out = tmp_path / "twice"
+    result = CliRunner().invoke(app, ["compare", str(a.folder), str(a.folder), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [version["n_runs"] for version in summary["versions"]] == [1]
+    assert "Warning: run v1-seed1 was given twice for v1; it is counted once." in (out / "report.md").read_text()
+    names = ["--name", f"v1={a.folder}", "--name", f"v1={a.folder}", "--name", f"v2={b.folder}"]
+    result = CliRunner().invoke(app, ["compare", *names, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [version["n_runs"] for version in summary["versions"]] == [1, 1]
+    assert summary["random_weights"]["runs"] == ["v1-seed1", "v2-seed1"]
+    assert not [warning for warning in summary["warnings"] if warning["kind"] == "setting"]

@@ -239,3 +239,15 @@ def test_swanlab_04_database_with_pending_wal_is_read_and_left_alone(tmp_path):
         writer.close()
     assert names == ["v1-seed7", "v2-seed1"]
     assert before == after
+
+
+def test_runs_of_a_swanlog_folder_come_in_name_order_whatever_their_folder_ids(tmp_path):
+    swanlog = tmp_path / "swanlog"
+    shutil.copytree(FIXTURES / "swanlab04" / "swanlog", swanlog)
+    database = sqlite3.connect(swanlog / "runs.swanlab")
+    database.execute("UPDATE experiment SET name = 'v10-seed1' WHERE name = 'v1-seed1'")  # the earlier folder
+    database.commit()
+    database.close()
+    assert [run.name for run in load_runs(swanlog)] == ["v2-seed1", "v10-seed1"]
+    summary = build_report([swanlog], out_dir=tmp_path / "out")
+    assert summary["baseline"] == "v2"

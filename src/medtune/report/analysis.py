@@ -8,13 +8,16 @@ summary.json; the Markdown/HTML documents are made from it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medtune.report.inputs import Run, flatten, numeric_leaves
+from medtune.config import flatten
+from medtune.report.inputs import ReportError, Run, numeric_leaves
 from medtune.report.schedule import check_schedule, configured_warmup
 from medtune.report.stats import (
     ALPHA,
@@ -48,7 +51,8 @@ EVAL_METADATA_SECTIONS = {"decoding", "model", "finish_reasons"}
 EVAL_METADATA_KEYS = {"n", "skipped_rows", "eval_tokens", "answer_cut", "step"}
 """eval.json numbers that describe how the evaluation was made, not how well a version did."""
 COMPARED_SERIES = ("loss", "grad_norm", "learning_rate", "eval_loss")
-"""Two runs whose logs agree on all of these are the same run, whatever their names."""
+"""Two runs whose logs agree on all of these trained alike: one run given twice, a copy, or a change that did
+nothing."""
 
 
 @dataclass
@@ -58,13 +62,17 @@ class Version:
 
 
 def analyse(versions: list[Version], steps: Sequence[int] | None, phase_bounds: Sequence[float]) -> dict[str, Any]:
-    """The report's data. `versions[0]` is the baseline; `steps=None` picks four evenly spaced steps.
+    """The report's data. `versions[0]` is the baseline; `steps=None` picks four evenly spaced steps, and requested
+    steps after the last trained step are left out (a warning names them).
 
     A run whose logs repeat another run of the same version is counted once (see identical_runs)."""
     duplicates = identical_runs(versions)
-    dropped = {pair["duplicate"] for pair in duplicates if pair["same_version"]}
-    versions = [Version(version.name, [run for run in version.runs if run.name not in dropped]) for version in versions]
-    chosen_steps = list(steps) if steps else default_steps(versions)
+    dropped = [duplicate for duplicate, pair in duplicates if pair["same_version"]]
+    versions = [
+        Version(version.name, [run for run in version.runs if not any(run is copy for copy in dropped)])
+        for version in versions
+    ]
+    chosen_steps, past_end = table_steps(versions, steps)
     summary: dict[str, Any] = {
         "baseline": versions[0].name,
         "confidence": CONFIDENCE,
@@ -86,32 +94,63 @@ def analyse(versions: list[Version], steps: Sequence[int] | None, phase_bounds: 
     }
     summary["advantages"] = advantages(versions, summary)
     summary["evaluation_setup"] = evaluation_setup(versions)
-    summary["warnings"] = sanity_warnings(versions, summary, duplicates)
+    summary["warnings"] = sanity_warnings(versions, summary, [pair for _, pair in duplicates], past_end)
     return summary
 
 
-def identical_runs(versions: list[Version]) -> list[dict[str, Any]]:
-    """Pairs of runs whose logged loss, grad norm, LR and eval loss agree at every step: one run given twice."""
-    seen: dict[tuple, tuple[str, str]] = {}
-    pairs = []
+def identical_runs(versions: list[Version]) -> list[tuple[Run, dict[str, Any]]]:
+    """Each run whose logged loss, grad norm, LR and eval loss agree at every step with an earlier run's, with the
+    facts of the pair: whether it is one run given twice (`same_source`), and which of the two runs' augmentation
+    masked no sample (`unmasked`: why two distinct runs of different versions can train alike)."""
+    seen: dict[tuple, tuple[str, Run]] = {}
+    found = []
     for version in versions:
         for run in version.runs:
             fingerprint = tuple(
                 (tuple(steps.tolist()), tuple(values.tolist())) for steps, values in map(run.series, COMPARED_SERIES)
             )
-            if fingerprint in seen:
-                first_version, first_run = seen[fingerprint]
-                pairs.append(
-                    {
-                        "original": first_run,
-                        "duplicate": run.name,
-                        "versions": [first_version, version.name],
-                        "same_version": first_version == version.name,
-                    }
-                )
-            else:
-                seen[fingerprint] = (version.name, run.name)
-    return pairs
+            if fingerprint not in seen:
+                seen[fingerprint] = (version.name, run)
+                continue
+            first_version, first = seen[fingerprint]
+            pair = {
+                "original": first.name,
+                "duplicate": run.name,
+                "versions": [first_version, version.name],
+                "same_version": first_version == version.name,
+                "same_source": _same_source(first, run),
+                "unmasked": [each.name for each in (first, run) if _masked_nothing(each)],
+            }
+            found.append((run, pair))
+    return found
+
+
+def _same_source(first: Run, second: Run) -> bool:
+    """Both were read from the same file or folder (one path given twice, perhaps spelled differently)."""
+    return Path(first.source.path).resolve() == Path(second.source.path).resolve()
+
+
+def _masked_nothing(run: Run) -> bool:
+    """The run's augmentation drew samples but masked none of them, so it trained as without augmentation."""
+    realised = realised_augmentation(run)
+    return realised.get("samples", 0) > 0 and realised.get("masked_samples") == 0
+
+
+def table_steps(versions: list[Version], steps: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """The steps of the training-loss table, and the requested steps left out because no run trained that far."""
+    last = last_trained_step(versions)
+    if not steps or last is None:
+        return (list(steps) if steps else default_steps(versions)), []
+    kept = [step for step in steps if step <= last]
+    if not kept:
+        raise ReportError(f"steps {list(steps)}: all come after the last trained step {last}, nothing to show")
+    return kept, [step for step in steps if step > last]
+
+
+def last_trained_step(versions: list[Version]) -> int | None:
+    """The last step any run has a training loss for; None when no run logged one."""
+    ends = [int(steps[-1]) for version in versions for run in version.runs if len(steps := run.series("loss")[0])]
+    return max(ends, default=None)
 
 
 def default_steps(versions: list[Version]) -> list[int]:
@@ -175,6 +214,7 @@ def _version_facts(version: Version) -> dict[str, Any]:
                 "source": asdict(run.source),
                 "notes": [asdict(note) for note in run.notes],
                 "random_weights": run.summary.get("random_weights"),
+                "config_read": bool(run.config),
                 "last_step": last_step(run),
                 "max_steps": run.max_steps(),
                 "imported_config": run.imported_config,
@@ -198,10 +238,13 @@ def _random_weights(versions: list[Version]) -> dict[str, Any]:
 
 
 def config_diff(versions: list[Version]) -> list[dict[str, Any]]:
-    """Dotted config keys whose values differ between versions (ignoring run names, output folders and seeds)."""
+    """Dotted config keys whose values differ between versions (ignoring run names, output folders and seeds), over
+    the runs whose config was read: a version without one has no column."""
     per_version: dict[str, dict[str, list[Any]]] = {}
     for version in versions:
-        flat_configs = [flatten(run.config) for run in version.runs]
+        flat_configs = [flatten(run.config) for run in version.runs if run.config]
+        if not flat_configs:
+            continue
         keys = {key for flat in flat_configs for key in flat if key.split(".")[-1] not in IGNORED_CONFIG_KEYS}
         settings: dict[str, list[Any]] = {}
         for key in sorted(keys):
@@ -214,7 +257,8 @@ def config_diff(versions: list[Version]) -> list[dict[str, Any]]:
     rows = []
     for key in keys:
         values = {name: settings.get(key, [None]) for name, settings in per_version.items()}
-        if any(value != values[versions[0].name] for value in values.values()):
+        first = next(iter(values.values()))
+        if any(value != first for value in values.values()):
             rows.append({"key": key, "values": values})
     return rows
 
@@ -304,6 +348,7 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
             )
             for version in versions
         },
+        "no_warmup": [version.name for version in versions if all(configured_warmup(run) == 0 for run in version.runs)],
         "phases": {
             phase: {name: summarised(versions, in_phase(index, statistic)) for name, statistic in statistics.items()}
             for index, phase in enumerate(PHASES)
@@ -327,11 +372,13 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
     }
 
 
-def _phase_steps(run: Run, phase_bounds: Sequence[float]) -> list[list[float]]:
-    """[start, end] step range of each phase, for the table headings."""
+def _phase_steps(run: Run, phase_bounds: Sequence[float]) -> list[list[int]]:
+    """[first, last] whole step of each phase as phase_of assigns them (a phase holds the steps up to its bound);
+    a phase whose last step comes before its first holds no step."""
     total = _total_steps(run)
-    edges = [0.0, *(bound * total for bound in phase_bounds), float(total)]
-    return [[edges[index], edges[index + 1]] for index in range(len(PHASES))]
+    ends = [math.floor(bound * total) for bound in phase_bounds] + [total]
+    starts = [0] + [end + 1 for end in ends[:-1]]
+    return [[start, end] for start, end in zip(starts, ends)]
 
 
 def lr_dynamics(versions: list[Version]) -> dict[str, Any]:
@@ -578,10 +625,12 @@ def evaluation_setup(versions: list[Version]) -> list[dict[str, Any]]:
 
 
 def sanity_warnings(
-    versions: list[Version], summary: dict[str, Any], duplicates: list[dict[str, Any]]
+    versions: list[Version], summary: dict[str, Any], duplicates: list[dict[str, Any]], past_end: list[int]
 ) -> list[dict[str, Any]]:
     """What makes the comparison itself questionable, for the top of the report (docs/REPORT.md, "Warnings")."""
     warnings: list[dict[str, Any]] = [{"kind": "identical_runs", **pair} for pair in duplicates]
+    if past_end:
+        warnings.append({"kind": "steps_past_end", "steps": past_end, "last": last_trained_step(versions)})
     for kind, measure in (("planned_steps", Run.max_steps), ("last_steps", last_step)):
         values = {
             version.name: sorted({value for run in version.runs if (value := measure(run)) is not None})

@@ -12,7 +12,16 @@ from typing import Any
 
 from medtune.report.analysis import PHASES
 from medtune.report.insights import verdict
-from medtune.report.schema import Comparison, Described, Insight, NoteFacts, SourceFacts, Summarised, Summary
+from medtune.report.schema import (
+    Comparison,
+    Described,
+    IdenticalRuns,
+    Insight,
+    NoteFacts,
+    SourceFacts,
+    Summarised,
+    Summary,
+)
 
 CHARTS = ("loss", "eval_loss", "grad_norm", "learning_rate")
 MISSING = "—"
@@ -104,14 +113,13 @@ def change(comparison: Comparison, fmt_diff: Callable[[float | None], str] = sig
 
 
 def trend(comparison: Comparison, fmt_diff: Callable[[float | None], str] = signed_loss) -> str:
-    """Change against the reference, with Welch's p (n.s. when not significant) or the minimum-effect verdict."""
+    """Change against the reference, with Welch's p (n.s. when not significant); a single run has no test, so its
+    change stands alone (the insights say whether it passes the minimum effect)."""
     if comparison.diff is None:
         return MISSING
     text = change(comparison, fmt_diff)
     if comparison.test == "welch":
         text += f" (p={p_value(comparison.p_value)}{'' if comparison.significant else ', n.s.'})"
-    elif comparison.test == "min_effect" and not comparison.significant:
-        text += " (n.s.)"
     return text
 
 
@@ -207,7 +215,13 @@ def insight_text(insight: Insight, w: dict[str, str]) -> str:
         params["verdict"] = verdict_text(data, w)
     if insight.kind == "schedule_bad":
         params["schedule"] = w[f"schedule_{data['schedule']}"]
+        params["run"] = run_in_version(data["run"], data["version"], w)
     return w[f"insight_{insight.kind}"].format(**params)
+
+
+def run_in_version(run: str, version: str, w: dict[str, str]) -> str:
+    """`run (version)`, or the run alone when it is named like its version."""
+    return run if run == version else w["with_aside"].format(value=run, aside=version)
 
 
 def verdict_text(judged: dict[str, Any], w: dict[str, str]) -> str:
@@ -226,15 +240,7 @@ def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
         texts.append(w["random_weights"].format(runs=w["list_sep"].join(random.runs)))
     for warning in summary.warnings:
         if warning.kind == "identical_runs":
-            key = "warn_identical_same" if warning.same_version else "warn_identical_across"
-            texts.append(
-                w[key].format(
-                    first=warning.original,
-                    second=warning.duplicate,
-                    version=warning.versions[0],
-                    other=warning.versions[1],
-                )
-            )
+            texts.append(_identical_text(warning, w))
         elif warning.kind in ("planned_steps", "last_steps", "setting"):
             values = w["list_sep"].join(
                 w["labelled"].format(label=name, text=_setting_value(found, w))
@@ -243,6 +249,10 @@ def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
             texts.append(w[f"warn_{warning.kind}"].format(values=values, key=getattr(warning, "key", "")))
         elif warning.kind == "repeated_rows":
             texts.append(w["warn_repeated_rows"].format(step=warning.step, same_as=warning.same_as))
+        elif warning.kind == "steps_past_end":
+            texts.append(
+                w["warn_steps_past_end"].format(steps=w["list_sep"].join(map(str, warning.steps)), last=warning.last)
+            )
         else:
             texts.append(w[f"warn_{warning.kind}"])
     single = summary.noise.single_run_versions
@@ -252,6 +262,25 @@ def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
     if random.unknown:
         blocks.append(Paragraph(w["random_unknown"].format(runs=w["list_sep"].join(random.unknown))))
     return blocks
+
+
+def _identical_text(warning: IdenticalRuns, w: dict[str, str]) -> str:
+    """One run given twice is said to be one run; two runs that logged the same values are said to be two, with the
+    likely cause where the data shows it (an augmentation that masked nothing)."""
+    version, other = warning.versions
+    if warning.same_source:
+        key = "warn_given_twice" if warning.same_version else "warn_given_for_two"
+        return w[key].format(run=warning.original, version=version, other=other)
+    if warning.same_version:
+        return w["warn_identical_same"].format(first=warning.original, second=warning.duplicate, version=version)
+    cause = w["identical_cause_unmasked"].format(runs=w["list_sep"].join(warning.unmasked)) if warning.unmasked else ""
+    return w["warn_identical_across"].format(
+        first=run_in_version(warning.original, version, w),
+        second=run_in_version(warning.duplicate, other, w),
+        version=version,
+        other=other,
+        cause=cause,
+    )
 
 
 def _method_section(summary: Summary, w: dict[str, str]) -> list[Block]:
@@ -338,11 +367,22 @@ def _setting_value(values: list[Any], w: dict[str, str]) -> str:
 
 
 def _versions_section(summary: Summary, w: dict[str, str], names: list[str]) -> list[Block]:
+    """The config diff over the runs whose config was read; the others are named, never said not to differ."""
     blocks: list[Block] = [Heading(w["versions_heading"])]
-    if not summary.config_diff:
+    runs = [run for version in summary.versions for run in version.runs]
+    unread = [run.name for run in runs if not run.config_read]
+    read = [run.name for run in runs if run.config_read]
+    if unread:
+        blocks.append(Paragraph(w["config_unread"].format(runs=w["list_sep"].join(unread))))
+    if summary.config_diff:
+        compared = [name for name in names if name in summary.config_diff[0].values]
+        rows = [[row.key, *(_setting_value(row.values[name], w) for name in compared)] for row in summary.config_diff]
+        return blocks + [Table([w["col_setting"], *compared], rows)]
+    if not unread:
         return blocks + [Paragraph(w["versions_none"])]
-    rows = [[row.key, *(_setting_value(row.values[name], w) for name in names)] for row in summary.config_diff]
-    return blocks + [Table([w["col_setting"], *names], rows)]
+    if len(read) > 1:
+        blocks.append(Paragraph(w["versions_none_of"].format(runs=w["list_sep"].join(read))))
+    return blocks
 
 
 def _metric_rows(
@@ -417,9 +457,14 @@ def _grad_section(summary: Summary, w: dict[str, str], names: list[str]) -> list
             stat(grad.clipped_fraction.values[name], pct),
         ]
         rows.append(cells)
-        if grad.phases["warmup"]["min"].values[name].mean is None and grad.first_logged[name] is not None:
-            end = max(phase_steps[0][1] for phase_steps in grad.phase_steps[name].values())
-            notes.append(w["warmup_empty_note"].format(version=name, end=f"{end:g}", first=grad.first_logged[name]))
+        end = max(phase_steps[0][1] for phase_steps in grad.phase_steps[name].values())
+        if (
+            grad.phases["warmup"]["min"].values[name].mean is None
+            and grad.first_logged[name] is not None
+            and name not in grad.no_warmup
+            and end >= 1  # the phase holds a training step (steps count from 1)
+        ):
+            notes.append(w["warmup_empty_note"].format(version=name, end=end, first=grad.first_logged[name]))
     blocks: list[Block] = [Heading(w["grad_heading"]), Table(headers, rows), Paragraph(w["grad_note"])]
     blocks += [Bullets(notes)] if notes else []
     if grad.cv_pairs:
@@ -491,8 +536,10 @@ def _schedule_text(check: Any, w: dict[str, str]) -> str:
 
 
 def _checks_text(checks: dict[str, Any], w: dict[str, str]) -> str:
-    """One verdict when every run of the version matches in the same way, else one per run."""
+    """One verdict when the version has one run or every run matches in the same way, else one per run."""
     conventions = {check.convention for check in checks.values()}
+    if len(checks) == 1:
+        return _check_text(next(iter(checks.values())), w)
     if all(check.checked and check.matches for check in checks.values()) and len(conventions) == 1:
         worst = max(checks.values(), key=lambda check: check.max_deviation)
         return _check_text(worst, w)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medtune import run_folder
+from medtune.config import flatten
 
 SEED_SUFFIX = re.compile(r"(?:-seed\d+|_s\d+)$")
 SourceKind = Literal["medtune_run", "swanlab_run_file", "swanlab_local_log", "tensorboard", "trainer_state"]
@@ -155,20 +156,6 @@ def _count(value: Any) -> bool:
 def version_of(run_name: str) -> str:
     """`v2-seed3` and `v2_s3` belong to version `v2`."""
     return SEED_SUFFIX.sub("", run_name) or run_name
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}; lists stay values."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def numeric_leaves(tree: Any) -> dict[str, float]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from medtune.report.analysis import tied_best
 from medtune.report.schema import Comparison, Insight, Summary
-from medtune.report.stats import LOSS_EFFECT
+from medtune.report.stats import DEFAULT_EFFECT, LOSS_EFFECT, MinimumEffect
 
 
 def insights(summary: Summary) -> list[Insight]:
@@ -41,6 +41,21 @@ def _change(comparison: Comparison) -> dict[str, Any]:
     return {"rel": comparison.rel, "diff": comparison.diff}
 
 
+def _statement(
+    comparison: Comparison, reference: float | None, effect: MinimumEffect, kinds: tuple[str, str, str]
+) -> str:
+    """Which of `kinds` (lower, higher, tie) states a difference: lower or higher when it is significant; a tie
+    ("alike") only when the values are also close, within the minimum effect; otherwise lower or higher with
+    `_not_significant`, which says how they differ and that the test cannot tell."""
+    lower, higher, tie = kinds
+    direction = lower if comparison.diff is not None and comparison.diff < 0 else higher
+    if comparison.significant:
+        return direction
+    if comparison.diff is not None and reference is not None and abs(comparison.diff) <= effect.threshold(reference):
+        return tie
+    return f"{direction}_not_significant"
+
+
 def _convergence(summary: Summary) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     convergence, baseline = summary.advantages.convergence, summary.baseline
@@ -48,8 +63,11 @@ def _convergence(summary: Summary) -> list[dict[str, Any]]:
         if pair is None or pair.diff is None:
             found.append({"kind": "convergence_none", "version": name, "baseline": baseline})
             continue
-        kind = (
-            ("convergence_lower" if pair.diff < 0 else "convergence_higher") if pair.significant else "convergence_tie"
+        kind = _statement(
+            pair,
+            pair.baseline_window_loss,
+            LOSS_EFFECT,
+            ("convergence_lower", "convergence_higher", "convergence_tie"),
         )
         found.append(
             {
@@ -58,7 +76,7 @@ def _convergence(summary: Summary) -> list[dict[str, Any]]:
                 "baseline": baseline,
                 "start": pair.start,
                 "end": pair.end,
-                "share": pair.share_lower if pair.diff < 0 or not pair.significant else pair.share_higher,
+                "share": pair.share_higher if kind.startswith("convergence_higher") else pair.share_lower,
                 "loss": pair.window_loss,
                 "base_loss": pair.baseline_window_loss,
                 **_change(pair),
@@ -112,7 +130,9 @@ def _stability(summary: Summary) -> list[dict[str, Any]]:
     for pair in summary.grad_norm.cv_pairs:
         if pair.diff is None:
             continue
-        kind = ("stability_narrows" if pair.diff < 0 else "stability_widens") if pair.significant else "stability_tie"
+        kind = _statement(
+            pair, cv[pair.reference].mean, DEFAULT_EFFECT, ("stability_narrows", "stability_widens", "stability_tie")
+        )
         found.append(
             {
                 "kind": kind,
@@ -152,7 +172,9 @@ def _clipping(summary: Summary) -> list[dict[str, Any]]:
     if max(means.values()) == 0:
         return [{"kind": "clipping_none"}]
     if clipped.most:
-        return [{"kind": "clipping", "fractions": {name: means[name] for name in clipped.most}}]
+        return [
+            {"kind": "clipping", "versions": clipped.most, "fractions": {name: means[name] for name in clipped.most}}
+        ]
     return (
         [{"kind": "clipping_tie", "fraction_low": min(means.values()), "fraction_high": max(means.values())}]
         if len(means) > 1

@@ -89,6 +89,8 @@ class RunFacts(_Strict):
     source: SourceFacts
     notes: list[NoteFacts]
     random_weights: bool | None
+    config_read: bool
+    """Whether a config was read for the run; the versions' diff covers only those that were."""
     last_step: int
     max_steps: int | None
     imported_config: dict[str, Any] = {}
@@ -119,8 +121,10 @@ class CvPair(Comparison):
 
 class GradNorm(_Strict):
     phase_bounds: list[float]
-    phase_steps: dict[str, dict[str, list[list[float]]]]
+    phase_steps: dict[str, dict[str, list[list[int]]]]
     first_logged: dict[str, int | None]
+    no_warmup: list[str]
+    """Versions whose every run configures no warmup: their warmup phase gets no note."""
     phases: dict[str, dict[str, Summarised]]
     sd_after_warmup: Summarised
     cv_after_warmup: Summarised
@@ -211,6 +215,10 @@ class IdenticalRuns(_Strict):
     duplicate: str
     versions: list[str]
     same_version: bool
+    same_source: bool
+    """One file or folder given twice, rather than two runs that logged the same values."""
+    unmasked: list[str]
+    """Runs of the pair whose augmentation masked no sample: why distinct runs of two versions trained alike."""
 
 
 class DifferentSteps(_Strict):
@@ -230,12 +238,19 @@ class RepeatedRows(_Strict):
     same_as: int
 
 
+class StepsPastEnd(_Strict):
+    kind: Literal["steps_past_end"]
+    steps: list[int]
+    last: int
+
+
 class NoCjkFont(_Strict):
     kind: Literal["no_cjk_font"]
 
 
 Warning = Annotated[
-    IdenticalRuns | DifferentSteps | DifferentSetting | RepeatedRows | NoCjkFont, Field(discriminator="kind")
+    IdenticalRuns | DifferentSteps | DifferentSetting | RepeatedRows | StepsPastEnd | NoCjkFont,
+    Field(discriminator="kind"),
 ]
 
 

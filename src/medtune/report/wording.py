@@ -91,13 +91,23 @@ WORDING: dict[str, dict[str, str]] = {
             "for a test, give each version several seeds (--name v1=runs/v1-seed1 --name v1=runs/v1-seed2 ...)"
         ),
         "advice_ablate": "for a test, run the experiment again with several seeds (medtune ablate --seeds 3)",
+        "warn_given_twice": "Warning: run {run} was given twice for {version}; it is counted once.",
+        "warn_given_for_two": (
+            "Warning: run {run} was given for both {version} and {other}: the same run stands for two versions, so "
+            "they cannot differ."
+        ),
         "warn_identical_same": (
-            "Warning: runs {first} and {second} of {version} logged exactly the same values: one run was given twice "
-            "as two seeds. It is counted once, and its version has no run-to-run noise from it."
+            "Warning: runs {first} and {second} of {version} are two runs that logged exactly the same values (a copy "
+            "of one run, or a seed that changed nothing). They are counted as one run, and its version has no "
+            "run-to-run noise from them."
         ),
         "warn_identical_across": (
-            "Warning: run {first} ({version}) and run {second} ({other}) logged exactly the same values: the same "
-            "run stands for two versions, so they cannot differ."
+            "Warning: runs {first} and {second} are two runs that logged exactly the same values, so on these runs "
+            "{version} and {other} cannot differ.{cause}"
+        ),
+        "identical_cause_unmasked": (
+            " The likely cause: the realised augmentation of {runs} masked no sample, so it trained as without "
+            "augmentation."
         ),
         "warn_planned_steps": (
             "Warning: the versions planned different numbers of steps ({values}); curves and final values are not "
@@ -115,6 +125,10 @@ WORDING: dict[str, dict[str, str]] = {
             "Warning: the training-loss row for step {step} would repeat the row for step {same_as} (the same logged "
             "steps); it is left out."
         ),
+        "warn_steps_past_end": (
+            "Warning: no run trained past step {last}, so the training-loss table leaves out the requested steps "
+            "{steps}."
+        ),
         "warn_no_cjk_font": (
             "No CJK font was found, so chart labels are in English (install fonts-noto-cjk or fonts-wqy-microhei)."
         ),
@@ -124,6 +138,10 @@ WORDING: dict[str, dict[str, str]] = {
         "noise_unknown": "No version has several distinct runs, so there is no estimate of the run-to-run noise.",
         "versions_heading": "What differs between versions",
         "versions_none": "The resolved configs do not differ (apart from run names, output folders and seeds).",
+        "versions_none_of": (
+            "The resolved configs of {runs} do not differ (apart from run names, output folders and seeds)."
+        ),
+        "config_unread": "No config was read for {runs}, so what differs in their settings is unknown.",
         "col_setting": "setting",
         "missing": "—",
         "train_heading": "Training loss",
@@ -231,6 +249,16 @@ WORDING: dict[str, dict[str, str]] = {
             "{version} and {baseline} converge alike after the warmup: over steps {start}–{end} the window losses "
             "are {loss} vs {base_loss} ({change}), {verdict}, so no winner is named."
         ),
+        "insight_convergence_lower_not_significant": (
+            "{version}'s training loss after the warmup is lower than {baseline}'s: over steps {start}–{end} its "
+            "window loss is {loss} vs {base_loss} ({change}) and its mean curve is lower at {share} of the steps, "
+            "but the difference is {verdict}, so no winner is named."
+        ),
+        "insight_convergence_higher_not_significant": (
+            "{version}'s training loss after the warmup is higher than {baseline}'s: over steps {start}–{end} its "
+            "window loss is {loss} vs {base_loss} ({change}) and its mean curve is higher at {share} of the steps, "
+            "but the difference is {verdict}, so no winner is named."
+        ),
         "insight_convergence_none": (
             "{version} and {baseline} share fewer than two logged steps after the warmup, so their convergence is "
             "not compared."
@@ -265,11 +293,20 @@ WORDING: dict[str, dict[str, str]] = {
         "insight_stability_tie": (
             "{other} and {reference} fluctuate alike (CV after warmup {value} vs {base_value}, {change}); {verdict}."
         ),
+        "insight_stability_narrows_not_significant": (
+            "{other}'s grad-norm CV after warmup is lower than {reference}'s ({value} vs {base_value}, {change}), but "
+            "the difference is {verdict}."
+        ),
+        "insight_stability_widens_not_significant": (
+            "{other}'s grad-norm CV after warmup is higher than {reference}'s ({value} vs {base_value}, {change}), but "
+            "the difference is {verdict}."
+        ),
         "insight_overfit": "Largest final eval − train gap: {gaps}.",
         "insight_overfit_tie": "The final eval − train gaps of all versions are tied ({gap_low} to {gap_high}).",
         "insight_overfit_none": "No version ends with an eval loss above its training loss: no sign of overfitting.",
         "insight_clipping": (
-            "Clips the gradient most often (share of logged steps whose grad_norm exceeds max_grad_norm): {fractions}."
+            "The gradient is clipped most often in {versions} (share of logged steps whose grad_norm exceeds "
+            "max_grad_norm: {fractions})."
         ),
         "insight_clipping_tie": (
             "All versions clip the gradient about equally often ({fraction_low} to {fraction_high} of logged steps)."
@@ -280,8 +317,8 @@ WORDING: dict[str, dict[str, str]] = {
             "peak)."
         ),
         "insight_schedule_bad": (
-            "The logged LR of {run} ({version}) deviates from its configured {schedule} schedule: {deviation} of "
-            "peak at step {step}."
+            "The logged LR of {run} deviates from its configured {schedule} schedule: {deviation} of peak at step "
+            "{step}."
         ),
         "chart_loss": "Training loss",
         "chart_eval_loss": "Eval loss",
@@ -368,25 +405,33 @@ WORDING: dict[str, dict[str, str]] = {
             "如需做显著性检验，请为每个版本提供多个随机种子的运行（--name v1=runs/v1-seed1 --name v1=runs/v1-seed2 ……）"
         ),
         "advice_ablate": "如需做显著性检验，请用多个随机种子重新运行实验（medtune ablate --seeds 3）",
+        "warn_given_twice": "警告：运行 {run} 被重复传入 {version}，只计一次。",
+        "warn_given_for_two": (
+            "警告：运行 {run} 同时被传入 {version} 和 {other}，同一次运行代表了两个版本，二者不可能有差异。"
+        ),
         "warn_identical_same": (
-            "警告：{version} 的运行 {first} 与 {second} 记录的数值完全相同，同一次运行被当作两个随机种子传入。该运行"
-            "只计一次，不能据此估计运行间噪声。"
+            "警告：{version} 的运行 {first} 与 {second} 是两次运行，但记录的数值完全相同（可能是同一次运行的副本，或"
+            "随机种子没有起作用）。二者只计一次，不能据此估计运行间噪声。"
         ),
         "warn_identical_across": (
-            "警告：运行 {first}（{version}）与运行 {second}（{other}）记录的数值完全相同，同一次运行代表了两个版本，"
-            "二者不可能有差异。"
+            "警告：运行 {first} 与 {second} 是两次运行，但记录的数值完全相同，因此就这两次运行而言，{version} 与 "
+            "{other} 不可能有差异。{cause}"
         ),
+        "identical_cause_unmasked": "可能的原因：{runs} 实际的数据增强没有遮蔽任何样本，训练过程与不做增强相同。",
         "warn_planned_steps": "警告：各版本的计划步数不同（{values}），曲线和最终数值无法逐步对比。",
         "warn_last_steps": "警告：各运行停在不同的步数（{values}），最终数值比较的是训练中不同阶段的结果。",
         "warn_setting": "警告：各版本的 {key} 不同（{values}），差异可能来自这一设置，而不是训练方案本身。",
         "warn_repeated_rows": (
             "警告：训练损失表中第 {step} 步的行会与第 {same_as} 步的行重复（对应相同的记录步），已省略。"
         ),
+        "warn_steps_past_end": "警告：没有运行训练到第 {last} 步之后，训练损失表省略了所请求的第 {steps} 步。",
         "warn_no_cjk_font": "未找到中文字体，图表标签使用英文（可安装 fonts-noto-cjk 或 fonts-wqy-microhei）。",
         "noise_known": "运行间噪声（{versions} 各种子间的标准差）：最终训练损失 {train_sd}，最终验证损失 {eval_sd}。",
         "noise_unknown": "没有任何版本有多次不同的运行，因此无法估计运行间噪声。",
         "versions_heading": "版本差异",
         "versions_none": "各版本的完整配置相同（运行名、输出目录和随机种子除外）。",
+        "versions_none_of": "{runs} 的完整配置相同（运行名、输出目录和随机种子除外）。",
+        "config_unread": "没有读到 {runs} 的配置，无法得知其设置有何不同。",
         "col_setting": "配置项",
         "missing": "—",
         "train_heading": "训练损失",
@@ -482,6 +527,14 @@ WORDING: dict[str, dict[str, str]] = {
             "预热之后 {version} 与 {baseline} 收敛情况相当：在第 {start}–{end} 步中，窗口损失为 {loss} 与 "
             "{base_loss}（{change}），{verdict}，因此不判定优劣。"
         ),
+        "insight_convergence_lower_not_significant": (
+            "预热之后 {version} 的训练损失低于 {baseline}：在第 {start}–{end} 步中，窗口损失为 {loss}，基线为 "
+            "{base_loss}（{change}），其均值曲线在 {share} 的步上更低，但{verdict}，因此不判定优劣。"
+        ),
+        "insight_convergence_higher_not_significant": (
+            "预热之后 {version} 的训练损失高于 {baseline}：在第 {start}–{end} 步中，窗口损失为 {loss}，基线为 "
+            "{base_loss}（{change}），其均值曲线在 {share} 的步上更高，但{verdict}，因此不判定优劣。"
+        ),
         "insight_convergence_none": "预热之后 {version} 与 {baseline} 共同记录的步不足两个，因此不比较收敛。",
         "insight_fastest": "收敛最快（第 {start}–{end} 步训练损失最低）：{versions}。",
         "insight_fastest_none": "在第 {start}–{end} 步中，没有哪个版本收敛得明显更快：差异未达到上述规则的标准。",
@@ -507,18 +560,24 @@ WORDING: dict[str, dict[str, str]] = {
         "insight_stability_tie": (
             "{other} 与 {reference} 的梯度范数波动相当（预热后变异系数 {value} 与 {base_value}，{change}）；{verdict}。"
         ),
+        "insight_stability_narrows_not_significant": (
+            "{other} 的预热后梯度范数变异系数低于 {reference}（{value}，参照为 {base_value}，{change}），但{verdict}。"
+        ),
+        "insight_stability_widens_not_significant": (
+            "{other} 的预热后梯度范数变异系数高于 {reference}（{value}，参照为 {base_value}，{change}），但{verdict}。"
+        ),
         "insight_overfit": "最终验证与训练损失差距最大的是：{gaps}。",
         "insight_overfit_tie": "各版本最终验证与训练损失的差距持平（{gap_low} 至 {gap_high}）。",
         "insight_overfit_none": "没有版本的最终验证损失高于训练损失，未见过拟合迹象。",
-        "insight_clipping": "梯度裁剪最频繁的是（已记录步中梯度范数超过 max_grad_norm 的占比）：{fractions}。",
+        "insight_clipping": (
+            "梯度裁剪最频繁的是 {versions}（已记录步中梯度范数超过 max_grad_norm 的占比：{fractions}）。"
+        ),
         "insight_clipping_tie": "各版本梯度裁剪的频率相当（已记录步的 {fraction_low} 至 {fraction_high}）。",
         "insight_clipping_none": "没有记录的梯度范数超过 max_grad_norm。",
         "insight_schedule_ok": (
             "全部 {count} 个已检查运行的学习率记录与配置的调度一致（最大偏差为峰值的 {deviation}）。"
         ),
-        "insight_schedule_bad": (
-            "{run}（{version}）记录的学习率偏离配置的{schedule}调度：第 {step} 步偏差为峰值的 {deviation}。"
-        ),
+        "insight_schedule_bad": ("{run} 记录的学习率偏离配置的{schedule}调度：第 {step} 步偏差为峰值的 {deviation}。"),
         "chart_loss": "训练损失",
         "chart_eval_loss": "验证损失",
         "chart_grad_norm": "梯度范数（裁剪前）",

@@ -11,6 +11,7 @@ Both keep the config in `run-*/files/config.yaml` as `{key: {desc, sort, value}}
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -32,10 +33,18 @@ def is_swanlog(path: Path) -> bool:
 
 
 def load_swanlog(path: Path) -> list[Run]:
+    """The runs of a swanlog folder by name (`v2` before `v10`), runs of one name by start time, so the first
+    version, the default baseline, does not depend on the random ids in the folder names."""
     run_dirs = [path] if _is_run_dir(path) else sorted(child for child in path.glob("run-*") if _is_run_dir(child))
     if not run_dirs:
         raise ReportError(f"{path}: no SwanLab run folders (run-*/ with files/config.yaml) inside")
-    return [_load_run_dir(run_dir) for run_dir in run_dirs]
+    # run-<YYYYMMDD_HHMMSS>-<id>/: sorted folders are in start order, which the stable sort keeps within a name
+    return sorted((_load_run_dir(run_dir) for run_dir in run_dirs), key=lambda run: _natural_key(run.name))
+
+
+def _natural_key(name: str) -> list[int | str]:
+    """Digit runs compare as numbers: `v2-seed1` < `v10-seed1`. Text and digits alternate, so types never mix."""
+    return [int(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+)", name))]
 
 
 def _is_run_dir(path: Path) -> bool:
