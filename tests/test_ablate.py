@@ -103,6 +103,9 @@ def test_plan_and_seeds(tmp_path, short_rows_file):
     bad.write_text("name: x\nversions: {v1: v1.yaml}\nbaseline: v9\n")
     with pytest.raises(ConfigError, match="baseline 'v9'"):
         load_experiment(bad)
+    bad.write_text("name: x\nversions: {v1: ../configs/v1.yaml}\nbaseline: v1\n")  # copied out of experiments/
+    with pytest.raises(ConfigError, match=r"bad\.yaml: versions\.v1: .*configs/v1\.yaml not found \(paths in an"):
+        load_experiment(bad)
 
 
 def test_several_runs_share_one_gpu_in_parallel_processes(tmp_path, short_rows_file, monkeypatch):

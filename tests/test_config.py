@@ -154,8 +154,8 @@ def test_set_value_with_a_control_character_is_one_clear_line():
 @pytest.mark.parametrize(
     "override,fragment",
     [
-        ("data.encoding=klingon", "unknown encoding 'klingon'"),
-        ("data.encoding=utf-16", "lines must end in the byte 0x0A"),
+        ("data.encoding=klingon", "unknown text encoding 'klingon'"),
+        ("data.encoding=base64", "unknown text encoding 'base64'"),
         ("data.columns={question: ''}", "columns.question must name a column"),
         ("data.think=maybe", "data.think"),
     ],

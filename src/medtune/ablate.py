@@ -101,7 +101,14 @@ def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
         raise ConfigError(
             f"{path}: baseline {experiment.baseline!r} is not one of the versions {list(experiment.versions)}"
         )
-    return experiment, path.resolve().parent
+    root = path.resolve().parent
+    named = [(f"versions.{version}", file) for version, file in experiment.versions.items()]
+    for key, file in [*named, *((f"overlays[{i}]", file) for i, file in enumerate(experiment.overlays))]:
+        if not (root / file).is_file():
+            raise ConfigError(
+                f"{path}: {key}: {root / file} not found (paths in an experiment file are relative to its folder)"
+            )
+    return experiment, root
 
 
 def plan_runs(

@@ -115,15 +115,13 @@ class DataConfig(_Strict):
 
     @field_validator("encoding")
     @classmethod
-    def _known_line_based_encoding(cls, value: str) -> str:
-        """A codec Python knows, in which a newline is the byte 0x0A (so rows can be split before decoding)."""
+    def _known_encoding(cls, value: str) -> str:
+        """A text codec Python knows, under its canonical name."""
         try:
-            name = codecs.lookup(value).name
+            "a".encode(value)  # a LookupError for unknown names and for codecs that are not text encodings (base64)
         except LookupError:
-            raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, gb18030, gbk, big5") from None
-        if not "a\n".encode(name).endswith(b"a\n"):
-            raise ValueError(f"{value} is not supported: lines must end in the byte 0x0A (convert the file to utf-8)")
-        return name
+            raise ValueError(f"unknown text encoding {value!r}; e.g. utf-8, gb18030, gbk, big5, utf-16") from None
+        return codecs.lookup(value).name
 
     @field_validator("columns")
     @classmethod
@@ -706,6 +704,52 @@ def load_config(
 ) -> RunConfig:
     """Load a config file (or the defaults when `path` is None), merge overlay files, apply `--set`, validate."""
     return validate(compose(path, overlays, overrides), str(path) if path is not None else "defaults")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys, as `--set` names them: {"train": {"lr": 1}} -> {"train.lr": 1}; lists stay
+    values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+RESUME_MAY_CHANGE = (
+    "output_dir",
+    "train.logging_steps",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.report_to",
+    "train.parallelism",
+    "train.shard_optimizer",
+    "train.gradient_checkpointing",
+    "train.loss_chunk_tokens",
+    "speed.",
+)
+"""Settings a resumed run may change: how it is carried out, logged and saved (or on which GPUs), not what it
+computes. A key ending in "." stands for its whole section."""
+
+
+def changes_on_resume(stored: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """`key: old -> new` for each setting of `cfg` that differs from the run's `stored` config and that a resumed
+    run may not change (RESUME_MAY_CHANGE): continuing with them would train a run that no config describes."""
+    before, after = flatten(stored), flatten(cfg.model_dump(mode="json"))
+    return [
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+        and not any(
+            key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUME_MAY_CHANGE
+        )
+    ]
 
 
 def dump_config(cfg: RunConfig) -> str:

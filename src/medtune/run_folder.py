@@ -25,6 +25,8 @@ SUMMARY_FILE = "summary.json"
 TRAIN_LOG_FILE = "train.log"
 ADAPTER_DIR = "adapter"
 """The final adapter's folder, and the name `medtune eval` gives it (a checkpoint is named by its folder)."""
+RUN_SETUP_FILES = {CONFIG_FILE, ENV_FILE, DATA_STATS_FILE, SUMMARY_FILE, TRAIN_LOG_FILE}
+"""What a run writes in its folder before its first logged step: a folder holding only these is not in the way."""
 CHECKPOINTS_DIR = "checkpoints"
 EVAL_PREFIX, EVAL_BASE = "eval", "base"
 STAGING_SUFFIX = ".tmp"
@@ -189,3 +191,12 @@ def write_atomic(path: Path, content: str | bytes) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def umask_permissions(folder: Path) -> None:
+    """safetensors (0.8) writes a weight file through a temporary file created with mode 0600 and renamed into
+    place (safetensors#782); give it the mode open() gives the folder's other files: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for weights in folder.glob("*.safetensors"):
+        weights.chmod(0o666 & ~umask)

@@ -42,7 +42,9 @@ def test_stats_are_tables_with_rounded_numbers_and_the_rows_behind_each_count(tm
     data = tmp_path / "rows.jsonl"
     data.write_text("\n".join([*rows, '{"question": "头痛"}']) + "\n", encoding="utf-8")
 
-    raw = runner.invoke(app, [*stats_args(data), "--json"])
+    stops = runner.invoke(app, [*stats_args(data)[:-2], "--json"])
+    assert stops.exit_code == 4 and "rows.jsonl:17: field 'think': missing" in stops.output
+    raw = runner.invoke(app, [*stats_args(data)[:-2], "--json", "--skip-bad-rows"])
     assert raw.exit_code == 0, raw.output
     stats = json.loads(raw.output)
     train = stats["train"]
@@ -72,7 +74,9 @@ def test_preview_masked_only_needs_the_augmentation(short_rows_file):
     ]
     off = runner.invoke(app, [*args, str(CONFIGS / "v1.yaml"), "--masked-only"])
     assert (
-        off.exit_code == 3 and off.output.startswith("error: masked_only") and len(off.output.strip().splitlines()) == 1
+        off.exit_code == 3
+        and off.output.startswith("error: --masked-only")
+        and len(off.output.strip().splitlines()) == 1
     )
     on = runner.invoke(app, [*args, str(CONFIGS / "v3.yaml"), "--masked-only", "--set", "augment.probability=1.0"])
     assert on.exit_code == 0, on.output

@@ -4,8 +4,10 @@ anything else keeps its traceback."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,19 @@ def test_ctrl_c_prints_what_training_saved_and_exits_130(monkeypatch):
     monkeypatch.setattr(recipe, "run", interrupted)
     result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml")])
     assert result.exit_code == 130 and result.output.strip() == "interrupted at step 22: resume with --resume"
+
+
+@pytest.mark.parametrize(
+    "command", [["--version"], ["data", "preview", str(CONFIGS / "v1.yaml"), *TINY]], ids=["version", "data-preview"]
+)
+def test_a_closed_stdout_ends_the_command_quietly_with_0(command):
+    """`medtune data preview ... | head`: the reader went away with what it wanted; no error, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "medtune.cli", *command], stdout=write_end, stderr=subprocess.PIPE, timeout=300
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and done.stderr == b"", done.stderr.decode()

@@ -68,8 +68,8 @@ def test_what_every_process_would_reject_is_one_line_before_they_start(tmp_path,
     folder.metrics.write_text('{"step": 1, "loss": 1.0}\n')
     folder.summary.write_text('{"status": "complete", "step": 1}')
     for extra, code, words in (
-        ([], 6, "--resume"),
-        (["--resume"], 6, "nothing to resume"),
+        ([], 6, "holds a complete run"),
+        (["--resume"], 6, "holds a complete run"),
         (["--overwrite", "--set", "train.gradient_accumulation_steps=1"], 3, "fewer than the 2 processes"),
         (["--set", "train.max_stepz=1"], 3, "max_stepz"),
     ):

@@ -57,16 +57,51 @@ def test_bad_row_names_file_line_field_then_skip_reports_it(tmp_path, short_rows
     stats = json.loads((tmp_path / "v1" / "data_stats.json").read_text())
     skipped = {row["source"]: row["field"] for row in stats["files"]["train"]["skipped"]}
     assert skipped.keys() == {"bad.jsonl:3", "bad.jsonl:9"} and skipped["bad.jsonl:3"] == "think"
+    assert f"skipped 2 bad rows of {bad} (skip_bad_rows); each is listed in" in result.output
     assert stats["files"]["train"]["rows"] == 7 and stats["train"]["rows"] + stats["validation"]["rows"] == 7
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path, short_rows_file):
+    """A complete run is neither resumed nor trained over without --overwrite (an interrupted one: test_recipe)."""
     args = ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, short_rows_file)]
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
-    assert again.exit_code == 6 and "--resume" in again.output
+    assert again.exit_code == 6 and "holds a complete run" in again.output and "--overwrite" in again.output
     complete = runner.invoke(app, [*args, "--resume"])
-    assert complete.exit_code == 6 and "nothing to resume" in complete.output
+    assert complete.exit_code == 6 and "holds a complete run" in complete.output
+
+
+def test_resume_refuses_settings_that_change_what_the_run_computes(tmp_path, short_rows_file, monkeypatch):
+    """A run stopped at step 2 of 4 resumes with another logging interval, but not with another step count."""
+    import medtune.train.recipe as recipe
+
+    args = ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, short_rows_file), "--set", "train.max_steps=4"]
+    original_step, calls = recipe.FineTuneRecipe.train_step, []
+
+    def stop_at_step_3(self, items):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original_step(self, items)
+
+    monkeypatch.setattr(recipe.FineTuneRecipe, "train_step", stop_at_step_3)
+    assert runner.invoke(app, args).exit_code == 130
+    monkeypatch.undo()
+    changed = runner.invoke(app, [*args, "--resume", "--set", "train.max_steps=3", "--set", "train.lr=1e-3"])
+    assert changed.exit_code == 3 and changed.output.count("error:") == 1, changed.output
+    assert "-> 0.001; train.max_steps: 4 -> 3)" in changed.output and "config.resolved.yaml" in changed.output
+    logged = runner.invoke(app, [*args, "--resume", "--set", "train.logging_steps=2"])
+    assert logged.exit_code == 0, logged.output
+
+
+def test_a_folder_holding_other_files_is_never_trained_over(tmp_path, short_rows_file):
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"a merged model, say")
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        result = runner.invoke(app, ["train", str(CONFIGS / "v1.yaml"), *short_args(tmp_path, short_rows_file), *extra])
+        assert result.exit_code == 6 and "holds files that are not a medtune run (model.safetensors)" in result.output
+    assert [p.name for p in folder.iterdir()] == ["model.safetensors"]
 
 
 def test_bad_config_is_reported_not_raised(tmp_path):

@@ -444,6 +444,48 @@ def test_gbk_jsonl_without_its_encoding_is_one_error_for_the_file(tmp_path):
     assert [fields(sample) for sample in samples] == [expected(row) for row in rows]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_utf16_and_utf32_files_read_once_named_and_are_named_when_not(tmp_path, encoding):
+    """Windows tools save "Unicode" text as UTF-16, whose newline is not the byte 0x0A: the file is decoded whole."""
+    rows = QTA_ROWS[:3]
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_bytes("\r\n".join(json.dumps(row, ensure_ascii=False) for row in rows).encode(encoding) + b"")
+    table = tmp_path / "train.csv"
+    table.write_bytes(('question,think,answer\n"两行\n问题",想,答\n').encode(encoding))
+
+    assert [fields(s) for s in read_samples(jsonl, system_prompt=SYSTEM, encoding=encoding).samples] == [
+        expected(row) for row in rows
+    ]
+    (sample,) = read_samples(table, system_prompt=SYSTEM, encoding=encoding).samples
+    assert fields(sample) == ("两行\n问题", "想", "答", SYSTEM) and sample.source == "train.csv:2"
+    if encoding == "utf-16":  # its byte-order mark makes it recognisable
+        with pytest.raises(
+            DataError, match=r"train\.jsonl:1: .*not valid UTF-8.*looks like UTF-16: set data\.encoding: utf-16"
+        ):
+            read_samples(jsonl, system_prompt=SYSTEM)
+
+
+def test_a_damaged_utf16_file_names_the_line_of_the_bad_bytes(tmp_path):
+    path = tmp_path / "train.jsonl"
+    good = "\n".join(json.dumps(row, ensure_ascii=False) for row in QTA_ROWS[:2]).encode("utf-16-le")
+    path.write_bytes(good + "\n".encode("utf-16-le") + b"\x00\xd8" + "x".encode("utf-16-le"))  # a lone surrogate
+    with pytest.raises(
+        DataError, match=r"train\.jsonl:3: field '\(row\)': not valid UTF-16-LE \(byte \d+ of the file\)"
+    ):
+        read_samples(path, system_prompt=SYSTEM, encoding="utf-16-le")
+
+
+def test_a_table_with_other_column_names_lists_them_and_names_data_columns(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("department,title,ask,answer\n内科,头痛,反复头痛,多休息\n", encoding="utf-8")
+    with pytest.raises(DataError) as raised:
+        read_samples(path, system_prompt=SYSTEM)
+    assert str(raised.value) == (
+        f"{path}:2: field 'question': missing (the row's keys: department, title, ask, answer); data.columns names "
+        "the key that holds it"
+    )
+
+
 def test_question_joined_from_several_columns_and_think_required_by_default(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text('title,ask,answer\n头痛,"反复头痛\n一周了",多休息\n', encoding="utf-8")

@@ -183,3 +183,30 @@ def test_eval_of_a_checkpoint_gets_its_own_file_and_bad_data_is_named(v1_run, cl
     )
     result = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(bad)])
     assert result.exit_code == 4 and "val.jsonl:2: field 'answer': missing" in result.output
+
+
+def test_eval_on_another_file_gets_its_own_name_and_replaces_no_result(v1_run, cli_app, runner, tmp_path):
+    before = {path.name: path.read_bytes() for path in v1_run.glob("eval*")}
+    rows = tmp_path / "val.jsonl"
+    rows.write_text('{"question": "头痛", "think": "想", "answer": "多休息"}\n', encoding="utf-8")
+    short = ["--data", str(rows), "--max-new-tokens", "2"]
+    for extra, name in [([], "eval.val.json"), (["--no-adapter"], "eval.val.base.json")]:
+        result = runner.invoke(cli_app, ["eval", str(v1_run), *short, *extra])
+        assert result.exit_code == 0, result.output
+        assert json.loads((v1_run / name).read_text())["data"] == str(rows)
+        assert (v1_run / name.replace(".json", ".replies.jsonl")).is_file()
+    assert {name: (v1_run / name).read_bytes() for name in before} == before, "results on the run's own rows stay"
+    (tmp_path / "base.jsonl").write_bytes(rows.read_bytes())
+    clash = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(tmp_path / "base.jsonl")])
+    assert clash.exit_code == 4 and "would be named eval.base.json" in clash.output and "pass -o FILE" in clash.output
+
+
+def test_eval_rows_without_a_reference_point_to_generate(v1_run, cli_app, runner, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "头痛怎么办"}\n', encoding="utf-8")
+    result = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(questions)])
+    assert result.exit_code == 4, result.output
+    assert result.output.strip() == (
+        f"error: {questions}:1: field 'think': missing; medtune eval scores replies against each row's reference "
+        "reasoning and answer; for questions without answers, use `medtune generate`"
+    )

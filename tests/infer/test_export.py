@@ -205,6 +205,23 @@ def test_export_command_from_a_run_writes_gguf_and_modelfile(v2_run, merged_dir,
     assert wrong_suffix.exit_code == 6 and "must end in .gguf" in wrong_suffix.output
 
 
+def test_export_replaces_a_gguf_or_modelfile_only_with_overwrite(merged_dir, cli_app, runner, tmp_path):
+    gguf = tmp_path / "medtune.gguf"
+    command = ["export", str(merged_dir), "--gguf", str(gguf), "--quant", "f16"]
+    assert runner.invoke(cli_app, command).exit_code == 0
+    written = gguf.stat().st_mtime_ns
+    again = runner.invoke(cli_app, command)
+    assert again.exit_code == 6 and f"{gguf} already exists; pass --overwrite to replace it" in again.output
+    gguf.unlink()
+    modelfile_only = runner.invoke(cli_app, command)
+    assert (
+        modelfile_only.exit_code == 6 and "medtune.Modelfile already exists; pass --overwrite" in modelfile_only.output
+    )
+    assert not gguf.exists()
+    replaced = runner.invoke(cli_app, [*command, "--overwrite"])
+    assert replaced.exit_code == 0 and gguf.stat().st_mtime_ns != written, replaced.output
+
+
 def test_modelfile_refuses_a_system_prompt_it_cannot_quote():
     with pytest.raises(ExportError, match='system prompt contains """|SYSTEM contains """'):
         modelfile_text("m.gguf", 'say """hi"""', 4096)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -78,3 +79,37 @@ def test_merge_command_refuses_to_overwrite_without_asking(v1_run, cli_app, runn
         runner.invoke(cli_app, ["merge", str(v1_run), "-o", str(out), "--checkpoint", "1", "--overwrite"]).exit_code
         == 0
     )
+
+
+def test_merge_never_writes_over_a_run_or_anything_but_a_previous_merge(v1_run, cli_app, runner, tmp_path):
+    """Every refusal comes before the model loads, and leaves the run whole."""
+    before = sorted(path.relative_to(v1_run) for path in v1_run.rglob("*"))
+    other_run = tmp_path / "runs" / "other"
+    other_run.mkdir(parents=True)
+    (other_run / "metrics.jsonl").write_text('{"step": 1}\n', encoding="utf-8")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep", encoding="utf-8")
+    for run, output, message in [
+        (v1_run, v1_run, "must lie apart from"),
+        (v1_run, v1_run / "merged", "must lie apart from"),
+        (v1_run, v1_run.parent, "must lie apart from"),
+        (v1_run / "checkpoints" / "step-000001", v1_run / "checkpoints", "must lie apart from"),
+        (v1_run, other_run, "a medtune run folder; --overwrite replaces only a previous merge or an empty folder"),
+        (v1_run, tmp_path / "notes", "not a previous merge (no medtune_merge.json)"),
+    ]:
+        result = runner.invoke(cli_app, ["merge", str(run), "-o", str(output), "--overwrite"])
+        assert result.exit_code == 6 and message in result.output, (output, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert sorted(path.relative_to(v1_run) for path in v1_run.rglob("*")) == before
+    assert (other_run / "metrics.jsonl").is_file() and (tmp_path / "notes" / "todo.txt").is_file()
+
+
+def test_merged_weights_get_the_permissions_a_plain_file_gets(v1_run, tmp_path):
+    """safetensors writes its file as 0600 whatever the umask; the merged folder must be readable as its other files."""
+    umask = os.umask(0o022)
+    try:
+        merged = merge_run(resolve_run(v1_run), tmp_path / "merged")
+    finally:
+        os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in merged.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes

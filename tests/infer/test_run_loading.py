@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -27,6 +29,33 @@ def test_unfinished_run_lists_its_checkpoints(tmp_path):
         resolve_run(tmp_path, checkpoint=5)
     with pytest.raises(RunNotFoundError, match="no medtune_adapter.json"):
         resolve_run(tmp_path, checkpoint=3)
+
+
+def test_a_folder_that_is_no_run_says_what_it_is(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("v1", "v2"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.jsonl").write_text('{"step": 1}\n')
+    (runs / "notes").mkdir()
+    with pytest.raises(
+        RunNotFoundError, match=re.escape(f"{runs} holds runs, not a run: {runs / 'v1'}, {runs / 'v2'}")
+    ):
+        resolve_run(runs)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    with pytest.raises(RunNotFoundError, match="a merged model folder, not a run: already merged; use it directly"):
+        resolve_run(merged)
+    with pytest.raises(RunNotFoundError, match=r"notes: not a medtune run \(no adapter/, checkpoints/ or metrics"):
+        resolve_run(runs / "notes")
+
+
+def test_checkpoint_at_the_last_step_is_the_final_adapter(v1_run):
+    """Training saves no checkpoint at its last step: adapter/ holds that step's weights."""
+    last = resolve_run(v1_run, checkpoint=2)
+    assert last.adapter_dir == v1_run / "adapter" and last.checkpoint == "adapter" and last.facts["step"] == 2
+    with pytest.raises(RunNotFoundError, match=r"no checkpoint at step 3; saved steps: 1"):
+        resolve_run(v1_run, checkpoint=3)
 
 
 def test_run_folder_checkpoint_and_adapter_folder(v1_run):

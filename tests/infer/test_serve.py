@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +21,9 @@ import uvicorn
 from openai import BadRequestError, NotFoundError, OpenAI
 
 from medtune.infer.decoding import Decoding
+from medtune.infer.export import run_model_name
 from medtune.infer.generation import Messages
+from medtune.infer.runs import resolve_run
 from medtune.infer.serve import ChatRequest, Completion, ServedModel, _field_path, create_app, load_served_model
 from medtune.model.tiny import tiny_model_dir
 
@@ -173,6 +179,10 @@ def test_the_server_keeps_serving_after_bad_requests(scripted):
         f"{url}/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}, timeout=30
     )
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+    untyped = httpx.post(f"{url}/v1/chat/completions", content=b'{"messages": []}', timeout=30)  # no Content-Type
+    assert untyped.status_code == 400 and untyped.json()["error"]["message"] == (
+        "the request body must be a JSON object, sent with Content-Type: application/json"
+    )
     with pytest.raises(NotFoundError, match="'gpt-4' is not served here"):
         client(url).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(BadRequestError, match="temperature"):
@@ -284,6 +294,55 @@ def test_serve_command_refuses_what_does_not_fit_before_loading(cli_app, runner,
     assert run_folder.exit_code == 6 and "--backend vllm serves a merged folder" in run_folder.output
     missing = runner.invoke(cli_app, ["serve", str(tmp_path / "nope")])
     assert missing.exit_code == 6 and "no such run folder" in missing.output
+    assert importlib.util.find_spec("vllm") is None, "this test runs where vLLM is not installed"
+    no_vllm = runner.invoke(cli_app, ["serve", str(tiny_model_dir()), "--backend", "vllm"])
+    assert no_vllm.exit_code == 8 and "vLLM is not installed (pip install vllm" in no_vllm.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        in_use = runner.invoke(cli_app, ["serve", str(tmp_path / "nope"), "--port", str(port)])
+    assert in_use.exit_code == 2 and in_use.output.strip().endswith(
+        f" serve: --port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ), "refused before RUN is even looked at"
+    assert len(in_use.output.strip().splitlines()) == 1
+
+
+def test_the_model_id_of_a_checkpoint_is_the_run_and_its_step(v1_run):
+    assert run_model_name(resolve_run(v1_run)) == "v1"
+    assert run_model_name(resolve_run(v1_run, checkpoint=1)) == "v1-step-1"
+    assert run_model_name(resolve_run(v1_run / "checkpoints" / "step-000001")) == "step-000001"
+
+
+def test_serve_prints_only_its_own_line_without_verbose(tmp_path):
+    """uvicorn's start, access and shutdown records are log records below errors: hidden, as every library's."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "medtune.cli", "serve", str(tiny_model_dir()), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    name = tiny_model_dir().name
+    assert out.splitlines() == [
+        f"serving {name} on http://127.0.0.1:{port}/ (API: http://127.0.0.1:{port}/v1, model id {name!r})"
+    ]
+    assert "WARNING: random weights" in err and "Uvicorn" not in err and "GET /health" not in err, err
 
 
 def test_a_client_leaving_mid_stream_frees_the_model(scripted):

@@ -44,6 +44,10 @@ def test_v2_tiny_run_folder_is_complete_and_only_lora_trains(tmp_path, short_row
         "checkpoints/step-000002/medtune_adapter.json",
     ):
         assert (run_dir / name).exists(), name
+    umask = os.umask(0)
+    os.umask(umask)
+    for weights in ("adapter/adapter_model.safetensors", "checkpoints/step-000002/adapter_model.safetensors"):
+        assert (run_dir / weights).stat().st_mode & 0o777 == 0o666 & ~umask, f"{weights}: as open() makes files"
     # only what resume needs: the end is adapter/ (no checkpoint of it), and a complete run keeps no optimizer state
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-000002"]
     assert not any(
@@ -169,7 +173,7 @@ def test_resume_after_interruption_gives_the_same_metrics(tmp_path, short_rows_f
     capsys.readouterr()
     resumed = run(cfg, resume=True)
     assert f"resuming v1 from step 2 ({RunFolder(resumed).checkpoint(2)})" in capsys.readouterr().err
-    with pytest.raises(RunExistsError, match="holds a complete run .4 steps.: nothing to resume"):
+    with pytest.raises(RunExistsError, match="holds a complete run .4 steps.: --overwrite trains it again"):
         run(cfg, resume=True)
 
     def strip(records):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import Any, NoReturn
 
 import typer
@@ -43,19 +46,26 @@ class MedtuneCommand(_MedtuneParsing, TyperCommand):
 class MedtuneGroup(_MedtuneParsing, TyperGroup):
     """Runs every command; medtune's own errors and command-line errors become one line and their exit code, others
     keep the traceback; an interruption (Ctrl-C, SIGTERM during training) exits with 130 after printing what the
-    command says about it."""
+    command says about it; a closed stdout (`medtune ... | head`) ends the command quietly with 0."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         """Parsing `medtune`'s own options (a subcommand's are parsed within `invoke`)."""
         try:
             return super().make_context(*args, **kwargs)
+        except BrokenPipeError:  # --version or --help into a closed pipe
+            _exit_quietly()
         except Exception as error:
             _exit_on_usage_error(error)
             raise
 
     def invoke(self, ctx: Any) -> Any:
+        _consoles_raise_broken_pipe()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # output still buffered would meet a closed pipe after this handler
+            return result
+        except BrokenPipeError:
+            _exit_quietly()
         except Exception as error:
             _exit_on_usage_error(error)
             code = exit_code_for(error)
@@ -73,6 +83,27 @@ def _exit_on_usage_error(error: Exception) -> None:
     line = usage_error_line(error)
     if line is not None:
         _fail(line, getattr(error, "exit_code", 2))
+
+
+def _consoles_raise_broken_pipe() -> None:
+    """rich ends the process itself, with exit 1, when a console meets a closed stdout (`Console.on_broken_pipe`, a
+    hook meant to be overridden); medtune's consoles raise BrokenPipeError instead, so the command ends as every
+    command does on a closed stdout (`_exit_quietly`)."""
+    from rich.console import Console
+
+    def raise_broken_pipe(console: Console) -> NoReturn:
+        console.quiet = True  # the reader is gone: nothing more is written
+        raise BrokenPipeError
+
+    Console.on_broken_pipe = raise_broken_pipe
+
+
+def _exit_quietly() -> NoReturn:
+    """The reader of stdout went away (`medtune data preview ... | head`): it has what it wanted, so exit 0 without a
+    word, as other command-line tools do. stdout goes to /dev/null, so Python's last flush at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor (a test's) has nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(0) from None
 
 
 def _fail(message: str, code: int) -> NoReturn:

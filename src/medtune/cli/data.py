@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medtune.cli.core import MedtuneCommand, MedtuneGroup
-from medtune.cli.options import ConfigArg, OverlayOpt, SetOpt, load_cli_config
+from medtune.cli.options import ConfigArg, OverlayOpt, SetOpt, SkipBadRowsOpt, load_cli_config
 from medtune.cli.tables import columns_table, flatten
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ def data_stats(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the numbers as JSON (as in a run's data_stats.json).")
     ] = False,
+    skip_bad_rows: SkipBadRowsOpt = False,
 ) -> None:
     """Read and encode the data as training would; show rows, bad rows, truncation and token lengths."""
     import json
@@ -43,6 +44,8 @@ def data_stats(
     from medtune.model.load import load_tokenizer
 
     cfg = load_cli_config(config, overlay, set_)
+    if skip_bad_rows:
+        cfg.data.skip_bad_rows = True
     stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
     if as_json:
         typer.echo(json.dumps(stats, ensure_ascii=False, indent=2))

@@ -50,7 +50,11 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         ),
     ),
     ExitCode(7, "the inputs of a report (run folders, logs)", ("medtune.report.inputs:ReportError",)),
-    ExitCode(8, "an experiment tracker (swanlab, tensorboard, wandb)", ("medtune.train.trackers:TrackerError",)),
+    ExitCode(
+        8,
+        "an optional package not installed: an experiment tracker (swanlab, tensorboard, wandb), or vLLM",
+        ("medtune.train.trackers:TrackerError", "medtune.infer.serve:BackendNotInstalledError"),
+    ),
     ExitCode(9, "`ablate`: runs failed (each named with its log)", ("medtune.ablate:RunsFailedError",)),
     ExitCode(INTERRUPTED, "interrupted (Ctrl-C; SIGTERM during `train`); `train` saves a checkpoint first"),
 )

@@ -119,7 +119,8 @@ def eval_command(
             "--output",
             "-o",
             metavar="FILE",
-            help="Where to write; default RUN/eval.json (eval.step-N.json, eval.base.json).",
+            help="Where to write; default RUN/eval.json (eval.step-N.json, eval.base.json; with --data FILE, "
+            "eval.<FILE's stem>.json, ...).",
         ),
     ] = None,
 ) -> None:
@@ -131,7 +132,7 @@ def eval_command(
 
     adapter_run = resolve_run(run, checkpoint)
     rows = eval_data(adapter_run.config, data, limit)  # bad rows stop here, before the model loads
-    target = output or default_output(adapter_run, with_adapter=not no_adapter)
+    target = output or default_output(adapter_run, with_adapter=not no_adapter, data=rows)
     loaded = load_for_inference(adapter_run, with_adapter=not no_adapter)
     record = run_eval(loaded, rows, Decoding(greedy=True, max_new_tokens=max_new_tokens), batch_size, target)
     Console().print(columns_table(f"eval of {adapter_run.output_dir}", {record["checkpoint"]: flatten(record)}))
@@ -199,14 +200,17 @@ def export(
             "--system", metavar="TEXT", help="System prompt for the Modelfile; default: the one the run trained with."
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing GGUF file and its Modelfile.")
+    ] = False,
 ) -> None:
     """Write a GGUF for llama.cpp and Ollama (the adapter merged in), with an Ollama Modelfile beside it."""
     from medtune.infer.export import check_gguf_path, load_source
     from medtune.infer.export import export as export_gguf
 
-    check_gguf_path(gguf)
+    check_gguf_path(gguf, overwrite)
     source = load_source(run, checkpoint)
-    written, modelfile = export_gguf(source, gguf, quant.value, system)
+    written, modelfile = export_gguf(source, gguf, quant.value, system, overwrite)
     warning = " — RANDOM WEIGHTS (tiny model): for pipeline checks only" if source.random_weights else ""
     typer.echo(f"GGUF ({quant.value}) written to {written}, Ollama Modelfile to {modelfile}{warning}")
 
@@ -228,15 +232,23 @@ def serve(
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) with a chat page at /; one request generates at a
     time."""
-    import uvicorn
+    import errno
+    import socket
 
+    from medtune.cli.quiet import is_verbose
     from medtune.infer.runs import RANDOM_WEIGHTS_WARNING
-    from medtune.infer.serve import create_app, load_served_model
+    from medtune.infer.serve import bind_socket, create_app, load_served_model, run_server
 
-    served = load_served_model(run, checkpoint, backend.value)
-    if served.random_weights:
-        typer.secho(f"WARNING: {RANDOM_WEIGHTS_WARNING}", fg=typer.colors.RED, err=True)
-    typer.echo(
-        f"serving {served.name} on http://{host}:{port}/ (API: http://{host}:{port}/v1, model id {served.name!r})"
-    )
-    uvicorn.run(create_app(served, think.value), host=host, port=port, log_level="info")
+    try:
+        bound = bind_socket(host, port)
+    except OSError as err:
+        option = "--host" if isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL else "--port"
+        raise typer.BadParameter(f"cannot listen on {host}:{port}: {err.strerror}", param_hint=option) from None
+    with bound:
+        served = load_served_model(run, checkpoint, backend.value)
+        if served.random_weights:
+            typer.secho(f"WARNING: {RANDOM_WEIGHTS_WARNING}", fg=typer.colors.RED, err=True)
+        typer.echo(
+            f"serving {served.name} on http://{host}:{port}/ (API: http://{host}:{port}/v1, model id {served.name!r})"
+        )
+        run_server(create_app(served, think.value), bound, verbose=is_verbose())

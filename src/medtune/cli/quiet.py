@@ -26,3 +26,8 @@ def quiet_libraries() -> None:
         transformers_logging.set_verbosity_error()
     logging.getLogger().setLevel(logging.ERROR)
     logging.getLogger("medtune").setLevel(logging.WARNING)
+
+
+def is_verbose() -> bool:
+    """`--verbose` (or MEDTUNE_VERBOSE) is on: the global options set VERBOSE_ENV to 1 exactly then."""
+    return os.environ.get(VERBOSE_ENV) == "1"

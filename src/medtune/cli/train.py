@@ -70,7 +70,7 @@ def _launch(
     from medtune.train.recipe import check_run_dir
 
     check_global_batch(cfg.train.samples_per_step(), DistContext(world_size=processes))
-    check_run_dir(cfg.run_dir(), resume, overwrite)
+    check_run_dir(cfg, resume, overwrite)
     command = ["train", str(config)]
     command += [part for value in set_ or [] for part in ("--set", value)]
     command += [part for path in overlay or [] for part in ("--overlay", str(path))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
@@ -27,6 +28,8 @@ FORMATS = ("auto", "qta", "alpaca", "messages")
 FILE_TYPES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SHIPPED_PREFIX = "medtune:"
 ROW = "(row)"
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+"""Where bytes.splitlines splits a file into lines (str.splitlines also splits at U+2028 and others)."""
 """The field named when the whole row is at fault (invalid JSON, not an object, no known format)."""
 
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -233,6 +236,8 @@ def _decoded_lines(path: Path, raw: bytes, encoding: str) -> list[str | _RowProb
     bytes do not decode (or any line of a file parsed whole), the file is in another encoding: that is one
     error for the file, naming the encoding it looks like, even when bad rows are skipped.
     """
+    if not "a\n".encode(encoding).endswith(b"a\n"):
+        return _decoded_whole(path, raw, encoding)
     decoded: list[str | _RowProblem] = []
     good, first_bad = 0, None
     for line, data in enumerate(raw.splitlines(), start=1):
@@ -248,6 +253,19 @@ def _decoded_lines(path: Path, raw: bytes, encoding: str) -> list[str | _RowProb
         reason = f"not valid {encoding.upper()} (byte {byte} of the line); {_encoding_hint(raw, encoding)}"
         raise DataError(str(path), reason, line=line, field_name=ROW)
     return decoded
+
+
+def _decoded_whole(path: Path, raw: bytes, encoding: str) -> list[str | _RowProblem]:
+    """The lines of a file in an encoding whose newline is not the byte 0x0A (UTF-16, UTF-32): decoded whole, then
+    split where bytes.splitlines would split; a byte that does not decode is an error for the file at its line."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = len(LINE_BREAK.split(raw[: err.start].decode(encoding, errors="replace")))
+        reason = f"not valid {encoding.upper()} (byte {err.start + 1} of the file); {_encoding_hint(raw, encoding)}"
+        raise DataError(str(path), reason, line=line, field_name=ROW) from None
+    lines: list[str | _RowProblem] = list(LINE_BREAK.split(text.removeprefix("\ufeff")))
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _encoding_hint(raw: bytes, encoding: str) -> str:
@@ -434,14 +452,26 @@ def _split_think(reply: str, field_name: str, rules: RowRules) -> tuple[str, str
 
 def _qta_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     _require_object(row)
-    question = _field(row, "question", rules, required=True)
     try:
-        think = _field(row, "think", rules, required=rules.think == "required")
+        question = _field(row, "question", rules, required=True)
+        try:
+            think = _field(row, "think", rules, required=rules.think == "required")
+        except _RowProblem as problem:
+            raise _RowProblem(problem.field, f"{problem.reason}; {_NO_THINK}") from None
+        answer = _field(row, "answer", rules, required=rules.answer == "required")
     except _RowProblem as problem:
-        raise _RowProblem(problem.field, f"{problem.reason}; {_NO_THINK}") from None
-    answer = _field(row, "answer", rules, required=rules.answer == "required")
+        raise _with_row_keys(problem, row) from None
     system = _field(row, "system", rules, required=False) or rules.system_prompt
     return Sample(question=question, think=think, answer=answer, system=system), False
+
+
+def _with_row_keys(problem: _RowProblem, row: dict[str, Any]) -> _RowProblem:
+    """A field the row lacks altogether (a table with other column names, say): the row's keys, and the setting that
+    maps them."""
+    if problem.reason != "missing" or problem.field in row:
+        return problem
+    keys = ", ".join(map(str, row)) or "none"
+    return _RowProblem(problem.field, f"missing (the row's keys: {keys}); data.columns names the key that holds it")
 
 
 def _alpaca_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:

@@ -45,7 +45,9 @@ def preview_samples(
         ConfigError: `masked_only` while the augmentation is off (nothing could ever be shown).
     """
     if masked_only and not cfg.augment.enabled:
-        raise ConfigError("masked_only previews the augmentation's masks, but augment.enabled is false in this config")
+        raise ConfigError(
+            "--masked-only shows the augmentation's masks, but augment.enabled is false in this config (v3 enables it)"
+        )
     train = prepare_data(cfg, tokenizer).train
     chosen: list[PreviewSample] = []
     for draw_epoch, index in step_positions(epoch * len(train), len(train), len(train), cfg.train.seed):

@@ -19,16 +19,16 @@ import torch
 from medtune.config import AugmentConfig, RunConfig
 from medtune.data.augment import Augmenter
 from medtune.data.batching import trained_token_counts
-from medtune.data.formats import DataError, Sample
+from medtune.data.formats import DataError, RowRules, Sample
 from medtune.data.lexicon import load_lexicon
 from medtune.data.render import encode_sample, prompt_messages
-from medtune.data.split import read_data_file, split_rows
+from medtune.data.split import ReadResult, read_data_file, split_rows
 from medtune.infer.decoding import Decoding
 from medtune.infer.generation import Reply
 from medtune.infer.generation_progress import generate_with_progress
 from medtune.infer.runs import AdapterRun, InferenceModel
 from medtune.infer.scores import reply_scores
-from medtune.run_folder import RunFolder, write_atomic, write_json
+from medtune.run_folder import EVAL_BASE, EVAL_PREFIX, STEP_DIR, RunFolder, write_atomic, write_json
 from medtune.train.loss import FusedHeadLoss, summed_loss_over
 
 SCORES = ("bleu4", "rouge_l", "think_compliance", "term_recall")
@@ -40,13 +40,37 @@ class EvalData:
     samples: list[Sample]
     source: str
     skipped_rows: int
+    data_file: Path | None = None
+    """The `--data` file, which names the results (eval.<stem>.json); None for the run's own validation rows."""
+
+
+def _reference_rows(cfg: RunConfig, data: str) -> ReadResult:
+    """`--data` read as the run read its rows. A row without what eval scores against says so, and where to go for
+    questions alone, rather than the training setting that would accept it."""
+    try:
+        return read_data_file(cfg.data, data, max_rows=None)
+    except DataError as err:
+        rules = RowRules(cfg.data.system_prompt, cfg.data.columns)
+        reference_field = err.field in rules.keys("think") + rules.keys("answer")
+        no_reference = reference_field and err.reason.startswith(("missing", "empty"))
+        if err.line is None or not (no_reference or err.reason.startswith(("no reasoning", "no assistant message"))):
+            raise
+        needs = "answer" if cfg.data.think == "optional" else "reasoning and answer"
+        raise DataError(
+            err.file,
+            f"{err.reason.split('; ')[0]}; medtune eval scores replies against each row's reference {needs}; for "
+            "questions without answers, use `medtune generate`",
+            line=err.line,
+            field_name=err.field,
+        ) from None
 
 
 def eval_data(cfg: RunConfig, data: str | None, limit: int | None) -> EvalData:
     """`--data` (every row), or else the run's own validation rows, split as training split them (`split_rows`)."""
+    data_file = None
     if data is not None:
-        result = read_data_file(cfg.data, data, max_rows=None)
-        samples, source, skipped = result.samples, data, result.skipped
+        result = _reference_rows(cfg, data)
+        samples, source, skipped, data_file = result.samples, data, result.skipped, Path(result.file)
     else:
         split = split_rows(cfg.data, cfg.train.seed)
         samples, source = split.validation, split.validation_source
@@ -56,7 +80,7 @@ def eval_data(cfg: RunConfig, data: str | None, limit: int | None) -> EvalData:
                 cfg.data.train,
                 f"the run held out no validation rows (val_fraction {cfg.data.val_fraction}); pass --data",
             )
-    return EvalData(samples[:limit] if limit is not None else samples, source, len(skipped))
+    return EvalData(samples[:limit] if limit is not None else samples, source, len(skipped), data_file)
 
 
 @torch.no_grad()
@@ -157,9 +181,25 @@ def _reply_row(sample: Sample, reply: Reply, masked: bool) -> dict[str, Any]:
     }
 
 
-def default_output(run: AdapterRun, with_adapter: bool) -> Path:
-    """eval.json for the final adapter, eval.step-000400.json for a checkpoint, eval.base.json without adapter."""
-    return RunFolder(run.output_dir).evaluation(run.checkpoint if with_adapter else None)
+def default_output(run: AdapterRun, with_adapter: bool, data: EvalData) -> Path:
+    """eval.json for the final adapter, eval.step-000400.json for a checkpoint, eval.base.json without adapter; on a
+    `--data` file, its stem after `eval.` (eval.val.json, eval.val.step-000400.json, eval.val.base.json), so results
+    on other rows never replace those on the run's own.
+
+    Raises:
+        DataError: the file's stem would make the name of a result on the run's own rows (`base`, `step-000400`).
+    """
+    own_rows = RunFolder(run.output_dir).evaluation(run.checkpoint if with_adapter else None)
+    if data.data_file is None:
+        return own_rows
+    stem = data.data_file.stem
+    if stem == EVAL_BASE or STEP_DIR.match(stem):
+        raise DataError(
+            str(data.data_file),
+            f"results on it would be named {EVAL_PREFIX}.{stem}.json, a name eval gives results on the run's own "
+            "rows; pass -o FILE",
+        )
+    return own_rows.with_name(own_rows.name.replace(f"{EVAL_PREFIX}.", f"{EVAL_PREFIX}.{stem}.", 1))
 
 
 def run_eval(

@@ -24,10 +24,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from medtune.data.reply import TURN_END
 from medtune.infer.decoding import Decoding
-from medtune.infer.merge import MERGE_FACTS_FILE, merged_model
-from medtune.infer.runs import AdapterRun, resolve_run
+from medtune.infer.merge import EXISTS_WITHOUT_OVERWRITE, MERGE_FACTS_FILE, merged_model
+from medtune.infer.runs import AdapterRun, is_model_folder, resolve_run
 from medtune.model.tiny import is_random_weights
-from medtune.run_folder import ADAPTER_DIR, is_adapter_folder, write_atomic
+from medtune.run_folder import ADAPTER_DIR, write_atomic
 
 QUANT_TYPES = {
     "f16": gguf.GGMLQuantizationType.F16,
@@ -91,11 +91,6 @@ class ExportSource:
     random_weights: bool
 
 
-def is_model_folder(path: Path) -> bool:
-    """A merged (or any transformers) model folder rather than a run or adapter folder."""
-    return (path / "config.json").is_file() and not is_adapter_folder(path)
-
-
 def merge_facts(path: Path) -> dict:
     """What `merge` recorded beside a merged model (`system_prompt`, `random_weights`); empty for other folders."""
     facts_file = path / MERGE_FACTS_FILE
@@ -112,9 +107,11 @@ def load_model_folder(path: Path) -> ExportSource:
 
 
 def run_model_name(run: AdapterRun) -> str:
-    """The name a run's model goes by (GGUF general.name, the served model id): the run, plus the checkpoint if not
-    final."""
-    return run.output_dir.name if run.checkpoint == ADAPTER_DIR else f"{run.output_dir.name}-{run.checkpoint}"
+    """The name a run's model goes by (GGUF general.name, the served model id): the run, plus `-step-N` for a
+    checkpoint (`v2-step-200`); an adapter folder named directly goes by its folder's name."""
+    if run.checkpoint == ADAPTER_DIR or run.adapter_dir == run.output_dir:
+        return run.output_dir.name
+    return f"{run.output_dir.name}-step-{run.facts['step']}"
 
 
 def load_source(path: Path, checkpoint: int | None = None) -> ExportSource:
@@ -380,15 +377,21 @@ def modelfile_path(gguf_path: Path) -> Path:
     return gguf_path.with_name(gguf_path.name.removesuffix(".gguf") + MODELFILE_SUFFIX)
 
 
-def check_gguf_path(output: Path) -> None:
-    """Refuses an output name before the (long) model loading, not after."""
+def check_gguf_path(output: Path, overwrite: bool = False) -> None:
+    """Refuses an output name, or replacing the GGUF or its Modelfile without --overwrite, before the (long) model
+    loading, not after."""
     if output.suffix != ".gguf":
         raise ExportError(f"{output}: the output file must end in .gguf")
+    for path in (output, modelfile_path(output)):
+        if path.exists() and not overwrite:
+            raise ExportError(f"{path} {EXISTS_WITHOUT_OVERWRITE}")
 
 
-def export(source: ExportSource, output: Path, quant: str, system_prompt: str | None = None) -> tuple[Path, Path]:
+def export(
+    source: ExportSource, output: Path, quant: str, system_prompt: str | None = None, overwrite: bool = False
+) -> tuple[Path, Path]:
     """Write the GGUF and its Modelfile; `system_prompt` overrides the one the run trained with."""
-    check_gguf_path(output)
+    check_gguf_path(output, overwrite)
     prompt = system_prompt if system_prompt is not None else source.system_prompt
     text = modelfile_text(
         output.name, prompt, source.model.config.max_position_embeddings

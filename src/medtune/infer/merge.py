@@ -18,9 +18,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from medtune.config import QuantConfig
 from medtune.infer.runs import AdapterRun
 from medtune.model.load import default_device, embeddings_tied, load_adapter, load_base_model
+from medtune.run_folder import RunFolder, is_adapter_folder, umask_permissions
 
 MERGE_QUANT = QuantConfig(mode="none", compute_dtype="bf16")
 MERGE_FACTS_FILE = "medtune_merge.json"
+EXISTS_WITHOUT_OVERWRITE = "already exists; pass --overwrite to replace it"
 
 
 class MergeError(RuntimeError):
@@ -63,20 +65,49 @@ def merged_model(run: AdapterRun) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     return merged, loaded.tokenizer
 
 
+def check_output(run: AdapterRun, output: Path, overwrite: bool) -> None:
+    """Refuses, before the model loads, an output that would replace the run itself or anything but a previous merge.
+
+    The output must lie apart from the run folder and the adapter merged (neither them, inside them, nor holding
+    them); --overwrite replaces only a previous merge's folder or an empty one.
+    """
+    target = output.resolve()
+    for source in (run.output_dir, run.adapter_dir):
+        if target.is_relative_to(source.resolve()) or source.resolve().is_relative_to(target):  # it, in it, holding it
+            raise MergeError(
+                f"{output}: the output must lie apart from {source}, which the merge reads (not it, inside it or "
+                "holding it)"
+            )
+    if not output.exists():
+        return
+    if not overwrite:
+        raise MergeError(f"{output} {EXISTS_WITHOUT_OVERWRITE}")
+    folder = RunFolder(output)
+    if not output.is_dir():
+        what = "a file"
+    elif folder.holds_run() or is_adapter_folder(output) or is_adapter_folder(folder.adapter):
+        what = "a medtune run folder"
+    elif any(output.iterdir()) and not (output / MERGE_FACTS_FILE).is_file():
+        what = f"not a previous merge (no {MERGE_FACTS_FILE})"
+    else:
+        return
+    raise MergeError(f"{output}: {what}; --overwrite replaces only a previous merge or an empty folder")
+
+
 def merge_run(run: AdapterRun, output: Path, overwrite: bool = False) -> Path:
     """Merge and write `output` through a temporary sibling folder renamed into place.
 
     Beside the model goes `medtune_merge.json` (which adapter, the system prompt the run trained with), so
     `export` and `serve` of the merged folder still know the run's system prompt.
     """
-    if output.exists() and not overwrite:
-        raise MergeError(f"{output} already exists; pass --overwrite to replace it")
+    check_output(run, output, overwrite)
     merged, tokenizer = merged_model(run)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)  # left over by an interrupted merge
     try:
         merged.save_pretrained(staging)  # writes generation_config.json (the base's sampling defaults) too
+        umask_permissions(staging)
         tokenizer.save_pretrained(staging)
         facts = {
             "adapter": str(run.adapter_dir),

@@ -21,7 +21,9 @@ from medtune.run_folder import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_DIR,
     ADAPTER_FACTS_FILE,
+    CHECKPOINTS_DIR,
     CONFIG_FILE,
+    METRICS_FILE,
     RunFolder,
     is_adapter_folder,
 )
@@ -73,12 +75,51 @@ def _checkpoint_steps(run_dir: Path) -> str:
     return ", ".join(steps) if steps else "none"
 
 
+def is_model_folder(path: Path) -> bool:
+    """A merged (or any transformers) model folder rather than a run or adapter folder."""
+    return (path / "config.json").is_file() and not is_adapter_folder(path)
+
+
+def _final_adapter_step(run_folder: RunFolder) -> int | None:
+    """The step the final adapter was saved at (training saves no checkpoint at its last step: adapter/ holds it)."""
+    facts = run_folder.adapter / ADAPTER_FACTS_FILE
+    if not is_adapter_folder(run_folder.adapter) or not facts.is_file():
+        return None
+    return json.loads(facts.read_text(encoding="utf-8")).get("step")
+
+
+def _no_adapter(path: Path) -> str:
+    """Why `path` has no adapter to load, saying what the folder is: an unfinished run, a merged model, a folder of
+    runs, or none of medtune's."""
+    if RunFolder(path).holds_run():
+        return (
+            f"{path}: no final adapter ({ADAPTER_DIR}/{ADAPTER_CONFIG_FILE}) — the run may still be training or "
+            f"have stopped early; saved checkpoints: {_checkpoint_steps(path)} (pick one with --checkpoint N)"
+        )
+    if is_model_folder(path):
+        return f"{path}: a merged model folder, not a run: already merged; use it directly"
+    runs = [
+        child
+        for child in sorted(path.iterdir())
+        if child.is_dir() and (RunFolder(child).holds_run() or is_adapter_folder(child / ADAPTER_DIR))
+    ]
+    if runs:
+        return f"{path} holds runs, not a run: {', '.join(map(str, runs))}"
+    return (
+        f"{path}: not a medtune run (no {ADAPTER_DIR}/, {CHECKPOINTS_DIR}/ or {METRICS_FILE}) "
+        f"nor an adapter folder (no {ADAPTER_CONFIG_FILE})"
+    )
+
+
 def resolve_run(path: str | Path, checkpoint: int | None = None) -> AdapterRun:
     """The adapter that RUN (and `--checkpoint N`) names, with its facts and resolved config.
 
+    `--checkpoint N` of a complete run's last step names its final adapter: those are that step's weights.
+
     Raises:
         RunNotFoundError: no such folder, no final adapter, no such checkpoint (the error lists the saved
-            steps), or an adapter folder without medtune's `medtune_adapter.json` / `config.resolved.yaml`.
+            steps), a folder that is no run (it says what it is), or an adapter folder without medtune's
+            `medtune_adapter.json` / `config.resolved.yaml`.
     """
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -86,20 +127,20 @@ def resolve_run(path: str | Path, checkpoint: int | None = None) -> AdapterRun:
     run_folder = RunFolder(path)
     if checkpoint is not None:
         folder = run_folder.checkpoint(checkpoint)
-        if not is_adapter_folder(folder):
+        if is_adapter_folder(folder):
+            adapter_dir, output_dir, name = folder, path, folder.name
+        elif checkpoint == _final_adapter_step(run_folder):
+            adapter_dir, output_dir, name = run_folder.adapter, path, ADAPTER_DIR
+        else:
             raise RunNotFoundError(
                 f"{path}: no checkpoint at step {checkpoint}; saved steps: {_checkpoint_steps(path)}"
             )
-        adapter_dir, output_dir, name = folder, path, folder.name
     elif is_adapter_folder(run_folder.adapter):
         adapter_dir, output_dir, name = run_folder.adapter, path, ADAPTER_DIR
     elif is_adapter_folder(path):
         adapter_dir, output_dir, name = path, path, path.name
     else:
-        raise RunNotFoundError(
-            f"{path}: no final adapter ({ADAPTER_DIR}/{ADAPTER_CONFIG_FILE}) — the run may still be training or "
-            f"have stopped early; saved checkpoints: {_checkpoint_steps(path)} (pick one with --checkpoint N)"
-        )
+        raise RunNotFoundError(_no_adapter(path))
     for required in (ADAPTER_FACTS_FILE, CONFIG_FILE):
         if not (adapter_dir / required).is_file():
             raise RunNotFoundError(f"{adapter_dir}: no {required}; medtune loads adapters trained by `medtune train`")

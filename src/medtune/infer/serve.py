@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import socket
 import threading
 import time
 import uuid
@@ -44,6 +45,10 @@ CHAT_PAGE = "chat.html"
 
 class ServeError(RuntimeError):
     """The server cannot start with what it was given; the message says why."""
+
+
+class BackendNotInstalledError(RuntimeError):
+    """The backend asked for is an optional package that is not installed; the message says what to install."""
 
 
 class ApiError(Exception):
@@ -299,9 +304,12 @@ def _field_path(location: tuple) -> str:
 
 
 def _validation_message(error: dict) -> tuple[str, str | None]:
-    param = _field_path(tuple(error.get("loc", ()))) or None
+    location = tuple(error.get("loc", ()))
+    param = _field_path(location) or None
     if error.get("type") == "json_invalid":
         return f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}", None
+    if location == ("body",):  # no body, or one FastAPI did not parse as JSON (another Content-Type), or not an object
+        return "the request body must be a JSON object, sent with Content-Type: application/json", None
     if error.get("type") == "extra_forbidden":
         return f"{param}: unknown or unsupported field", param
     if error.get("type") == "literal_error" and param in {"n", "presence_penalty", "frequency_penalty"}:
@@ -456,6 +464,30 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
     return app
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, taken before the model loads so that an address in use fails at once, not after
+    minutes of loading; the server then listens on it. Raises OSError as `bind` does."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn decides it
+    bound = socket.socket(family, socket.SOCK_STREAM)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+    try:
+        bound.bind((host, port))
+    except OSError:
+        bound.close()
+        raise
+    return bound
+
+
+def run_server(app: FastAPI, bound: socket.socket, verbose: bool) -> None:
+    """Serve until Ctrl-C. uvicorn's log records (start, one line per request, shutdown) show only with --verbose;
+    below errors they are hidden, as every library's are."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "error", access_log=verbose))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the server is stopped, as under uvicorn.run
+        server.run(sockets=[bound])
+
+
 def load_served_model(path: Path, checkpoint: int | None = None, backend: str = "transformers") -> ServedModel:
     """RUN as `serve` reads it: a run or adapter folder (base loaded as trained plus the adapter, unmerged),
     or a merged model folder.
@@ -463,9 +495,10 @@ def load_served_model(path: Path, checkpoint: int | None = None, backend: str = 
     Raises:
         RunNotFoundError: RUN is neither a model folder nor a run medtune can load.
         ServeError: an option does not fit RUN (vLLM on a run folder, --checkpoint on a merged folder).
+        BackendNotInstalledError: --backend vllm without vLLM installed.
     """
-    from medtune.infer.export import is_model_folder, load_model_folder, merge_facts, run_model_name
-    from medtune.infer.runs import load_for_inference, resolve_run
+    from medtune.infer.export import load_model_folder, merge_facts, run_model_name
+    from medtune.infer.runs import is_model_folder, load_for_inference, resolve_run
 
     path = Path(path).expanduser()
     if is_model_folder(path) and checkpoint is not None:
@@ -476,7 +509,9 @@ def load_served_model(path: Path, checkpoint: int | None = None, backend: str = 
                 f"{path}: --backend vllm serves a merged folder; run `medtune merge {path} -o MERGED` first"
             )
         if importlib.util.find_spec("vllm") is None:
-            raise ServeError("--backend vllm: vLLM is not installed (pip install vllm, on a machine with a GPU)")
+            raise BackendNotInstalledError(
+                "--backend vllm: vLLM is not installed (pip install vllm, on a machine with a GPU)"
+            )
         from transformers import AutoConfig
 
         facts, config = merge_facts(path), AutoConfig.from_pretrained(path)

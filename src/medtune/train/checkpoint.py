@@ -27,7 +27,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from medtune.run_folder import LEGACY_STATE_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE, RunFolder, staging
+from medtune.run_folder import (
+    LEGACY_STATE_FILE,
+    STATE_JSON_FILE,
+    STATE_TENSORS_FILE,
+    RunFolder,
+    staging,
+    umask_permissions,
+)
 
 STATE_FORMAT = "medtune training state"
 STATE_VERSION = 1
@@ -90,6 +97,7 @@ def save_training_state(folder: Path, state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, "state", tensors, {})
     save_file(tensors, folder / STATE_TENSORS_FILE)
+    umask_permissions(folder)
     document = {"format": STATE_FORMAT, "version": STATE_VERSION, "state": tree}
     (folder / STATE_JSON_FILE).write_text(json.dumps(document), encoding="utf-8")
 

@@ -26,7 +26,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase, set_seed
 
-from medtune.config import RunConfig, dump_config
+from medtune.config import ConfigError, RunConfig, changes_on_resume, dump_config
 from medtune.data.batching import TrainingSet, micro_batches, step_positions, to_device, trained_token_counts
 from medtune.data.prepare import prepare_data
 from medtune.data.render import Encoded
@@ -37,8 +37,10 @@ from medtune.run_folder import (
     ADAPTER_FACTS_FILE,
     ADAPTER_WEIGHTS_FILE,
     CONFIG_FILE,
+    RUN_SETUP_FILES,
     RunFolder,
     staging,
+    umask_permissions,
     write_atomic,
     write_json,
 )
@@ -68,20 +70,45 @@ class RunExistsError(RuntimeError):
     """The run folder already holds a run; resuming or overwriting must be asked for."""
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """RunExistsError unless a run may start in `run_dir` as asked: a folder holding a run needs --resume or
-    --overwrite, and a complete run has nothing to resume. (`train --processes` asks before starting processes, so
-    the error is one line, not one per process.)"""
+def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """RunExistsError unless a run may start in `cfg.run_dir()` as asked: a folder holding a run needs --resume or
+    --overwrite, a complete run has nothing to resume, and files that are not a run's are never trained over (nor
+    deleted by --overwrite). ConfigError when --resume would change what the run computes. (`train --processes`
+    asks before starting processes, so the error is one line, not one per process.)"""
+    run_dir = cfg.run_dir()
     folder = RunFolder(run_dir)
-    if folder.holds_run() and not resume and not overwrite:
+    if not folder.holds_run():
+        foreign = (
+            sorted(path.name for path in run_dir.iterdir() if path.name not in RUN_SETUP_FILES)
+            if (run_dir.is_dir())
+            else []
+        )
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+            raise RunExistsError(
+                f"{run_dir} holds files that are not a medtune run ({shown}): choose another output_dir or "
+                "run_name, or move them away"
+            )
+        return
+    summary = folder.read_summary()
+    if summary.get("status") == "complete" and not overwrite:
+        raise RunExistsError(
+            f"{run_dir} holds a complete run ({summary.get('step')} steps): --overwrite trains it again, or choose "
+            "another run_name"
+        )
+    if not resume and not overwrite:
         raise RunExistsError(
             f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start again"
         )
-    summary = folder.read_summary() if resume else {}
-    if summary.get("status") == "complete":
-        raise RunExistsError(
-            f"{run_dir} holds a complete run ({summary.get('step')} steps): nothing to resume; --overwrite trains it "
-            "again"
+    if (
+        resume
+        and not overwrite
+        and folder.config.is_file()
+        and (changes := changes_on_resume(folder.read_config(), cfg))
+    ):
+        raise ConfigError(
+            f"{run_dir}: --resume with settings that change what the run computes ({'; '.join(changes)}); resume "
+            f"with the run's own config ({folder.config}), or start a new run (another run_name, or --overwrite)"
         )
 
 
@@ -211,7 +238,7 @@ class FineTuneRecipe:
         self.dist.barrier()  # the run folder is ready before any process trains
 
     def _check_run_dir(self) -> None:
-        check_run_dir(self.run_dir, self.resume, self.overwrite)
+        check_run_dir(self.configured, self.resume, self.overwrite)
         self.found_run_dir = (self.run_dir.exists(), RunFolder(self.run_dir).holds_run())  # before the main one writes
         if not self.resume:
             return
@@ -242,6 +269,12 @@ class FineTuneRecipe:
     def _setup_data(self) -> None:
         prepared = prepare_data(self.cfg, self.tokenizer)
         self.train_set, self.val_encoded, self.data_stats = prepared.train, prepared.validation, prepared.stats
+        for read in self.data_stats["files"].values():
+            if read["skipped_rows"] and self.dist.is_main:
+                say(
+                    f"skipped {read['skipped_rows']} bad rows of {read['file']} (skip_bad_rows); each is listed in "
+                    f"{RunFolder(self.run_dir).data_stats}"
+                )
 
     def _setup_model(self) -> None:
         train = self.cfg.train
@@ -527,6 +560,7 @@ class FineTuneRecipe:
         checkpoint with its base model's tokenizer.
         """
         self.model.save_pretrained(folder, state_dict=weights)
+        umask_permissions(folder)
         if with_tokenizer:
             self.tokenizer.save_pretrained(folder)
         shutil.copy(RunFolder(self.run_dir).config, folder / CONFIG_FILE)
