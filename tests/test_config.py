@@ -90,8 +90,11 @@ def test_base_loop_detected(tmp_path):
 def test_invalid_yaml_names_file(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
+    with pytest.raises(ConfigError) as raised:
         load_config(bad)
+    assert str(raised.value) == (
+        f"{bad}:2:1: invalid YAML: while parsing a flow sequence: expected ',' or ']', but got '<stream end>'"
+    )
 
 
 def test_errors_name_the_set_argument_or_overlay_the_value_came_from(tmp_path):

@@ -94,7 +94,7 @@ def test_run_complete_is_what_the_summary_says(tmp_path, summary, complete):
         ("summary", '{"status": "complete",\n', ":2: not valid JSON"),  # not taken for "no summary yet"
         ("summary", "[1, 2]", ":1: expected a JSON object, got list"),
         ("config", "- a list\n", ": the top level must be a mapping of keys, got list"),
-        ("config", "train: [unclosed\n", ": invalid YAML"),
+        ("config", "train: [unclosed\n", ":2:1: invalid YAML: while parsing a flow sequence"),
     ],
 )
 def test_a_broken_summary_or_config_is_named(tmp_path, name, text, problem):

@@ -444,8 +444,11 @@ def read_yaml_mapping(path: Path, kind: str = "config", error: type[Exception] =
         raise error(f"{path}: {kind} file not found") from None
     try:
         data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise error(f"{path}: invalid YAML: {err}") from None
+    except yaml.YAMLError as err:  # one line: where the parser stopped, and why (its own text spans several)
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = ": ".join(filter(None, (getattr(err, "context", None), getattr(err, "problem", None))))
+        raise error(f"{where}: invalid YAML: {problem or str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise error(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data

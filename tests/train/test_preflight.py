@@ -110,3 +110,30 @@ def test_skip_bad_rows_turns_a_bad_row_from_an_error_into_a_warning(tmp_path, sh
         skipped[0][0] == "warn" and "1 bad rows skipped" in skipped[0][1] and "with_bad_row.jsonl:17" in skipped[0][1]
     )
     assert cfg.data.skip_bad_rows is False, "the caller's config is left as it was"
+
+
+def test_repeated_rows_and_validation_rows_seen_in_training_are_flagged(tmp_path, short_rows_file):
+    rows = short_rows_file.read_text(encoding="utf-8").splitlines()
+    train, validation = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("\n".join([*rows, rows[0]]) + "\n", encoding="utf-8")
+    validation.write_text("\n".join([rows[1], rows[2], rows[0]]) + "\n", encoding="utf-8")
+    cfg = tiny_config("v1", tmp_path, train, f"data.validation={validation}")
+    stats = prepare_data(cfg, load_tokenizer(cfg.model)).stats
+    assert stats["train"]["repeated_rows"] == ["train.jsonl:17 = train.jsonl:1"]
+    assert stats["validation"]["in_training_rows"] == [
+        "val.jsonl:1 = train.jsonl:2",
+        "val.jsonl:2 = train.jsonl:3",
+        "val.jsonl:3 = train.jsonl:1",
+    ]
+    found = by_check(preflight(cfg))
+    assert (
+        "warn",
+        "1 training rows repeat an earlier one, so they are trained twice as often (train.jsonl:17 = train.jsonl:1)",
+    ) in found["data"]
+    assert (
+        "warn",
+        "3 validation rows are also training rows: their eval loss measures recall, not how the model does on unseen "
+        "questions (val.jsonl:1 = train.jsonl:2, val.jsonl:2 = train.jsonl:3, val.jsonl:3 = train.jsonl:1)",
+    ) in found["eval"]
+    clean = prepare_data(tiny_config("v1", tmp_path, short_rows_file), load_tokenizer(cfg.model)).stats
+    assert clean["train"]["repeated"] == clean["validation"]["in_training"] == 0

@@ -62,6 +62,21 @@ def _encode_split(samples: list[Sample], encode, stats: dict[str, Any]) -> tuple
     return kept_samples, kept
 
 
+def repeated_rows(train: list[Sample], validation: list[Sample]) -> tuple[list[str], list[str]]:
+    """Training rows that repeat an earlier training row (trained twice as often), and validation rows that repeat a
+    training row (their eval loss measures recall, not generalisation): each as `source = the earlier source`."""
+    first: dict[tuple[str, ...], str] = {}
+    repeats = []
+    for sample in train:
+        key = (sample.system, sample.question, sample.think, sample.answer)
+        if key in first:
+            repeats.append(f"{sample.source} = {first[key]}")
+        else:
+            first[key] = sample.source
+    keys = ((sample, (sample.system, sample.question, sample.think, sample.answer)) for sample in validation)
+    return repeats, [f"{sample.source} = {first[key]}" for sample, key in keys if key in first]
+
+
 def prepare_data(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     data = cfg.data
 
@@ -77,6 +92,9 @@ def prepare_data(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared
     }
     train_samples, train_encoded = _encode_split(split.train, encode, stats["train"])
     _, val_encoded = _encode_split(split.validation, encode, stats["validation"])
+    repeats, in_training = repeated_rows(split.train, split.validation)
+    stats["train"].update(repeated=len(repeats), repeated_rows=repeats)
+    stats["validation"].update(in_training=len(in_training), in_training_rows=in_training)
     if not train_encoded:
         raise DataError(
             data.train,

@@ -168,7 +168,7 @@ def _data(stats: dict[str, Any], max_length: int) -> list[Finding]:
     found = []
     for split, info in stats["files"].items():
         if info["skipped_rows"]:
-            first = "; ".join(f"{row['source']} {row['field']}: {row['reason']}" for row in info["skipped"][:3])
+            first = _first([f"{row['source']} {row['field']}: {row['reason']}" for row in info["skipped"]], "; ")
             found.append(
                 Finding(
                     "warn", "data", f"{split} file {info['file']}: {info['skipped_rows']} bad rows skipped ({first})"
@@ -204,14 +204,32 @@ def _data(stats: dict[str, Any], max_length: int) -> list[Finding]:
                     f"max_length {max_length} and are left out ({_first(info['answer_cut_rows'])})",
                 )
             )
+    if train["repeated"]:
+        found.append(
+            Finding(
+                "warn",
+                "data",
+                f"{train['repeated']} training rows repeat an earlier one, so they are trained twice as often "
+                f"({_first(train['repeated_rows'])})",
+            )
+        )
+    if validation["in_training"]:
+        found.append(
+            Finding(
+                "warn",
+                "eval",
+                f"{validation['in_training']} validation rows are also training rows: their eval loss measures "
+                f"recall, not how the model does on unseen questions ({_first(validation['in_training_rows'])})",
+            )
+        )
     if validation["trained_rows"] == 0:
         found.append(Finding("warn", "eval", "no validation rows: no eval loss will be computed"))
     return found
 
 
-def _first(sources: list[str], shown: int = 3) -> str:
+def _first(sources: list[str], separator: str = ", ", shown: int = 3) -> str:
     more = f" and {len(sources) - shown} more" if len(sources) > shown else ""
-    return ", ".join(sources[:shown]) + more
+    return separator.join(sources[:shown]) + more
 
 
 def _passes(cfg: RunConfig, mean_tokens: float, processes: int) -> Finding:
