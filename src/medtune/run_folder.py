@@ -77,12 +77,18 @@ class RunFolder:
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / checkpoint_name(step)
 
-    def evaluation(self, checkpoint: str | None = ADAPTER_DIR) -> Path:
+    def evaluation(self, checkpoint: str | None = ADAPTER_DIR, data_stem: str | None = None) -> Path:
         """Where `medtune eval` writes: eval.json for the final adapter, eval.step-000400.json for a checkpoint,
-        eval.base.json for the base model alone (`checkpoint` None)."""
-        if checkpoint == ADAPTER_DIR:
-            return self.path / f"{EVAL_PREFIX}.json"
-        return self.path / f"{EVAL_PREFIX}.{EVAL_BASE if checkpoint is None else checkpoint}.json"
+        eval.base.json for the base model alone (`checkpoint` None); on another data file, its stem after `eval.`
+        (eval.val.json, eval.val.step-000400.json, eval.val.base.json)."""
+        which = [] if checkpoint == ADAPTER_DIR else [EVAL_BASE if checkpoint is None else checkpoint]
+        return self.path / (".".join([EVAL_PREFIX, *([data_stem] if data_stem else []), *which]) + ".json")
+
+    def other_files(self) -> list[str]:
+        """Names in the folder that no run writes before its first logged step (RUN_SETUP_FILES), sorted."""
+        if not self.path.is_dir():
+            return []
+        return sorted(path.name for path in self.path.iterdir() if path.name not in RUN_SETUP_FILES)
 
     def holds_run(self) -> bool:
         """A run has trained (or started to) in this folder: training there again needs --resume or --overwrite."""

@@ -65,16 +65,18 @@ def _encode_split(samples: list[Sample], encode, stats: dict[str, Any]) -> tuple
 def repeated_rows(train: list[Sample], validation: list[Sample]) -> tuple[list[str], list[str]]:
     """Training rows that repeat an earlier training row (trained twice as often), and validation rows that repeat a
     training row (their eval loss measures recall, not generalisation): each as `source = the earlier source`."""
+
+    def text(sample: Sample) -> tuple[str, ...]:
+        return sample.system, sample.question, sample.think, sample.answer
+
     first: dict[tuple[str, ...], str] = {}
     repeats = []
     for sample in train:
-        key = (sample.system, sample.question, sample.think, sample.answer)
-        if key in first:
-            repeats.append(f"{sample.source} = {first[key]}")
+        if text(sample) in first:
+            repeats.append(f"{sample.source} = {first[text(sample)]}")
         else:
-            first[key] = sample.source
-    keys = ((sample, (sample.system, sample.question, sample.think, sample.answer)) for sample in validation)
-    return repeats, [f"{sample.source} = {first[key]}" for sample, key in keys if key in first]
+            first[text(sample)] = sample.source
+    return repeats, [f"{sample.source} = {first[text(sample)]}" for sample in validation if text(sample) in first]
 
 
 def prepare_data(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:

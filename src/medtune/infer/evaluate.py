@@ -189,17 +189,14 @@ def default_output(run: AdapterRun, with_adapter: bool, data: EvalData) -> Path:
     Raises:
         DataError: the file's stem would make the name of a result on the run's own rows (`base`, `step-000400`).
     """
-    own_rows = RunFolder(run.output_dir).evaluation(run.checkpoint if with_adapter else None)
-    if data.data_file is None:
-        return own_rows
-    stem = data.data_file.stem
-    if stem == EVAL_BASE or STEP_DIR.match(stem):
+    stem = data.data_file.stem if data.data_file is not None else None
+    if stem is not None and (stem == EVAL_BASE or STEP_DIR.match(stem)):
         raise DataError(
             str(data.data_file),
             f"results on it would be named {EVAL_PREFIX}.{stem}.json, a name eval gives results on the run's own "
             "rows; pass -o FILE",
         )
-    return own_rows.with_name(own_rows.name.replace(f"{EVAL_PREFIX}.", f"{EVAL_PREFIX}.{stem}.", 1))
+    return RunFolder(run.output_dir).evaluation(run.checkpoint if with_adapter else None, stem)
 
 
 def run_eval(

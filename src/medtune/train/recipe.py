@@ -37,7 +37,6 @@ from medtune.run_folder import (
     ADAPTER_FACTS_FILE,
     ADAPTER_WEIGHTS_FILE,
     CONFIG_FILE,
-    RUN_SETUP_FILES,
     RunFolder,
     staging,
     umask_permissions,
@@ -78,12 +77,7 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> None:
     run_dir = cfg.run_dir()
     folder = RunFolder(run_dir)
     if not folder.holds_run():
-        foreign = (
-            sorted(path.name for path in run_dir.iterdir() if path.name not in RUN_SETUP_FILES)
-            if (run_dir.is_dir())
-            else []
-        )
-        if foreign:
+        if foreign := folder.other_files():
             shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
             raise RunExistsError(
                 f"{run_dir} holds files that are not a medtune run ({shown}): choose another output_dir or "
