@@ -330,6 +330,38 @@ def test_bad_row_raises_naming_file_line_and_field(tmp_path, kind):
     assert (raised.value.line, raised.value.field) == (3, field_name)
 
 
+WITHOUT_REFERENCE = {"missing-field", "empty-field", "empty-think-in-qta", "no-assistant"}
+"""The bad rows above that lack the reply (a prompt without its reference): every other kind is broken otherwise."""
+MORE_WITHOUT_REFERENCE = {
+    "qta-without-answer": {"question": "头疼"} | {"think": "想一想"},
+    "alpaca-without-output": {"instruction": "头疼"},
+    "alpaca-without-reasoning": {"instruction": "头疼", "output": "休息"},
+    "alpaca-empty-answer": {"instruction": "头疼", "output": "<think>想</think>"},
+    "messages-empty-reply": {"messages": [{"role": "user", "content": "头疼"}, {"role": "assistant", "content": " "}]},
+    "columns-without-reply": {"ask": "头疼"},
+}
+
+
+@pytest.mark.parametrize("kind", [*BAD_ROWS, *MORE_WITHOUT_REFERENCE])
+def test_a_row_without_its_reply_is_flagged_as_without_a_reference(tmp_path, kind):
+    """`eval --data` tells such rows apart (they suit `generate`) by this flag, not by the reason's words."""
+    line = BAD_ROWS[kind][0] if kind in BAD_ROWS else encode(MORE_WITHOUT_REFERENCE[kind])
+    path = write_lines(tmp_path / "rows.jsonl", [line])
+    columns = {"question": "ask", "think": "why", "answer": "reply"} if kind.startswith("columns") else None
+
+    with pytest.raises(DataError) as raised:
+        read_samples(path, system_prompt=SYSTEM, columns=columns)
+
+    assert raised.value.no_reference is (kind in WITHOUT_REFERENCE or kind in MORE_WITHOUT_REFERENCE)
+
+
+def test_a_row_without_its_question_has_its_reference(tmp_path):
+    path = write_lines(tmp_path / "rows.jsonl", [encode({"think": "想", "answer": "休息"})])
+    with pytest.raises(DataError) as raised:
+        read_samples(path, system_prompt=SYSTEM, format="qta")
+    assert raised.value.field == "question" and not raised.value.no_reference
+
+
 def test_skipping_records_every_bad_row_and_keeps_the_good_ones(tmp_path):
     lines, expected_bad, good_lines = [], [], []
     for index, (line_bytes, field_name, reason) in enumerate(BAD_ROWS.values()):

@@ -201,12 +201,28 @@ def test_eval_on_another_file_gets_its_own_name_and_replaces_no_result(v1_run, c
     assert clash.exit_code == 4 and "would be named eval.base.json" in clash.output and "pass -o FILE" in clash.output
 
 
-def test_eval_rows_without_a_reference_point_to_generate(v1_run, cli_app, runner, tmp_path):
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ('{"question": "头痛怎么办"}', "1: field 'think': missing"),
+        ('{"messages": [{"role": "user", "content": "头痛怎么办"}]}', "1: field 'messages': no assistant message"),
+    ],
+)
+def test_eval_rows_without_a_reference_point_to_generate(v1_run, cli_app, runner, tmp_path, row, problem):
     questions = tmp_path / "q.jsonl"
-    questions.write_text('{"question": "头痛怎么办"}\n', encoding="utf-8")
+    questions.write_text(f"{row}\n", encoding="utf-8")
     result = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(questions)])
     assert result.exit_code == 4, result.output
-    assert result.output.strip() == (
-        f"error: {questions}:1: field 'think': missing; medtune eval scores replies against each row's reference "
-        "reasoning and answer; for questions without answers, use `medtune generate`"
+    assert result.output.strip().startswith(f"error: {questions}:{problem}")
+    assert result.output.strip().endswith(
+        "; medtune eval scores replies against each row's reference reasoning and answer; for questions without "
+        "answers, use `medtune generate`"
     )
+
+
+def test_eval_rows_broken_otherwise_keep_their_own_error(v1_run, cli_app, runner, tmp_path):
+    rows = tmp_path / "q.jsonl"
+    rows.write_text('{"question": "头痛", "think": "想", "answer": 3}\n', encoding="utf-8")
+    result = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(rows)])
+    assert result.exit_code == 4, result.output
+    assert "wrong type" in result.output and "medtune generate" not in result.output

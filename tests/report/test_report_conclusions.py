@@ -568,3 +568,82 @@ def test_a_renamed_summary_key_fails_validation():
     data["advantages"]["convergence"]["winners"] = data["advantages"]["convergence"].pop("best")
     with pytest.raises(ValidationError, match="best"):
         Summary.model_validate(data)
+
+
+def test_non_finite_values_of_a_diverging_run_are_warned_about_not_dropped_silently():
+    base = baseline_loss()
+    diverged = make_run("v2", np.where(STEPS < 60, base - 0.05, np.nan), grad_norm=np.where(STEPS < 60, 0.2, np.inf))
+    summary, markdown = summarise([Version("v1", [make_run("v1", base)]), Version("v2", [diverged])])
+    (warning,) = [warning for warning in summary.warnings if warning.kind == "non_finite"]
+    assert (warning.version, warning.run) == ("v2", "v2")
+    assert {key: (found.first_step, found.count) for key, found in warning.metrics.items()} == {
+        "loss": (60, 41),
+        "grad_norm": (60, 41),
+    }
+    top = markdown.split("## Method")[0]
+    assert "run v2 logged values that are not finite numbers (NaN or ±inf): loss at 41 steps from step 60" in top
+
+
+def test_a_zero_grad_norm_has_no_cv_and_no_stability_statement():
+    base = baseline_loss()
+    flat = make_run("v2", base - 0.1, grad_norm=np.zeros(len(STEPS)))
+    summary, markdown = summarise([Version("v1", [make_run("v1", base)]), Version("v2", [flat])])
+    assert summary.grad_norm.cv_after_warmup.per_run["v2"] == []
+    assert not [insight for insight in summary.insights if insight.kind.startswith("stability")]
+    assert "nan" not in markdown.lower()
+
+
+def test_the_eval_over_train_ratio_is_left_out_for_a_negative_training_loss():
+    base = baseline_loss()
+    negative = make_run("v2", base - 3.5, eval_loss=-2.0)  # a training loss below zero: the ratio means nothing
+    summary, _ = summarise([Version("v1", [make_run("v1", base, eval_loss=1.2)]), Version("v2", [negative])])
+    assert summary.advantages.overfit_ratio.per_run["v2"] == []
+
+
+def test_a_criterion_only_one_version_has_is_not_called_tied():
+    base = baseline_loss()
+    summary, markdown = summarise(
+        [Version("v1", [make_run("v1", base, eval_loss=1.2)]), Version("v2", [make_run("v2", base - 0.1)])]
+    )
+    row = next(line for line in markdown.splitlines() if line.startswith("| generalisation (final eval loss)"))
+    assert row.endswith("| — |") and "tied" not in row
+
+
+def test_a_version_lower_only_at_the_start_is_said_to_end_higher():
+    early = 1.0 + 2.0 * np.exp(-STEPS / 30) - 0.8 * np.exp(-STEPS / 15) + 0.02 * (STEPS > 50)
+    base = baseline_loss()
+    seeds = (-0.004, 0.0, 0.004)
+    versions = [
+        Version("v1", [make_run(f"v1-seed{seed}", base + shift) for seed, shift in enumerate(seeds)]),
+        Version("v2", [make_run(f"v2-seed{seed}", early + shift) for seed, shift in enumerate(seeds)]),
+    ]
+    summary, markdown = summarise(versions)
+    pair = summary.advantages.convergence.pairs["v2"]
+    final = summary.advantages.final_train_loss.vs_baseline["v2"]
+    assert pair.diff < 0 and pair.significant and final.diff > 0 and final.significant
+    assert "converges to a lower training loss" not in markdown
+    (crossing,) = [insight for insight in summary.insights if insight.kind == "crossing_ends_higher"]
+    assert crossing.text.startswith("v2 ends at a higher training loss than v1 (")
+    assert "the curves cross" in crossing.text
+
+
+def test_a_large_final_eval_difference_that_is_not_significant_keeps_its_direction():
+    base = baseline_loss()
+    versions = [
+        Version("v1", [make_run(f"v1-seed{seed}", base, eval_loss=value) for seed, value in enumerate((1.50, 1.56))]),
+        Version("v2", [make_run(f"v2-seed{seed}", base, eval_loss=value) for seed, value in enumerate((1.40, 1.54))]),
+    ]
+    summary, _ = summarise(versions)
+    (insight,) = [insight for insight in summary.insights if insight.kind.startswith("final_eval")]
+    assert insight.kind == "final_eval_lower_not_significant"
+    assert insight.text.startswith("v2's final eval loss is lower than v1's (1.4700 vs 1.5300, -3.92%)")
+    assert "cannot be told apart" not in insight.text and "not significant (Welch p=" in insight.text
+
+
+def test_a_learning_rate_that_was_not_logged_reads_as_one_dash_and_one_reason():
+    coarse = np.arange(10, 101, 10)
+    loss = 1.0 + 2.0 * np.exp(-coarse / 30)
+    runs = [make_run(f"v2-seed{seed}", loss - 0.1, steps=coarse, logged_lr=False) for seed in (1, 2)]
+    _, markdown = summarise([Version("v1", [make_run("v1", loss, steps=coarse)]), Version("v2", runs)])
+    row = next(line for line in markdown.splitlines() if line.startswith("| v2 | linear decay"))
+    assert row.endswith("| — | — | — | — | not checked: no learning_rate logged |")

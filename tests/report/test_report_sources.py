@@ -134,6 +134,18 @@ def test_tensorboard_summary_writer_without_trainer_args(tmp_path):
     assert Note("no_args_summary", {"file": str(tmp_path / "plain")}) in run.notes
 
 
+def test_a_learning_rate_logged_as_lr_is_read_as_the_learning_rate(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path / "plain"))
+    for step in range(1, 6):
+        writer.add_scalar("train/loss", 3.0 / step, step)
+        writer.add_scalar("train/lr", 1e-4 * step, step)
+    writer.close()
+    (run,) = load_runs(tmp_path)
+    np.testing.assert_allclose(run.series("learning_rate")[1], [1e-4 * s for s in range(1, 6)], rtol=1e-6)
+
+
 @pytest.mark.skipif(not swanlab_available(), reason="swanlab is not installed (pip install 'medtune[swanlab]')")
 def test_swanlab_010_offline_run_from_the_trainer(hf_run):
     root, _, history = hf_run

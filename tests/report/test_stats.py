@@ -38,3 +38,10 @@ def test_a_side_without_spread_is_a_one_sample_test_and_warns_nothing(constant_s
 def test_both_sides_constant_differ_only_if_their_values_do():
     assert compare([2.0, 2.0], [2.0, 2.0], EFFECT)["p_value"] == 1.0
     assert compare([2.0, 2.0], [2.5, 2.5], EFFECT)["p_value"] == 0.0
+
+
+def test_no_relative_change_of_a_reference_below_the_absolute_minimum_effect_or_across_zero():
+    losses = MinimumEffect(relative=0.01, absolute=0.005)
+    assert compare([0.0001], [0.00005], losses)["rel"] is None  # -50% of a loss that is zero for all purposes
+    assert compare([0.0665], [-0.25], losses)["rel"] is None  # -476% across zero
+    assert compare([2.0], [1.5], losses)["rel"] == pytest.approx(-0.25)

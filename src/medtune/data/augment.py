@@ -19,11 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from medtune.config import AugmentConfig
-from medtune.data.formats import Sample
+from medtune.data.formats import REPLY_FIELDS, Sample
 from medtune.data.lexicon import Lexicon, TermMatch, category_tag, load_lexicon
 
-TRAINED_FIELDS = ("think", "answer")  # the assistant turn; the question is prompt and never trained on
-SAMPLE_FIELDS = ("question", "think", "answer")
+SAMPLE_FIELDS = ("question", *REPLY_FIELDS)  # the reply is trained on; the question is prompt and never is
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class Augmenter:
                 masked_terms.append(MaskedTerm(field, choice.term, choice.category, replacement, new_start, new_length))
                 cursor = choice.end
             new_texts[field] = "".join(pieces) + text[cursor:]
-            if field in TRAINED_FIELDS and self.cfg.mask_loss == "exclude":
+            if field in REPLY_FIELDS and self.cfg.mask_loss == "exclude":
                 masked[field] = [(term.start, term.end) for term in masked_terms if term.field == field]
         return dataclasses.replace(sample, **new_texts, masked=masked), masked_terms
 

@@ -24,13 +24,15 @@ from medtune.data.reply import CHAT_TAGS, THINK_END, THINK_START, split_reply
 from medtune.hub import MODELSCOPE_PREFIX, HubError, modelscope_data_file
 
 FIELDS = ("system", "question", "think", "answer")
+REPLY_FIELDS = ("think", "answer")
+"""The fields of the reply training learns and evaluation scores against (the reference)."""
 FORMATS = ("auto", "qta", "alpaca", "messages")
 FILE_TYPES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SHIPPED_PREFIX = "medtune:"
 ROW = "(row)"
+"""The field named when the whole row is at fault (invalid JSON, not an object, no known format)."""
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 """Where bytes.splitlines splits a file into lines (str.splitlines also splits at U+2028 and others)."""
-"""The field named when the whole row is at fault (invalid JSON, not an object, no known format)."""
 
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 _OPENAI_ROLES = ("system", "user", "assistant")
@@ -53,10 +55,20 @@ class Sample:
 
 
 class DataError(ValueError):
-    """A data file or one of its rows cannot be used; the message names file, row and field."""
+    """A data file or one of its rows cannot be used; the message names file, row and field. `no_reference`: the row
+    lacks its reply (reasoning or answer), so it could still be a prompt, but not a row to score against."""
 
-    def __init__(self, file: str, reason: str, *, line: int | None = None, field_name: str | None = None):
+    def __init__(
+        self,
+        file: str,
+        reason: str,
+        *,
+        line: int | None = None,
+        field_name: str | None = None,
+        no_reference: bool = False,
+    ):
         self.file, self.reason, self.line, self.field = file, reason, line, field_name
+        self.no_reference = no_reference
         where = file if line is None else f"{file}:{line}"
         what = f"field '{field_name}': " if field_name is not None else ""
         super().__init__(f"{where}: {what}{reason}")
@@ -114,11 +126,11 @@ class RowRules:
 
 
 class _RowProblem(Exception):
-    """A bad row, before the reader adds file and row number to make it a DataError."""
+    """A bad row, before the reader adds file and row number to make it a DataError (`no_reference` as there)."""
 
-    def __init__(self, field_name: str, reason: str):
+    def __init__(self, field_name: str, reason: str, *, no_reference: bool = False):
         super().__init__(reason)
-        self.field, self.reason = field_name, reason
+        self.field, self.reason, self.no_reference = field_name, reason, no_reference
 
 
 def read_samples(
@@ -168,7 +180,9 @@ def read_samples(
             sample, truncated = _CONVERTERS[row_format](row, rules)
         except _RowProblem as problem:
             if not skip_bad_rows:
-                raise DataError(file, problem.reason, line=line, field_name=problem.field) from None
+                raise DataError(
+                    file, problem.reason, line=line, field_name=problem.field, no_reference=problem.no_reference
+                ) from None
             result.skipped.append(BadRow(f"{path.name}:{line}", problem.field, problem.reason))
             continue
         sample.source = f"{path.name}:{line}"
@@ -384,31 +398,41 @@ def _type_name(value: Any) -> str:
     )
 
 
-def _text(row: dict[str, Any], key: str, *, required: bool, allow_empty: bool = False, label: str | None = None) -> str:
-    """A string field; null counts as absent. `label` names the field in errors when `key` is nested."""
+def _text(
+    row: dict[str, Any],
+    key: str,
+    *,
+    required: bool,
+    allow_empty: bool = False,
+    label: str | None = None,
+    reply: bool = False,
+) -> str:
+    """A string field; null counts as absent. `label` names the field in errors when `key` is nested; `reply`: the
+    field is (part of) the reply, so a row without it has no reference."""
     name = label or key
     value = row.get(key)
     if value is None:
         if required:
-            raise _RowProblem(name, "missing")
+            raise _RowProblem(name, "missing", no_reference=reply)
         return ""
     if not isinstance(value, str):
         raise _RowProblem(name, f"wrong type: expected a string, got {_type_name(value)}")
     if required and not allow_empty and not value.strip():
-        raise _RowProblem(name, "empty")
+        raise _RowProblem(name, "empty", no_reference=reply)
     return value.strip()
 
 
 def _field(row: dict[str, Any], field_name: str, rules: RowRules, *, required: bool) -> str:
     """A Sample field from the row's key(s) for it (`columns`), several joined with a newline; tags checked."""
     keys = rules.keys(field_name)
-    parts = [_text(row, key, required=required and len(keys) == 1) for key in keys]
+    reply = field_name in REPLY_FIELDS
+    parts = [_text(row, key, required=required and len(keys) == 1, reply=reply) for key in keys]
     if required and len(keys) > 1:
         missing = [key for key in keys if key not in row]
         if missing:
-            raise _RowProblem(missing[0], "missing")
+            raise _RowProblem(missing[0], "missing", no_reference=reply)
         if not any(parts):
-            raise _RowProblem("+".join(keys), "empty")
+            raise _RowProblem("+".join(keys), "empty", no_reference=reply)
     text = "\n".join(part for part in parts if part)
     _check_tags(text, "+".join(keys), rules)
     return text
@@ -440,10 +464,12 @@ def _split_think(reply: str, field_name: str, rules: RowRules) -> tuple[str, str
         raise _RowProblem(field_name, f"{THINK_START!r} is never closed by {THINK_END!r}")
     think, answer = parts.think, parts.answer
     if not answer:
-        raise _RowProblem(field_name, f"empty answer after the {THINK_END} block")
+        raise _RowProblem(field_name, f"empty answer after the {THINK_END} block", no_reference=True)
     if not think and rules.think == "required":
         raise _RowProblem(
-            field_name, f"no reasoning: no {THINK_START}...{THINK_END} block with text before the answer; {_NO_THINK}"
+            field_name,
+            f"no reasoning: no {THINK_START}...{THINK_END} block with text before the answer; {_NO_THINK}",
+            no_reference=True,
         )
     _check_tags(think, field_name, rules)
     _check_tags(answer, field_name, rules)
@@ -457,7 +483,9 @@ def _qta_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
         try:
             think = _field(row, "think", rules, required=rules.think == "required")
         except _RowProblem as problem:
-            raise _RowProblem(problem.field, f"{problem.reason}; {_NO_THINK}") from None
+            raise _RowProblem(
+                problem.field, f"{problem.reason}; {_NO_THINK}", no_reference=problem.no_reference
+            ) from None
         answer = _field(row, "answer", rules, required=rules.answer == "required")
     except _RowProblem as problem:
         raise _with_row_keys(problem, row) from None
@@ -471,14 +499,18 @@ def _with_row_keys(problem: _RowProblem, row: dict[str, Any]) -> _RowProblem:
     if problem.reason != "missing" or problem.field in row:
         return problem
     keys = ", ".join(map(str, row)) or "none"
-    return _RowProblem(problem.field, f"missing (the row's keys: {keys}); data.columns names the key that holds it")
+    return _RowProblem(
+        problem.field,
+        f"missing (the row's keys: {keys}); data.columns names the key that holds it",
+        no_reference=problem.no_reference,
+    )
 
 
 def _alpaca_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     _require_object(row)
     instruction = _text(row, "instruction", required=True)
     extra_input = _text(row, "input", required=False)
-    think, answer = _split_think(_text(row, "output", required=True), "output", rules)
+    think, answer = _split_think(_text(row, "output", required=True, reply=True), "output", rules)
     system = _text(row, "system", required=False)
     for label, text in (("instruction", instruction), ("input", extra_input), ("system", system)):
         _check_tags(text, label, rules)
@@ -503,11 +535,11 @@ def _messages_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     if question is None:
         raise _RowProblem(key, "no user message")
     if reply is None:
-        raise _RowProblem(key, "no assistant message after the first user message")
+        raise _RowProblem(key, "no assistant message after the first user message", no_reference=True)
     if not question[0]:
         raise _RowProblem(question[1], "empty")
     if not reply[0]:
-        raise _RowProblem(reply[1], "empty")
+        raise _RowProblem(reply[1], "empty", no_reference=True)
     for text, where in (question, system or ("", "")):
         _check_tags(text, where, rules)
     think, answer = _split_think(reply[0], reply[1], rules)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from medtune.data.formats import Sample
+from medtune.data.formats import REPLY_FIELDS, Sample
 from medtune.data.reply import ASSISTANT_HEADER, THINK_CLOSE, THINK_OPEN, TURN_END, reply_text
 
 IGNORE_INDEX = -100
@@ -111,7 +111,7 @@ def layout(text: str, sample: Sample) -> Layout:
 def _masked_char_ranges(sample: Sample, spans: Layout) -> list[tuple[int, int]]:
     """Map augmentation spans (offsets in the field text) to offsets in the rendered text."""
     ranges = []
-    for field_name in ("think", "answer"):
+    for field_name in REPLY_FIELDS:
         origin, shift = spans.fields[field_name][0], spans.shifts[field_name]
         ranges += [(origin + s - shift, origin + e - shift) for s, e in sample.masked.get(field_name, [])]
     return ranges

@@ -19,7 +19,7 @@ import torch
 from medtune.config import AugmentConfig, RunConfig
 from medtune.data.augment import Augmenter
 from medtune.data.batching import trained_token_counts
-from medtune.data.formats import DataError, RowRules, Sample
+from medtune.data.formats import DataError, Sample
 from medtune.data.lexicon import load_lexicon
 from medtune.data.render import encode_sample, prompt_messages
 from medtune.data.split import ReadResult, read_data_file, split_rows
@@ -50,10 +50,7 @@ def _reference_rows(cfg: RunConfig, data: str) -> ReadResult:
     try:
         return read_data_file(cfg.data, data, max_rows=None)
     except DataError as err:
-        rules = RowRules(cfg.data.system_prompt, cfg.data.columns)
-        reference_field = err.field in rules.keys("think") + rules.keys("answer")
-        no_reference = reference_field and err.reason.startswith(("missing", "empty"))
-        if err.line is None or not (no_reference or err.reason.startswith(("no reasoning", "no assistant message"))):
+        if not err.no_reference:
             raise
         needs = "answer" if cfg.data.think == "optional" else "reasoning and answer"
         raise DataError(
