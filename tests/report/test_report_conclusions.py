@@ -120,7 +120,7 @@ def test_warmup_version_that_starts_higher_and_ends_lower_converges_better():
     found = kinds(summary)
     assert "convergence_lower" in found and "convergence_higher" not in found
     assert found["fastest"][0]["versions"] == ["v2"]
-    assert "v2 converges to a lower training loss than v1 after the warmup" in markdown
+    assert "v2's training loss after the warmup is lower than v1's: over steps 11–100" in markdown
 
 
 def test_exact_ties_name_no_winner():
@@ -643,7 +643,16 @@ def test_a_large_final_eval_difference_that_is_not_significant_keeps_its_directi
 def test_a_learning_rate_that_was_not_logged_reads_as_one_dash_and_one_reason():
     coarse = np.arange(10, 101, 10)
     loss = 1.0 + 2.0 * np.exp(-coarse / 30)
-    runs = [make_run(f"v2-seed{seed}", loss - 0.1, steps=coarse, logged_lr=False) for seed in (1, 2)]
+    runs = [make_run(f"v2-seed{seed}", loss - 0.1 * seed, steps=coarse, logged_lr=False) for seed in (1, 2)]
     _, markdown = summarise([Version("v1", [make_run("v1", loss, steps=coarse)]), Version("v2", runs)])
-    row = next(line for line in markdown.splitlines() if line.startswith("| v2 | linear decay"))
+    row = next(line for line in markdown.splitlines() if line.startswith("| v2 | linear |"))
     assert row.endswith("| — | — | — | — | not checked: no learning_rate logged |")
+
+
+def test_a_setting_one_version_does_not_record_is_not_said_to_differ():
+    base = baseline_loss()
+    imported = make_run("v2", base - 0.1)
+    del imported.config["data"], imported.config["model"]  # e.g. an HF run: no data or model keys in its arguments
+    summary, markdown = summarise([Version("v1", [make_run("v1", base)]), Version("v2", [imported])])
+    assert not [warning for warning in summary.warnings if warning.kind == "setting"]
+    assert "differs between versions (" not in markdown

@@ -320,11 +320,11 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
 
         return measure
 
-    def after_warmup(statistic: Callable[[np.ndarray], float]) -> Callable[[Run], float | None]:
+    def after_warmup(statistic: Callable[[np.ndarray], float | None]) -> Callable[[Run], float | None]:
         def measure(run: Run) -> float | None:
             steps, values = run.series("grad_norm")
             chosen = values[phase_of(run, steps, phase_bounds) > 0]
-            return float(statistic(chosen)) if len(chosen) >= 2 else None
+            return statistic(chosen) if len(chosen) >= 2 else None
 
         return measure
 
@@ -333,7 +333,7 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
         return float(np.mean(values > threshold)) if isinstance(threshold, (int, float)) and len(values) else None
 
     statistics = {"min": np.min, "max": np.max, "median": np.median}
-    cv = after_warmup(lambda values: values.std(ddof=1) / values.mean())
+    cv = after_warmup(coefficient_of_variation)
     clipped_fraction = summarised(versions, clipped, SHARE_EFFECT)
     clipped_fraction["most"] = tied_best(clipped_fraction["per_run"], SHARE_EFFECT, lower=False)
     return {
@@ -353,7 +353,7 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
             phase: {name: summarised(versions, in_phase(index, statistic)) for name, statistic in statistics.items()}
             for index, phase in enumerate(PHASES)
         },
-        "sd_after_warmup": summarised(versions, after_warmup(lambda values: values.std(ddof=1))),
+        "sd_after_warmup": summarised(versions, after_warmup(lambda values: float(values.std(ddof=1)))),
         "cv_after_warmup": summarised(versions, cv),
         "clipped_fraction": clipped_fraction,
         "max_grad_norm": {
@@ -370,6 +370,12 @@ def grad_stability(versions: list[Version], phase_bounds: Sequence[float]) -> di
             for second in versions[index + 1 :]
         ],
     }
+
+
+def coefficient_of_variation(values: np.ndarray) -> float | None:
+    """sd / mean; None when the mean is not positive (grad norms all zero), where the ratio is undefined."""
+    mean = float(values.mean())
+    return float(values.std(ddof=1)) / mean if mean > 0 else None
 
 
 def _phase_steps(run: Run, phase_bounds: Sequence[float]) -> list[list[int]]:
@@ -452,7 +458,7 @@ def advantages(versions: list[Version], summary: dict[str, Any]) -> dict[str, An
     def overfit_ratio(run: Run) -> float | None:
         steps, values = run.series("eval_loss")
         trained = nearest(run, "loss", int(steps[-1])) if len(steps) else None
-        return float(values[-1]) / trained[1] if trained and trained[1] else None
+        return float(values[-1]) / trained[1] if trained and trained[1] > 0 else None  # a ratio to a loss above 0
 
     matrix: dict[str, Any] = {
         "convergence": convergence(versions),
@@ -624,11 +630,28 @@ def evaluation_setup(versions: list[Version]) -> list[dict[str, Any]]:
     return rows
 
 
+def non_finite_values(versions: list[Version]) -> list[dict[str, Any]]:
+    """Per run, the compared metrics it logged as NaN or ±inf (where and how often): a diverged run whose non-finite
+    values the tables, charts and tests leave out would otherwise look like one that trained well."""
+    found = []
+    for version in versions:
+        for run in version.runs:
+            metrics = {
+                key: {"first_step": steps[0], "count": len(steps)}
+                for key in COMPARED_SERIES
+                if (steps := run.non_finite_steps(key))
+            }
+            if metrics:
+                found.append({"kind": "non_finite", "version": version.name, "run": run.name, "metrics": metrics})
+    return found
+
+
 def sanity_warnings(
     versions: list[Version], summary: dict[str, Any], duplicates: list[dict[str, Any]], past_end: list[int]
 ) -> list[dict[str, Any]]:
     """What makes the comparison itself questionable, for the top of the report (docs/REPORT.md, "Warnings")."""
     warnings: list[dict[str, Any]] = [{"kind": "identical_runs", **pair} for pair in duplicates]
+    warnings += non_finite_values(versions)
     if past_end:
         warnings.append({"kind": "steps_past_end", "steps": past_end, "last": last_trained_step(versions)})
     for kind, measure in (("planned_steps", Run.max_steps), ("last_steps", last_step)):
@@ -639,8 +662,10 @@ def sanity_warnings(
         if len({value for found in values.values() for value in found}) > 1:
             warnings.append({"kind": kind, "values": values})
     for row in summary["config_diff"]:
-        if row["key"] in SAME_SETUP_KEYS:
-            warnings.append({"kind": "setting", "key": row["key"], "values": row["values"]})
+        # a version whose runs do not record the setting (an imported run) is unknown there, not different
+        known = {name: values for name, values in row["values"].items() if values != [None]}
+        if row["key"] in SAME_SETUP_KEYS and len({repr(values) for values in known.values()}) > 1:
+            warnings.append({"kind": "setting", "key": row["key"], "values": known})
     for repeated in summary["train_loss"]["repeated"]:
         warnings.append({"kind": "repeated_rows", **repeated})
     return warnings

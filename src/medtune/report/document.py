@@ -17,6 +17,7 @@ from medtune.report.schema import (
     Described,
     IdenticalRuns,
     Insight,
+    NonFinite,
     NoteFacts,
     SourceFacts,
     Summarised,
@@ -241,6 +242,8 @@ def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
     for warning in summary.warnings:
         if warning.kind == "identical_runs":
             texts.append(_identical_text(warning, w))
+        elif warning.kind == "non_finite":
+            texts.append(_non_finite_text(warning, w))
         elif warning.kind in ("planned_steps", "last_steps", "setting"):
             values = w["list_sep"].join(
                 w["labelled"].format(label=name, text=_setting_value(found, w))
@@ -262,6 +265,19 @@ def _warnings(summary: Summary, w: dict[str, str]) -> list[Block]:
     if random.unknown:
         blocks.append(Paragraph(w["random_unknown"].format(runs=w["list_sep"].join(random.unknown))))
     return blocks
+
+
+def _non_finite_text(warning: NonFinite, w: dict[str, str]) -> str:
+    """Which metrics of a run were NaN or ±inf, from which step and how often."""
+    metrics = w["list_sep"].join(
+        w["non_finite_metric" if found.count > 1 else "non_finite_metric_one"].format(
+            key=key, count=found.count, first_step=found.first_step
+        )
+        for key, found in warning.metrics.items()
+    )
+    return w["warn_non_finite"].format(
+        run=run_in_version(warning.run, warning.version, w), version=warning.version, metrics=metrics
+    )
 
 
 def _identical_text(warning: IdenticalRuns, w: dict[str, str]) -> str:
@@ -481,6 +497,8 @@ def _grad_section(summary: Summary, w: dict[str, str], names: list[str]) -> list
 
 def _at_step(values: Summarised, steps: Summarised, name: str, w: dict[str, str]) -> str:
     logged_at = steps.values[name]
+    if logged_at.mean is None:  # nothing logged: no step to give either
+        return MISSING
     at = (
         step(logged_at.mean) if _same_in_every_run(logged_at) else stat(logged_at, step)
     )  # n is said by the value already
@@ -536,16 +554,16 @@ def _schedule_text(check: Any, w: dict[str, str]) -> str:
 
 
 def _checks_text(checks: dict[str, Any], w: dict[str, str]) -> str:
-    """One verdict when the version has one run or every run matches in the same way, else one per run."""
+    """One verdict when the version has one run, every run matches in the same way or all say the same, else one per
+    run."""
     conventions = {check.convention for check in checks.values()}
-    if len(checks) == 1:
-        return _check_text(next(iter(checks.values())), w)
+    texts = {run: _check_text(check, w) for run, check in checks.items()}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
     if all(check.checked and check.matches for check in checks.values()) and len(conventions) == 1:
         worst = max(checks.values(), key=lambda check: check.max_deviation)
         return _check_text(worst, w)
-    return w["part_sep"].join(
-        w["labelled"].format(label=run, text=_check_text(check, w)) for run, check in checks.items()
-    )
+    return w["part_sep"].join(w["labelled"].format(label=run, text=text) for run, text in texts.items())
 
 
 def _check_text(check: Any, w: dict[str, str]) -> str:
@@ -556,7 +574,11 @@ def _check_text(check: Any, w: dict[str, str]) -> str:
     return w["check_bad"].format(deviation=pct(check.max_deviation), step=check.max_deviation_step)
 
 
-def _best(names: list[str], w: dict[str, str]) -> str:
+def _best(names: list[str], compared: int, w: dict[str, str]) -> str:
+    """The leading versions, "none (tied)" when all of `compared` versions with a value tie, and — when fewer than two
+    have one: nothing was compared, so nothing tied."""
+    if compared < 2:
+        return MISSING
     return w["list_sep"].join(names) if names else w["tie_none"]
 
 
@@ -587,7 +609,8 @@ def _advantages_section(summary: Summary, w: dict[str, str], names: list[str]) -
                 else w["with_aside"].format(value=value, aside=trend(comparison, fmt_diff))
             )
         best = getattr(entry, "best", None)
-        rows.append(cells + [_best(best, w) if best is not None else w["not_ranked"]])
+        compared = sum(described.mean is not None for described in entry.values.values())
+        rows.append(cells + [_best(best, compared, w) if best is not None else w["not_ranked"]])
     return [
         Heading(w["advantages_heading"]),
         Table([w["col_criterion"], *names, w["col_best"]], rows),
@@ -609,7 +632,7 @@ def _convergence_row(summary: Summary, names: list[str], baseline: str, w: dict[
         else:
             aside = w["part_sep"].join((trend(pair), w["share_lower"].format(share=pct(pair.share_lower))))
             cells.append(w["with_aside"].format(value=value, aside=aside))
-    return cells + [_best(convergence.best, w)]
+    return cells + [_best(convergence.best, len(convergence.window_loss), w)]
 
 
 def _evaluation_setup_section(summary: Summary, w: dict[str, str], names: list[str]) -> list[Block]:

@@ -92,6 +92,16 @@ class Run:
         steps = np.array(sorted(by_step), dtype=int)
         return steps, np.array([by_step[s] for s in steps], dtype=float)
 
+    def non_finite_steps(self, key: str) -> list[int]:
+        """Steps at which the metric was logged as NaN or ±inf: `series` leaves them out, so the report must say so."""
+        return sorted(
+            {
+                int(record["step"])
+                for record in self.records
+                if isinstance(value := record.get(key), float) and not math.isfinite(value)
+            }
+        )
+
     def setting(self, dotted_key: str) -> Any:
         """A value of the resolved config by dotted key (`train.lr`), or None when the run does not say."""
         node: Any = self.config

@@ -83,6 +83,7 @@ def _convergence(summary: Summary) -> list[dict[str, Any]]:
                 **verdict(pair),
             }
         )
+        found += _crossing(summary, name, pair)
     window = convergence.window
     if window is not None and len(summary.versions) > 1:
         if convergence.best:
@@ -101,14 +102,39 @@ def _convergence(summary: Summary) -> list[dict[str, Any]]:
     return found
 
 
+def _crossing(summary: Summary, name: str, pair: Comparison) -> list[dict[str, Any]]:
+    """A version whose training loss after the warmup differs from the baseline's one way but ends the other way,
+    both worth stating: its window loss alone would hide that the curves cross."""
+    final_train, baseline = summary.advantages.final_train_loss, summary.baseline
+    final = final_train.vs_baseline.get(name)
+    if not (pair.significant and final and final.significant and final.diff and pair.diff):
+        return []
+    if (final.diff > 0) == (pair.diff > 0):  # ends the way it went: the convergence sentence says it all
+        return []
+    return [
+        {
+            "kind": "crossing_ends_higher" if final.diff > 0 else "crossing_ends_lower",
+            "version": name,
+            "baseline": baseline,
+            "loss": final_train.values[name].mean,
+            "base_loss": final_train.values[baseline].mean,
+            **_change(final),
+            **verdict(final),
+        }
+    ]
+
+
 def _final_eval(summary: Summary) -> list[dict[str, Any]]:
     final_eval, baseline = summary.advantages.final_eval_loss, summary.baseline
     found = []
     for name, entry in final_eval.vs_baseline.items():
         if entry.diff is None:
             continue
-        kind = (
-            ("final_eval_lower" if entry.diff < 0 else "final_eval_higher") if entry.significant else "final_eval_tie"
+        kind = _statement(
+            entry,
+            final_eval.values[baseline].mean,
+            LOSS_EFFECT,
+            ("final_eval_lower", "final_eval_higher", "final_eval_tie"),
         )
         found.append(
             {

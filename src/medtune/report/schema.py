@@ -244,12 +244,26 @@ class StepsPastEnd(_Strict):
     last: int
 
 
+class NonFiniteSeries(_Strict):
+    first_step: int
+    count: int
+    """Logged steps whose value is NaN or ±inf."""
+
+
+class NonFinite(_Strict):
+    kind: Literal["non_finite"]
+    version: str
+    run: str
+    metrics: dict[str, NonFiniteSeries]
+    """Compared metric (loss, grad_norm, learning_rate, eval_loss) -> where its non-finite values are."""
+
+
 class NoCjkFont(_Strict):
     kind: Literal["no_cjk_font"]
 
 
 Warning = Annotated[
-    IdenticalRuns | DifferentSteps | DifferentSetting | RepeatedRows | StepsPastEnd | NoCjkFont,
+    IdenticalRuns | NonFinite | DifferentSteps | DifferentSetting | RepeatedRows | StepsPastEnd | NoCjkFont,
     Field(discriminator="kind"),
 ]
 

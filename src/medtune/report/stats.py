@@ -70,10 +70,12 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float | None:
     return math.sqrt(sum(float(group.var(ddof=1)) * (len(group) - 1) for group in usable) / dof)
 
 
-def relative_change(reference: float, value: float) -> float | None:
-    """(value - reference) / |reference|, or None when the reference is near zero (the ratio would be meaningless)."""
+def relative_change(reference: float, value: float, floor: float = 0.0) -> float | None:
+    """(value - reference) / |reference|, or None where that ratio would be meaningless: a reference near zero
+    (below NEAR_ZERO of the larger magnitude, or no larger than `floor`, the smallest difference that counts for the
+    quantity), or a value on the other side of zero."""
     scale = max(abs(reference), abs(value))
-    if reference == 0 or abs(reference) < NEAR_ZERO * scale:
+    if abs(reference) <= floor or abs(reference) < NEAR_ZERO * scale or reference * value < 0:
         return None
     return (value - reference) / abs(reference)
 
@@ -94,7 +96,7 @@ def compare(
     diff = mean - base_mean
     result: dict[str, object] = {
         "diff": diff,
-        "rel": relative_change(base_mean, mean) if relative else None,
+        "rel": relative_change(base_mean, mean, effect.absolute) if relative else None,
         "p_value": None,
         "threshold": None,
     }

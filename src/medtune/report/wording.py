@@ -23,8 +23,9 @@ WORDING: dict[str, dict[str, str]] = {
             "with a single run in either version, when it exceeds a minimum effect (losses: {loss_rel} of the "
             "reference and {loss_abs}; shares of steps: {share_abs} percentage points; other quantities: {other_rel} "
             "of the reference). Otherwise the versions are tied and no winner is named. No relative change is given "
-            "when the reference is near zero (its magnitude below {near_zero} of the larger value compared); the "
-            "absolute difference is given instead."
+            "when the reference is near zero (its magnitude below {near_zero} of the larger value compared, or no "
+            "larger than the absolute minimum effect) or the value lies on the other side of zero; the absolute "
+            "difference is given instead."
         ),
         "convergence_method": (
             "Convergence compares whole training-loss curves after the warmup, never one step: from the latest "
@@ -109,6 +110,13 @@ WORDING: dict[str, dict[str, str]] = {
             " The likely cause: the realised augmentation of {runs} masked no sample, so it trained as without "
             "augmentation."
         ),
+        "warn_non_finite": (
+            "Warning: run {run} logged values that are not finite numbers (NaN or ±inf): {metrics}. The tables, "
+            "charts and tests leave them out, so {version} is compared on this run's finite values only; a loss that "
+            "turns NaN or inf usually means that the run diverged."
+        ),
+        "non_finite_metric": "{key} at {count} steps from step {first_step}",
+        "non_finite_metric_one": "{key} at step {first_step}",
         "warn_planned_steps": (
             "Warning: the versions planned different numbers of steps ({values}); curves and final values are not "
             "comparable step for step."
@@ -236,14 +244,14 @@ WORDING: dict[str, dict[str, str]] = {
         "verdict_min_effect_no": "below the minimum effect for one run per version (±{threshold})",
         "verdict_unknown": "cannot be judged",
         "insight_convergence_lower": (
-            "{version} converges to a lower training loss than {baseline} after the warmup: over steps {start}–{end} "
-            "its mean curve is lower at {share} of the steps and its window loss is {loss} vs {base_loss} "
-            "({change}); {verdict}."
+            "{version}'s training loss after the warmup is lower than {baseline}'s: over steps {start}–{end} its mean "
+            "curve is lower at {share} of the steps and its window loss is {loss} vs {base_loss} ({change}); "
+            "{verdict}."
         ),
         "insight_convergence_higher": (
-            "{version} converges to a higher training loss than {baseline} after the warmup: over steps "
-            "{start}–{end} its mean curve is higher at {share} of the steps and its window loss is {loss} vs "
-            "{base_loss} ({change}); {verdict}."
+            "{version}'s training loss after the warmup is higher than {baseline}'s: over steps {start}–{end} its "
+            "mean curve is higher at {share} of the steps and its window loss is {loss} vs {base_loss} ({change}); "
+            "{verdict}."
         ),
         "insight_convergence_tie": (
             "{version} and {baseline} converge alike after the warmup: over steps {start}–{end} the window losses "
@@ -281,6 +289,24 @@ WORDING: dict[str, dict[str, str]] = {
         "insight_final_eval_tie": (
             "{version} and {baseline} end at eval losses that cannot be told apart ({loss} vs {base_loss}, "
             "{change}); {verdict}, so no winner is named."
+        ),
+        "insight_final_eval_lower_not_significant": (
+            "{version}'s final eval loss is lower than {baseline}'s ({loss} vs {base_loss}, {change}), but the "
+            "difference is {verdict}, so no winner is named."
+        ),
+        "insight_final_eval_higher_not_significant": (
+            "{version}'s final eval loss is higher than {baseline}'s ({loss} vs {base_loss}, {change}), but the "
+            "difference is {verdict}, so no winner is named."
+        ),
+        "insight_crossing_ends_higher": (
+            "{version} ends at a higher training loss than {baseline} ({loss} vs {base_loss}, {change}; {verdict}), "
+            "although its training loss after the warmup is lower on the whole: the curves cross, and its lead does "
+            "not last to the end."
+        ),
+        "insight_crossing_ends_lower": (
+            "{version} ends at a lower training loss than {baseline} ({loss} vs {base_loss}, {change}; {verdict}), "
+            "although its training loss after the warmup is higher on the whole: the curves cross, and {baseline}'s "
+            "lead does not last to the end."
         ),
         "insight_stability_narrows": (
             "{other} has a steadier grad norm than {reference} (CV after warmup {value} vs {base_value}, {change}); "
@@ -345,7 +371,8 @@ WORDING: dict[str, dict[str, str]] = {
             "会写出：两个版本都至少有两次运行时，以 Welch t 检验在 α={alpha} 下显著为准（给出 p 值，n.s. 表示不显著）"
             "；任一版本只有一次运行时，差异须超过最小效应（损失：参照值的 {loss_rel} 且不少于 {loss_abs}；步数占比："
             "{share_abs} 个百分点；其他量：参照值的 {other_rel}）。否则视为持平，不判定优劣。参照值接近零（其绝对值小"
-            "于所比较的较大数值的 {near_zero}）时不给相对变化，只给绝对差值。"
+            "于所比较的较大数值的 {near_zero}，或不超过最小效应的绝对值）或数值与参照值符号相反时，不给相对变化，只给"
+            "绝对差值。"
         ),
         "convergence_method": (
             "收敛比较的是预热之后的整条训练损失曲线，而不是某一步：从各运行中最晚的配置预热结束步（或最晚的首个记录步"
@@ -418,6 +445,12 @@ WORDING: dict[str, dict[str, str]] = {
             "{other} 不可能有差异。{cause}"
         ),
         "identical_cause_unmasked": "可能的原因：{runs} 实际的数据增强没有遮蔽任何样本，训练过程与不做增强相同。",
+        "warn_non_finite": (
+            "警告：运行 {run} 记录了非有限数值（NaN 或 ±inf）：{metrics}。表格、图表和检验都不包含这些值，因此 "
+            "{version} 只按该运行的有限数值比较；损失变为 NaN 或 inf 通常说明训练已发散。"
+        ),
+        "non_finite_metric": "{key} 自第 {first_step} 步起共 {count} 步",
+        "non_finite_metric_one": "{key} 在第 {first_step} 步",
         "warn_planned_steps": "警告：各版本的计划步数不同（{values}），曲线和最终数值无法逐步对比。",
         "warn_last_steps": "警告：各运行停在不同的步数（{values}），最终数值比较的是训练中不同阶段的结果。",
         "warn_setting": "警告：各版本的 {key} 不同（{values}），差异可能来自这一设置，而不是训练方案本身。",
@@ -516,12 +549,12 @@ WORDING: dict[str, dict[str, str]] = {
         "verdict_min_effect_no": "未超过单次运行的最小效应（±{threshold}）",
         "verdict_unknown": "无法判断",
         "insight_convergence_lower": (
-            "预热之后 {version} 收敛到比 {baseline} 更低的训练损失：在第 {start}–{end} 步中，其均值曲线在 {share} 的"
-            "步上更低，窗口损失为 {loss}，基线为 {base_loss}（{change}）；{verdict}。"
+            "预热之后 {version} 的训练损失低于 {baseline}：在第 {start}–{end} 步中，其均值曲线在 {share} 的步上更低，"
+            "窗口损失为 {loss}，基线为 {base_loss}（{change}）；{verdict}。"
         ),
         "insight_convergence_higher": (
-            "预热之后 {version} 收敛到比 {baseline} 更高的训练损失：在第 {start}–{end} 步中，其均值曲线在 {share} 的"
-            "步上更高，窗口损失为 {loss}，基线为 {base_loss}（{change}）；{verdict}。"
+            "预热之后 {version} 的训练损失高于 {baseline}：在第 {start}–{end} 步中，其均值曲线在 {share} 的步上更高，"
+            "窗口损失为 {loss}，基线为 {base_loss}（{change}）；{verdict}。"
         ),
         "insight_convergence_tie": (
             "预热之后 {version} 与 {baseline} 收敛情况相当：在第 {start}–{end} 步中，窗口损失为 {loss} 与 "
@@ -548,6 +581,22 @@ WORDING: dict[str, dict[str, str]] = {
         "insight_final_eval_tie": (
             "{version} 与 {baseline} 的最终验证损失无法区分（{loss} 与 {base_loss}，{change}）；{verdict}，因此不判定"
             "优劣。"
+        ),
+        "insight_final_eval_lower_not_significant": (
+            "{version} 的最终验证损失低于 {baseline}（{loss}，基线为 {base_loss}，{change}），但{verdict}，因此不判定"
+            "优劣。"
+        ),
+        "insight_final_eval_higher_not_significant": (
+            "{version} 的最终验证损失高于 {baseline}（{loss}，基线为 {base_loss}，{change}），但{verdict}，因此不判定"
+            "优劣。"
+        ),
+        "insight_crossing_ends_higher": (
+            "{version} 的最终训练损失高于 {baseline}（{loss}，基线为 {base_loss}，{change}；{verdict}），尽管预热之后"
+            "其训练损失整体更低：两条曲线相交，{version} 的领先没有保持到训练结束。"
+        ),
+        "insight_crossing_ends_lower": (
+            "{version} 的最终训练损失低于 {baseline}（{loss}，基线为 {base_loss}，{change}；{verdict}），尽管预热之后"
+            "其训练损失整体更高：两条曲线相交，{baseline} 的领先没有保持到训练结束。"
         ),
         "insight_stability_narrows": (
             "{other} 的梯度范数比 {reference} 更平稳（预热后变异系数 {value}，参照为 {base_value}，{change}）；"

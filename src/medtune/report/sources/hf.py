@@ -59,16 +59,23 @@ DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 """torch dtype names (as `str(torch.bfloat16)` less `torch.`) -> medtune's quant.compute_dtype names."""
 
 
+METRIC_ALIASES = {"lr": "learning_rate"}
+"""Metric names that scripts and trackers often log instead of metrics.jsonl's (`train/lr`, `lr`)."""
+
+
 def metric_name(tag: str) -> str:
-    """`train/loss` -> `loss`, `eval/loss` -> `eval_loss`, `train/train_runtime` -> `train_runtime`."""
+    """`train/loss` -> `loss`, `eval/loss` -> `eval_loss`, `train/train_runtime` -> `train_runtime`, `train/lr` ->
+    `learning_rate`."""
     section, _, rest = tag.partition("/")
     if not rest:
-        return tag
-    if section == "eval":
-        return f"eval_{rest}"
-    if section == "train":
-        return rest
-    return tag.replace("/", "_")
+        name = tag
+    elif section == "eval":
+        name = f"eval_{rest}"
+    elif section == "train":
+        name = rest
+    else:
+        name = tag.replace("/", "_")
+    return METRIC_ALIASES.get(name, name)
 
 
 def records_from_points(points: Iterable[tuple[str, int, float]]) -> list[dict[str, Any]]:
