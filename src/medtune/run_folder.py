@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,9 @@ class RunFolder:
             raise RunFolderError(f"{self.config}: missing; a medtune run folder writes it at the start of training")
         return read_yaml_mapping(self.config, kind="resolved config", error=RunFolderError)
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """Every line must be a JSON object with a non-negative integer `step`; anything else names file and line."""
+    def read_metrics(self, numbers: Collection[str] = ()) -> list[dict[str, Any]]:
+        """Every line must be a JSON object with a non-negative integer `step`, and each key of `numbers` it holds a
+        number (or null); anything else names file, line and key."""
         if not self.metrics.is_file():
             raise RunFolderError(f"{self.metrics}: missing; training appends a record to it every logging step")
         records = []
@@ -123,6 +125,10 @@ class RunFolder:
                     raise RunFolderError(
                         f"{self.metrics}:{number}: `step` must be a non-negative integer, got {step!r}"
                     )
+                for key in numbers:
+                    value = record.get(key)
+                    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                        raise RunFolderError(f"{self.metrics}:{number}: `{key}` must be a number, got {value!r}")
                 records.append(record)
         if not records:
             raise RunFolderError(f"{self.metrics}: no metric records")

@@ -138,6 +138,9 @@ def test_exact_ties_name_no_winner():
     assert {"fastest_none", "clipping_tie"} <= set(found) and not {"fastest", "clipping"} & set(found)
     assert set(found) & {"convergence_lower", "convergence_higher"} == set()
     assert "so no winner is named" in markdown
+    assert "All versions clip the gradient about equally often (100.0% of logged steps)." in markdown, (
+        "one share is given once, not as a range from it to itself"
+    )
     assert "Fastest convergence" not in markdown and "most often" not in markdown
 
 

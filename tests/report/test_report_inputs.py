@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,14 @@ def test_malformed_metrics_line_names_file_and_line(make_run):
     metrics.write_text("\n".join(lines) + "\n")
     with pytest.raises(ReportError, match=rf"{metrics}:5: `step` must be a non-negative integer, got 'fifty'"):
         load_runs(run.folder)
+    for key, value in (("loss", "abc"), ("grad_norm", [0.5]), ("eval_loss", True)):
+        lines[4] = json.dumps({"step": 50, key: value})
+        metrics.write_text("\n".join(lines) + "\n")
+        with pytest.raises(ReportError, match=re.escape(f"{metrics}:5: `{key}` must be a number, got {value!r}")):
+            load_runs(run.folder)  # a compared value that is no number is an error, not silently left out
+    lines[4] = json.dumps({"step": 50, "loss": None, "note": "text"})  # null: not logged; other keys are free
+    metrics.write_text("\n".join(lines) + "\n")
+    load_runs(run.folder)
 
 
 def test_missing_or_broken_files_are_named(make_run, tmp_path):

@@ -8,6 +8,7 @@ import warnings
 import pytest
 from scipy import stats
 
+from medtune.report.document import p_value
 from medtune.report.stats import MinimumEffect, compare
 
 EFFECT = MinimumEffect(relative=0.01, absolute=0.001)
@@ -45,3 +46,11 @@ def test_no_relative_change_of_a_reference_below_the_absolute_minimum_effect_or_
     assert compare([0.0001], [0.00005], losses)["rel"] is None  # -50% of a loss that is zero for all purposes
     assert compare([0.0665], [-0.25], losses)["rel"] is None  # -476% across zero
     assert compare([2.0], [1.5], losses)["rel"] == pytest.approx(-0.25)
+
+
+@pytest.mark.parametrize(
+    ("p", "text"), [(0.0, "p<1e-16"), (3e-20, "p<1e-16"), (3.8e-6, "p=3.8e-06"), (0.0123, "p=0.012"), (1.0, "p=1.000")]
+)
+def test_p_values_below_float_precision_are_given_as_a_bound(p, text):
+    """Two constant groups that differ have p = 0 exactly: `p=0.0e+00` would claim a precision no test has."""
+    assert p_value(p) == text

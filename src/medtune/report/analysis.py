@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medtune.config import flatten
-from medtune.report.inputs import ReportError, Run, numeric_leaves
+from medtune.report.inputs import COMPARED_SERIES, ReportError, Run, numeric_leaves
 from medtune.report.schedule import check_schedule, configured_warmup
 from medtune.report.stats import (
     ALPHA,
@@ -50,9 +50,6 @@ AUGMENT_COUNTS = ("samples", "masked_samples", "terms_masked")
 EVAL_METADATA_SECTIONS = {"decoding", "model", "finish_reasons"}
 EVAL_METADATA_KEYS = {"n", "skipped_rows", "eval_tokens", "answer_cut", "step"}
 """eval.json numbers that describe how the evaluation was made, not how well a version did."""
-COMPARED_SERIES = ("loss", "grad_norm", "learning_rate", "eval_loss")
-"""Two runs whose logs agree on all of these trained alike: one run given twice, a copy, or a change that did
-nothing."""
 
 
 @dataclass

@@ -84,8 +84,15 @@ def pct(value: float | None) -> str:
     return MISSING if value is None else f"{value * 100:.1f}%"
 
 
+P_FLOOR = 1e-16
+"""Below this a p-value is only as exact as float arithmetic (0 when two constant groups differ): given as a bound."""
+
+
 def p_value(value: float) -> str:
-    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+    """`p=0.012`, `p=3.8e-06`, or `p<1e-16`."""
+    if value < P_FLOOR:
+        return f"p<{P_FLOOR:.0e}"
+    return f"p={value:.3f}" if value >= 0.001 else f"p={value:.1e}"
 
 
 def step(value: float | None) -> str:
@@ -120,7 +127,7 @@ def trend(comparison: Comparison, fmt_diff: Callable[[float | None], str] = sign
         return MISSING
     text = change(comparison, fmt_diff)
     if comparison.test == "welch":
-        text += f" (p={p_value(comparison.p_value)}{'' if comparison.significant else ', n.s.'})"
+        text += f" ({p_value(comparison.p_value)}{'' if comparison.significant else ', n.s.'})"
     return text
 
 
@@ -136,13 +143,9 @@ PARAM_FORMATS: dict[str, Callable[[Any], str]] = {
     "target": loss,
     "threshold": number,
     "gap": signed_loss,
-    "gap_low": signed_loss,
-    "gap_high": signed_loss,
     "p": p_value,
     "deviation": pct,
     "fraction": pct,
-    "fraction_low": pct,
-    "fraction_high": pct,
     "share": pct,
     "step": step,
     "start": step,
@@ -210,6 +213,10 @@ def insight_text(insight: Insight, w: dict[str, str]) -> str:
     for key, fmt in (("fractions", pct), ("gaps", signed_loss)):
         if key in data:
             params[key] = w["list_sep"].join(f"{name} {fmt(value)}" for name, value in data[key].items())
+    for key, fmt in (("gap", signed_loss), ("fraction", pct)):
+        if f"{key}_low" in data:
+            low, high = fmt(data[f"{key}_low"]), fmt(data[f"{key}_high"])
+            params[f"{key}_range"] = low if low == high else w["value_range"].format(low=low, high=high)
     if "diff" in data:
         params["change"] = signed_pct(data["rel"]) if data.get("rel") is not None else signed_loss(data["diff"])
     if "verdict" in data:

@@ -17,6 +17,9 @@ import numpy as np
 from medtune import run_folder
 from medtune.config import flatten
 
+COMPARED_SERIES = ("loss", "grad_norm", "learning_rate", "eval_loss")
+"""The metrics the report compares; a record's value of one is a number (NaN and ±inf included) or absent. Two runs
+whose logs agree on all of these trained alike: one run given twice, a copy, or a change that did nothing."""
 SEED_SUFFIX = re.compile(r"(?:-seed\d+|_s\d+)$")
 SourceKind = Literal["medtune_run", "swanlab_run_file", "swanlab_local_log", "tensorboard", "trainer_state"]
 """What a run was read from; the report words each kind as `source_<kind>` (wording.py)."""

@@ -238,8 +238,8 @@ WORDING: dict[str, dict[str, str]] = {
         ),
         "eval_setup_heading": "How the evaluation was made",
         "insights_heading": "Insights",
-        "verdict_welch_yes": "significant (Welch p={p})",
-        "verdict_welch_no": "not significant (Welch p={p}), within run-to-run noise",
+        "verdict_welch_yes": "significant (Welch {p})",
+        "verdict_welch_no": "not significant (Welch {p}), within run-to-run noise",
         "verdict_min_effect_yes": "above the minimum effect for one run per version (±{threshold})",
         "verdict_min_effect_no": "below the minimum effect for one run per version (±{threshold})",
         "verdict_unknown": "cannot be judged",
@@ -328,14 +328,15 @@ WORDING: dict[str, dict[str, str]] = {
             "the difference is {verdict}."
         ),
         "insight_overfit": "Largest final eval − train gap: {gaps}.",
-        "insight_overfit_tie": "The final eval − train gaps of all versions are tied ({gap_low} to {gap_high}).",
+        "insight_overfit_tie": "The final eval − train gaps of all versions are tied ({gap_range}).",
+        "value_range": "{low} to {high}",
         "insight_overfit_none": "No version ends with an eval loss above its training loss: no sign of overfitting.",
         "insight_clipping": (
             "The gradient is clipped most often in {versions} (share of logged steps whose grad_norm exceeds "
             "max_grad_norm: {fractions})."
         ),
         "insight_clipping_tie": (
-            "All versions clip the gradient about equally often ({fraction_low} to {fraction_high} of logged steps)."
+            "All versions clip the gradient about equally often ({fraction_range} of logged steps)."
         ),
         "insight_clipping_none": "No logged grad_norm exceeds max_grad_norm.",
         "insight_schedule_ok": (
@@ -543,8 +544,8 @@ WORDING: dict[str, dict[str, str]] = {
         ),
         "eval_setup_heading": "评测设置",
         "insights_heading": "结论",
-        "verdict_welch_yes": "差异显著（Welch p={p}）",
-        "verdict_welch_no": "差异不显著（Welch p={p}），处于运行间噪声范围内",
+        "verdict_welch_yes": "差异显著（Welch {p}）",
+        "verdict_welch_no": "差异不显著（Welch {p}），处于运行间噪声范围内",
         "verdict_min_effect_yes": "超过单次运行的最小效应（±{threshold}）",
         "verdict_min_effect_no": "未超过单次运行的最小效应（±{threshold}）",
         "verdict_unknown": "无法判断",
@@ -616,12 +617,13 @@ WORDING: dict[str, dict[str, str]] = {
             "{other} 的预热后梯度范数变异系数高于 {reference}（{value}，参照为 {base_value}，{change}），但{verdict}。"
         ),
         "insight_overfit": "最终验证与训练损失差距最大的是：{gaps}。",
-        "insight_overfit_tie": "各版本最终验证与训练损失的差距持平（{gap_low} 至 {gap_high}）。",
+        "insight_overfit_tie": "各版本最终验证与训练损失的差距持平（{gap_range}）。",
+        "value_range": "{low} 至 {high}",
         "insight_overfit_none": "没有版本的最终验证损失高于训练损失，未见过拟合迹象。",
         "insight_clipping": (
             "梯度裁剪最频繁的是 {versions}（已记录步中梯度范数超过 max_grad_norm 的占比：{fractions}）。"
         ),
-        "insight_clipping_tie": "各版本梯度裁剪的频率相当（已记录步的 {fraction_low} 至 {fraction_high}）。",
+        "insight_clipping_tie": "各版本梯度裁剪的频率相当（已记录步的 {fraction_range}）。",
         "insight_clipping_none": "没有记录的梯度范数超过 max_grad_norm。",
         "insight_schedule_ok": (
             "全部 {count} 个已检查运行的学习率记录与配置的调度一致（最大偏差为峰值的 {deviation}）。"

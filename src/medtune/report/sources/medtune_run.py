@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medtune.report.inputs import Note, ReportError, Run, Source
+from medtune.report.inputs import COMPARED_SERIES, Note, ReportError, Run, Source
 from medtune.run_folder import RunFolder, RunFolderError, read_json_object
 
 
@@ -18,7 +18,7 @@ def load_run_folder(path: Path) -> Run:
     folder = RunFolder(path)
     notes: list[Note] = []
     try:
-        records, config = folder.read_metrics(), folder.read_config()
+        records, config = folder.read_metrics(numbers=COMPARED_SERIES), folder.read_config()
         summary = _optional_json(folder.summary, notes)
         evaluation = _optional_json(folder.evaluation(), notes)
     except RunFolderError as err:  # a report's input: the report's exit code
