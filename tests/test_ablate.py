@@ -108,6 +108,42 @@ def test_plan_and_seeds(tmp_path, short_rows_file):
         load_experiment(bad)
 
 
+def test_a_bad_experiment_says_what_each_key_accepts_as_a_bad_config_does(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("versions: [v1.yaml]\nseed: 3\nruns_per_gpu: two\nreport: {lang: fr}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_experiment(bad)
+    header, *lines = str(raised.value).splitlines()
+    assert header == f"{bad}: invalid experiment:"
+    assert sorted(line.strip() for line in lines) == [
+        "name: missing (a required key)",
+        "report.lang: expected en or zh (got 'fr')",
+        "runs_per_gpu: expected an integer (got 'two')",
+        "seed: unknown key (did you mean `seeds`?)",
+        "versions: expected a mapping (got ['v1.yaml'])",
+    ]
+    bad.write_text("name: x\nversions: {}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid experiment:\n  versions: name at least one version$"):
+        load_experiment(bad)
+
+
+def test_a_bad_override_of_the_experiment_is_named_as_the_experiments_not_as_a_set_argument(tmp_path):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(f"name: x\nversions: {{v1: {CONFIGS / 'v1.yaml'}}}\noverrides: [train.max_step=2]\n")
+    with pytest.raises(ConfigError) as raised:
+        plan_runs(*load_experiment(experiment))
+    assert str(raised.value).splitlines()[1] == (
+        "  train.max_step: unknown key (did you mean `max_steps`?) (from the experiment's overrides: train.max_step=2)"
+    )
+    experiment.write_text(f"name: x\nversions: {{v1: {CONFIGS / 'v1.yaml'}}}\noverrides: [max_steps]\n")
+    with pytest.raises(ConfigError) as raised:
+        plan_runs(*load_experiment(experiment))
+    assert str(raised.value) == "the experiment's overrides: 'max_steps': expected key=value, e.g. train.lr=1e-4"
+    experiment.write_text(f"name: x\nversions: {{v1: {CONFIGS / 'v1.yaml'}}}\n")
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key .*\(from --set train\.lrr=1\)"):
+        plan_runs(*load_experiment(experiment), extra_overrides=["train.lrr=1"])
+
+
 def test_several_runs_share_one_gpu_in_parallel_processes(tmp_path, short_rows_file, monkeypatch):
     """runs_per_gpu: 2 on one (pretended) GPU trains two runs at the same time, each in its own process and log."""
     import medtune.ablate as ablate_module

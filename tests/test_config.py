@@ -50,7 +50,7 @@ def test_overlay_and_set_override_order():
 def test_unknown_keys_suggest_and_all_errors_reported_once(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: missing.yaml\n")
-    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: base: .*missing\.yaml not found"):
         load_config(bad)
     bad.write_text("train:\n  lrate: 1\n  max_steps: -3\nlora:\n  dropout: 1.5\nmodle: {}\n")
     with pytest.raises(ConfigError) as err:
@@ -94,6 +94,25 @@ def test_invalid_yaml_names_file(tmp_path):
         load_config(bad)
     assert str(raised.value) == (
         f"{bad}:2:1: invalid YAML: while parsing a flow sequence: expected ',' or ']', but got '<stream end>'"
+    )
+
+
+def test_a_key_written_twice_is_an_error_not_the_last_one_silently(tmp_path):
+    """YAML parsers keep the last of two equal keys: a second `train:` section would drop the first one's keys."""
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  lr: 1.0e-4\ndata:\n  max_length: 512\ntrain:\n  max_steps: 10\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert str(raised.value) == f"{config}:5:1: invalid YAML: key 'train' written twice (first on line 1)"
+
+
+def test_a_missing_base_names_the_file_that_names_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("base: v9.yaml\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert str(raised.value) == (
+        f"{config}: base: {tmp_path / 'v9.yaml'} not found (a base is relative to the file that names it)"
     )
 
 

@@ -74,3 +74,27 @@ def test_train_prints_it_as_the_config_error_it_is():
         "  speed.offload_activations: expected true, false or auto (got 'maybe') "
         "(from --set speed.offload_activations=maybe)",
     ]
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("data.skip_bad_rows=yes please", "data.skip_bad_rows: expected true or false (got 'yes please')"),
+        ("train=3", "train: expected a mapping (got 3)"),
+        ("data.columns=[ask]", "data.columns: expected a mapping (got ['ask'])"),
+        ("lora.target_modules=q_proj", "lora.target_modules: expected a list (got 'q_proj')"),
+        ("data.train.file=x.jsonl", "data.train: expected a string (got {'file': 'x.jsonl'})"),
+    ],
+)
+def test_a_value_of_another_type_says_what_the_key_accepts_and_where_it_came_from(override, line):
+    """Not pydantic's `Input should be a valid dictionary or instance of TrainConfig`; a mapping given where a
+    string belongs names its value and its `--set` argument like any other value."""
+    assert problem_lines([override]) == [f"{line} (from --set {override})"]
+
+
+@pytest.mark.parametrize("override", ["train..lr=1e-4", ".lr=1e-4", "train.=1e-4"])
+def test_a_set_key_with_an_empty_part_is_refused(override):
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError) as raised:
+        load_config(V1, [override])
+    assert str(raised.value) == f"--set {override!r}: the key {key!r} has an empty part; e.g. train.lr=1e-4"

@@ -19,10 +19,13 @@ from rich.table import Table
 from medtune.config import (
     DEFAULT_SEED,
     ConfigError,
+    RawConfig,
     RunConfig,
     _Strict,
+    apply_overrides,
     compose,
     dump_config,
+    problem_lines,
     read_yaml_mapping,
     validate,
 )
@@ -31,6 +34,8 @@ from medtune.run_folder import RunFolder
 
 console = Console(stderr=True)
 DEFAULT_EXPERIMENT = Path("experiments/quickstart.yaml")
+EXPERIMENT_OVERRIDES = "the experiment's overrides:"
+"""Where an error says an override of the experiment file came from (not a `--set` of the command line)."""
 
 
 class RunsFailedError(RuntimeError):
@@ -95,7 +100,7 @@ def load_experiment(path: str | Path) -> tuple[Experiment, Path]:
     try:
         experiment = Experiment.model_validate(data)
     except ValidationError as err:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        problems = "\n".join(problem_lines(err, Experiment, RawConfig(data), str(path)))
         raise ConfigError(f"{path}: invalid experiment:\n{problems}") from None
     if experiment.baseline is not None and experiment.baseline not in experiment.versions:
         raise ConfigError(
@@ -120,7 +125,8 @@ def plan_runs(
     for version, config_file in experiment.versions.items():
         for seed in seeds or experiment.seeds:
             per_run = [f"run_name={version}-seed{seed}", f"train.seed={seed}", f"output_dir={experiment.output_dir}"]
-            data = compose(root / config_file, overlays, [*experiment.overrides, *(extra_overrides or []), *per_run])
+            shared = apply_overrides(compose(root / config_file, overlays), experiment.overrides, EXPERIMENT_OVERRIDES)
+            data = apply_overrides(shared, [*(extra_overrides or []), *per_run])
             planned.append(
                 PlannedRun(version, seed, validate(data, f"{root / config_file} (version {version}, seed {seed})"))
             )

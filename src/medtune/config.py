@@ -435,6 +435,29 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key written twice in one mapping is an error: safe_load keeps the last one, so a
+    second `train:` section would silently drop every key of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} written twice (first on line {first_line[key]})", key_node.start_mark
+                )
+            first_line.setdefault(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python values, a key written twice in one mapping refused (`_UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain values only, never objects
+
+
 def read_yaml_mapping(path: Path, kind: str = "config", error: type[Exception] = ConfigError) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (a config, an experiment, a run's or a tracker's config); every
     failure is an `error` naming the file, so each reader keeps its own exit code."""
@@ -443,7 +466,7 @@ def read_yaml_mapping(path: Path, kind: str = "config", error: type[Exception] =
     except FileNotFoundError:
         raise error(f"{path}: {kind} file not found") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as err:  # one line: where the parser stopped, and why (its own text spans several)
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -491,47 +514,54 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> RawConfig:
         return RawConfig().merged(data, str(path))
     if not isinstance(base, str):
         raise ConfigError(f"{path}: `base` must be a file path, got {base!r}")
-    return load_raw(Path(path).parent / base, (*_chain, resolved)).merged(data, str(path))
+    base_path = Path(path).parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base_path} not found (a base is relative to the file that names it)")
+    return load_raw(base_path, (*_chain, resolved)).merged(data, str(path))
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`train.lr=1e-4` -> (["train", "lr"], 1e-4); the value is read as YAML so lists and numbers work."""
+def parse_override(item: str, origin: str = "--set") -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (["train", "lr"], 1e-4); the value is read as YAML so lists and numbers work. `origin`
+    names where the override was written in errors (`--set`, an experiment's `overrides`)."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-4")
+        raise ConfigError(f"{origin} {item!r}: expected key=value, e.g. train.lr=1e-4")
+    if not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"{origin} {item!r}: the key {key.strip()!r} has an empty part; e.g. train.lr=1e-4")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml(value) if value.strip() else None
     except yaml.YAMLError as err:
         # Only marked errors (scanner, parser) carry `problem`; a reader error (a control character) says it first.
         problem = err.problem if isinstance(err, yaml.MarkedYAMLError) else str(err).splitlines()[0]
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {problem}") from None
+        raise ConfigError(f"{origin} {item!r}: the value is not valid YAML: {problem}") from None
     return key.strip().split("."), parsed
 
 
-def apply_overrides(raw: RawConfig, overrides: list[str]) -> RawConfig:
+def apply_overrides(raw: RawConfig, overrides: list[str], origin: str = "--set") -> RawConfig:
     for item in overrides:
-        keys, value = parse_override(item)
+        keys, value = parse_override(item, origin)
         nested: dict[str, Any] = {keys[-1]: value}
         for key in reversed(keys[:-1]):
             nested = {key: nested}
-        raw = raw.merged(nested, f"--set {item}")
+        raw = raw.merged(nested, f"{origin} {item}")
     return raw
 
 
-def _section_fields() -> dict[str, tuple[str, ...]]:
+def _section_fields(root: type[BaseModel]) -> dict[str, tuple[str, ...]]:
     """Every key name -> the dotted sections that hold it ('' for a top-level key)."""
-    holders: dict[str, tuple[str, ...]] = {name: ("",) for name in RunConfig.model_fields}
-    for section, info in RunConfig.model_fields.items():
+    holders: dict[str, tuple[str, ...]] = {name: ("",) for name in root.model_fields}
+    for section, info in root.model_fields.items():
         if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
             for name in info.annotation.model_fields:
                 holders[name] = (*holders.get(name, ()), section)
     return holders
 
 
-def _suggest(section: type[BaseModel], loc: tuple[Any, ...]) -> str:
+def _suggest(root: type[BaseModel], loc: tuple[Any, ...]) -> str:
     """A key that exists in another section is pointed there; otherwise the nearest key of this section."""
     key = str(loc[-1])
-    elsewhere = [holder for holder in _section_fields().get(key, ()) if holder != ".".join(map(str, loc[:-1]))]
+    section = _section_model(root, loc)
+    elsewhere = [holder for holder in _section_fields(root).get(key, ()) if holder != ".".join(map(str, loc[:-1]))]
     if elsewhere:
         places = " and ".join("a top-level key" if not holder else f"a key of `{holder}`" for holder in elsewhere)
         keys = " or ".join(f"`{holder + '.' if holder else ''}{key}`" for holder in elsewhere)
@@ -540,8 +570,8 @@ def _suggest(section: type[BaseModel], loc: tuple[Any, ...]) -> str:
     return f" (did you mean `{close[0]}`?)" if close else ""
 
 
-def _section_model(loc: tuple[Any, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = RunConfig
+def _section_model(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = root
     for part in loc[:-1]:
         info = model.model_fields.get(str(part))
         annotation = info.annotation if info else None
@@ -550,13 +580,14 @@ def _section_model(loc: tuple[Any, ...]) -> type[BaseModel]:
     return model
 
 
-def _origin_note(raw: RawConfig, loc: tuple[str, ...], message: str, main: str) -> str:
+def _origin_note(raw: RawConfig, loc: tuple[str, ...], message: str, main: str, across_keys: bool) -> str:
     """` (from X)` when the value at fault came from another file or a `--set` argument than the main file.
 
-    A check across a section's keys (loc is the section) names the keys in its message; their origins are given.
+    A check across a section's keys (`across_keys`: loc is the section) names the keys in its message; their origins
+    are given.
     """
     exact = next((raw.origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in raw.origins), None)
-    if exact is not None and not isinstance(_value_at(raw.values, loc), dict):
+    if exact is not None and not across_keys:
         origins = [exact]
     else:
         named = [
@@ -581,10 +612,10 @@ def _value_at(values: Any, loc: tuple[str, ...]) -> Any:
     return values
 
 
-def _annotation_at(loc: tuple[str, ...]) -> tuple[int, Any]:
+def _annotation_at(root: type[BaseModel], loc: tuple[str, ...]) -> tuple[int, Any]:
     """How many parts of an error's `loc` lead to the value at fault, and that value's type: parts left over name
     the union member pydantic tried (`speed.offload_activations.bool` is about speed.offload_activations)."""
-    annotation: Any = RunConfig
+    annotation: Any = root
     depth = 0
     while depth < len(loc):
         part, origin = loc[depth], get_origin(annotation)
@@ -637,22 +668,19 @@ def _is_type_error(problem: ErrorDetails) -> bool:
     return problem["type"] == "literal_error" or problem["type"].endswith(("_parsing", "_type"))
 
 
-def _one_problem_per_value(errors: list[ErrorDetails]) -> list[ErrorDetails]:
-    """A bad value of a union or literal field is one problem at its key saying what is accepted (`expected true,
-    false or auto`), not one per union member (`speed.offload_activations.bool`, `...literal['auto']`). A value of
-    one member's type that fails that member's check (a range) keeps only that check's problem."""
+def _one_problem_per_value(root: type[BaseModel], errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """A value of the wrong type is one problem at its key saying what is accepted (`expected true, false or auto`,
+    `expected a mapping`), not pydantic's sentence or one per union member (`speed.offload_activations.bool`,
+    `...literal['auto']`). A value of one member's type that fails that member's check (a range) keeps only that
+    check's problem."""
     by_value: dict[tuple[str, ...], list[ErrorDetails]] = {}
     for problem in errors:
         loc = tuple(str(part) for part in problem["loc"])
-        depth = len(loc) if problem["type"] == "extra_forbidden" else _annotation_at(loc)[0]
+        depth = len(loc) if problem["type"] == "extra_forbidden" else _annotation_at(root, loc)[0]
         by_value.setdefault(loc[:depth], []).append(problem)
     merged: list[ErrorDetails] = []
     for loc, problems in by_value.items():
-        annotation = _annotation_at(loc)[1]
-        if get_origin(annotation) not in (Union, UnionType, Literal):
-            merged.extend(problems)
-            continue
-        accepted = _accepted(annotation)
+        accepted = _accepted(_annotation_at(root, loc)[1])
         checks = [problem for problem in problems if not _is_type_error(problem)]
         if accepted and not checks:
             expected = accepted[0] if len(accepted) == 1 else f"{', '.join(accepted[:-1])} or {accepted[-1]}"
@@ -674,22 +702,32 @@ def validate(raw: RawConfig, source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw.values)
     except ValidationError as err:
-        lines = []
-        for problem in _one_problem_per_value(err.errors()):
-            problem["msg"] = problem["msg"].removeprefix("Value error, ")
-            loc = tuple(str(part) for part in problem["loc"])
-            dotted = ".".join(loc) or "(top level)"
-            if problem["type"] == "extra_forbidden":
-                line = f"{dotted}: unknown key{_suggest(_section_model(loc), loc)}"
-            elif isinstance(problem.get("input"), dict):  # a check across a section's keys: its message names them
-                line = f"{dotted}: {problem['msg']}"
-            elif problem["msg"].endswith((f"got {problem.get('input')!r}", f"got {str(problem.get('input'))!r}")):
-                # the check's message names the value (a YAML number, as the text it was read from)
-                line = f"{dotted}: {problem['msg']}"
-            else:
-                line = f"{dotted}: {problem['msg']} (got {problem.get('input')!r})"
-            lines.append(f"  {line}{_origin_note(raw, loc, problem['msg'], source)}")
-        raise ConfigError(f"{source}: invalid config:\n" + "\n".join(lines)) from None
+        problems = "\n".join(problem_lines(err, RunConfig, raw, source))
+        raise ConfigError(f"{source}: invalid config:\n{problems}") from None
+
+
+def problem_lines(err: ValidationError, root: type[BaseModel], raw: RawConfig, source: str) -> list[str]:
+    """One indented line per problem of validating `raw` as `root` (a config, an experiment): the dotted key, what
+    is wrong or what the key accepts, the value given, and where it came from when that is not `source`."""
+    lines = []
+    for problem in _one_problem_per_value(root, err.errors()):
+        problem["msg"] = problem["msg"].removeprefix("Value error, ")
+        loc = tuple(str(part) for part in problem["loc"])
+        dotted = ".".join(loc) or "(top level)"
+        across_keys = isinstance(problem.get("input"), dict) and not _is_type_error(problem)
+        if problem["type"] == "extra_forbidden":
+            line = f"{dotted}: unknown key{_suggest(root, loc)}"
+        elif problem["type"] == "missing":
+            line = f"{dotted}: missing (a required key)"
+        elif across_keys:  # a check across a section's keys: its message names them
+            line = f"{dotted}: {problem['msg']}"
+        elif problem["msg"].endswith((f"got {problem.get('input')!r}", f"got {str(problem.get('input'))!r}")):
+            # the check's message names the value (a YAML number, as the text it was read from)
+            line = f"{dotted}: {problem['msg']}"
+        else:
+            line = f"{dotted}: {problem['msg']} (got {problem.get('input')!r})"
+        lines.append(f"  {line}{_origin_note(raw, loc, problem['msg'], source, across_keys)}")
+    return lines
 
 
 def compose(

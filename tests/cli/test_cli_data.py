@@ -107,6 +107,19 @@ def test_preview_shows_a_panel_per_sample_with_its_masks(short_rows_file):
     assert re.search(r"^\d+ of the \d+ samples of epoch 0 have masked terms$", all_of_them.output, re.MULTILINE)
 
 
+def test_preview_skips_bad_rows_as_stats_and_check_do(tmp_path, short_rows_file):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"question": "头痛"}\n' + short_rows_file.read_text(encoding="utf-8"), encoding="utf-8")
+    args = ["data", "preview", str(CONFIGS / "v1.yaml"), "--overlay", str(CONFIGS / "tiny.yaml")]
+    args += ["--set", f"data.train={data}", "--n", "1"]
+
+    stops = runner.invoke(app, args)
+    assert stops.exit_code == 4 and "rows.jsonl:1: field 'think': missing" in stops.output
+    skips = runner.invoke(app, [*args, "--skip-bad-rows"])
+    assert skips.exit_code == 0, skips.output
+    assert skips.output.count("tokens ·") == 1
+
+
 def test_highlight_shows_each_mask_and_the_term_it_hides():
     sample = Sample(
         question="头痛三天", think="考虑头痛", answer="头痛合并发热时，阿司匹林可退热。", source="hand-made:1"

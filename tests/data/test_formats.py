@@ -637,3 +637,86 @@ def test_empty_think_block_needs_think_optional(tmp_path):
         "多休息",
         SYSTEM,
     )
+
+
+# --- files as spreadsheets and other tools write them
+
+
+def test_excel_csv_with_trailing_unnamed_columns_reads_the_named_ones(tmp_path):
+    """Excel saves a BOM, CRLF, newlines inside quoted cells and empty columns past the last named one."""
+    path = tmp_path / "train.csv"
+    lines = ["question,think,answer,,", '"头疼\r\n三天",想一想,"多休息,多喝水",,', ",,,,"]
+    path.write_bytes("\r\n".join(lines).encode("utf-8-sig") + b"\r\n")
+
+    result = read_samples(path, system_prompt=SYSTEM)
+
+    assert [fields(sample) for sample in result.samples] == [("头疼\n三天", "想一想", "多休息,多喝水", SYSTEM)]
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    """Python's csv module refuses cells over 131,072 characters by default; a JSONL field of that size reads."""
+    long_answer = "多休息" * 50_000
+    path = tmp_path / "train.csv"
+    with path.open("w", encoding="utf-8", newline="") as file:
+        csv.writer(file).writerows([["question", "think", "answer"], ["头疼", "想一想", long_answer]])
+
+    assert read_samples(path, system_prompt=SYSTEM).samples[0].answer == long_answer
+
+
+def test_a_json_file_of_json_lines_is_read_as_json_lines(tmp_path):
+    """HF datasets (and so LLaMA-Factory) read a `.json` file holding one object per line; so does medtune."""
+    path = write_lines(tmp_path / "train.json", [encode(row) for row in QTA_ROWS[:2]])
+
+    samples = read_samples(path, system_prompt=SYSTEM).samples
+
+    assert [fields(sample) for sample in samples] == [expected(row) for row in QTA_ROWS[:2]]
+    assert [sample.source for sample in samples] == ["train.json:1", "train.json:2"]
+
+
+def test_alpaca_history_counts_as_a_multi_turn_row(tmp_path):
+    """The earlier turns of `history` are not trained on: the row is counted, as a longer conversation is."""
+    rows = [
+        {"instruction": "头疼", "output": "<think>想</think>多休息", "history": [["你好", "你好，哪里不舒服？"]]},
+        {"instruction": "头疼", "output": "<think>想</think>多休息", "history": []},
+    ]
+    path = write_lines(tmp_path / "alpaca.jsonl", [encode(row) for row in rows])
+
+    result = read_samples(path, system_prompt=SYSTEM)
+
+    assert result.multi_turn_truncated == 1
+    assert [fields(sample) for sample in result.samples] == [("头疼", "想", "多休息", SYSTEM)] * 2
+
+
+def test_a_row_in_no_known_format_names_data_columns(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", [encode({"medical_case": "头疼", "doctor_diagnosis": "多休息"})])
+
+    with pytest.raises(DataError, match=r"no known format \(keys: doctor_diagnosis, medical_case\).*data\.columns"):
+        read_samples(path, system_prompt=SYSTEM)
+
+
+def test_messages_after_the_first_exchange_are_not_checked_only_counted(tmp_path):
+    """Only the first exchange is trained on, so tool calls and tool results after it do not make the row bad."""
+    later_tool_call = {
+        "messages": [
+            {"role": "user", "content": "头疼"},
+            {"role": "assistant", "content": "<think>想</think>多休息"},
+            {"role": "user", "content": "查一下附近的医院"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function"}]},
+            {"role": "tool", "content": "协和医院", "tool_call_id": "1"},
+            {"role": "assistant", "content": "<think>想</think>去协和医院"},
+        ]
+    }
+    tool_before_reply = {
+        "conversations": [
+            {"from": "human", "value": "查一下附近的医院"},
+            {"from": "observation", "value": "协和医院"},
+            {"from": "gpt", "value": "<think>想</think>去协和医院"},
+        ]
+    }
+    path = write_lines(tmp_path / "chat.jsonl", [encode(later_tool_call), encode(tool_before_reply)])
+
+    result = read_samples(path, system_prompt=SYSTEM, skip_bad_rows=True)
+
+    assert [fields(sample) for sample in result.samples] == [("头疼", "想", "多休息", SYSTEM)]
+    assert result.multi_turn_truncated == 1
+    assert [(bad.source, bad.field) for bad in result.skipped] == [("chat.jsonl:2", "conversations[1].from")]

@@ -127,6 +127,7 @@ def test_user_lexicon_file_with_comments_blank_lines_bom_and_crlf(tmp_path):
         ("头痛\t\n", ":1: empty category"),
         ("头痛\tsymptom\n胸闷\n头痛\tdisease\n", ":3: term '头痛' has category 'disease' here but 'symptom' on line 1"),
         ("头痛\n\x00\x01PK\x03\x04\n", ":2: control character U+0000; a lexicon is a text file"),
+        ("精神\t606946\n医院\t580436\n", ":1: category '606946' is a number"),  # THUOCL's term<TAB>frequency
     ],
 )
 def test_bad_lexicon_file_names_file_and_line(tmp_path, content, message):

@@ -65,6 +65,7 @@ def data_preview(
     masked_only: Annotated[
         bool, typer.Option("--masked-only", help="Show only samples the augmentation masks (v3), skipping the others.")
     ] = False,
+    skip_bad_rows: SkipBadRowsOpt = False,
 ) -> None:
     """Show rendered training samples: trained tokens highlighted, masked terms marked, as the model sees them."""
     from rich.console import Console
@@ -73,6 +74,8 @@ def data_preview(
     from medtune.model.load import load_tokenizer
 
     cfg = load_cli_config(config, overlay, set_)
+    if skip_bad_rows:
+        cfg.data.skip_bad_rows = True
     tokenizer = load_tokenizer(cfg.model)
     shown = preview_samples(cfg, tokenizer, n=n, epoch=epoch, masked_only=masked_only)
     show_preview(shown, tokenizer, cfg.data.max_length, Console())

@@ -307,11 +307,15 @@ def _jsonl_rows(lines: list[str | _RowProblem]) -> Iterator[tuple[int, Any]]:
 
 
 def _json_array_rows(path: Path, lines: list[str]) -> Iterator[tuple[int, Any]]:
-    """A JSON file is parsed whole, so a syntax error makes the whole file unusable."""
+    """A JSON file is parsed whole, so a syntax error makes the whole file unusable. A file of one object per line
+    is read as JSON Lines, as HF datasets (and so LLaMA-Factory) read such a `.json` file."""
     file = str(path)
     try:
         data = json.loads("\n".join(lines))
     except json.JSONDecodeError as err:
+        if err.msg == "Extra data" and _is_json_object(next((text for text in lines if text.strip()), "")):
+            yield from _jsonl_rows(lines)
+            return
         raise DataError(
             file, f"invalid JSON: {err.msg} (column {err.colno})", line=err.lineno, field_name=ROW
         ) from None
@@ -322,13 +326,23 @@ def _json_array_rows(path: Path, lines: list[str]) -> Iterator[tuple[int, Any]]:
     yield from enumerate(data, start=1)
 
 
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[tuple[int, Any]]:
-    """Records under a header row, as {column: cell}; a record may span lines inside quotes."""
+    """Records under a header row, as {column: cell}; a record may span lines inside quotes. Columns without a name
+    (the empty ones a spreadsheet writes past the last named one) cannot be mapped to a field and are left out."""
     file = str(path)
-    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, strict=True)
+    text = "\n".join(lines)
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # its default refuses cells over 131,072 characters
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
     try:
         header = [name.strip() for name in next(reader, [])]
-        twice = sorted({name for name in header if header.count(name) > 1})
+        twice = sorted({name for name in header if name and header.count(name) > 1})
         if twice:
             raise DataError(
                 file, f"the header names column {', '.join(map(repr, twice))} twice", line=1, field_name=ROW
@@ -341,7 +355,7 @@ def _csv_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[tuple[in
             if len(record) != len(header):
                 yield line, _RowProblem(ROW, f"{len(record)} cells, but the header has {len(header)} columns")
                 continue
-            yield line, dict(zip(header, record))
+            yield line, {name: cell for name, cell in zip(header, record) if name}
     except csv.Error as err:
         raise DataError(
             file,
@@ -381,7 +395,7 @@ def _detect_format(row: Any) -> str:
     raise _RowProblem(
         ROW,
         f"no known format (keys: {keys}); expected question/think/answer, instruction/input/output, or "
-        "messages/conversations",
+        "messages/conversations, or data.columns naming the keys that hold the question and the answer",
     )
 
 
@@ -515,15 +529,19 @@ def _alpaca_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     for label, text in (("instruction", instruction), ("input", extra_input), ("system", system)):
         _check_tags(text, label, rules)
     question = f"{instruction}\n{extra_input}" if extra_input else instruction
-    return Sample(question=question, think=think, answer=answer, system=system or rules.system_prompt), False
+    sample = Sample(question=question, think=think, answer=answer, system=system or rules.system_prompt)
+    return sample, bool(row.get("history"))  # earlier turns, before this one: not trained on
 
 
 def _messages_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
-    """OpenAI `messages` or ShareGPT `conversations`: the system message and the first exchange."""
+    """OpenAI `messages` or ShareGPT `conversations`: the system message and the first exchange. Messages after it
+    are not read (tool calls, tool results), only counted: the row holds more than one exchange."""
     _require_object(row)
-    messages = _chat_messages(row)
-    system, question, reply = None, None, None
-    for role, content, where in messages:
+    key, messages = _chat_messages(row)
+    system, question, reply, turns = None, None, None, 0
+    for index, message in enumerate(messages):
+        role, content, where = _chat_message(message, f"{key}[{index}]", sharegpt=key == "conversations")
+        turns += role != "system"
         if role == "system" and question is None and system is None:
             system = (content, where)
         elif role == "user" and question is None:
@@ -531,7 +549,6 @@ def _messages_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
         elif role == "assistant" and question is not None:
             reply = (content, where)
             break
-    key = "conversations" if "conversations" in row else "messages"
     if question is None:
         raise _RowProblem(key, "no user message")
     if reply is None:
@@ -543,34 +560,34 @@ def _messages_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     for text, where in (question, system or ("", "")):
         _check_tags(text, where, rules)
     think, answer = _split_think(reply[0], reply[1], rules)
-    exchanges = sum(role != "system" for role, _, _ in messages)
     sample = Sample(
         question=question[0], think=think, answer=answer, system=(system and system[0]) or rules.system_prompt
     )
-    return sample, exchanges > 2
+    return sample, turns > 2 or index + 1 < len(messages)
 
 
-def _chat_messages(row: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(role, stripped content, field path for errors) of every message, roles mapped to OpenAI's."""
-    sharegpt = "conversations" in row and "messages" not in row
-    key, role_key, content_key = ("conversations", "from", "value") if sharegpt else ("messages", "role", "content")
+def _chat_messages(row: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The row's key of its messages (`conversations` for ShareGPT, else `messages`) and their list."""
+    key = "conversations" if "conversations" in row and "messages" not in row else "messages"
     messages = row.get(key)
     if messages is None:
         raise _RowProblem(key, "missing")
     if not isinstance(messages, list):
         raise _RowProblem(key, f"wrong type: expected a list of messages, got {_type_name(messages)}")
+    return key, messages
+
+
+def _chat_message(message: Any, where: str, *, sharegpt: bool) -> tuple[str, str, str]:
+    """(role, stripped content, field path for errors) of one message, its role mapped to OpenAI's."""
+    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
     allowed = _SHAREGPT_ROLES if sharegpt else {role: role for role in _OPENAI_ROLES}
-    parsed = []
-    for index, message in enumerate(messages):
-        where = f"{key}[{index}]"
-        if not isinstance(message, dict):
-            raise _RowProblem(where, f"wrong type: expected an object, got {_type_name(message)}")
-        role = _text(message, role_key, required=True, label=f"{where}.{role_key}")
-        if role not in allowed:
-            raise _RowProblem(f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(allowed)}")
-        content = _text(message, content_key, required=True, allow_empty=True, label=f"{where}.{content_key}")
-        parsed.append((allowed[role], content, f"{where}.{content_key}"))
-    return parsed
+    if not isinstance(message, dict):
+        raise _RowProblem(where, f"wrong type: expected an object, got {_type_name(message)}")
+    role = _text(message, role_key, required=True, label=f"{where}.{role_key}")
+    if role not in allowed:
+        raise _RowProblem(f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(allowed)}")
+    content = _text(message, content_key, required=True, allow_empty=True, label=f"{where}.{content_key}")
+    return allowed[role], content, f"{where}.{content_key}"
 
 
 _CONVERTERS = {"qta": _qta_sample, "alpaca": _alpaca_sample, "messages": _messages_sample}

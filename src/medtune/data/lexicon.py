@@ -293,6 +293,11 @@ def parse_lexicon(data: bytes, source: str) -> Lexicon:
                 f"{source}:{number}: empty category after the TAB (leave out the TAB for the default "
                 f"`{DEFAULT_CATEGORY}`)"
             )
+        if category.isdigit():  # a word list with frequencies would otherwise mask terms as [606946]
+            raise LexiconError(
+                f"{source}:{number}: category {category!r} is a number; for a word list with frequencies "
+                f"(THUOCL's `term<TAB>frequency`), keep only the terms: cut -f1 {source} > terms.txt"
+            )
         if term in categories and categories[term] != category:
             raise LexiconError(
                 f"{source}:{number}: term {term!r} has category {category!r} here but {categories[term]!r} on line "
