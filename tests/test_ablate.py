@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from tests.conftest import CONFIGS
 
-from medtune.ablate import load_experiment, parse_seeds, plan_runs
-from medtune.config import ConfigError
+from medtune.ablate import check_unchanged, load_experiment, parse_seeds, plan_runs
+from medtune.config import ConfigError, dump_config
 
 
 def write_experiment(tmp_path: Path, data_file: Path) -> Path:
@@ -106,6 +107,24 @@ def test_plan_and_seeds(tmp_path, short_rows_file):
     bad.write_text("name: x\nversions: {v1: ../configs/v1.yaml}\nbaseline: v1\n")  # copied out of experiments/
     with pytest.raises(ConfigError, match=r"bad\.yaml: versions\.v1: .*configs/v1\.yaml not found \(paths in an"):
         load_experiment(bad)
+
+
+def test_a_run_is_another_run_only_when_what_it_computes_changed(tmp_path, short_rows_file, monkeypatch):
+    """A folder of this experiment whose stored config lacks keys added to medtune since (an upgrade) or differs only
+    in how the run is logged is the same run; another learning rate is not, and the error lists the change."""
+    monkeypatch.chdir(tmp_path)  # the experiment's output_dir is relative to the working folder
+    experiment, root = load_experiment(write_experiment(tmp_path, short_rows_file))
+    run = plan_runs(experiment, root)[0]
+    stored = yaml.safe_load(dump_config(run.config))
+    del stored["data"]["literal_tags"], stored["lora"]["tied_embeddings"]  # keys as if a later medtune added them
+    stored["train"]["logging_steps"] = 5
+    run.folder.path.mkdir(parents=True)
+    run.folder.config.write_text(yaml.safe_dump(stored), encoding="utf-8")
+    check_unchanged(run)
+    stored["train"]["lr"] = 1e-3
+    run.folder.config.write_text(yaml.safe_dump(stored), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"started with another config \(train\.lr: 0\.001 -> 0\.002\); delete"):
+        check_unchanged(run)
 
 
 def test_a_bad_experiment_says_what_each_key_accepts_as_a_bad_config_does(tmp_path):

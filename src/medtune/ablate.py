@@ -23,6 +23,7 @@ from medtune.config import (
     RunConfig,
     _Strict,
     apply_overrides,
+    changes_on_resume,
     compose,
     dump_config,
     problem_lines,
@@ -134,12 +135,13 @@ def plan_runs(
 
 
 def check_unchanged(run: PlannedRun) -> None:
-    """A run folder trained with another config must not be silently continued or counted as done."""
-    stored = run.folder.config
-    if stored.exists() and stored.read_text(encoding="utf-8") != dump_config(run.config):
+    """A run folder trained with another config must not be silently continued or counted as done; settings a resumed
+    run may change (how it is logged, saved or sped up) and keys added to medtune since do not count."""
+    folder = run.folder
+    if folder.config.exists() and (changes := changes_on_resume(folder.read_config(), run.config)):
         raise ConfigError(
-            f"{stored}: this run was started with a different config; delete the folder or rename the "
-            "experiment's output_dir to train it afresh"
+            f"{folder.config}: this run was started with another config ({'; '.join(changes)}); delete the folder "
+            "or rename the experiment's output_dir to train it afresh"
         )
 
 

@@ -781,8 +781,11 @@ computes. A key ending in "." stands for its whole section."""
 
 def changes_on_resume(stored: dict[str, Any], cfg: RunConfig) -> list[str]:
     """`key: old -> new` for each setting of `cfg` that differs from the run's `stored` config and that a resumed
-    run may not change (RESUME_MAY_CHANGE): continuing with them would train a run that no config describes."""
-    before, after = flatten(stored), flatten(cfg.model_dump(mode="json"))
+    run may not change (RESUME_MAY_CHANGE): continuing with them would train a run that no config describes.
+
+    The stored config is read as this medtune reads a config, so a key added since the run was written takes its
+    default, the setting that keeps the behaviour before it existed: an upgrade alone changes no run's config."""
+    before, after = flatten(_as_current(stored)), flatten(cfg.model_dump(mode="json"))
     return [
         f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
         for key in sorted(before.keys() | after.keys())
@@ -791,6 +794,15 @@ def changes_on_resume(stored: dict[str, Any], cfg: RunConfig) -> list[str]:
             key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUME_MAY_CHANGE
         )
     ]
+
+
+def _as_current(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with this version's defaults filled in; as stored when this version cannot read it (a key
+    since removed), so that every difference is listed."""
+    try:
+        return RunConfig.model_validate(stored).model_dump(mode="json")
+    except ValidationError:
+        return stored
 
 
 def dump_config(cfg: RunConfig) -> str:
