@@ -121,6 +121,26 @@ def test_openai_messages_keep_system_split_think_and_count_multi_turn(tmp_path):
     assert result.multi_turn_truncated == 1
 
 
+@pytest.mark.parametrize(
+    ("key", "messages"),
+    [
+        ("conversations", [("from", "system"), ("from", "user"), ("from", "assistant")]),  # ShareGPT, OpenAI's roles
+        ("conversations", [("role", "system"), ("role", "user"), ("role", "assistant")]),  # OpenAI's keys
+        ("messages", [("role", "developer"), ("role", "user"), ("role", "assistant")]),  # OpenAI's newer system
+        ("messages", [("from", "system"), ("from", "human"), ("from", "gpt")]),  # ShareGPT's keys
+    ],
+)
+def test_chat_rows_in_either_style_under_either_key_are_read_alike(tmp_path, key, messages):
+    """Datasets mix ShareGPT's and OpenAI's keys and role names; every mix means the same exchange."""
+    texts = ("你是全科医生。", QTA_ROWS[0]["question"], reply(QTA_ROWS[0]))
+    content = {"from": "value", "role": "content"}
+    row = {key: [{role_key: role, content[role_key]: text} for (role_key, role), text in zip(messages, texts)]}
+    path = write_lines(tmp_path / "chat.jsonl", [encode(row)])
+    assert [fields(sample) for sample in read_samples(path, system_prompt=SYSTEM).samples] == [
+        expected(QTA_ROWS[0], "你是全科医生。")
+    ]
+
+
 def test_alpaca_joins_input_and_splits_think(tmp_path):
     first, second, third = QTA_ROWS[:3]
     rows = [

@@ -34,8 +34,16 @@ ROW = "(row)"
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 """Where bytes.splitlines splits a file into lines (str.splitlines also splits at U+2028 and others)."""
 
-_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
-_OPENAI_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+}
+"""A message's role -> OpenAI's: OpenAI's own (`developer` is its newer name for system), and ShareGPT's (human, gpt),
+in either list; tool and function messages have no place in a single exchange."""
 
 
 @dataclass
@@ -540,7 +548,7 @@ def _messages_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     key, messages = _chat_messages(row)
     system, question, reply, turns = None, None, None, 0
     for index, message in enumerate(messages):
-        role, content, where = _chat_message(message, f"{key}[{index}]", sharegpt=key == "conversations")
+        role, content, where = _chat_message(message, f"{key}[{index}]", sharegpt_list=key == "conversations")
         turns += role != "system"
         if role == "system" and question is None and system is None:
             system = (content, where)
@@ -577,17 +585,19 @@ def _chat_messages(row: dict[str, Any]) -> tuple[str, list[Any]]:
     return key, messages
 
 
-def _chat_message(message: Any, where: str, *, sharegpt: bool) -> tuple[str, str, str]:
-    """(role, stripped content, field path for errors) of one message, its role mapped to OpenAI's."""
-    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
-    allowed = _SHAREGPT_ROLES if sharegpt else {role: role for role in _OPENAI_ROLES}
+def _chat_message(message: Any, where: str, *, sharegpt_list: bool) -> tuple[str, str, str]:
+    """(role, stripped content, field path for errors) of one message, its role mapped to OpenAI's. A message is
+    ShareGPT's (`from`, `value`) or OpenAI's (`role`, `content`) by its keys, whichever list holds it, as datasets mix
+    them; a message with neither is named by its list's style (`conversations`: ShareGPT)."""
     if not isinstance(message, dict):
         raise _RowProblem(where, f"wrong type: expected an object, got {_type_name(message)}")
+    sharegpt = "from" in message or (sharegpt_list and "role" not in message)
+    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
     role = _text(message, role_key, required=True, label=f"{where}.{role_key}")
-    if role not in allowed:
-        raise _RowProblem(f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(allowed)}")
+    if role not in CHAT_ROLES:
+        raise _RowProblem(f"{where}.{role_key}", f"unknown role {role!r}; expected one of {', '.join(CHAT_ROLES)}")
     content = _text(message, content_key, required=True, allow_empty=True, label=f"{where}.{content_key}")
-    return allowed[role], content, f"{where}.{content_key}"
+    return CHAT_ROLES[role], content, f"{where}.{content_key}"
 
 
 _CONVERTERS = {"qta": _qta_sample, "alpaca": _alpaca_sample, "messages": _messages_sample}
