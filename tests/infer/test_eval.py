@@ -226,3 +226,27 @@ def test_eval_rows_broken_otherwise_keep_their_own_error(v1_run, cli_app, runner
     result = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(rows)])
     assert result.exit_code == 4, result.output
     assert "wrong type" in result.output and "medtune generate" not in result.output
+
+
+def test_eval_refuses_an_output_that_would_replace_its_data_before_loading(
+    v1_run, cli_app, runner, tmp_path, monkeypatch
+):
+    """`-o` naming the --data file (or a name whose replies file is it) would replace the rows with results; `-o`
+    naming a folder failed with a traceback after every reply was generated. All are refused before the model
+    loads."""
+    import medtune.infer.runs
+
+    monkeypatch.setattr(medtune.infer.runs, "load_for_inference", lambda *a, **k: pytest.fail("the model loaded"))
+    rows = tmp_path / "val.replies.jsonl"
+    content = '{"question": "头痛", "think": "想", "answer": "多休息"}\n'
+    rows.write_text(content, encoding="utf-8")
+    (tmp_path / "results").mkdir()
+    for output, problem in [
+        (rows, "is the --data file"),
+        (tmp_path / "val.json", "would write its replies to"),
+        (tmp_path / "results", "is a folder"),
+    ]:
+        result = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(rows), "-o", str(output)])
+        assert result.exit_code == 2 and "--output" in result.output and problem in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert rows.read_text(encoding="utf-8") == content

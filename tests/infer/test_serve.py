@@ -17,14 +17,23 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+import torch
 import uvicorn
 from openai import BadRequestError, NotFoundError, OpenAI
 
 from medtune.infer.decoding import Decoding
-from medtune.infer.export import run_model_name
+from medtune.infer.export import load_model_folder, run_model_name
 from medtune.infer.generation import Messages
 from medtune.infer.runs import resolve_run
-from medtune.infer.serve import ChatRequest, Completion, ServedModel, _field_path, create_app, load_served_model
+from medtune.infer.serve import (
+    ChatRequest,
+    Completion,
+    ServedModel,
+    TransformersBackend,
+    _field_path,
+    create_app,
+    load_served_model,
+)
 from medtune.model.tiny import tiny_model_dir
 
 SYSTEM = "你是医生。"
@@ -55,6 +64,9 @@ class ScriptedBackend:
             self.active -= 1
         done.prompt_tokens, done.completion_tokens = 7, len(pieces)
         done.finish_reason = "length" if len(pieces) < -(-len(reply) // 3) else "stop"
+
+    def prompt_length(self, messages: Messages) -> int:
+        return 7
 
 
 @contextmanager
@@ -146,6 +158,7 @@ BAD_REQUESTS = [
         "more than the model's context (4096 tokens)",
     ),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n", "only 1 is supported"),
+    ({"messages": [{"role": "user", "content": "x"}], "seed": 2**64}, "seed", "less than or equal to"),
     ({"messages": [{"role": "user", "content": "x"}], "stop": ["\n"]}, "stop", "stop strings are not supported"),
     ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {}}, "logit_bias", "unknown or unsupported field"),
     ({"messages": [{"role": "doctor", "content": "x"}]}, "messages[0].role", "'system', 'user' or 'assistant'"),
@@ -215,6 +228,71 @@ def test_think_hide_leaves_the_reasoning_out():
     )
 
 
+def test_a_prompt_and_reply_longer_than_the_context_get_a_400_not_a_reply():
+    """As vLLM: the prompt's tokens and max_tokens must fit the model's context, and an unset max_tokens is what is
+    left of it; a model fed past its context (its position embeddings) writes noise without saying so."""
+    source = load_model_folder(tiny_model_dir())
+    served = ServedModel(TransformersBackend(source.model, source.tokenizer), "tiny", None, True, max_tokens_limit=64)
+    question = [{"role": "user", "content": "头痛" * 20}]
+    prompt_tokens = len(source.tokenizer.apply_chat_template(question, add_generation_prompt=True)["input_ids"])
+    with serving(served) as url:
+        ask = lambda **body: httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)  # noqa: E731
+        too_long = ask(messages=[{"role": "user", "content": "头痛" * 100}], max_tokens=1)
+        too_much = ask(messages=question, max_tokens=64 - prompt_tokens + 1, stream=True)
+        rest = ask(messages=question, temperature=0)
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "messages", too_long.text
+    assert "leave no room for a reply in the model's context (64 tokens)" in too_long.json()["error"]["message"]
+    assert too_much.status_code == 400 and too_much.json()["error"]["param"] == "max_tokens", too_much.text
+    assert f"{prompt_tokens} prompt tokens + {64 - prompt_tokens + 1} new tokens" in too_much.json()["error"]["message"]
+    assert rest.status_code == 200 and rest.json()["usage"]["total_tokens"] <= 64, rest.text
+
+
+class WritingModel(torch.nn.Module):
+    """Writes the same reply ids whatever it is asked, through the streamer as `generate` does, up to max_new_tokens."""
+
+    def __init__(self, reply_ids: list[int]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.reply_ids = reply_ids
+
+    def generate(self, input_ids, attention_mask, generation_config, streamer, stopping_criteria):  # noqa: ANN001
+        reply = self.reply_ids[: generation_config.max_new_tokens]
+        streamer.put(input_ids)  # the prompt, which the streamer skips
+        for token in reply:
+            streamer.put(torch.tensor([token]))
+        streamer.end()
+        return torch.cat([input_ids, torch.tensor([reply])], dim=1)
+
+
+def test_a_think_block_the_prompt_opened_comes_back_as_reasoning_streamed_or_not():
+    """Templates of thinking-only models (Qwen3-*-Thinking-2507) end the prompt with `<think>\n`, so the model writes
+    `reasoning</think>answer`. Streamed, that reasoning went out as the answer before `</think>` came, and the answer
+    after it never did; a reply cut inside the reasoning came back as the answer."""
+    tokenizer = load_model_folder(tiny_model_dir()).tokenizer
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "{{- '<|im_start|>assistant\\n' }}", "{{- '<|im_start|>assistant\\n<think>\\n' }}"
+    )
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+    reply_ids = tokenizer("想想头痛\n</think>\n\n回答头痛", add_special_tokens=False)["input_ids"]
+    model = WritingModel(reply_ids + [tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    served = ServedModel(TransformersBackend(model, tokenizer), "med", None, False, max_tokens_limit=4096)
+    ask = dict(model="med", messages=[{"role": "user", "content": "头痛"}])
+    with serving(served) as url:
+        message = client(url).chat.completions.create(**ask).choices[0].message
+        deltas = [c.choices[0].delta for c in client(url).chat.completions.create(**ask, stream=True)]
+        cut = client(url).chat.completions.create(**ask, max_tokens=2).choices[0]
+    assert (message.model_extra["reasoning_content"], message.content) == ("想想头痛", "回答头痛")
+    streamed = (
+        "".join(d.model_extra.get("reasoning_content") or "" for d in deltas),
+        "".join(d.content or "" for d in deltas),
+    )
+    assert streamed == ("想想头痛", "回答头痛")
+    assert cut.finish_reason == "length" and cut.message.content == "" and cut.message.model_extra["reasoning_content"]
+
+
 def test_request_fields_map_onto_decoding():
     def request(**fields) -> ChatRequest:
         return ChatRequest(
@@ -222,12 +300,12 @@ def test_request_fields_map_onto_decoding():
             **fields,
         )
 
-    assert request().decoding(8192) == Decoding()
-    assert request(temperature=0, max_tokens=5).decoding(8192) == Decoding(greedy=True, max_new_tokens=5)
-    assert request(temperature=1.0, top_k=5, max_completion_tokens=9).decoding(8192) == Decoding(
+    assert request().decoding(8192, 10) == Decoding()
+    assert request(temperature=0, max_tokens=5).decoding(8192, 10) == Decoding(greedy=True, max_new_tokens=5)
+    assert request(temperature=1.0, top_k=5, max_completion_tokens=9).decoding(8192, 10) == Decoding(
         temperature=1.0, top_k=5, max_new_tokens=9
     )
-    assert request().decoding(100).max_new_tokens == 100
+    assert request().decoding(100, 30).max_new_tokens == 70, "what the prompt leaves of the context"
     assert request(presence_penalty=0.0, n=1).messages[0].content == "ab"
     assert _field_path(("body", "messages", 1, "role")) == "messages[1].role"
 

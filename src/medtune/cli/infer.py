@@ -56,7 +56,8 @@ def generate(
             exists=True,
             dir_okay=False,
             show_default=False,
-            help="Questions: JSONL/JSON/Parquet in any medtune format, or JSONL rows with only `question`.",
+            help="Questions: a .jsonl, .json, .csv, .tsv or .parquet file in any medtune format, read with the run's "
+            "data settings; question/think/answer rows may hold only `question`.",
         ),
     ],
     output: Annotated[
@@ -78,13 +79,15 @@ def generate(
     """Answer every question of a file in batches; think and answer are kept apart."""
     from transformers import set_seed
 
-    from medtune.infer.generate import answer_rows, read_questions, write_jsonl
+    from medtune.infer.generate import OutputError, answer_rows, check_output, read_questions, write_jsonl
     from medtune.infer.runs import load_for_inference, resolve_run
 
     adapter_run = resolve_run(run, checkpoint)
-    questions = read_questions(
-        input_file, adapter_run.config.data.system_prompt
-    )  # bad input stops here, before the model loads
+    questions = read_questions(input_file, adapter_run.config.data)  # bad input stops here, before the model loads
+    try:
+        check_output(output, input_file)
+    except OutputError as err:
+        raise typer.BadParameter(str(err), param_hint="--output") from None
     loaded = load_for_inference(adapter_run)
     set_seed(seed)
     rows = answer_rows(questions, loaded, Decoding(greedy=greedy, max_new_tokens=max_new_tokens), batch_size)
@@ -127,12 +130,17 @@ def eval_command(
     """Eval loss, perplexity, BLEU-4, ROUGE-L, think format, term recall and robustness to masked terms (greedy)."""
     from rich.console import Console
 
-    from medtune.infer.evaluate import default_output, eval_data, replies_path, run_eval
+    from medtune.infer.evaluate import check_output, default_output, eval_data, replies_path, run_eval
+    from medtune.infer.generate import OutputError
     from medtune.infer.runs import load_for_inference, resolve_run
 
     adapter_run = resolve_run(run, checkpoint)
     rows = eval_data(adapter_run.config, data, limit)  # bad rows stop here, before the model loads
     target = output or default_output(adapter_run, with_adapter=not no_adapter, data=rows)
+    try:
+        check_output(target, rows)
+    except OutputError as err:
+        raise typer.BadParameter(str(err), param_hint="--output") from None
     loaded = load_for_inference(adapter_run, with_adapter=not no_adapter)
     record = run_eval(loaded, rows, Decoding(greedy=True, max_new_tokens=max_new_tokens), batch_size, target)
     Console().print(columns_table(f"eval of {adapter_run.output_dir}", {record["checkpoint"]: flatten(record)}))

@@ -166,7 +166,8 @@ def read_samples(
         encoding: of a text file; a file that is not in it gets an error naming the encoding it looks like.
         think: `optional` trains a row without reasoning with an empty think block; `required` rejects it.
         literal_tags: `text` keeps a chat-template tag inside a field (trained as characters); `error` rejects it.
-        answer: `optional` reads a question/think/answer row without an answer (a prompts file for generation).
+        answer: `optional` reads a row without its reply (no answer, output or assistant message: a prompts file for
+            generation).
 
     Raises:
         DataError: missing or unreadable file, unknown suffix, a file in another encoding, the first bad row
@@ -532,7 +533,8 @@ def _alpaca_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
     _require_object(row)
     instruction = _text(row, "instruction", required=True)
     extra_input = _text(row, "input", required=False)
-    think, answer = _split_think(_text(row, "output", required=True, reply=True), "output", rules)
+    output = _text(row, "output", required=rules.answer == "required", reply=True)
+    think, answer = _reply_parts(output, "output", rules)
     system = _text(row, "system", required=False)
     for label, text in (("instruction", instruction), ("input", extra_input), ("system", system)):
         _check_tags(text, label, rules)
@@ -559,19 +561,27 @@ def _messages_sample(row: Any, rules: RowRules) -> tuple[Sample, bool]:
             break
     if question is None:
         raise _RowProblem(key, "no user message")
-    if reply is None:
+    if reply is None and rules.answer == "required":
         raise _RowProblem(key, "no assistant message after the first user message", no_reference=True)
     if not question[0]:
         raise _RowProblem(question[1], "empty")
-    if not reply[0]:
+    if reply is not None and not reply[0] and rules.answer == "required":
         raise _RowProblem(reply[1], "empty", no_reference=True)
     for text, where in (question, system or ("", "")):
         _check_tags(text, where, rules)
-    think, answer = _split_think(reply[0], reply[1], rules)
+    think, answer = _reply_parts(*(reply or ("", key)), rules)
     sample = Sample(
         question=question[0], think=think, answer=answer, system=(system and system[0]) or rules.system_prompt
     )
     return sample, turns > 2 or index + 1 < len(messages)
+
+
+def _reply_parts(reply: str, field_name: str, rules: RowRules) -> tuple[str, str]:
+    """Think and answer of a reply field; none at all in a row that may hold only its question (`answer:
+    optional`, a prompts file)."""
+    if not reply and rules.answer == "optional":
+        return "", ""
+    return _split_think(reply, field_name, rules)
 
 
 def _chat_messages(row: dict[str, Any]) -> tuple[str, list[Any]]:

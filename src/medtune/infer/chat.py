@@ -14,7 +14,7 @@ from transformers import TextIteratorStreamer
 
 from medtune.data.reply import split_reply
 from medtune.infer.decoding import Decoding
-from medtune.infer.generation import Messages, decode_reply, prompt_text
+from medtune.infer.generation import Messages, decode_reply, opened_think, prompt_text
 from medtune.infer.runs import InferenceModel, describe
 
 ThinkMode = Literal["show", "hide"]
@@ -67,9 +67,9 @@ class ReplyPrinter:
 def stream_reply(loaded: InferenceModel, messages: Messages, decoding: Decoding, printer: ReplyPrinter) -> str:
     """Generate one reply in a thread while printing it; return the answer (what the history keeps)."""
     tokenizer = loaded.tokenizer
-    inputs = tokenizer(prompt_text(tokenizer, messages), return_tensors="pt", add_special_tokens=False).to(
-        loaded.device
-    )
+    prompt = prompt_text(tokenizer, messages)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.device)
+    opened = opened_think(prompt)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     generated: dict = {}
 
@@ -84,12 +84,13 @@ def stream_reply(loaded: InferenceModel, messages: Messages, decoding: Decoding,
 
     thread = Thread(target=work, daemon=True)
     thread.start()
+    printer.feed(opened)  # the think block the prompt opened, if any: the reply shows as think from its start
     for piece in streamer:
         printer.feed(piece)
     thread.join()
     if "error" in generated:
         raise generated["error"]
-    reply = decode_reply(tokenizer, generated["ids"][0, inputs["input_ids"].shape[1] :].tolist())
+    reply = decode_reply(tokenizer, generated["ids"][0, inputs["input_ids"].shape[1] :].tolist(), opened)
     printer.console.print()
     if reply.finish_reason == "length":
         printer.console.print(f"[cut at --max-new-tokens {decoding.max_new_tokens}]", style="yellow", markup=False)

@@ -24,6 +24,7 @@ from medtune.data.lexicon import load_lexicon
 from medtune.data.render import encode_sample, prompt_messages
 from medtune.data.split import ReadResult, read_data_file, split_rows
 from medtune.infer.decoding import Decoding
+from medtune.infer.generate import OutputError, output_problem
 from medtune.infer.generation import Reply
 from medtune.infer.generation_progress import generate_with_progress
 from medtune.infer.runs import AdapterRun, InferenceModel
@@ -220,6 +221,16 @@ def run_eval(
     write_atomic(replies_path(output), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     write_json(output, record)
     return record
+
+
+def check_output(output: Path, data: EvalData) -> None:
+    """Raises OutputError for an output (or its replies file beside it) that is a folder or the --data file."""
+    replies = replies_path(output)
+    for path in (output, replies):
+        problem = output_problem(path, data.data_file, "--data")
+        if problem is not None:
+            where = f"{output}" if path == output else f"{output} would write its replies to {replies}, which"
+            raise OutputError(f"{where} {problem}: -o names the file the results are written to")
 
 
 def replies_path(output: Path) -> Path:

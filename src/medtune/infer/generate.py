@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medtune.config import DataConfig
 from medtune.data.formats import Sample, read_samples
 from medtune.data.render import prompt_messages
 from medtune.infer.decoding import Decoding
@@ -14,10 +15,42 @@ from medtune.infer.runs import InferenceModel
 from medtune.run_folder import write_atomic
 
 
-def read_questions(path: Path, system_prompt: str) -> list[Sample]:
-    """Rows in any medtune format (their question is used); question/think/answer rows may hold only
+class OutputError(ValueError):
+    """`-o` names a folder, or the file the command reads; the message says which (the CLI shows it as --output's)."""
+
+
+def output_problem(output: Path, read: Path | None, read_option: str) -> str | None:
+    """How `output` cannot take a command's results, checked before the model loads: `is a folder` (writing it would
+    fail only after every reply was generated), or `is the <read_option> file` (the results would replace the rows
+    read); None when it can."""
+    if output.is_dir():
+        return "is a folder"
+    if read is not None and output.resolve() == read.resolve():
+        return f"is the {read_option} file"
+    return None
+
+
+def check_output(output: Path, questions: Path) -> None:
+    """Raises OutputError for an output that is a folder or the questions file itself."""
+    problem = output_problem(output, questions, "--input")
+    if problem is not None:
+        raise OutputError(f"{output} {problem}: -o names the file the answers are written to")
+
+
+def read_questions(path: Path, data: DataConfig) -> list[Sample]:
+    """Rows in any medtune format (their question is used), read with the run's data settings (format, columns,
+    encoding, system prompt, tags), as training and eval read theirs; question/think/answer rows may hold only
     `question` (and optionally `system`). Bad rows get the data reader's file:line:field error."""
-    return read_samples(path, system_prompt=system_prompt, think="optional", answer="optional").samples
+    return read_samples(
+        path,
+        format=data.format,
+        system_prompt=data.system_prompt,
+        columns=data.columns,
+        encoding=data.encoding,
+        think="optional",
+        literal_tags=data.literal_tags,
+        answer="optional",
+    ).samples
 
 
 def answer_rows(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from medtune.data.reply import ReplyParts, split_reply
+from medtune.data.reply import THINK_START, ReplyParts, split_reply
 from medtune.infer.decoding import Decoding, turn_end_id
 
 Messages = list[dict[str, str]]
@@ -24,7 +24,8 @@ class Reply:
     """One generated assistant turn, split into its think block and answer."""
 
     text: str
-    """Everything generated before `<|im_end|>`, special tokens left out."""
+    """Everything generated before `<|im_end|>`, special tokens left out, after the think block the prompt opened
+    (`opened_think`), if it opened one."""
     finish_reason: str
     """`stop`: the model ended its turn with <|im_end|>; `length`: cut at max_new_tokens."""
     new_tokens: int
@@ -49,14 +50,26 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def decode_reply(tokenizer: PreTrainedTokenizerBase, new_ids: list[int]) -> Reply:
-    """Cut the generated ids at the first <|im_end|> (padding follows it in a batch)."""
+def opened_think(prompt: str) -> str:
+    """The think block the prompt ends by opening (`<think>\\n`), or "" when it opens none.
+
+    Templates of thinking-only models (Qwen3-*-Thinking-2507) open it for the model, which then writes
+    `reasoning</think>answer`: with the opening put back in front, a reply reads as think from its first token,
+    streamed or cut at max_new_tokens, not only once `</think>` comes.
+    """
+    stripped = prompt.rstrip()
+    return prompt[len(stripped) - len(THINK_START) :] if stripped.endswith(THINK_START) else ""
+
+
+def decode_reply(tokenizer: PreTrainedTokenizerBase, new_ids: list[int], opened: str = "") -> Reply:
+    """Cut the generated ids at the first <|im_end|> (padding follows it in a batch); `opened` is the think block the
+    prompt opened (`opened_think`)."""
     stop = turn_end_id(tokenizer)
     if stop in new_ids:
         kept, reason = new_ids[: new_ids.index(stop)], "stop"
     else:
         kept, reason = new_ids, "length"
-    return Reply(tokenizer.decode(kept, skip_special_tokens=True), reason, len(kept) + (reason == "stop"))
+    return Reply(opened + tokenizer.decode(kept, skip_special_tokens=True), reason, len(kept) + (reason == "stop"))
 
 
 @torch.no_grad()
@@ -76,9 +89,9 @@ def generate_replies(
     config = decoding.generation_config(tokenizer)
     replies: list[Reply] = []
     for start in range(0, len(conversations), batch_size):
-        batch = conversations[start : start + batch_size]
+        prompts = [prompt_text(tokenizer, messages) for messages in conversations[start : start + batch_size]]
         inputs = tokenizer(
-            [prompt_text(tokenizer, messages) for messages in batch],
+            prompts,
             return_tensors="pt",
             padding=True,
             padding_side="left",
@@ -86,7 +99,7 @@ def generate_replies(
         ).to(device)
         output = model.generate(**inputs, generation_config=config)
         new_ids = output[:, inputs["input_ids"].shape[1] :].tolist()  # device sync, once per batch
-        replies += [decode_reply(tokenizer, ids) for ids in new_ids]
+        replies += [decode_reply(tokenizer, ids, opened_think(prompt)) for prompt, ids in zip(prompts, new_ids)]
         if on_batch_done is not None:
-            on_batch_done(len(batch))
+            on_batch_done(len(prompts))
     return replies

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 
 from medtune.data.reply import THINK_END, THINK_START, TURN_END, split_reply
 from medtune.infer.decoding import Decoding, turn_end_id
-from medtune.infer.generation import Messages, prompt_text
+from medtune.infer.generation import Messages, opened_think, prompt_text
 from medtune.model.tiny import is_random_weights
 
 ThinkMode = Literal["show", "hide"]
@@ -107,7 +107,8 @@ class ChatRequest(BaseModel):
     min_p: float | None = Field(default=None, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    """OpenAI's int64; torch's generator refuses more (a 500 otherwise)."""
     n: Literal[1] = 1
     presence_penalty: Literal[0] = 0
     frequency_penalty: Literal[0] = 0
@@ -131,13 +132,29 @@ class ChatRequest(BaseModel):
             raise ValueError("max_tokens and max_completion_tokens disagree; give one")
         return self
 
-    def decoding(self, max_tokens_limit: int) -> Decoding:
-        """Decoding settings; unset fields keep medtune's defaults (Qwen3 thinking mode), temperature 0 is greedy."""
-        limit = self.max_completion_tokens or self.max_tokens or min(MAX_TOKENS_DEFAULT, max_tokens_limit)
-        if limit > max_tokens_limit:
+    def decoding(self, context: int, prompt_tokens: int) -> Decoding:
+        """Decoding settings; unset fields keep medtune's defaults (Qwen3 thinking mode), temperature 0 is greedy.
+
+        The prompt and the reply must fit the model's context, as vLLM requires (past its position embeddings a model
+        writes noise without saying so); an unset max_tokens is medtune's default or what the prompt leaves, if less.
+        """
+        room = context - prompt_tokens
+        if room < 1:
             raise ApiError(
-                400, f"max_tokens: {limit} is more than the model's context ({max_tokens_limit} tokens)", "max_tokens"
+                400,
+                f"messages: the prompt's {prompt_tokens} tokens leave no room for a reply in the model's context "
+                f"({context} tokens)",
+                "messages",
             )
+        requested = self.max_completion_tokens or self.max_tokens
+        if requested is not None and requested > room:
+            raise ApiError(
+                400,
+                f"max_tokens: {prompt_tokens} prompt tokens + {requested} new tokens is more than the model's context "
+                f"({context} tokens)",
+                "max_tokens",
+            )
+        limit = requested or min(MAX_TOKENS_DEFAULT, room)
         if self.temperature == 0:
             return Decoding(greedy=True, max_new_tokens=limit)
         default = Decoding()
@@ -164,11 +181,20 @@ class Completion:
 
 
 class Backend(Protocol):
+    def prompt_length(self, messages: Messages) -> int:
+        """Tokens of the prompt `generate` would start from, checked against the context before generating."""
+        ...
+
     def generate(
         self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion
     ) -> AsyncIterator[str]:
-        """Text pieces of the reply as they come (special tokens left out); fills `done` by the end."""
+        """Text pieces of the reply as they come (special tokens left out), after the think block the prompt opened
+        (`opened_think`), if any; fills `done` by the end."""
         ...
+
+
+def _prompt_length(tokenizer: Any, messages: Messages) -> int:
+    return len(tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
 class TransformersBackend:
@@ -176,6 +202,9 @@ class TransformersBackend:
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
+
+    def prompt_length(self, messages: Messages) -> int:
+        return _prompt_length(self.tokenizer, messages)
 
     async def generate(
         self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion
@@ -185,7 +214,8 @@ class TransformersBackend:
 
         tokenizer = self.tokenizer
         device = next(self.model.parameters()).device
-        inputs = tokenizer(prompt_text(tokenizer, messages), return_tensors="pt", add_special_tokens=False).to(device)
+        prompt = prompt_text(tokenizer, messages)
+        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
         prompt_length = inputs["input_ids"].shape[1]
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancelled = threading.Event()
@@ -217,6 +247,8 @@ class TransformersBackend:
         thread.start()
         pieces = iter(streamer)
         try:
+            if opened := opened_think(prompt):  # the reply is think from its first token (`opened_think`)
+                yield opened
             while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
                 if piece:
                     yield piece
@@ -246,6 +278,9 @@ class VllmBackend:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
+    def prompt_length(self, messages: Messages) -> int:
+        return _prompt_length(self.tokenizer, messages)
+
     async def generate(
         self, messages: Messages, decoding: Decoding, seed: int | None, done: Completion
     ) -> AsyncIterator[str]:
@@ -265,8 +300,11 @@ class VllmBackend:
             seed=seed,
             **sampling,
         )
+        prompt = prompt_text(self.tokenizer, messages)
+        if opened := opened_think(prompt):  # the reply is think from its first token (`opened_think`)
+            yield opened
         sent = ""
-        async for output in self.engine.generate(prompt_text(self.tokenizer, messages), params, uuid.uuid4().hex):
+        async for output in self.engine.generate(prompt, params, uuid.uuid4().hex):
             text = output.outputs[0].text  # the whole reply so far
             if text[len(sent) :]:
                 yield text[len(sent) :]
@@ -390,10 +428,10 @@ def create_app(served: ServedModel, think: ThinkMode = "show") -> FastAPI:
                 "model",
                 "not_found_error",
             )
-        decoding = request.decoding(served.max_tokens_limit)
         messages = [{"role": message.role, "content": message.content} for message in request.messages]
         if messages[0]["role"] != "system" and served.system_prompt:
             messages.insert(0, {"role": "system", "content": served.system_prompt})
+        decoding = request.decoding(served.max_tokens_limit, served.backend.prompt_length(messages))
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
