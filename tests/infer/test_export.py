@@ -201,7 +201,7 @@ def test_export_command_from_a_run_writes_gguf_and_modelfile(v2_run, merged_dir,
         cli_app, ["export", str(merged_dir), "--gguf", str(tmp_path / "x.gguf"), "--checkpoint", "1"]
     )
     assert refused.exit_code == 6 and "--checkpoint applies to a run folder" in refused.output
-    wrong_suffix = runner.invoke(cli_app, ["export", str(merged_dir), "--gguf", str(tmp_path / "x.bin")])
+    wrong_suffix = runner.invoke(cli_app, ["export", str(merged_dir), "-o", str(tmp_path / "x.bin")])  # -o: --gguf
     assert wrong_suffix.exit_code == 6 and "must end in .gguf" in wrong_suffix.output
 
 

@@ -193,6 +193,7 @@ def export(
         Path,
         typer.Option(
             "--gguf",
+            "-o",
             metavar="FILE.gguf",
             show_default=False,
             help="The GGUF file to write; FILE.Modelfile (for Ollama) is written beside it.",
