@@ -109,6 +109,9 @@ def test_sigterm_to_the_command_stops_every_process_after_a_saved_step(tmp_path,
     assert summary["status"] == "interrupted" and 2 <= summary["step"] < 200
     assert [step for step, _ in folder.list_checkpoints()] == [summary["step"]]  # saved, not lost
     assert f"interrupted at step {summary['step']}: resume with --resume" in stderr
+    said = stdout + stderr  # once, by the main process: each process said both lines, N times on N GPUs
+    assert said.count("interrupted at step") == 1 and said.count("SIGTERM: stopping after this step") == 1, said
+    assert "SIGTERM: stopping after this step" in stderr, "with medtune's other lines, so a 2> log keeps it"
     assert "Traceback" not in stderr and "SignalException" not in stderr and "death signal" not in stderr
 
 

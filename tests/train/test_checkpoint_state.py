@@ -122,7 +122,30 @@ def test_a_damaged_state_is_one_line_naming_the_file_and_what_to_do(tmp_path, na
         load_training_state(tmp_path)
     message = str(failed.value)
     assert message.startswith(f"{tmp_path / name}: cannot read the training state (") and reason in message
-    assert message.endswith(f"by deleting {tmp_path}, or start again with --overwrite") and "\n" not in message
+    assert message.endswith("no earlier checkpoint holds one (only the newest keeps it): start again with --overwrite")
+    assert "\n" not in message
+
+
+def test_a_damaged_state_says_whether_an_earlier_checkpoint_can_be_resumed(tmp_path):
+    """Deleting the damaged checkpoint helps only if an earlier one holds a training state, which save_checkpoint
+    drops from all but the newest: the advice to delete it and resume from an earlier one was wrong."""
+
+    def write(folder):
+        save_training_state(folder, {"moment": torch.ones(3)})
+
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, write, keep_last=2)
+    newest = RunFolder(tmp_path).checkpoint(4)
+    (newest / STATE_JSON_FILE).write_text("garbage")
+    with pytest.raises(CheckpointError) as failed:
+        load_training_state(newest)
+    assert "start again with --overwrite" in str(failed.value) and "by deleting" not in str(failed.value)
+
+    legacy = RunFolder(tmp_path).checkpoint(2)  # an earlier medtune version's run, which kept older states
+    save_training_state(legacy, {"moment": torch.ones(3)})
+    with pytest.raises(CheckpointError) as failed:
+        load_training_state(newest)
+    assert str(failed.value).endswith(f"delete {newest} to resume from step 2, or start again with --overwrite")
 
 
 def test_only_the_newest_checkpoint_keeps_its_training_state(tmp_path):

@@ -140,7 +140,7 @@ def test_under_torchrun_every_worker_saves_the_same_step(tmp_path, short_rows_fi
     proc = start(torchrun, config)
     output = terminate_after_the_first_step(proc, tmp_path / "two" / "v1")
     step = assert_interrupted_and_saved(tmp_path / "two" / "v1")
-    assert output.count(f"interrupted at step {step}: resume with --resume") == 2, output[-4000:]
+    assert output.count(f"interrupted at step {step}: resume with --resume") == 1, output[-4000:]  # by rank 0
     assert "Unable to shutdown process" not in output, "a worker had to be killed"
 
     resumed = start(["-m", "medtune.cli"], config, "--resume")  # a run resumes on fewer processes

@@ -137,3 +137,15 @@ def test_repeated_rows_and_validation_rows_seen_in_training_are_flagged(tmp_path
     ) in found["eval"]
     clean = prepare_data(tiny_config("v1", tmp_path, short_rows_file), load_tokenizer(cfg.model)).stats
     assert clean["train"]["repeated"] == clean["validation"]["in_training"] == 0
+
+
+def test_a_warmup_as_long_as_the_run_is_flagged(tmp_path, short_rows_file):
+    """10 warmup steps in a 4-step run: the LR climbs for the whole run and never reaches train.lr (at most 3/10 of
+    it, at the last step); `check` said only `10 warmup steps`, as if all were well."""
+    found = by_check(preflight(tiny_config("v1", tmp_path, short_rows_file, "train.warmup_steps=10")))
+    assert (
+        "warn",
+        "10 warmup steps in a run of 4 steps: the learning rate never reaches train.lr 0.002 (at most 30% of it)",
+    ) in found["schedule"]
+    found = by_check(preflight(tiny_config("v1", tmp_path, short_rows_file, "train.warmup_steps=3")))
+    assert all(level == "ok" for level, _ in found["schedule"]), found["schedule"]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_config
 
 from medtune.data.batching import micro_batches
-from medtune.model.load import load_base_model
+from medtune.model.load import load_base_model, load_tokenizer
 from medtune.run_folder import LEGACY_STATE_FILE, RunFolder
 from medtune.train.checkpoint import CheckpointError
 from medtune.train.interrupt import TrainingInterrupted
@@ -299,3 +299,56 @@ def test_resume_never_runs_a_pickled_training_state(tmp_path, short_rows_file):
     )
     assert "system" in str(refused.value) and "\n" not in str(refused.value)
     assert not marker.exists()
+
+
+def test_rows_left_out_for_a_cut_answer_are_said_at_the_start(tmp_path, short_rows_file, capsys):
+    """At max_length 400, 9 of the 12 training rows lose their whole answer and are not trained on: a run trained on
+    a quarter of its data without a word (only `check` and data_stats.json said so)."""
+    cfg = tiny_config("v1", tmp_path, short_rows_file, "data.max_length=400")
+    recipe = FineTuneRecipe(cfg)
+    recipe.tokenizer = load_tokenizer(cfg.model)
+    recipe._setup_data()
+    recipe.cleanup()
+    err = capsys.readouterr().err
+    data_stats = RunFolder(cfg.run_dir()).data_stats
+    for split, cut, rows in (("training", 9, 12), ("validation", 1, 4)):
+        assert (
+            f"{cut} of {rows} {split} rows lose their whole answer at max_length 400 and are left out (each is listed "
+            f"in {data_stats})"
+        ) in " ".join(err.split())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_while_the_adapter_is_saved_lets_the_run_complete(
+    tmp_path, short_rows_file, monkeypatch, capsys, signum
+):
+    """Training is over and adapter/ is being written: a Ctrl-C there stopped the save with a bare KeyboardInterrupt
+    (no line, summary.json left "running", no adapter) and a SIGTERM killed the process; with no checkpoint before
+    the end (save_steps >= max_steps, as in the shipped configs) the whole run was lost. Now the save finishes."""
+    cfg = tiny_config("v1", tmp_path, short_rows_file, "train.max_steps=1", "train.save_steps=10", ONE_VALIDATION_ROW)
+    original_save = FineTuneRecipe._save_adapter
+
+    def signalled_while_saving(self, folder, weights, with_tokenizer):
+        if with_tokenizer:  # adapter/, at the end
+            signal.raise_signal(signum)
+        return original_save(self, folder, weights, with_tokenizer)
+
+    monkeypatch.setattr(FineTuneRecipe, "_save_adapter", signalled_while_saving)
+    run_dir = run(cfg)
+    assert RunFolder(run_dir).read_summary()["status"] == "complete"
+    assert (RunFolder(run_dir).adapter / "adapter_model.safetensors").is_file()
+    assert "saving the adapter first" in capsys.readouterr().err
+
+
+def test_a_tracker_that_fails_to_start_leaves_no_stub_folder(tmp_path, short_rows_file, monkeypatch):
+    """The trackers start after the run folder is written: one that failed (a wandb or swanlab error) left a folder
+    with metrics.jsonl and no checkpoint, which the next `train` took for a run needing --resume or --overwrite."""
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the tracker's server refused the run")
+
+    monkeypatch.setattr("medtune.train.trackers.TensorBoardTracker.__init__", fails)
+    cfg = tiny_config("v1", tmp_path, short_rows_file, "train.report_to=[tensorboard]")
+    with pytest.raises(RuntimeError, match="refused the run"):
+        run(cfg)
+    assert not cfg.run_dir().exists(), "nothing was trained: the new run folder goes"

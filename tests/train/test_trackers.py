@@ -221,3 +221,25 @@ def test_wandb_writes_an_offline_run_without_an_api_key(tmp_path, no_tracker_log
     content = run_file.read_bytes()
     for key in keys:
         assert key in content, key
+
+
+def test_trackers_get_the_config_as_written_which_config_resolved_yaml_records(tmp_path, short_rows_file):
+    """The memory plan trains with its levers (on a CPU: offload_activations auto -> false), recorded in env.json;
+    the trackers got that config, so a SwanLab or TensorBoard run disagreed with config.resolved.yaml, and `compare`
+    on a swanlog showed settings nobody wrote."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tests.conftest import tiny_config
+
+    from medtune.train.recipe import FineTuneRecipe
+
+    cfg = tiny_config("v1", tmp_path, short_rows_file, "train.report_to=[tensorboard]")
+    recipe = FineTuneRecipe(cfg)
+    recipe.cfg = cfg.model_copy(deep=True)
+    recipe.cfg.speed.checkpoint_fraction = 1.0  # as a memory plan sets it
+    recipe.run_dir.mkdir(parents=True)
+    recipe._setup_logging()
+    recipe.cleanup()
+    events = EventAccumulator(str(recipe.run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    logged = json.loads(events.Tensors("config/text_summary")[0].tensor_proto.string_val[0])
+    assert logged == cfg.model_dump(mode="json")

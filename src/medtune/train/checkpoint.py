@@ -32,6 +32,7 @@ from medtune.run_folder import (
     STATE_JSON_FILE,
     STATE_TENSORS_FILE,
     RunFolder,
+    has_training_state,
     staging,
     umask_permissions,
 )
@@ -169,11 +170,20 @@ def _refusal(message: str) -> str:
 
 
 def _unreadable(path: Path, reason: object) -> CheckpointError:
+    """Deleting the checkpoint helps only where an earlier one holds a training state: save_checkpoint keeps it in
+    the newest alone (runs of earlier medtune versions may hold more)."""
     folder = path.parent
-    return CheckpointError(
-        f"{path}: cannot read the training state ({reason}). Resume from an earlier checkpoint by deleting "
-        f"{folder}, or start again with --overwrite"
+    earlier = [
+        step
+        for step, checkpoint in RunFolder(folder.parent.parent).list_checkpoints()
+        if checkpoint != folder and has_training_state(checkpoint)
+    ]
+    what_to_do = (
+        f"delete {folder} to resume from step {earlier[-1]}, or start again with --overwrite"
+        if earlier
+        else "no earlier checkpoint holds one (only the newest keeps it): start again with --overwrite"
     )
+    return CheckpointError(f"{path}: cannot read the training state ({reason}); {what_to_do}")
 
 
 def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:

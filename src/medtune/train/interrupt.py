@@ -12,6 +12,7 @@ Either way training ends in `TrainingInterrupted`, whose message says the step s
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from medtune.train.distributed import DistContext
 
-_ON_FIRST_SIGNAL = {
-    signal.SIGINT: "stopping after this step and saving a checkpoint (Ctrl-C again to stop now)",
-    signal.SIGTERM: "SIGTERM: stopping after this step and saving a checkpoint",
-}
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+DURING_TRAINING = "stopping after this step and saving a checkpoint"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -30,8 +29,14 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class GracefulInterrupt:
-    def __init__(self) -> None:
+    """`doing`: what a first signal leads to, as the line it prints says (training: stop after the step and save;
+    after the last step: the adapter is saved and the run completes). `announce`: print that line; one process of
+    several says it for all, as each receives the signal."""
+
+    def __init__(self, doing: str = DURING_TRAINING, announce: bool = True) -> None:
         self.requested = False
+        self.doing = doing
+        self.announce = announce
         self._previous: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -39,7 +44,10 @@ class GracefulInterrupt:
             raise KeyboardInterrupt
         if not self.requested:
             self.requested = True
-            print(f"\n{_ON_FIRST_SIGNAL[signal.Signals(signum)]}", flush=True)
+            if not self.announce:
+                return
+            line = f"SIGTERM: {self.doing}" if signum == signal.SIGTERM else f"{self.doing} (Ctrl-C again to stop now)"
+            print(f"\n{line}", file=sys.stderr, flush=True)  # with the other lines medtune says
 
     def stop_after_this_step(self, dist: DistContext) -> bool:
         """Whether to save and stop after the step just done, as every process agrees: each receives its own signal
@@ -55,7 +63,7 @@ class GracefulInterrupt:
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in _ON_FIRST_SIGNAL}
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in HANDLED}
         return self
 
     def __exit__(self, *exc: object) -> None:

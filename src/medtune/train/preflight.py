@@ -24,6 +24,7 @@ from medtune.model.load import load_tokenizer
 from medtune.model.memory_plan import MemoryBudgetError, plan_for_run
 from medtune.run_folder import RunFolder
 from medtune.train.distributed import DistContext, check_global_batch
+from medtune.train.recipe import unresumable
 from medtune.train.schedules import warmup_steps
 from medtune.train.trackers import TrackerError, require_package
 
@@ -155,6 +156,8 @@ def _run_folder(cfg: RunConfig) -> list[Finding]:
                 f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again",
             )
         ]
+    if refusal := unresumable(folder):
+        return [Finding("warn", "run folder", refusal)]
     resumable = folder.resumable_checkpoint()
     where = (
         f"--resume continues from step {resumable[0]}"
@@ -257,14 +260,24 @@ def _schedule(cfg: RunConfig, train_rows: int) -> list[Finding]:
     steps = train.total_steps(train_rows)
     samples = steps * train.samples_per_step()
     epochs = samples / train_rows
+    warmup = warmup_steps(train, steps)
     found = [
         Finding(
             "ok",
             "schedule",
             f"{steps} steps x {train.samples_per_step()} samples = {epochs:.2f} passes over "
-            f"{train_rows:,} rows; {train.schedule} decay, {warmup_steps(train, steps)} warmup steps",
+            f"{train_rows:,} rows; {train.schedule} decay, {warmup} warmup steps",
         )
     ]
+    if warmup >= steps:  # the last step (index steps - 1) is still warming up
+        found.append(
+            Finding(
+                "warn",
+                "schedule",
+                f"{warmup} warmup steps in a run of {steps} steps: the learning rate never reaches train.lr "
+                f"{train.lr:g} (at most {(steps - 1) / warmup:.0%} of it)",
+            )
+        )
     if epochs > MANY_EPOCHS:
         found.append(Finding("warn", "schedule", f"{epochs:.1f} passes over the training rows: expect overfitting"))
     if train.eval_steps is None:

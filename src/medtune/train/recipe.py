@@ -74,6 +74,11 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> None:
     --overwrite, a complete run has nothing to resume, and files that are not a run's are never trained over (nor
     deleted by --overwrite). ConfigError when --resume would change what the run computes. (`train --processes`
     asks before starting processes, so the error is one line, not one per process.)"""
+    if resume and overwrite:  # one continues the run, the other deletes it: neither may silently win
+        raise RunExistsError(
+            "--resume and --overwrite: choose one (--resume continues the run from its last checkpoint, --overwrite "
+            "deletes it and trains again)"
+        )
     run_dir = cfg.run_dir()
     folder = RunFolder(run_dir)
     if not folder.holds_run():
@@ -94,16 +99,26 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> None:
         raise RunExistsError(
             f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start again"
         )
-    if (
-        resume
-        and not overwrite
-        and folder.config.is_file()
-        and (changes := changes_on_resume(folder.read_config(), cfg))
-    ):
+    if resume and (refusal := unresumable(folder)):
+        raise RunExistsError(refusal)
+    if resume and folder.config.is_file() and (changes := changes_on_resume(folder.read_config(), cfg)):
         raise ConfigError(
             f"{run_dir}: --resume with settings that change what the run computes ({'; '.join(changes)}); resume "
             f"with the run's own config ({folder.config}), or start a new run (another run_name, or --overwrite)"
         )
+
+
+def unresumable(folder: RunFolder) -> str | None:
+    """Why --resume cannot continue the run in `folder` though it holds checkpoints: none keeps a training state.
+    Restarting from step 0, as --resume does in a folder with no checkpoint yet, would delete their adapters."""
+    checkpoints = folder.list_checkpoints()
+    if not checkpoints or folder.resumable_checkpoint() is not None:
+        return None
+    return (
+        f"{folder.path} holds checkpoints (steps {', '.join(str(step) for step, _ in checkpoints)}) but none holds the "
+        "training state --resume needs (only the newest checkpoint keeps one, and it is gone): --overwrite deletes "
+        "the run and trains again"
+    )
 
 
 @dataclass
@@ -228,7 +243,11 @@ class FineTuneRecipe:
         if self.dist.rank > 0:  # same LoRA init everywhere (seeded above), but each process its own dropout
             torch.manual_seed(self.cfg.train.seed * 1009 + self.dist.rank * 7919 + self.step)
         if self.dist.is_main:
-            self._setup_logging()  # after resume: drops metrics logged past the checkpoint
+            try:
+                self._setup_logging()  # after resume: drops metrics logged past the checkpoint
+            except Exception:  # a tracker that cannot start: as any failure before the first checkpoint
+                self._record_stop("failed")
+                raise
         self.dist.barrier()  # the run folder is ready before any process trains
 
     def _check_run_dir(self) -> None:
@@ -263,11 +282,21 @@ class FineTuneRecipe:
     def _setup_data(self) -> None:
         prepared = prepare_data(self.cfg, self.tokenizer)
         self.train_set, self.val_encoded, self.data_stats = prepared.train, prepared.validation, prepared.stats
+        if not self.dist.is_main:
+            return
+        listed = RunFolder(self.run_dir).data_stats
         for read in self.data_stats["files"].values():
-            if read["skipped_rows"] and self.dist.is_main:
+            if read["skipped_rows"]:
                 say(
                     f"skipped {read['skipped_rows']} bad rows of {read['file']} (skip_bad_rows); each is listed in "
-                    f"{RunFolder(self.run_dir).data_stats}"
+                    f"{listed}"
+                )
+        for split, name in (("train", "training"), ("validation", "validation")):
+            stats = self.data_stats[split]
+            if stats["answer_cut"]:  # not trained on (or evaluated): a run on part of its data says so
+                say(
+                    f"{stats['answer_cut']} of {stats['rows']} {name} rows lose their whole answer at max_length "
+                    f"{self.cfg.data.max_length} and are left out (each is listed in {listed})"
                 )
 
     def _setup_model(self) -> None:
@@ -348,7 +377,10 @@ class FineTuneRecipe:
         if self.cfg.train.report_to:
             from medtune.train.trackers import build_trackers
 
-            self.loggers += build_trackers(self.cfg, self.run_dir, resume_step=self.step if self.resume else None)
+            # the config as written, as config.resolved.yaml (the plan's levers are env.json's)
+            self.loggers += build_trackers(
+                self.configured, self.run_dir, resume_step=self.step if self.resume else None
+            )
 
     # ---- one optimizer step --------------------------------------------------------------------
     def _next_step_samples(self) -> list[Encoded]:
@@ -398,8 +430,12 @@ class FineTuneRecipe:
         self._write_summary("running")
         try:
             self._train_loop()
+            # the steps are done: a first Ctrl-C or SIGTERM now waits for adapter/, or a run with no checkpoint is lost
+            with GracefulInterrupt("training is done: saving the adapter first", announce=self.dist.is_main):
+                self._save_final_adapter()
         except KeyboardInterrupt:
-            raise TrainingInterrupted(self._record_stop("interrupted")) from None
+            said = self._record_stop("interrupted")
+            raise TrainingInterrupted(said if self.dist.is_main else "") from None  # the main process says it once
         except Exception:
             self._record_stop("failed")
             raise
@@ -409,7 +445,7 @@ class FineTuneRecipe:
         train = self.cfg.train
         with (
             TrainProgress(self.cfg.run_name, self.max_steps, self.step, show=self.dist.is_main) as progress,
-            GracefulInterrupt() as interrupt,
+            GracefulInterrupt(announce=self.dist.is_main) as interrupt,
         ):
             b = self._batch_layout()
             passes = (
@@ -442,9 +478,7 @@ class FineTuneRecipe:
                     progress.note(f"step {self.step}: eval_loss {self.evaluate()['eval_loss']:.4f}")
                 if self.samples_consumed // len(self.train_set) > epoch_before:
                     self._log_augmentation(epoch_before)
-                if (
-                    at_end
-                ):  # the end is saved as adapter/ by _finish, with no optimizer state: nothing is left to resume
+                if at_end:  # saved as adapter/ with no optimizer state (_save_final_adapter): nothing left to resume
                     break
                 stop = interrupt.stop_after_this_step(self.dist)  # Ctrl-C or SIGTERM, on any process
                 if self.step % train.save_steps == 0 or stop:
@@ -600,7 +634,7 @@ class FineTuneRecipe:
         save_checkpoint(self.run_dir, self.step, write, self.cfg.train.save_total_limit)
         self.saved_step = self.step
 
-    def _finish(self) -> None:
+    def _save_final_adapter(self) -> None:
         weights = self.parallel.trainable_state(self.model)  # collectives under FSDP: every process joins
         self.dist.barrier()
         if not self.dist.is_main:
@@ -611,6 +645,12 @@ class FineTuneRecipe:
         self._save_adapter(tmp, weights, with_tokenizer=True)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+
+    def _finish(self) -> None:
+        """The run is complete once adapter/ is in place (_save_final_adapter)."""
+        if not self.dist.is_main:
+            return
+        final = RunFolder(self.run_dir).adapter
         if self.samples_consumed % len(self.train_set):  # an epoch ended by the last step was logged with it
             self._log_augmentation(self.samples_consumed // len(self.train_set))
         self._write_summary("complete")
