@@ -21,7 +21,7 @@ printf '%s\n' '{"question": "头痛三天，伴有低烧，需要去医院吗？
 
 step train medtune train configs/v2.yaml --overlay configs/tiny.yaml --set output_dir="$WORK/runs" \
   --set train.max_steps=6 --set train.eval_steps=3 --set train.save_steps=3 --set train.logging_steps=1
-python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print('device', s.get('device'), 'optimizer', s.get('optimizer'), 'quant', s.get('quant'))" \
+python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print('device', s['device'], 'optimizer', s['optimizer'], 'model', s['model'])" \
   "$RUN/summary.json" >"$OUT/train-summary.txt" 2>&1
 step generate medtune generate "$RUN" --input "$WORK/questions.jsonl" -o "$WORK/answers.jsonl" --max-new-tokens 64 --batch-size 3
 cp "$WORK/answers.jsonl" "$OUT/answers.jsonl" 2>/dev/null
