@@ -45,6 +45,7 @@ def fake_modelscope(monkeypatch, tmp_path):
     module = types.ModuleType("modelscope")
     module.snapshot_download = snapshot_download
     monkeypatch.setitem(sys.modules, "modelscope", module)
+    monkeypatch.setattr("medtune.hub.endpoint_reachable", lambda url, timeout_s=0: True)  # online unless a test says
     return types.SimpleNamespace(calls=calls, root=root)
 
 
@@ -157,6 +158,27 @@ def test_offline_switches_read_the_cache_only(fake_modelscope, monkeypatch, swit
 
 
 @pytest.mark.parametrize(
+    ("domain", "probed"), [(None, "https://www.modelscope.cn"), ("modelscope.ai", "https://modelscope.ai")]
+)
+def test_an_unreachable_modelscope_reads_the_cache_at_once(fake_modelscope, monkeypatch, domain, probed):
+    """Without the switches but without network, modelscope retried for 30 s, logging each retry: the probe that
+    hub ids get (PROBE_TIMEOUT_S) sends it to the cache at once, and a miss says why in one line."""
+    if domain:
+        monkeypatch.setenv("MODELSCOPE_DOMAIN", domain)
+    asked: list[str] = []
+    monkeypatch.setattr("medtune.hub.endpoint_reachable", lambda url, timeout_s=0: asked.append(url) or False)
+    resolve_model_source("modelscope:Qwen/Qwen3-1.7B")
+    assert asked == [probed] and fake_modelscope.calls[0]["local_files_only"] is True
+
+    def not_cached(**kwargs):
+        raise FileNotFoundError("Cannot find cached snapshot")
+
+    monkeypatch.setattr(sys.modules["modelscope"], "snapshot_download", not_cached)
+    with pytest.raises(HubError, match=rf"not in the ModelScope cache, and ModelScope \({probed}\) cannot be reached"):
+        resolve_model_source("modelscope:Qwen/Qwen3-1.7B")
+
+
+@pytest.mark.parametrize(
     "spec", ["modelscope:", "modelscope:Qwen", "modelscope:Qwen/Qwen3/extra", "modelscope:/abs/path"]
 )
 def test_malformed_modelscope_model_id_is_rejected(fake_modelscope, spec):
@@ -180,6 +202,7 @@ def test_failed_download_is_one_clear_error(monkeypatch):
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setitem(sys.modules, "modelscope", types.SimpleNamespace(snapshot_download=snapshot_download))
+    monkeypatch.setattr("medtune.hub.endpoint_reachable", lambda url, timeout_s=0: True)  # it answered, then failed
     with pytest.raises(
         HubError, match="model Qwen/Qwen3-1.7B could not be downloaded: Name or service not known.*MODELSCOPE_OFFLINE=1"
     ):

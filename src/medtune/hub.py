@@ -27,6 +27,7 @@ HUB_METADATA_FILES = frozenset({"configuration.json", "dataset_infos.json", "dat
 """JSON files the hub itself reads in a data set repo; never training data."""
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+DEFAULT_MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 PROBE_TIMEOUT_S = 3.0
 """How long a hub id waits to learn the machine is offline (transformers would retry for about 50 s)."""
 
@@ -207,27 +208,35 @@ def modelscope_snapshot(
     `local_files_only` in modelscope 1.40.
     """
     snapshot_download = _modelscope_snapshot_download()
-    offline = modelscope_offline()
+    offline = None
+    if modelscope_offline():
+        offline = " / ".join(f"{name}=1" for name in OFFLINE_SWITCHES) + " forbids downloading it"
+    elif not endpoint_reachable(endpoint := _modelscope_endpoint()):  # else 30 s of retries, each one logged
+        offline = f"ModelScope ({endpoint}) cannot be reached (offline?)"
     try:
         folder = snapshot_download(
             repo_id=repo_id,
             repo_type=repo_type,
             revision=revision,
             allow_patterns=allow_patterns,
-            local_files_only=offline,
+            local_files_only=offline is not None,
         )
     except (
         Exception
     ) as err:  # modelscope raises its own errors, requests' and ValueError; each becomes one clear message
         what = f"ModelScope {repo_type} {repo_id}" + (f" (revision {revision})" if revision else "")
-        if offline:
-            switches = " / ".join(f"{name}=1" for name in OFFLINE_SWITCHES)
-            raise HubError(
-                f"{what} is not in the ModelScope cache, and {switches} forbids downloading it: {err}"
-            ) from err
+        if offline is not None:
+            raise HubError(f"{what} is not in the ModelScope cache, and {offline}: {err}") from err
         hint = "With a copy already in the cache, set MODELSCOPE_OFFLINE=1 to use it"
         raise HubError(f"{what} could not be downloaded: {err}. {hint}") from err
     return Path(folder)
+
+
+def _modelscope_endpoint() -> str:
+    """The site modelscope downloads from, as modelscope resolves it: MODELSCOPE_DOMAIN (https:// when it names no
+    scheme), else its default."""
+    domain = os.environ.get("MODELSCOPE_DOMAIN") or DEFAULT_MODELSCOPE_ENDPOINT
+    return domain if domain.startswith(("http://", "https://")) else f"https://{domain}"
 
 
 def _modelscope_snapshot_download() -> Callable[..., str]:
