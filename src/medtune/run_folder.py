@@ -78,12 +78,16 @@ class RunFolder:
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / checkpoint_name(step)
 
-    def evaluation(self, checkpoint: str | None = ADAPTER_DIR, data_stem: str | None = None) -> Path:
+    def evaluation(
+        self, checkpoint: str | None = ADAPTER_DIR, data_stem: str | None = None, first: int | None = None
+    ) -> Path:
         """Where `medtune eval` writes: eval.json for the final adapter, eval.step-000400.json for a checkpoint,
         eval.base.json for the base model alone (`checkpoint` None); on another data file, its stem after `eval.`
-        (eval.val.json, eval.val.step-000400.json, eval.val.base.json)."""
+        (eval.val.json, eval.val.step-000400.json, eval.val.base.json); on its `first` rows only (`--limit`),
+        `first-N` after that (eval.first-8.json), so a quick look never replaces a whole evaluation."""
         which = [] if checkpoint == ADAPTER_DIR else [EVAL_BASE if checkpoint is None else checkpoint]
-        return self.path / (".".join([EVAL_PREFIX, *([data_stem] if data_stem else []), *which]) + ".json")
+        parts = [EVAL_PREFIX, *([data_stem] if data_stem else []), *([f"first-{first}"] if first else []), *which]
+        return self.path / (".".join(parts) + ".json")
 
     def other_files(self) -> list[str]:
         """Names in the folder that no run writes before its first logged step (RUN_SETUP_FILES), sorted."""

@@ -142,9 +142,10 @@ def test_robust_metrics_compare_the_same_questions_clean_and_masked(v1_model, mo
 
 
 def test_eval_command_writes_eval_json_for_the_adapter_and_the_base(v1_run, cli_app, runner):
-    result = runner.invoke(cli_app, ["eval", str(v1_run), "--limit", "2", "--max-new-tokens", "3", "--batch-size", "2"])
+    result = runner.invoke(cli_app, ["eval", str(v1_run), "--max-new-tokens", "3", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     record = json.loads((v1_run / "eval.json").read_text())
+    whole = (v1_run / "eval.json").read_bytes()
     for key in (
         "eval_loss",
         "perplexity",
@@ -156,26 +157,31 @@ def test_eval_command_writes_eval_json_for_the_adapter_and_the_base(v1_run, cli_
         "answer_chars",
     ):
         assert isinstance(record[key], float), key
-    assert record["n"] == 2 and record["checkpoint"] == "adapter" and record["random_weights"] is True
+    assert record["n"] == 4 and record["checkpoint"] == "adapter" and record["random_weights"] is True
     assert record["perplexity"] == pytest.approx(2.718281828 ** record["eval_loss"], rel=1e-6)
     assert set(record["robust_drop"]) == {"bleu4", "rouge_l", "think_compliance", "term_recall"}
-    assert record["finish_reasons"] == {"length": 2} and record["think_compliance"] == 0.0, (
+    assert record["finish_reasons"] == {"length": 4} and record["think_compliance"] == 0.0, (
         "3 tokens never close a think block"
     )
     replies = (v1_run / "eval.replies.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(replies) == record["n"] + record["robust"]["n"]
+    first = runner.invoke(cli_app, ["eval", str(v1_run), "--limit", "2", "--max-new-tokens", "3"])
+    assert first.exit_code == 0 and json.loads((v1_run / "eval.first-2.json").read_text())["n"] == 2, first.output
+    assert (v1_run / "eval.json").read_bytes() == whole, "a look at the first rows never replaces the whole"
+    assert (v1_run / "eval.first-2.replies.jsonl").is_file()
 
     base = runner.invoke(cli_app, ["eval", str(v1_run), "--limit", "2", "--max-new-tokens", "3", "--no-adapter"])
     assert base.exit_code == 0, base.output
-    base_record = json.loads((v1_run / "eval.base.json").read_text())
+    base_record = json.loads((v1_run / "eval.first-2.base.json").read_text())
     assert base_record["checkpoint"] == "none (base model)" and base_record["model"]["adapter"] is None
-    assert base_record["eval_loss"] != pytest.approx(record["eval_loss"], rel=1e-4), "the adapter changes the loss"
+    adapter_record = json.loads((v1_run / "eval.first-2.json").read_text())
+    assert base_record["eval_loss"] != pytest.approx(adapter_record["eval_loss"], rel=1e-4), "the adapter changes it"
 
 
 def test_eval_of_a_checkpoint_gets_its_own_file_and_bad_data_is_named(v1_run, cli_app, runner, tmp_path):
     result = runner.invoke(cli_app, ["eval", str(v1_run), "--checkpoint", "1", "--limit", "1", "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
-    assert json.loads((v1_run / "eval.step-000001.json").read_text())["checkpoint"] == "step-000001"
+    assert json.loads((v1_run / "eval.first-1.step-000001.json").read_text())["checkpoint"] == "step-000001"
     bad = tmp_path / "val.jsonl"
     bad.write_text(
         '{"question": "头痛", "think": "想", "answer": "多休息"}\n{"question": "发烧", "think": "想"}\n',
@@ -196,9 +202,10 @@ def test_eval_on_another_file_gets_its_own_name_and_replaces_no_result(v1_run, c
         assert json.loads((v1_run / name).read_text())["data"] == str(rows)
         assert (v1_run / name.replace(".json", ".replies.jsonl")).is_file()
     assert {name: (v1_run / name).read_bytes() for name in before} == before, "results on the run's own rows stay"
-    (tmp_path / "base.jsonl").write_bytes(rows.read_bytes())
-    clash = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(tmp_path / "base.jsonl")])
-    assert clash.exit_code == 4 and "would be named eval.base.json" in clash.output and "pass -o FILE" in clash.output
+    for stem in ("base", "first-2"):
+        (tmp_path / f"{stem}.jsonl").write_bytes(rows.read_bytes())
+        clash = runner.invoke(cli_app, ["eval", str(v1_run), "--data", str(tmp_path / f"{stem}.jsonl")])
+        assert clash.exit_code == 4 and f"would be named eval.{stem}.json" in clash.output, clash.output
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ class EvalData:
     skipped_rows: int
     data_file: Path | None = None
     """The `--data` file, which names the results (eval.<stem>.json); None for the run's own validation rows."""
+    first: int | None = None
+    """`--limit N` when it left rows out: the results are on the first N rows only, and named so."""
 
 
 def _reference_rows(cfg: RunConfig, data: str) -> ReadResult:
@@ -78,7 +81,8 @@ def eval_data(cfg: RunConfig, data: str | None, limit: int | None) -> EvalData:
                 cfg.data.train,
                 f"the run held out no validation rows (val_fraction {cfg.data.val_fraction}); pass --data",
             )
-    return EvalData(samples[:limit] if limit is not None else samples, source, len(skipped), data_file)
+    first = limit if limit is not None and limit < len(samples) else None
+    return EvalData(samples[:first] if first else samples, source, len(skipped), data_file, first)
 
 
 @torch.no_grad()
@@ -182,19 +186,20 @@ def _reply_row(sample: Sample, reply: Reply, masked: bool) -> dict[str, Any]:
 def default_output(run: AdapterRun, with_adapter: bool, data: EvalData) -> Path:
     """eval.json for the final adapter, eval.step-000400.json for a checkpoint, eval.base.json without adapter; on a
     `--data` file, its stem after `eval.` (eval.val.json, eval.val.step-000400.json, eval.val.base.json), so results
-    on other rows never replace those on the run's own.
+    on other rows never replace those on the run's own; `first-N` in the name when `--limit` left rows out.
 
     Raises:
-        DataError: the file's stem would make the name of a result on the run's own rows (`base`, `step-000400`).
+        DataError: the file's stem would make the name of a result on the run's own rows (`base`, `step-000400`,
+            `first-8`).
     """
     stem = data.data_file.stem if data.data_file is not None else None
-    if stem is not None and (stem == EVAL_BASE or STEP_DIR.match(stem)):
+    if stem is not None and (stem == EVAL_BASE or STEP_DIR.match(stem) or re.fullmatch(r"first-\d+", stem)):
         raise DataError(
             str(data.data_file),
             f"results on it would be named {EVAL_PREFIX}.{stem}.json, a name eval gives results on the run's own "
             "rows; pass -o FILE",
         )
-    return RunFolder(run.output_dir).evaluation(run.checkpoint if with_adapter else None, stem)
+    return RunFolder(run.output_dir).evaluation(run.checkpoint if with_adapter else None, stem, data.first)
 
 
 def run_eval(
