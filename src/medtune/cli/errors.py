@@ -24,7 +24,11 @@ class ExitCode:
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(0, "success"),
     ExitCode(1, "`check` found an error; or an unexpected error, shown with its traceback"),
-    ExitCode(2, "the command line: unknown option, missing argument, bad value"),
+    ExitCode(
+        2,
+        "the command line: unknown option, missing argument, bad value",
+        ("medtune.infer.generate:OutputError",),  # an -o that is a folder or the file read (shown as --output's)
+    ),
     ExitCode(
         3,
         "a config, overlay, --set value or experiment file; a run that cannot fit speed.memory_budget",
