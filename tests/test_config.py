@@ -87,33 +87,30 @@ def test_base_loop_detected(tmp_path):
         load_config(tmp_path / "a.yaml")
 
 
-def test_invalid_yaml_names_file(tmp_path):
-    bad = tmp_path / "broken.yaml"
-    bad.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError) as raised:
-        load_config(bad)
-    assert str(raised.value) == (
-        f"{bad}:2:1: invalid YAML: while parsing a flow sequence: expected ',' or ']', but got '<stream end>'"
-    )
-
-
-def test_a_key_written_twice_is_an_error_not_the_last_one_silently(tmp_path):
-    """YAML parsers keep the last of two equal keys: a second `train:` section would drop the first one's keys."""
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (  # where the parser stopped, in one line
+            "train: [1, 2\n",
+            "{config}:2:1: invalid YAML: while parsing a flow sequence: expected ',' or ']', but got '<stream end>'",
+        ),
+        (  # YAML parsers keep the last of two equal keys: a second `train:` would drop the first one's keys
+            "train:\n  lr: 1.0e-4\ndata:\n  max_length: 512\ntrain:\n  max_steps: 10\n",
+            "{config}:5:1: invalid YAML: key 'train' written twice (first on line 1)",
+        ),
+        (  # a missing base names the file that names it
+            "base: v9.yaml\n",
+            "{config}: base: {folder}/v9.yaml not found (a base is relative to the file that names it)",
+        ),
+    ],
+    ids=["invalid-yaml", "key-written-twice", "missing-base"],
+)
+def test_a_config_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, text, error):
     config = tmp_path / "run.yaml"
-    config.write_text("train:\n  lr: 1.0e-4\ndata:\n  max_length: 512\ntrain:\n  max_steps: 10\n")
+    config.write_text(text)
     with pytest.raises(ConfigError) as raised:
         load_config(config)
-    assert str(raised.value) == f"{config}:5:1: invalid YAML: key 'train' written twice (first on line 1)"
-
-
-def test_a_missing_base_names_the_file_that_names_it(tmp_path):
-    config = tmp_path / "run.yaml"
-    config.write_text("base: v9.yaml\n")
-    with pytest.raises(ConfigError) as raised:
-        load_config(config)
-    assert str(raised.value) == (
-        f"{config}: base: {tmp_path / 'v9.yaml'} not found (a base is relative to the file that names it)"
-    )
+    assert str(raised.value) == error.format(config=config, folder=tmp_path)
 
 
 def test_errors_name_the_set_argument_or_overlay_the_value_came_from(tmp_path):

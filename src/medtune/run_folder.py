@@ -154,6 +154,18 @@ class RunFolder:
         resumable = [(step, folder) for step, folder in self.list_checkpoints() if has_training_state(folder)]
         return resumable[-1] if resumable else None
 
+    def unresumable(self) -> str | None:
+        """Why --resume cannot continue the run here though it holds checkpoints: none keeps a training state.
+        Restarting from step 0, as --resume does in a folder with no checkpoint yet, would delete their adapters."""
+        checkpoints = self.list_checkpoints()
+        if not checkpoints or self.resumable_checkpoint() is not None:
+            return None
+        return (
+            f"{self.path} holds checkpoints (steps {', '.join(str(step) for step, _ in checkpoints)}) but none holds "
+            "the training state --resume needs (only the newest checkpoint keeps one, and it is gone): --overwrite "
+            "deletes the run and trains again"
+        )
+
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"

@@ -24,7 +24,6 @@ from medtune.model.load import load_tokenizer
 from medtune.model.memory_plan import MemoryBudgetError, plan_for_run
 from medtune.run_folder import RunFolder
 from medtune.train.distributed import DistContext, check_global_batch
-from medtune.train.recipe import unresumable
 from medtune.train.schedules import warmup_steps
 from medtune.train.trackers import TrackerError, require_package
 
@@ -156,7 +155,7 @@ def _run_folder(cfg: RunConfig) -> list[Finding]:
                 f"{run_dir} holds a complete run; `medtune train` needs --overwrite to train it again",
             )
         ]
-    if refusal := unresumable(folder):
+    if refusal := folder.unresumable():
         return [Finding("warn", "run folder", refusal)]
     resumable = folder.resumable_checkpoint()
     where = (

@@ -99,26 +99,13 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> None:
         raise RunExistsError(
             f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start again"
         )
-    if resume and (refusal := unresumable(folder)):
+    if resume and (refusal := folder.unresumable()):
         raise RunExistsError(refusal)
     if resume and folder.config.is_file() and (changes := changes_on_resume(folder.read_config(), cfg)):
         raise ConfigError(
             f"{run_dir}: --resume with settings that change what the run computes ({'; '.join(changes)}); resume "
             f"with the run's own config ({folder.config}), or start a new run (another run_name, or --overwrite)"
         )
-
-
-def unresumable(folder: RunFolder) -> str | None:
-    """Why --resume cannot continue the run in `folder` though it holds checkpoints: none keeps a training state.
-    Restarting from step 0, as --resume does in a folder with no checkpoint yet, would delete their adapters."""
-    checkpoints = folder.list_checkpoints()
-    if not checkpoints or folder.resumable_checkpoint() is not None:
-        return None
-    return (
-        f"{folder.path} holds checkpoints (steps {', '.join(str(step) for step, _ in checkpoints)}) but none holds the "
-        "training state --resume needs (only the newest checkpoint keeps one, and it is gone): --overwrite deletes "
-        "the run and trains again"
-    )
 
 
 @dataclass
